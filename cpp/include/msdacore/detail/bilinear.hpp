@@ -1,0 +1,113 @@
+// msdacore/detail/bilinear.hpp: the bilinear sample of SPEC.md, its corner weights and
+// its derivatives, in one place for every backend. Host+device inline functions: the
+// CPU kernels and the CUDA kernels include this header and compute the same math.
+//
+// A sample at normalized (x, y) on a level of H x W pixels:
+//   pixel coordinates  h = y*H - 0.5, w = x*W - 0.5   (align_corners=False)
+//                      h = y*(H-1),   w = x*(W-1)     (align_corners=True)
+//   skipped unless     -1 < h < H and -1 < w < W      (NaN / Inf are skipped too)
+//   corners k = 0..3   (h0, w0), (h0, w0+1), (h0+1, w0), (h0+1, w0+1), h0 = floor(h)
+//   B        = sum_k weight[k] * v_k        (v_k = 0 for a corner outside the level)
+//   dB/dw    = sum_k d_dw[k]   * v_k,  dB/dh = sum_k d_dh[k] * v_k
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define MSDACORE_HD __host__ __device__ __forceinline__
+#else
+#define MSDACORE_HD inline
+#endif
+
+namespace msdacore {
+namespace detail {
+
+// Scale from a normalized coordinate to pixels along an axis of `size` pixels: the
+// factor sx = W (or W - 1) and sy = H (or H - 1) of the location gradient.
+template <typename T>
+MSDACORE_HD T coord_scale(int64_t size, bool align_corners) {
+  return align_corners ? static_cast<T>(size - 1) : static_cast<T>(size);
+}
+
+// Pixel coordinate of normalized `loc` along an axis of `size` pixels.
+template <typename T>
+MSDACORE_HD T pixel_coord(T loc, int64_t size, bool align_corners) {
+  return align_corners ? loc * static_cast<T>(size - 1)
+                       : loc * static_cast<T>(size) - static_cast<T>(0.5);
+}
+
+// The four corners of one in-bounds sample.
+template <typename T>
+struct Corners {
+  int64_t offset[4];  // token offset within the level, i*W + j (0 where !inside)
+  bool inside[4];     // corner lies in the level (else its value is the zero padding)
+  T weight[4];        // bilinear weights hh*hw, hh*lw, lh*hw, lh*lw
+  T d_dw[4];          // dB/dw coefficients -hh, hh, -lh, lh
+  T d_dh[4];          // dB/dh coefficients -hw, -lw, hw, lw
+};
+
+// True when the sample at pixel (h, w) lies inside the skip bounds of an H x W level,
+// i.e. -1 < h < H and -1 < w < W. False for NaN and infinite coordinates.
+template <typename T>
+MSDACORE_HD bool sample_in_range(T h, T w, int64_t H, int64_t W) {
+  return h > static_cast<T>(-1) && h < static_cast<T>(H) && w > static_cast<T>(-1) &&
+         w < static_cast<T>(W);
+}
+
+// Fills `c` for a sample at pixel (h, w) that passed sample_in_range.
+template <typename T>
+MSDACORE_HD void make_corners(T h, T w, int64_t H, int64_t W, Corners<T>* c) {
+  // floor() of a value in (-1, size): truncation rounds toward zero, fix negatives.
+  int64_t h0 = static_cast<int64_t>(h);
+  if (static_cast<T>(h0) > h) h0 -= 1;
+  int64_t w0 = static_cast<int64_t>(w);
+  if (static_cast<T>(w0) > w) w0 -= 1;
+  const T lh = h - static_cast<T>(h0);
+  const T lw = w - static_cast<T>(w0);
+  const T hh = static_cast<T>(1) - lh;
+  const T hw = static_cast<T>(1) - lw;
+
+  const bool top = h0 >= 0, bottom = h0 + 1 <= H - 1;
+  const bool left = w0 >= 0, right = w0 + 1 <= W - 1;
+  c->inside[0] = top && left;
+  c->inside[1] = top && right;
+  c->inside[2] = bottom && left;
+  c->inside[3] = bottom && right;
+  c->offset[0] = c->inside[0] ? h0 * W + w0 : 0;
+  c->offset[1] = c->inside[1] ? h0 * W + w0 + 1 : 0;
+  c->offset[2] = c->inside[2] ? (h0 + 1) * W + w0 : 0;
+  c->offset[3] = c->inside[3] ? (h0 + 1) * W + w0 + 1 : 0;
+
+  c->weight[0] = hh * hw;
+  c->weight[1] = hh * lw;
+  c->weight[2] = lh * hw;
+  c->weight[3] = lh * lw;
+  c->d_dw[0] = -hh;
+  c->d_dw[1] = hh;
+  c->d_dw[2] = -lh;
+  c->d_dw[3] = lh;
+  c->d_dh[0] = -hw;
+  c->d_dh[1] = -lw;
+  c->d_dh[2] = hw;
+  c->d_dh[3] = lw;
+}
+
+// Gradients of one sample from the four dot products dots[k] = <g, v_k> (0 for corners
+// outside the level), the attention weight A and the coordinate scales (sx, sy):
+//   grad_attention = <g, B>, grad_x = A*sx*<g, dB/dw>, grad_y = A*sy*<g, dB/dh>.
+template <typename T>
+MSDACORE_HD void sample_gradients(const Corners<T>& c, const T dots[4], T A, T sx, T sy,
+                                  T* grad_attention, T* grad_x, T* grad_y) {
+  T gb = 0, gw = 0, gh = 0;
+  for (int k = 0; k < 4; ++k) {
+    gb += c.weight[k] * dots[k];
+    gw += c.d_dw[k] * dots[k];
+    gh += c.d_dh[k] * dots[k];
+  }
+  *grad_attention = gb;
+  *grad_x = A * sx * gw;
+  *grad_y = A * sy * gh;
+}
+
+}  // namespace detail
+}  // namespace msdacore

@@ -1,0 +1,67 @@
+// msdacore/ops.hpp: multi-scale deformable attention, forward and backward.
+//
+// Shapes (SPEC.md): N batch, S = sum_l H_l*W_l value tokens, M heads, D channels per
+// head, Lq queries, L levels, P points per level.
+//   value               (N, S, M, D)          float32 | float64 (T)
+//   spatial_shapes      (L, 2) rows (H_l, W_l) int32 | int64, on the host
+//   level_start_index   (L,) prefix sums       int32 | int64, on the host
+//   sampling_locations  (N, Lq, M, L, P, 2)   T, last axis (x, y) normalized to [0, 1]
+//   attention_weights   (N, Lq, M, L, P)      T
+//   output              (N, Lq, M*D)          T, contiguous, written by the call
+// Inputs may be strided (element strides, zero or negative allowed); outputs are
+// caller-provided, contiguous, and fully overwritten. Inputs are never modified.
+// Every function validates its arguments first and throws msdacore::Error subclasses
+// (errors.hpp) with messages naming the argument, the expected and the received shape.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "msdacore/tensor.hpp"
+
+namespace msdacore {
+
+struct Options {
+  bool align_corners = false;  // False: h = y*H - 0.5 (Deformable DETR); True: h = y*(H-1)
+  void* stream = nullptr;      // device stream (cudaStream_t) for device backends; unused on CPU
+};
+
+// The sizes of one call, read from validated inputs.
+struct Problem {
+  int64_t N = 0, S = 0, M = 0, D = 0, Lq = 0, L = 0, P = 0;
+  DType dtype = DType::Float32;      // float dtype of value / locations / weights
+  Device device{};                   // where value and the float inputs live
+  std::vector<int64_t> heights;      // H_l, l < L
+  std::vector<int64_t> widths;       // W_l
+  std::vector<int64_t> level_starts; // level_start_index[l]
+};
+
+// Validates the five inputs against each other and returns their sizes.
+// Throws ShapeError / DTypeError / DeviceError (see errors.hpp).
+Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
+                     const TensorView& level_start_index,
+                     const TensorView& sampling_locations,
+                     const TensorView& attention_weights);
+
+// output (N, Lq, M*D) = sum_l sum_p A * bilinear(value_l, location).
+void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_shapes,
+                            const TensorView& level_start_index,
+                            const TensorView& sampling_locations,
+                            const TensorView& attention_weights, const TensorView& output,
+                            const Options& options = {});
+
+// Given grad_output (N, Lq, M*D) (T, any strides), writes
+//   grad_value               (N, S, M, D)
+//   grad_sampling_locations  (N, Lq, M, L, P, 2)
+//   grad_attention_weights   (N, Lq, M, L, P)
+// all T and contiguous. On the CPU the result is bitwise identical for any thread count.
+void ms_deform_attn_backward(const TensorView& value, const TensorView& spatial_shapes,
+                             const TensorView& level_start_index,
+                             const TensorView& sampling_locations,
+                             const TensorView& attention_weights, const TensorView& grad_output,
+                             const TensorView& grad_value,
+                             const TensorView& grad_sampling_locations,
+                             const TensorView& grad_attention_weights,
+                             const Options& options = {});
+
+}  // namespace msdacore

@@ -1,0 +1,56 @@
+// msdacore/tensor.hpp: the non-owning tensor view the core computes on.
+//
+// A TensorView is a pointer with shape, element strides, dtype and device. The core
+// never allocates or frees through it: callers (the Python binding, C++ applications)
+// own the memory. Strides are counted in elements (not bytes) and may be zero or
+// negative for inputs; outputs must be contiguous.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+namespace msdacore {
+
+enum class DType : int32_t { Float16, BFloat16, Float32, Float64, Int32, Int64 };
+
+enum class DeviceType : int32_t { CPU, CUDA };
+
+struct Device {
+  DeviceType type = DeviceType::CPU;
+  int32_t index = 0;
+  bool operator==(const Device& o) const { return type == o.type && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
+};
+
+// Size in bytes of one element of `t`.
+int64_t dtype_size(DType t);
+// "float32", "int64", ...
+const char* dtype_name(DType t);
+// "cpu", "cuda:1", ...
+std::string device_name(Device d);
+
+struct TensorView {
+  static constexpr int kMaxDims = 8;
+
+  void* data = nullptr;                     // address of element (0, ..., 0)
+  int32_t ndim = 0;                         // number of dimensions, 0..kMaxDims
+  std::array<int64_t, kMaxDims> shape{};    // extent of each dimension
+  std::array<int64_t, kMaxDims> strides{};  // in elements, may be 0 or negative
+  DType dtype = DType::Float32;
+  Device device{};
+
+  TensorView() = default;
+  // A row-major contiguous view of `shape` (strides computed).
+  TensorView(void* data, std::initializer_list<int64_t> shape, DType dtype, Device device = {});
+  // A strided view; `ndim` <= kMaxDims, else std::invalid_argument.
+  TensorView(void* data, int32_t ndim, const int64_t* shape, const int64_t* strides, DType dtype,
+             Device device = {});
+
+  int64_t numel() const;
+  bool is_contiguous() const;  // row-major, ignoring strides of size-1 dimensions
+  std::string shape_string() const;  // "(2, 100, 8)"
+};
+
+}  // namespace msdacore

@@ -1,0 +1,83 @@
+// build_info() and the CPU thread count.
+#include "msdacore/runtime.hpp"
+
+#include <atomic>
+#include <string>
+
+#include "msdacore/errors.hpp"
+#include "msdacore/version.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifdef MSDACORE_WITH_CUDA
+// cuda/device_query.cu
+namespace msdacore {
+namespace cuda {
+int device_count();
+int runtime_version();
+}  // namespace cuda
+}  // namespace msdacore
+#endif
+
+namespace msdacore {
+namespace {
+
+std::atomic<int> g_num_threads{0};  // 0: OpenMP's default
+
+int default_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+std::string compiler_name() {
+#if defined(__clang__)
+  return "clang " __clang_version__;
+#elif defined(__GNUC__)
+  return "gcc " __VERSION__;
+#elif defined(_MSC_VER)
+  return "msvc " + std::to_string(_MSC_VER);
+#else
+  return "unknown";
+#endif
+}
+
+}  // namespace
+
+void set_num_threads(int n) {
+  if (n < 1) {
+    throw Error("num_threads must be >= 1, got " + std::to_string(n));
+  }
+#ifdef _OPENMP
+  g_num_threads.store(n);
+#endif
+}
+
+int get_num_threads() {
+  const int n = g_num_threads.load();
+  return n > 0 ? n : default_threads();
+}
+
+BuildInfo build_info() {
+  BuildInfo info;
+  info.version = MSDACORE_VERSION_STRING;
+#ifdef _OPENMP
+  info.openmp = true;
+  info.openmp_version = _OPENMP;
+#endif
+  info.num_threads = get_num_threads();
+  info.max_threads = default_threads();
+#ifdef MSDACORE_WITH_CUDA
+  info.cuda_compiled = true;
+  info.cuda_runtime_version = cuda::runtime_version();
+  info.cuda_devices = cuda::device_count();
+#endif
+  info.compiler = compiler_name();
+  return info;
+}
+
+}  // namespace msdacore

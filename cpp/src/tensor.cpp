@@ -1,0 +1,105 @@
+// TensorView construction and description helpers.
+#include "msdacore/tensor.hpp"
+
+#include <sstream>
+
+#include "msdacore/errors.hpp"
+
+namespace msdacore {
+
+int64_t dtype_size(DType t) {
+  switch (t) {
+    case DType::Float16:
+    case DType::BFloat16:
+      return 2;
+    case DType::Float32:
+    case DType::Int32:
+      return 4;
+    case DType::Float64:
+    case DType::Int64:
+      return 8;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::Float16:
+      return "float16";
+    case DType::BFloat16:
+      return "bfloat16";
+    case DType::Float32:
+      return "float32";
+    case DType::Float64:
+      return "float64";
+    case DType::Int32:
+      return "int32";
+    case DType::Int64:
+      return "int64";
+  }
+  return "unknown";
+}
+
+std::string device_name(Device d) {
+  if (d.type == DeviceType::CPU) return "cpu";
+  return "cuda:" + std::to_string(d.index);
+}
+
+TensorView::TensorView(void* data_, std::initializer_list<int64_t> shape_, DType dtype_,
+                       Device device_)
+    : data(data_), dtype(dtype_), device(device_) {
+  if (shape_.size() > static_cast<size_t>(kMaxDims)) {
+    throw ShapeError("TensorView supports at most 8 dimensions, got " +
+                     std::to_string(shape_.size()));
+  }
+  ndim = static_cast<int32_t>(shape_.size());
+  int i = 0;
+  for (int64_t s : shape_) shape[i++] = s;
+  int64_t stride = 1;
+  for (int d = ndim - 1; d >= 0; --d) {
+    strides[d] = stride;
+    stride *= shape[d];
+  }
+}
+
+TensorView::TensorView(void* data_, int32_t ndim_, const int64_t* shape_, const int64_t* strides_,
+                       DType dtype_, Device device_)
+    : data(data_), ndim(ndim_), dtype(dtype_), device(device_) {
+  if (ndim_ < 0 || ndim_ > kMaxDims) {
+    throw ShapeError("TensorView supports 0 to 8 dimensions, got " + std::to_string(ndim_));
+  }
+  for (int d = 0; d < ndim; ++d) {
+    shape[d] = shape_[d];
+    strides[d] = strides_[d];
+  }
+}
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int d = 0; d < ndim; ++d) n *= shape[d];
+  return n;
+}
+
+bool TensorView::is_contiguous() const {
+  if (numel() == 0) return true;
+  int64_t expected = 1;
+  for (int d = ndim - 1; d >= 0; --d) {
+    if (shape[d] != 1 && strides[d] != expected) return false;
+    expected *= shape[d];
+  }
+  return true;
+}
+
+std::string TensorView::shape_string() const {
+  std::ostringstream os;
+  os << "(";
+  for (int d = 0; d < ndim; ++d) {
+    if (d) os << ", ";
+    os << shape[d];
+  }
+  if (ndim == 1) os << ",";
+  os << ")";
+  return os.str();
+}
+
+}  // namespace msdacore

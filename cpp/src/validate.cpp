@@ -1,0 +1,280 @@
+// Argument validation: devices, dtypes, shapes and the index arrays (SPEC "Errors").
+// Checks run in that order, so index arrays are only read once they are known to be
+// host integer arrays of the right shape.
+#include "validate.hpp"
+
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "msdacore/errors.hpp"
+#include "msdacore/runtime.hpp"
+
+namespace msdacore {
+namespace {
+
+constexpr int64_t kUnknown = -1;  // a size not known because another input is malformed
+
+std::vector<std::string> split_symbols(const char* symbols) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (const char* c = symbols; *c; ++c) {
+    if (*c == ',') {
+      out.push_back(cur);
+      cur.clear();
+    } else if (*c != ' ') {
+      cur += *c;
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+// "(N, Lq, M*D) = (2, 100, 256)"; unknown sizes print as their symbol.
+std::string describe_shape(const char* symbols, const std::vector<int64_t>& dims) {
+  const std::vector<std::string> names = split_symbols(symbols);
+  std::ostringstream os;
+  os << "(" << symbols << (dims.size() == 1 ? ",)" : ")") << " = (";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i) os << ", ";
+    if (dims[i] == kUnknown && i < names.size()) {
+      os << names[i];
+    } else {
+      os << dims[i];
+    }
+  }
+  os << (dims.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+void expect_shape(const char* name, const TensorView& t, const char* symbols,
+                  const std::vector<int64_t>& dims) {
+  bool ok = t.ndim == static_cast<int32_t>(dims.size());
+  for (size_t i = 0; ok && i < dims.size(); ++i) {
+    if (dims[i] != kUnknown && t.shape[i] != dims[i]) ok = false;
+  }
+  if (!ok) {
+    throw ShapeError(std::string(name) + " must have shape " + describe_shape(symbols, dims) +
+                     ", got " + t.shape_string());
+  }
+}
+
+std::string list_string(const std::vector<int64_t>& v) {
+  std::ostringstream os;
+  os << "[";
+  const size_t shown = v.size() > 16 ? 16 : v.size();
+  for (size_t i = 0; i < shown; ++i) os << (i ? ", " : "") << v[i];
+  if (shown < v.size()) os << ", ... (" << v.size() << " values)";
+  os << "]";
+  return os.str();
+}
+
+bool is_float(DType t) {
+  return t == DType::Float16 || t == DType::BFloat16 || t == DType::Float32 ||
+         t == DType::Float64;
+}
+
+void check_device_supported(const char* name, Device d) {
+  if (d.type == DeviceType::CPU) return;
+  const BuildInfo info = build_info();
+  std::string why = info.cuda_compiled
+                        ? "this build of msdacore " + info.version +
+                              " has no CUDA kernels (backends: cpu)"
+                        : "this build of msdacore was compiled without CUDA (backends: cpu)";
+  throw DeviceError(std::string(name) + " is on " + device_name(d) + ", but " + why +
+                    "; pass CPU arrays, or build msdacore with CUDA (a CUDA compiler on the "
+                    "PATH and MSDACORE_CUDA=ON) to run on the GPU");
+}
+
+void check_same_device(const char* name, Device d, const char* ref_name, Device ref) {
+  if (d != ref) {
+    throw DeviceError(std::string(name) + " is on " + device_name(d) + " but " + ref_name +
+                      " is on " + device_name(ref) + ": all inputs must be on the same device");
+  }
+}
+
+void check_on_host(const char* name, Device d) {
+  if (d.type != DeviceType::CPU) {
+    throw DeviceError(std::string(name) + " is on " + device_name(d) +
+                      ", but msdacore reads spatial_shapes and level_start_index on the host: "
+                      "pass them as CPU arrays (or Python lists)");
+  }
+}
+
+void check_float_dtype(const char* name, DType t) {
+  if (!is_float(t)) {
+    throw DTypeError(std::string(name) +
+                     " must be a floating-point array (float32 or float64), got " +
+                     dtype_name(t));
+  }
+  if (t == DType::Float16 || t == DType::BFloat16) {
+    throw DTypeError(std::string(name) + " has dtype " + dtype_name(t) +
+                     ", which the CPU backend does not support: use float32 or float64 "
+                     "(float16 and bfloat16 need the CUDA backend)");
+  }
+}
+
+void check_index_dtype(const char* name, DType t) {
+  if (t != DType::Int32 && t != DType::Int64) {
+    throw DTypeError(std::string(name) + " must be an int32 or int64 array, got " +
+                     dtype_name(t));
+  }
+}
+
+int64_t read_index(const TensorView& t, int64_t offset) {
+  if (t.dtype == DType::Int32) return static_cast<const int32_t*>(t.data)[offset];
+  return static_cast<const int64_t*>(t.data)[offset];
+}
+
+int64_t saturating_mul(int64_t a, int64_t b) {
+  const int64_t big = std::numeric_limits<int64_t>::max();
+  if (a > 0 && b > big / a) return big;
+  return a * b;
+}
+
+int64_t saturating_add(int64_t a, int64_t b) {
+  const int64_t big = std::numeric_limits<int64_t>::max();
+  if (b > big - a) return big;
+  return a + b;
+}
+
+void check_has_data(const char* name, const TensorView& t) {
+  if (t.data == nullptr && t.numel() > 0) {
+    throw Error(std::string(name) + " has " + std::to_string(t.numel()) +
+                " elements but a null data pointer");
+  }
+}
+
+// Reads spatial_shapes and level_start_index into `p` and checks them against each
+// other and against S.
+void read_levels(const TensorView& spatial_shapes, const TensorView& level_start_index,
+                 Problem* p) {
+  p->heights.resize(p->L);
+  p->widths.resize(p->L);
+  p->level_starts.resize(p->L);
+  std::vector<int64_t> expected(p->L);
+  int64_t total = 0;
+  for (int64_t l = 0; l < p->L; ++l) {
+    const int64_t row = l * spatial_shapes.strides[0];
+    const int64_t H = read_index(spatial_shapes, row);
+    const int64_t W = read_index(spatial_shapes, row + spatial_shapes.strides[1]);
+    if (H < 1 || W < 1) {
+      throw ShapeError("spatial_shapes[" + std::to_string(l) + "] = (" + std::to_string(H) +
+                       ", " + std::to_string(W) + "): every level needs H_l >= 1 and W_l >= 1");
+    }
+    p->heights[l] = H;
+    p->widths[l] = W;
+    p->level_starts[l] = read_index(level_start_index, l * level_start_index.strides[0]);
+    expected[l] = total;
+    total = saturating_add(total, saturating_mul(H, W));
+  }
+  if (p->level_starts != expected) {
+    throw ShapeError("level_start_index must hold the prefix sums of H_l*W_l from "
+                     "spatial_shapes: expected " +
+                     list_string(expected) + ", got " + list_string(p->level_starts));
+  }
+  if (total != p->S) {
+    throw ShapeError("spatial_shapes gives S = sum of H_l*W_l = " + std::to_string(total) +
+                     " (level starts " + list_string(expected) + "), but value has S = " +
+                     std::to_string(p->S) + " tokens (value.shape[1])");
+  }
+}
+
+}  // namespace
+
+Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
+                     const TensorView& level_start_index,
+                     const TensorView& sampling_locations,
+                     const TensorView& attention_weights) {
+  // 1. Devices: one supported device; index arrays are read on the host.
+  check_device_supported("value", value.device);
+  check_same_device("sampling_locations", sampling_locations.device, "value", value.device);
+  check_same_device("attention_weights", attention_weights.device, "value", value.device);
+  check_on_host("spatial_shapes", spatial_shapes.device);
+  check_on_host("level_start_index", level_start_index.device);
+
+  // 2. Dtypes.
+  check_float_dtype("value", value.dtype);
+  check_float_dtype("sampling_locations", sampling_locations.dtype);
+  check_float_dtype("attention_weights", attention_weights.dtype);
+  if (sampling_locations.dtype != value.dtype || attention_weights.dtype != value.dtype) {
+    throw DTypeError(std::string("value, sampling_locations and attention_weights must have "
+                                 "the same dtype, got ") +
+                     dtype_name(value.dtype) + ", " + dtype_name(sampling_locations.dtype) +
+                     " and " + dtype_name(attention_weights.dtype));
+  }
+  check_index_dtype("spatial_shapes", spatial_shapes.dtype);
+  check_index_dtype("level_start_index", level_start_index.dtype);
+
+  // 3. Shapes. N, S, M, D come from value, L from spatial_shapes, Lq and P from
+  // sampling_locations (or attention_weights when sampling_locations is malformed).
+  Problem p;
+  p.dtype = value.dtype;
+  p.device = value.device;
+  expect_shape("value", value, "N, S, M, D", {kUnknown, kUnknown, kUnknown, kUnknown});
+  p.N = value.shape[0];
+  p.S = value.shape[1];
+  p.M = value.shape[2];
+  p.D = value.shape[3];
+  if (p.S < 1 || p.M < 1 || p.D < 1) {
+    throw ShapeError("value must have shape (N, S, M, D) with S, M, D >= 1, got " +
+                     value.shape_string());
+  }
+  expect_shape("spatial_shapes", spatial_shapes, "L, 2", {kUnknown, 2});
+  p.L = spatial_shapes.shape[0];
+  if (p.L < 1) {
+    throw ShapeError("spatial_shapes must have shape (L, 2) with L >= 1 levels, got " +
+                     spatial_shapes.shape_string());
+  }
+  expect_shape("level_start_index", level_start_index, "L", {p.L});
+
+  const bool loc_rank_ok = sampling_locations.ndim == 6;
+  const bool attn_rank_ok = attention_weights.ndim == 5;
+  p.Lq = loc_rank_ok ? sampling_locations.shape[1]
+                     : (attn_rank_ok ? attention_weights.shape[1] : kUnknown);
+  p.P = loc_rank_ok ? sampling_locations.shape[4]
+                    : (attn_rank_ok ? attention_weights.shape[4] : kUnknown);
+  expect_shape("sampling_locations", sampling_locations, "N, Lq, M, L, P, 2",
+               {p.N, p.Lq, p.M, p.L, p.P, 2});
+  expect_shape("attention_weights", attention_weights, "N, Lq, M, L, P",
+               {p.N, p.Lq, p.M, p.L, p.P});
+  if (p.P < 1) {
+    throw ShapeError("sampling_locations must have shape (N, Lq, M, L, P, 2) with P >= 1 "
+                     "points, got " +
+                     sampling_locations.shape_string());
+  }
+
+  // 4. Contents of the index arrays.
+  check_has_data("value", value);
+  check_has_data("spatial_shapes", spatial_shapes);
+  check_has_data("level_start_index", level_start_index);
+  check_has_data("sampling_locations", sampling_locations);
+  check_has_data("attention_weights", attention_weights);
+  read_levels(spatial_shapes, level_start_index, &p);
+  return p;
+}
+
+namespace validate {
+
+void check_float_input(const char* name, const TensorView& t, const Problem& p,
+                       const char* symbols, std::initializer_list<int64_t> dims) {
+  check_same_device(name, t.device, "value", p.device);
+  if (t.dtype != p.dtype) {
+    throw DTypeError(std::string(name) + " must have the dtype of value (" +
+                     dtype_name(p.dtype) + "), got " + dtype_name(t.dtype));
+  }
+  expect_shape(name, t, symbols, std::vector<int64_t>(dims));
+  check_has_data(name, t);
+}
+
+void check_output(const char* name, const TensorView& t, const Problem& p, const char* symbols,
+                  std::initializer_list<int64_t> dims) {
+  check_float_input(name, t, p, symbols, dims);
+  if (!t.is_contiguous()) {
+    throw ShapeError(std::string(name) + " must be a contiguous (row-major) output buffer");
+  }
+}
+
+}  // namespace validate
+}  // namespace msdacore

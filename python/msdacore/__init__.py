@@ -1,0 +1,72 @@
+"""msdacore: multi-scale deformable attention (Deformable DETR's MSDA, the single-scale
+module, DAT-style deformable sampling), forward and backward, on the CPU (and on CUDA
+where built), from NumPy or any DLPack array. The operator contract is docs/conventions.md.
+"""
+
+from __future__ import annotations
+
+from . import _arrays, _core
+
+__version__: str = _core.build_info()["version"]
+
+__all__ = [
+    "ms_deform_attn",
+    "ms_deform_attn_backward",
+    "build_info",
+    "set_num_threads",
+    "get_num_threads",
+    "__version__",
+]
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, *, align_corners=False):
+    """Multi-scale deformable attention, forward.
+
+    value               (N, S, M, D)        float32 | float64 (T)
+    spatial_shapes      (L, 2) rows (H, W)  int32 | int64 (or a list of pairs)
+    level_start_index   (L,)                int32 | int64 (or a list), prefix sums of H*W
+    sampling_locations  (N, Lq, M, L, P, 2) T, (x, y) normalized to [0, 1]
+    attention_weights   (N, Lq, M, L, P)    T
+    align_corners       False: pixel = loc*size - 0.5; True: pixel = loc*(size - 1)
+    returns             (N, Lq, M*D)        T, contiguous, of value's array kind
+
+    Raises ValueError (shapes, devices, index arrays) or TypeError (dtypes).
+    """
+    caps, _alive = _arrays.capsules(
+        value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+        sampling_locations=sampling_locations, attention_weights=attention_weights)
+    out = _core.forward(*caps, bool(align_corners))
+    return _arrays.like(value, out)
+
+
+def ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights, grad_output, *, align_corners=False):
+    """Gradients of ms_deform_attn given grad_output (N, Lq, M*D) of dtype T.
+
+    returns (grad_value (N, S, M, D), grad_sampling_locations (N, Lq, M, L, P, 2),
+             grad_attention_weights (N, Lq, M, L, P)), all T, of value's array kind.
+    Bitwise identical for any thread count.
+    """
+    caps, _alive = _arrays.capsules(
+        value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+        sampling_locations=sampling_locations, attention_weights=attention_weights,
+        grad_output=grad_output)
+    grads = _core.backward(*caps, bool(align_corners))
+    return tuple(_arrays.like(value, g) for g in grads)
+
+
+def build_info() -> dict:
+    """What this build can do: version, openmp, num_threads, max_threads, cuda_compiled,
+    cuda_kernels, cuda_runtime_version, cuda_devices, compiler."""
+    return dict(_core.build_info())
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the threads the CPU kernels use (n >= 1). Results do not depend on it."""
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The threads the CPU kernels use."""
+    return _core.get_num_threads()

@@ -1,0 +1,409 @@
+"""Command line: ``python -m msdacore {info,demo,bench}``.
+
+info   build information, one key per line.
+demo   one SPEC configuration on realistic inputs: times msdacore forward and
+       forward+backward, checks a sample of queries against the float64 NumPy
+       reference, and (when torch is importable) times the grid_sample composition
+       on the same inputs and prints the ratios. Exits non-zero if a check fails.
+bench  timings only (msdacore and grid_sample) for several configurations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from .configs import CONFIGS, make_inputs
+
+# SPEC "Numerics": max|a-b| / max|ref| against a float64 reference.
+TOLERANCES = {"float32": 5e-5, "float64": 1e-12}
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+_OP_KEYS = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
+            "attention_weights")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def time_call(fn, repeats: int, warmup: int = 1):
+    """Call fn() warmup times, then repeats times, timing each.
+
+    Returns (median seconds, list of seconds, result of the last call).
+    """
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, result
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo, else platform.processor(), else 'unknown'."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info() -> dict:
+    """cpu model, logical cores and cores usable by this process."""
+    cores = os.cpu_count() or 1
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = cores
+    return {"cpu": cpu_model(), "cores": cores, "usable_cores": usable,
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+def rel_error(a, ref) -> float:
+    """max|a - ref| / max|ref| (absolute error when ref is all zeros)."""
+    a = np.asarray(a, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if ref.size == 0:
+        return 0.0
+    scale = float(np.max(np.abs(ref)))
+    return float(np.max(np.abs(a - ref))) / (scale if scale > 0 else 1.0)
+
+
+def _try_import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _fmt_ms(seconds) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+# ----------------------------------------------------------------------------- msdacore
+
+def time_msdacore(inputs: dict, grad_output, align_corners: bool, repeats: int) -> dict:
+    """Times msdacore forward and forward+backward on NumPy inputs.
+
+    Returns {"forward": s, "forward_backward": s, "output": array, "grads": tuple}.
+    """
+    import msdacore
+
+    args = [inputs[k] for k in _OP_KEYS]
+
+    def forward():
+        return msdacore.ms_deform_attn(*args, align_corners=align_corners)
+
+    def forward_backward():
+        out = msdacore.ms_deform_attn(*args, align_corners=align_corners)
+        grads = msdacore.ms_deform_attn_backward(*args, grad_output, align_corners=align_corners)
+        return out, grads
+
+    t_fwd, _, output = time_call(forward, repeats)
+    t_fb, _, (_, grads) = time_call(forward_backward, repeats)
+    return {"forward": t_fwd, "forward_backward": t_fb, "output": output, "grads": grads}
+
+
+# ----------------------------------------------------------------------------- checks
+
+def sample_queries(Lq: int, k: int, seed: int) -> np.ndarray:
+    """k distinct query indices in [0, Lq), sorted (all of them when k >= Lq)."""
+    if k >= Lq:
+        return np.arange(Lq)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(Lq, size=k, replace=False))
+
+
+def _slice_queries(inputs: dict, idx) -> dict:
+    """The problem restricted to queries idx (queries are independent)."""
+    out = dict(inputs)
+    out["sampling_locations"] = np.ascontiguousarray(inputs["sampling_locations"][:, idx])
+    out["attention_weights"] = np.ascontiguousarray(inputs["attention_weights"][:, idx])
+    return out
+
+
+def check_queries(inputs: dict, grad_output, output, grads, idx, align_corners: bool) -> dict:
+    """Compares msdacore on queries idx against the float64 reference.
+
+    output, grads: msdacore results on the full problem. Forward rows and the
+    per-query gradients are taken from them; grad_value (which mixes all queries)
+    comes from msdacore backward on the sliced problem. Returns {quantity: error}.
+    """
+    import msdacore
+    from . import reference
+
+    sliced = _slice_queries(inputs, idx)
+    g_sliced = np.ascontiguousarray(grad_output[:, idx])
+    args = [sliced[k] for k in _OP_KEYS]
+    args64 = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in args]
+
+    ref_out = reference.ms_deform_attn(*args64, align_corners=align_corners)
+    ref_gv, ref_gl, ref_ga = reference.ms_deform_attn_backward(
+        *args64, g_sliced.astype(np.float64), align_corners=align_corners)
+    gv_sliced, _, _ = msdacore.ms_deform_attn_backward(*args, g_sliced,
+                                                       align_corners=align_corners)
+    _, gl_full, ga_full = grads
+    return {
+        "output": rel_error(np.asarray(output)[:, idx], ref_out),
+        "grad_value": rel_error(gv_sliced, ref_gv),
+        "grad_sampling_locations": rel_error(np.asarray(gl_full)[:, idx], ref_gl),
+        "grad_attention_weights": rel_error(np.asarray(ga_full)[:, idx], ref_ga),
+    }
+
+
+# ----------------------------------------------------------------------------- grid_sample
+
+def time_grid_sample(torch, inputs: dict, grad_output, align_corners: bool, repeats: int) -> dict:
+    """Times the grid_sample composition: forward under no_grad, forward+backward
+    through autograd with the same grad_output. Returns seconds and the output."""
+    from .grid_sample import ms_deform_attn_grid_sample
+
+    shapes = [tuple(int(x) for x in row) for row in inputs["spatial_shapes"]]
+    value = torch.from_numpy(inputs["value"])
+    locs = torch.from_numpy(inputs["sampling_locations"])
+    weights = torch.from_numpy(inputs["attention_weights"])
+    g = torch.from_numpy(np.ascontiguousarray(grad_output))
+
+    def forward():
+        with torch.no_grad():
+            return ms_deform_attn_grid_sample(value, shapes, locs, weights, align_corners)
+
+    leaves = [t.detach().requires_grad_() for t in (value, locs, weights)]
+
+    def forward_backward():
+        out = ms_deform_attn_grid_sample(leaves[0], shapes, leaves[1], leaves[2], align_corners)
+        return torch.autograd.grad(out, leaves, g)
+
+    t_fwd, _, output = time_call(forward, repeats)
+    t_fb, _, _ = time_call(forward_backward, repeats)
+    return {"forward": t_fwd, "forward_backward": t_fb, "output": output.numpy()}
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_info(args) -> int:
+    import msdacore
+
+    info = msdacore.build_info()
+    width = max((len(str(k)) for k in info), default=0)
+    for key, val in info.items():
+        print(f"{str(key):<{width}} : {val}")
+    return 0
+
+
+def _setup_threads(threads, torch):
+    """Sets msdacore (and torch) thread counts; returns the count in use."""
+    import msdacore
+
+    if threads is not None:
+        if threads < 1:
+            raise SystemExit("--threads must be >= 1")
+        msdacore.set_num_threads(threads)
+    n = msdacore.get_num_threads()
+    if torch is not None:
+        torch.set_num_threads(n)
+    return n
+
+
+def _print_header(title: str, threads: int, torch) -> dict:
+    import msdacore
+
+    mach = machine_info()
+    print(f"msdacore {getattr(msdacore, '__version__', '?')} {title}")
+    print(f"machine : {mach['cpu']}, {mach['cores']} cores ({mach['usable_cores']} usable), "
+          f"{platform.system()} {platform.machine()}, Python {mach['python']}, NumPy {mach['numpy']}")
+    torch_txt = f"torch {torch.__version__}" if torch is not None else "torch not available"
+    print(f"threads : {threads} (msdacore and torch); {torch_txt}")
+    mach["torch"] = torch.__version__ if torch is not None else None
+    return mach
+
+
+def _print_timings(repeats: int, gs_repeats, ours: dict, gs) -> dict:
+    """Prints the timing table; returns the ratios (grid_sample / msdacore)."""
+    print(f"timings (ms; median of {repeats} msdacore runs"
+          + (f", {gs_repeats} grid_sample runs" if gs else "") + ", after one warm-up)")
+    print(f"  {'':<18}{'msdacore':>12}{'grid_sample':>14}{'ratio':>10}")
+    ratios = {}
+    for key, label in (("forward", "forward"), ("forward_backward", "forward+backward")):
+        other = gs[key] if gs else None
+        ratio = other / ours[key] if gs and ours[key] > 0 else None
+        ratios[key] = ratio
+        ratio_txt = "-" if ratio is None else f"{ratio:.1f}x"
+        print(f"  {label:<18}{_fmt_ms(ours[key]):>12}{_fmt_ms(other):>14}{ratio_txt:>10}")
+    if gs:
+        print("  ratio = grid_sample time / msdacore time (higher: msdacore faster)")
+    return ratios
+
+
+def _print_checks(errors: dict, tol: float, k: int) -> bool:
+    print(f"check vs float64 reference on {k} sampled queries "
+          f"(max|a-b|/max|ref|, tolerance {tol:g})")
+    ok = True
+    for name, err in errors.items():
+        good = err <= tol
+        ok = ok and good
+        print(f"  {name:<26}{err:>12.3e}  {'ok' if good else 'FAIL'}")
+    return ok
+
+
+def _resolve_config(name: str):
+    if name not in CONFIGS:
+        raise SystemExit(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
+    return CONFIGS[name]
+
+
+def _outside_fraction(locs) -> float:
+    """Fraction of sample points with a coordinate outside [0, 1]."""
+    outside = np.zeros(locs.shape[:-1], dtype=bool)
+    for c in range(2):
+        x = locs[..., c]
+        outside |= (x < 0) | (x > 1)
+    return float(outside.mean()) if outside.size else 0.0
+
+
+def _write_json(path, results: dict):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(f"results written to {path}")
+
+
+def cmd_demo(args) -> int:
+    torch = None if args.no_grid_sample else _try_import_torch()
+    threads = _setup_threads(args.threads, torch)
+    cfg = _resolve_config(args.config)
+    mach = _print_header("demo", threads, torch)
+    print(f"config  : {cfg.describe()}")
+    print(f"dtype   : {args.dtype}")
+
+    t0 = time.perf_counter()
+    inputs = make_inputs(cfg, dtype=_DTYPES[args.dtype], seed=args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    grad_output = rng.standard_normal(cfg.output_shape).astype(_DTYPES[args.dtype])
+    outside = _outside_fraction(inputs["sampling_locations"])
+    print(f"inputs  : built in {time.perf_counter() - t0:.2f} s, seed {args.seed}; "
+          f"{100 * outside:.2f}% of sample points outside [0, 1]")
+
+    ours = time_msdacore(inputs, grad_output, cfg.align_corners, args.repeats)
+    gs = None
+    gs_repeats = args.gs_repeats if args.gs_repeats is not None else min(args.repeats, 3)
+    if torch is not None:
+        gs = time_grid_sample(torch, inputs, grad_output, cfg.align_corners, gs_repeats)
+    elif not args.no_grid_sample:
+        print("grid_sample: torch not importable, comparison skipped")
+    ratios = _print_timings(args.repeats, gs_repeats, ours, gs)
+
+    results = {"command": "demo", "machine": mach, "threads": threads, "config": cfg.name,
+               "dtype": args.dtype, "seed": args.seed, "repeats": args.repeats,
+               "grid_sample_repeats": gs_repeats if gs else None,
+               "msdacore_s": {k: ours[k] for k in ("forward", "forward_backward")},
+               "grid_sample_s": {k: gs[k] for k in ("forward", "forward_backward")} if gs else None,
+               "ratios": ratios}
+    if gs:
+        diff = rel_error(ours["output"], gs["output"])
+        results["grid_sample_forward_rel_diff"] = diff
+        print(f"grid_sample vs msdacore forward, all queries: max|a-b|/max|b| = {diff:.3e}")
+
+    ok = True
+    if args.check_queries > 0 and cfg.Lq > 0 and cfg.N > 0:
+        idx = sample_queries(cfg.Lq, args.check_queries, args.seed + 2)
+        errors = check_queries(inputs, grad_output, ours["output"], ours["grads"], idx,
+                               cfg.align_corners)
+        tol = TOLERANCES[args.dtype]
+        ok = _print_checks(errors, tol, len(idx))
+        results["checks"] = {"queries": len(idx), "tolerance": tol, "errors": errors, "ok": ok}
+    print("result  : " + ("PASS" if ok else "FAIL"))
+    results["ok"] = ok
+    if args.json:
+        _write_json(args.json, results)
+    return 0 if ok else 1
+
+
+def cmd_bench(args) -> int:
+    torch = None if args.no_grid_sample else _try_import_torch()
+    threads = _setup_threads(args.threads, torch)
+    names = args.config or [n for n, c in CONFIGS.items() if not c.gpu]
+    cfgs = [_resolve_config(n) for n in names]
+    mach = _print_header("bench", threads, torch)
+    print(f"dtype   : {args.dtype}")
+    gs_repeats = args.gs_repeats if args.gs_repeats is not None else min(args.repeats, 3)
+    rows = []
+    for cfg in cfgs:
+        print()
+        print(f"config  : {cfg.describe()}")
+        inputs = make_inputs(cfg, dtype=_DTYPES[args.dtype], seed=args.seed)
+        rng = np.random.default_rng(args.seed + 1)
+        grad_output = rng.standard_normal(cfg.output_shape).astype(_DTYPES[args.dtype])
+        ours = time_msdacore(inputs, grad_output, cfg.align_corners, args.repeats)
+        gs = None
+        if torch is not None:
+            gs = time_grid_sample(torch, inputs, grad_output, cfg.align_corners, gs_repeats)
+        ratios = _print_timings(args.repeats, gs_repeats, ours, gs)
+        rows.append({"config": cfg.name,
+                     "msdacore_s": {k: ours[k] for k in ("forward", "forward_backward")},
+                     "grid_sample_s": ({k: gs[k] for k in ("forward", "forward_backward")}
+                                       if gs else None),
+                     "ratios": ratios})
+        del inputs, grad_output, ours, gs
+    if args.json:
+        _write_json(args.json, {"command": "bench", "machine": mach, "threads": threads,
+                                "dtype": args.dtype, "seed": args.seed,
+                                "repeats": args.repeats, "results": rows})
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def _add_common(p):
+    p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+    p.add_argument("--threads", type=int, default=None,
+                   help="thread count for msdacore and torch (default: msdacore's default)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed runs after one warm-up; the median is reported (default 5)")
+    p.add_argument("--gs-repeats", type=int, default=None,
+                   help="timed runs of the grid_sample composition (default min(repeats, 3))")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-grid-sample", action="store_true",
+                   help="skip the grid_sample comparison even when torch is available")
+    p.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m msdacore",
+                                     description="multi-scale deformable attention")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_info = sub.add_parser("info", help="print build information")
+    p_info.set_defaults(func=cmd_info)
+
+    p_demo = sub.add_parser("demo", help="time and check one configuration",
+                            description=f"configurations: {', '.join(CONFIGS)}")
+    p_demo.add_argument("--config", default="detr-enc", choices=list(CONFIGS))
+    p_demo.add_argument("--check-queries", type=int, default=64,
+                        help="queries checked against the float64 reference (0: none)")
+    _add_common(p_demo)
+    p_demo.set_defaults(func=cmd_demo)
+
+    p_bench = sub.add_parser("bench", help="time several configurations (no checks)")
+    p_bench.add_argument("--config", action="append", choices=list(CONFIGS),
+                         help="repeatable; default: every CPU configuration")
+    _add_common(p_bench)
+    p_bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,203 @@
+"""Plain float64 NumPy reference of multi-scale deformable attention.
+
+Written directly from the operator contract (SPEC.md), independently of the C++
+kernels, so that tests and the demo can check the library against it. Needs only
+NumPy. Every input is converted to float64 (index arrays to int64) and every
+result is float64, whatever the input dtype.
+
+Shapes (see SPEC.md):
+
+    value               (N, S, M, D)            float
+    spatial_shapes      (L, 2) rows (H_l, W_l)  int, each >= 1
+    level_start_index   (L,)                    int, prefix sums of H_l*W_l
+    sampling_locations  (N, Lq, M, L, P, 2)     float, last axis (x, y) in [0, 1]
+    attention_weights   (N, Lq, M, L, P)        float (not assumed normalized)
+    output / grad_output (N, Lq, M*D)           float
+
+The work is vectorised per level: temporaries hold N*Lq*M*P*D float64 numbers,
+which is fine for test sizes and for a subset of queries of real sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["ms_deform_attn", "ms_deform_attn_backward"]
+
+
+def _prepare(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """Convert the inputs and check the shapes the reference relies on."""
+    value = np.asarray(value, dtype=np.float64)
+    shapes = np.asarray(spatial_shapes, dtype=np.int64)
+    starts = np.asarray(level_start_index, dtype=np.int64)
+    loc = np.asarray(sampling_locations, dtype=np.float64)
+    attn = np.asarray(attention_weights, dtype=np.float64)
+
+    if value.ndim != 4:
+        raise ValueError(f"value must have shape (N, S, M, D), got {value.shape}")
+    N, S, M, D = value.shape
+    if shapes.ndim != 2 or shapes.shape[1] != 2:
+        raise ValueError(f"spatial_shapes must have shape (L, 2), got {shapes.shape}")
+    L = shapes.shape[0]
+    if starts.shape != (L,):
+        raise ValueError(f"level_start_index must have shape (L,) = ({L},), got {starts.shape}")
+    if loc.ndim != 6 or loc.shape[0] != N or loc.shape[2] != M or loc.shape[3] != L or loc.shape[5] != 2:
+        raise ValueError(
+            f"sampling_locations must have shape (N, Lq, M, L, P, 2) with N={N}, M={M}, L={L}, "
+            f"got {loc.shape}"
+        )
+    Lq, P = loc.shape[1], loc.shape[4]
+    if attn.shape != (N, Lq, M, L, P):
+        raise ValueError(
+            f"attention_weights must have shape (N, Lq, M, L, P) = {(N, Lq, M, L, P)}, got {attn.shape}"
+        )
+    if np.any(shapes < 1):
+        raise ValueError(f"spatial_shapes must be >= 1, got {shapes.tolist()}")
+    sizes = shapes[:, 0] * shapes[:, 1]
+    expected_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    if not np.array_equal(starts, expected_starts):
+        raise ValueError(
+            f"level_start_index must be {expected_starts.tolist()}, got {starts.tolist()}"
+        )
+    if int(sizes.sum()) != S:
+        raise ValueError(f"sum of H_l*W_l is {int(sizes.sum())} but value has S={S}")
+    return value, shapes, starts, loc, attn
+
+
+def _sample_level(value_l, H, W, loc_l, align_corners):
+    """Bilinear sampling of one level, following SPEC.md literally.
+
+    value_l: (N, H*W, M, D) float64; loc_l: (N, Lq, M, P, 2) float64.
+    Returns (valid, (hh, hw, lh, lw), corners), where valid and the four weights
+    are (N, Lq, M, P) and corners is a list of four (token, weight, v) for the
+    corners (h0, w0), (h0, w0+1), (h0+1, w0), (h0+1, w0+1): token (N, Lq, M, P)
+    int64 clamped into [0, H*W), weight (N, Lq, M, P) float64 already zero for
+    out-of-bounds corners and skipped samples, v (N, Lq, M, P, D) float64 (zero
+    for out-of-bounds corners and skipped samples).
+    """
+    x = loc_l[..., 0]
+    y = loc_l[..., 1]
+    # NaN/Inf coordinates (and Inf*0 for 1-pixel levels with align_corners) must
+    # fail the in-range test quietly.
+    with np.errstate(invalid="ignore", over="ignore"):
+        if align_corners:
+            h = y * (H - 1)
+            w = x * (W - 1)
+        else:
+            h = y * H - 0.5
+            w = x * W - 0.5
+        valid = (h > -1) & (h < H) & (w > -1) & (w < W)
+    # Skipped samples get harmless coordinates; their weights are zeroed below.
+    h = np.where(valid, h, 0.0)
+    w = np.where(valid, w, 0.0)
+    h0f = np.floor(h)
+    w0f = np.floor(w)
+    lh = h - h0f
+    lw = w - w0f
+    hh = 1.0 - lh
+    hw = 1.0 - lw
+    h0 = h0f.astype(np.int64)
+    w0 = w0f.astype(np.int64)
+
+    N, Lq, M, P = h.shape
+    n_idx = np.arange(N, dtype=np.int64).reshape(N, 1, 1, 1)
+    m_idx = np.arange(M, dtype=np.int64).reshape(1, 1, M, 1)
+    corners = []
+    for di, dj, cw in ((0, 0, hh * hw), (0, 1, hh * lw), (1, 0, lh * hw), (1, 1, lh * lw)):
+        i = h0 + di
+        j = w0 + dj
+        inside = valid & (i >= 0) & (i < H) & (j >= 0) & (j < W)
+        token = np.clip(i, 0, H - 1) * W + np.clip(j, 0, W - 1)
+        v = value_l[n_idx, token, m_idx]  # (N, Lq, M, P, D)
+        v = np.where(inside[..., None], v, 0.0)
+        corners.append((token, np.where(inside, cw, 0.0), v))
+    return valid, (hh, hw, lh, lw), corners
+
+
+def _bilinear(corners):
+    """B = sum of corner weight * corner value, (N, Lq, M, P, D)."""
+    out = None
+    for _, cw, v in corners:
+        term = cw[..., None] * v
+        out = term if out is None else out + term
+    return out
+
+
+# ms_deform_attn
+#   value               (N, S, M, D)          float  -> float64
+#   spatial_shapes      (L, 2)                int (or list)
+#   level_start_index   (L,)                  int (or list)
+#   sampling_locations  (N, Lq, M, L, P, 2)   float  -> float64
+#   attention_weights   (N, Lq, M, L, P)      float  -> float64
+#   returns out         (N, Lq, M*D)          float64
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, align_corners=False):
+    """Forward: out[n, q, m*D + d] = sum_l sum_p A[n,q,m,l,p] * B_l(n, m, d; h, w)."""
+    value, shapes, starts, loc, attn = _prepare(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    N, S, M, D = value.shape
+    Lq = loc.shape[1]
+    out = np.zeros((N, Lq, M, D), dtype=np.float64)
+    for l in range(shapes.shape[0]):
+        H, W = int(shapes[l, 0]), int(shapes[l, 1])
+        start = int(starts[l])
+        value_l = value[:, start:start + H * W]
+        valid, _, corners = _sample_level(value_l, H, W, loc[:, :, :, l], align_corners)
+        a = np.where(valid, attn[:, :, :, l], 0.0)  # skipped samples contribute nothing
+        out += np.sum(a[..., None] * _bilinear(corners), axis=3)
+    return out.reshape(N, Lq, M * D)
+
+
+# ms_deform_attn_backward
+#   value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+#                       as for ms_deform_attn
+#   grad_output         (N, Lq, M*D)          float  -> float64
+#   returns (grad_value (N, S, M, D), grad_sampling_locations (N, Lq, M, L, P, 2),
+#            grad_attention_weights (N, Lq, M, L, P)), all float64
+def ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights, grad_output, align_corners=False):
+    """Backward of ms_deform_attn for the loss <grad_output, out>."""
+    value, shapes, starts, loc, attn = _prepare(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    N, S, M, D = value.shape
+    Lq = loc.shape[1]
+    G = np.asarray(grad_output, dtype=np.float64)
+    if G.shape != (N, Lq, M * D):
+        raise ValueError(
+            f"grad_output must have shape (N, Lq, M*D) = {(N, Lq, M * D)}, got {G.shape}")
+    g = G.reshape(N, Lq, M, 1, D)  # broadcast over points
+
+    grad_value = np.zeros_like(value)
+    grad_loc = np.zeros_like(loc)
+    grad_attn = np.zeros_like(attn)
+    n_idx = np.arange(N, dtype=np.int64).reshape(N, 1, 1, 1)
+    m_idx = np.arange(M, dtype=np.int64).reshape(1, 1, M, 1)
+
+    for l in range(shapes.shape[0]):
+        H, W = int(shapes[l, 0]), int(shapes[l, 1])
+        start = int(starts[l])
+        value_l = value[:, start:start + H * W]
+        valid, (hh, hw, lh, lw), corners = _sample_level(
+            value_l, H, W, loc[:, :, :, l], align_corners)
+        a = np.where(valid, attn[:, :, :, l], 0.0)
+        sx, sy = (W - 1, H - 1) if align_corners else (W, H)
+
+        # grad_attention_weights = <g, B>
+        B = _bilinear(corners)
+        grad_attn[:, :, :, l] = np.where(valid, np.sum(g * B, axis=-1), 0.0)
+
+        # grad_sampling_locations on the cell chosen by floor()
+        v00, v01, v10, v11 = (c[2] for c in corners)
+        dB_dw = (-hh[..., None] * v00 + hh[..., None] * v01
+                 - lh[..., None] * v10 + lh[..., None] * v11)
+        dB_dh = (-hw[..., None] * v00 - lw[..., None] * v01
+                 + hw[..., None] * v10 + lw[..., None] * v11)
+        grad_loc[:, :, :, l, :, 0] = np.where(valid, a * sx * np.sum(g * dB_dw, axis=-1), 0.0)
+        grad_loc[:, :, :, l, :, 1] = np.where(valid, a * sy * np.sum(g * dB_dh, axis=-1), 0.0)
+
+        # grad_value: every in-bounds corner of every kept sample scatters A * weight * g
+        for token, cw, _ in corners:
+            contrib = (a * cw)[..., None] * g  # (N, Lq, M, P, D); zero where not read
+            np.add.at(grad_value, (n_idx, start + token, m_idx), contrib)
+
+    return grad_value, grad_loc, grad_attn
