@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every msdacore test on this machine: installs the package with its test
+# dependencies (torch pinned to 2.13.0), builds and runs the C++ tests under ctest (no
+# Python), then runs the Python tests (pytest + hypothesis).
+#   bash scripts/test.sh            # from the repository root
+# Environment: MSDACORE_HYPOTHESIS_PROFILE=ci|dev (CI=true selects ci: derandomized, bounded).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python -m pip install --quiet ".[test]"
+
+generator=()
+if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
+cmake -S . -B build/cpp-tests "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+  -DMSDACORE_PYTHON=OFF -DMSDACORE_TESTS=ON -DMSDACORE_CUDA=OFF
+cmake --build build/cpp-tests --parallel 2
+ctest --test-dir build/cpp-tests --output-on-failure
+
+# From the tests' own folder, so that `import msdacore` is the installed package.
+python -m pytest tests/python
