@@ -2,9 +2,7 @@
 // on level l's tokens of batch n (the only tokens its samples read) and the location and
 // attention gradients of (n, :, m, l, :), so all three are produced in one pass, race
 // free without atomics, and in an order that does not depend on the thread count.
-#include <algorithm>
-
-#include "cpu_access.hpp"
+#include "cpu_simd.hpp"
 #include "cpu_kernels.hpp"
 #include "msdacore/detail/bilinear.hpp"
 #include "msdacore/runtime.hpp"
@@ -20,7 +18,7 @@ struct GradOutputs {
   T* weight;    // (N, Lq, M, L, P) contiguous
 };
 
-template <typename T, bool kUnit>
+template <typename T>
 void backward_impl(const Problem& p, bool align_corners, const TensorView& value_view,
                    const TensorView& loc_view, const TensorView& attn_view,
                    const TensorView& grad_out_view, GradOutputs<T> grad) {
@@ -40,7 +38,9 @@ void backward_impl(const Problem& p, bool align_corners, const TensorView& value
 
     // grad_value rows of this (n, level, m): tokens start .. start + H*W - 1.
     T* gv_level = grad.value + ((n * S + start) * M + m) * D;
-    for (int64_t s = 0; s < H * W; ++s) std::fill(gv_level + s * M * D, gv_level + s * M * D + D, T(0));
+    for (int64_t s = 0; s < H * W; ++s) {
+      for (int64_t d = 0; d < D; ++d) gv_level[s * M * D + d] = T(0);
+    }
     const T* value_level =
         value.data + n * value.stride[0] + start * value.stride[1] + m * value.stride[2];
 
@@ -65,7 +65,7 @@ void backward_impl(const Problem& p, bool align_corners, const TensorView& value
         detail::make_corners(h, w, H, W, &c);
         T dots[4];
         for (int k = 0; k < 4; ++k) {
-          dots[k] = c.inside[k] ? dot<kUnit>(D, g, grad_out.stride[2],
+          dots[k] = c.inside[k] ? dot(D, g, grad_out.stride[2],
                                              value_level + c.offset[k] * value.stride[1],
                                              value.stride[3])
                                 : T(0);
@@ -73,7 +73,7 @@ void backward_impl(const Problem& p, bool align_corners, const TensorView& value
         detail::sample_gradients(c, dots, A, sx, sy, grad_a, &grad_xy[0], &grad_xy[1]);
         for (int k = 0; k < 4; ++k) {
           if (!c.inside[k]) continue;
-          axpy<kUnit>(D, A * c.weight[k], g, grad_out.stride[2], gv_level + c.offset[k] * M * D);
+          axpy(D, A * c.weight[k], g, grad_out.stride[2], gv_level + c.offset[k] * M * D);
         }
       }
     }
@@ -87,11 +87,7 @@ void backward_typed(const Problem& p, bool align_corners, const TensorView& valu
                     const TensorView& grad_attn) {
   const GradOutputs<T> grad{static_cast<T*>(grad_value.data), static_cast<T*>(grad_loc.data),
                             static_cast<T*>(grad_attn.data)};
-  if (value.strides[3] == 1 && grad_output.strides[2] == 1) {
-    backward_impl<T, true>(p, align_corners, value, loc, attn, grad_output, grad);
-  } else {
-    backward_impl<T, false>(p, align_corners, value, loc, attn, grad_output, grad);
-  }
+  backward_impl<T>(p, align_corners, value, loc, attn, grad_output, grad);
 }
 
 }  // namespace

@@ -1,7 +1,10 @@
-// CPU forward kernel: output (N, Lq, M*D), one OpenMP task per (n, q) output row.
-#include <algorithm>
-
-#include "cpu_access.hpp"
+// CPU forward kernel: output (N, Lq, M*D).
+//
+// One OpenMP task per (n, m, block of queries), in that order, so that with a static
+// schedule each thread sweeps the queries of one head at a time and keeps that head's
+// slice of value hot in its cache. For each (q, m) the D channels are accumulated in
+// register-sized chunks (kChunk channels) over all L*P points before one store.
+#include "cpu_simd.hpp"
 #include "cpu_kernels.hpp"
 #include "msdacore/detail/bilinear.hpp"
 #include "msdacore/runtime.hpp"
@@ -10,41 +13,83 @@ namespace msdacore {
 namespace cpu {
 namespace {
 
-template <typename T, bool kUnit>
-void forward_impl(const Problem& p, bool align_corners, const TensorView& value_view,
-                  const TensorView& loc_view, const TensorView& attn_view, T* out) {
-  const Strided<T, 4> value(value_view);
-  const Strided<T, 6> loc(loc_view);
-  const Strided<T, 5> attn(attn_view);
-  const int64_t M = p.M, D = p.D, L = p.L, P = p.P, Lq = p.Lq;
-  const int64_t rows = p.N * Lq;
+constexpr int64_t kQueryBlock = 64;  // queries per task
+
+template <typename T>
+struct ForwardArgs {
+  const Problem& p;
+  bool align_corners;
+  Strided<T, 4> value;  // (N, S, M, D)
+  Strided<T, 6> loc;    // (N, Lq, M, L, P, 2)
+  Strided<T, 5> attn;   // (N, Lq, M, L, P)
+  T* out;               // (N, Lq, M*D) contiguous
+};
+
+// Sums A * B over the L*P points of (n, q, m) for channels d0 .. d0 + len of head m and
+// stores them in the output. kVector: unit-stride channels and len == kChunk<T>, summed in
+// registers; otherwise element by element, with the same arithmetic per element.
+template <typename T, bool kVector>
+void head_chunk(const ForwardArgs<T>& a, int64_t n, int64_t q, int64_t m, int64_t d0,
+                int64_t len) {
+  const Problem& p = a.p;
+  ChunkAccumulator<T> vec_acc;
+  T acc[kChunk<T>] = {};
+  const int64_t vs = a.value.stride[3];
+  const T* value_head = a.value.data + n * a.value.stride[0] + m * a.value.stride[2] + d0 * vs;
+  const T* loc_head = a.loc.data + n * a.loc.stride[0] + q * a.loc.stride[1] + m * a.loc.stride[2];
+  const T* attn_head =
+      a.attn.data + n * a.attn.stride[0] + q * a.attn.stride[1] + m * a.attn.stride[2];
+  for (int64_t l = 0; l < p.L; ++l) {
+    const int64_t H = p.heights[l], W = p.widths[l];
+    const T* value_level = value_head + p.level_starts[l] * a.value.stride[1];
+    for (int64_t pt = 0; pt < p.P; ++pt) {
+      const T* xy = loc_head + l * a.loc.stride[3] + pt * a.loc.stride[4];
+      const T h = detail::pixel_coord(xy[a.loc.stride[5]], H, a.align_corners);
+      const T w = detail::pixel_coord(xy[0], W, a.align_corners);
+      if (!detail::sample_in_range(h, w, H, W)) continue;
+      const T A = attn_head[l * a.attn.stride[3] + pt * a.attn.stride[4]];
+      detail::Corners<T> c;
+      detail::make_corners(h, w, H, W, &c);
+      for (int k = 0; k < 4; ++k) {
+        if (!c.inside[k]) continue;
+        const T weight = A * c.weight[k];
+        const T* v = value_level + c.offset[k] * a.value.stride[1];
+        if (kVector) {
+          vec_acc.add(weight, v);
+        } else {
+          for (int64_t i = 0; i < len; ++i) acc[i] += weight * v[i * vs];
+        }
+      }
+    }
+  }
+  T* dst = a.out + (n * p.Lq + q) * p.M * p.D + m * p.D + d0;
+  if (kVector) {
+    vec_acc.store(dst);
+  } else {
+    for (int64_t i = 0; i < len; ++i) dst[i] = acc[i];
+  }
+}
+
+template <typename T>
+void forward_impl(const ForwardArgs<T>& a) {
+  const Problem& p = a.p;
+  const int64_t blocks = (p.Lq + kQueryBlock - 1) / kQueryBlock;
+  const int64_t tasks = p.N * p.M * blocks;
+  constexpr int64_t chunk = kChunk<T>;
+  const bool unit = a.value.stride[3] == 1;
 
 #pragma omp parallel for schedule(static) num_threads(get_num_threads())
-  for (int64_t row = 0; row < rows; ++row) {
-    const int64_t n = row / Lq, q = row % Lq;
-    T* out_row = out + row * M * D;
-    std::fill(out_row, out_row + M * D, T(0));
-    for (int64_t m = 0; m < M; ++m) {
-      T* acc = out_row + m * D;
-      const T* value_head = value.data + n * value.stride[0] + m * value.stride[2];
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t H = p.heights[l], W = p.widths[l];
-        const T* value_level = value_head + p.level_starts[l] * value.stride[1];
-        for (int64_t pt = 0; pt < P; ++pt) {
-          const T* xy = loc.data + n * loc.stride[0] + q * loc.stride[1] + m * loc.stride[2] +
-                        l * loc.stride[3] + pt * loc.stride[4];
-          const T h = detail::pixel_coord(xy[loc.stride[5]], H, align_corners);
-          const T w = detail::pixel_coord(xy[0], W, align_corners);
-          if (!detail::sample_in_range(h, w, H, W)) continue;
-          const T A = attn.data[n * attn.stride[0] + q * attn.stride[1] + m * attn.stride[2] +
-                                l * attn.stride[3] + pt * attn.stride[4]];
-          detail::Corners<T> c;
-          detail::make_corners(h, w, H, W, &c);
-          for (int k = 0; k < 4; ++k) {
-            if (!c.inside[k]) continue;
-            axpy<kUnit>(D, A * c.weight[k], value_level + c.offset[k] * value.stride[1],
-                        value.stride[3], acc);
-          }
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t n = task / (p.M * blocks), m = (task / blocks) % p.M, block = task % blocks;
+    const int64_t q_begin = block * kQueryBlock;
+    const int64_t q_end = q_begin + kQueryBlock < p.Lq ? q_begin + kQueryBlock : p.Lq;
+    for (int64_t q = q_begin; q < q_end; ++q) {
+      for (int64_t d0 = 0; d0 < p.D; d0 += chunk) {
+        const int64_t len = p.D - d0 < chunk ? p.D - d0 : chunk;
+        if (unit && len == chunk) {
+          head_chunk<T, true>(a, n, q, m, d0, len);
+        } else {
+          head_chunk<T, false>(a, n, q, m, d0, len);
         }
       }
     }
@@ -54,12 +99,9 @@ void forward_impl(const Problem& p, bool align_corners, const TensorView& value_
 template <typename T>
 void forward_typed(const Problem& p, bool align_corners, const TensorView& value,
                    const TensorView& loc, const TensorView& attn, const TensorView& output) {
-  T* out = static_cast<T*>(output.data);
-  if (value.strides[3] == 1) {
-    forward_impl<T, true>(p, align_corners, value, loc, attn, out);
-  } else {
-    forward_impl<T, false>(p, align_corners, value, loc, attn, out);
-  }
+  const ForwardArgs<T> a{p, align_corners, Strided<T, 4>(value), Strided<T, 6>(loc),
+                         Strided<T, 5>(attn), static_cast<T*>(output.data)};
+  forward_impl<T>(a);
 }
 
 }  // namespace

@@ -1,0 +1,123 @@
+// Internal: the channel loops of the CPU kernels (over D), written once on GCC/Clang
+// vector types of MSDACORE_VEC_BYTES bytes (16 by default: SSE2 / NEON; 32 when the
+// file is compiled for AVX2), plus typed strided access to the float inputs.
+//
+// Every loop gives bitwise the same result whatever the vector width and whatever the
+// strides: element-wise loops (axpy, chunk accumulation) are exact per element, and dot
+// products always sum into kDotLanes = 32 / sizeof(T) running partial sums (lane d % 
+// kDotLanes) folded pairwise in a fixed order. So results do not depend on the ISA the
+// dispatcher picks, nor on whether an input is contiguous.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "msdacore/tensor.hpp"
+
+#ifndef MSDACORE_VEC_BYTES
+#define MSDACORE_VEC_BYTES 16
+#endif
+
+namespace msdacore {
+namespace cpu {
+
+// Pointer plus element strides of a float input, typed.
+template <typename T, int Rank>
+struct Strided {
+  const T* data;
+  int64_t stride[Rank];
+
+  explicit Strided(const TensorView& t) : data(static_cast<const T*>(t.data)) {
+    for (int d = 0; d < Rank; ++d) stride[d] = t.strides[d];
+  }
+};
+
+template <typename T>
+struct Simd {
+  static constexpr int kBytes = MSDACORE_VEC_BYTES;
+  static constexpr int kLanes = kBytes / static_cast<int>(sizeof(T));
+  typedef T Vec __attribute__((vector_size(kBytes)));
+
+  static Vec load(const T* p) {
+    Vec v;
+    std::memcpy(&v, p, sizeof(Vec));
+    return v;
+  }
+  static void store(T* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
+  static Vec splat(T x) { return Vec{} + x; }
+};
+
+// Channels accumulated in registers at once by the forward kernel (128 bytes).
+template <typename T>
+constexpr int kChunk = 128 / static_cast<int>(sizeof(T));
+
+// Lanes of the running partial sums of a dot product (32 bytes, a multiple of every
+// vector width used).
+template <typename T>
+constexpr int kDotLanes = 32 / static_cast<int>(sizeof(T));
+
+// acc[0..kChunk) += a * x[0..kChunk) on unit-stride x, in registers.
+template <typename T>
+struct ChunkAccumulator {
+  using S = Simd<T>;
+  static constexpr int kVecs = kChunk<T> / S::kLanes;
+  typename S::Vec acc[kVecs] = {};
+
+  void add(T a, const T* x) {
+    const typename S::Vec va = S::splat(a);
+    for (int j = 0; j < kVecs; ++j) acc[j] += va * S::load(x + j * S::kLanes);
+  }
+  void store(T* dst) const {
+    for (int j = 0; j < kVecs; ++j) S::store(dst + j * S::kLanes, acc[j]);
+  }
+};
+
+// y[d] += a * x[d * x_stride] for d < D (y contiguous).
+template <typename T>
+inline void axpy(int64_t D, T a, const T* x, int64_t x_stride, T* y) {
+  using S = Simd<T>;
+  int64_t d = 0;
+  if (x_stride == 1) {
+    const typename S::Vec va = S::splat(a);
+    for (; d + S::kLanes <= D; d += S::kLanes) S::store(y + d, S::load(y + d) + va * S::load(x + d));
+  }
+  for (; d < D; ++d) y[d] += a * x[d * x_stride];
+}
+
+// Folds kDotLanes partial sums pairwise: ((p0+p4)+(p2+p6)) + ((p1+p5)+(p3+p7)) for 8.
+template <typename T>
+inline T fold_lanes(T* lanes) {
+  for (int width = kDotLanes<T> / 2; width >= 1; width /= 2) {
+    for (int k = 0; k < width; ++k) lanes[k] += lanes[k + width];
+  }
+  return lanes[0];
+}
+
+// sum_d x[d * x_stride] * y[d * y_stride] in the fixed lane order described above.
+template <typename T>
+inline T dot(int64_t D, const T* x, int64_t x_stride, const T* y, int64_t y_stride) {
+  using S = Simd<T>;
+  constexpr int kLanes = kDotLanes<T>;
+  constexpr int kVecs = kLanes / S::kLanes;
+  T lanes[kLanes];
+  int64_t d = 0;
+  if (x_stride == 1 && y_stride == 1) {
+    typename S::Vec part[kVecs] = {};
+    for (; d + kLanes <= D; d += kLanes) {
+      for (int j = 0; j < kVecs; ++j) {
+        part[j] += S::load(x + d + j * S::kLanes) * S::load(y + d + j * S::kLanes);
+      }
+    }
+    std::memcpy(lanes, part, sizeof(lanes));
+  } else {
+    for (int k = 0; k < kLanes; ++k) lanes[k] = T(0);
+    for (; d + kLanes <= D; d += kLanes) {
+      for (int k = 0; k < kLanes; ++k) lanes[k] += x[(d + k) * x_stride] * y[(d + k) * y_stride];
+    }
+  }
+  for (int k = 0; d < D; ++d, ++k) lanes[k] += x[d * x_stride] * y[d * y_stride];
+  return fold_lanes(lanes);
+}
+
+}  // namespace cpu
+}  // namespace msdacore
