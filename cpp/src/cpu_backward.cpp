@@ -9,6 +9,7 @@
 
 namespace msdacore {
 namespace cpu {
+namespace MSDACORE_CPU_ISA {
 namespace {
 
 template <typename T>
@@ -108,5 +109,6 @@ void backward(const Problem& p, bool align_corners, const TensorView& value,
   }
 }
 
+}  // namespace MSDACORE_CPU_ISA
 }  // namespace cpu
 }  // namespace msdacore

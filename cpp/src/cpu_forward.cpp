@@ -11,6 +11,7 @@
 
 namespace msdacore {
 namespace cpu {
+namespace MSDACORE_CPU_ISA {
 namespace {
 
 constexpr int64_t kQueryBlock = 64;  // queries per task
@@ -116,5 +117,6 @@ void forward(const Problem& p, bool align_corners, const TensorView& value,
   }
 }
 
+}  // namespace MSDACORE_CPU_ISA
 }  // namespace cpu
 }  // namespace msdacore

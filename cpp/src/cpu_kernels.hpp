@@ -1,26 +1,54 @@
-// Internal: the OpenMP CPU kernels (cpu_forward.cpp, cpu_backward.cpp).
+// Internal: the OpenMP CPU kernels.
+//
+// cpu_forward.cpp and cpu_backward.cpp are compiled once per instruction set, each build
+// in its own namespace (generic: SSE2 / NEON baseline; avx2 on x86-64), and
+// cpu_dispatch.cpp picks one at run time. All builds give bitwise identical results.
 //
 // Parallel decomposition (no atomics, each output element written by exactly one task in
 // a fixed order, so results are bitwise identical for any thread count):
-//   forward:  one task per (n, q) row of the output;
+//   forward:  one task per (n, m, block of queries);
 //   backward: one task per (n, m, l): it owns grad_value of head m on level l's tokens
 //             and grad_sampling_locations / grad_attention_weights of (n, :, m, l, :).
 #pragma once
+
+#include <string>
 
 #include "msdacore/ops.hpp"
 
 namespace msdacore {
 namespace cpu {
 
+#define MSDACORE_DECLARE_CPU_KERNELS(isa)                                                     \
+  namespace isa {                                                                             \
+  void forward(const Problem& p, bool align_corners, const TensorView& value,                 \
+               const TensorView& sampling_locations, const TensorView& attention_weights,     \
+               const TensorView& output);                                                     \
+  void backward(const Problem& p, bool align_corners, const TensorView& value,                \
+                const TensorView& sampling_locations, const TensorView& attention_weights,    \
+                const TensorView& grad_output, const TensorView& grad_value,                  \
+                const TensorView& grad_sampling_locations,                                    \
+                const TensorView& grad_attention_weights);                                    \
+  }
+
+MSDACORE_DECLARE_CPU_KERNELS(generic)
+MSDACORE_DECLARE_CPU_KERNELS(avx2)
+#undef MSDACORE_DECLARE_CPU_KERNELS
+
+// The dispatching entry points (cpu_dispatch.cpp).
 void forward(const Problem& p, bool align_corners, const TensorView& value,
              const TensorView& sampling_locations, const TensorView& attention_weights,
              const TensorView& output);
-
 void backward(const Problem& p, bool align_corners, const TensorView& value,
               const TensorView& sampling_locations, const TensorView& attention_weights,
               const TensorView& grad_output, const TensorView& grad_value,
               const TensorView& grad_sampling_locations,
               const TensorView& grad_attention_weights);
+
+// The instruction set the kernels run with ("generic" or "avx2"): the best one this
+// machine supports, unless the environment variable MSDACORE_CPU_ISA names another
+// compiled-in one. And the list of compiled-in ones ("generic,avx2").
+std::string selected_isa();
+std::string compiled_isas();
 
 }  // namespace cpu
 }  // namespace msdacore

@@ -14,12 +14,18 @@
 
 #include "msdacore/tensor.hpp"
 
+// Each kernel build defines its instruction set: MSDACORE_CPU_ISA names the namespace
+// its code lives in, MSDACORE_VEC_BYTES the vector width.
+#ifndef MSDACORE_CPU_ISA
+#define MSDACORE_CPU_ISA generic
+#endif
 #ifndef MSDACORE_VEC_BYTES
 #define MSDACORE_VEC_BYTES 16
 #endif
 
 namespace msdacore {
 namespace cpu {
+namespace MSDACORE_CPU_ISA {
 
 // Pointer plus element strides of a float input, typed.
 template <typename T, int Rank>
@@ -119,5 +125,6 @@ inline T dot(int64_t D, const T* x, int64_t x_stride, const T* y, int64_t y_stri
   return fold_lanes(lanes);
 }
 
+}  // namespace MSDACORE_CPU_ISA
 }  // namespace cpu
 }  // namespace msdacore

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <string>
 
+#include "cpu_kernels.hpp"
 #include "msdacore/errors.hpp"
 #include "msdacore/version.hpp"
 
@@ -76,6 +77,8 @@ BuildInfo build_info() {
   info.cuda_runtime_version = cuda::runtime_version();
   info.cuda_devices = cuda::device_count();
 #endif
+  info.cpu_isa = cpu::selected_isa();
+  info.cpu_isas = cpu::compiled_isas();
   info.compiler = compiler_name();
   return info;
 }

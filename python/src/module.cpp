@@ -104,6 +104,8 @@ py::dict build_info() {
   d["cuda_kernels"] = info.cuda_kernels;
   d["cuda_runtime_version"] = info.cuda_runtime_version;
   d["cuda_devices"] = info.cuda_devices;
+  d["cpu_isa"] = info.cpu_isa;
+  d["cpu_isas"] = info.cpu_isas;
   d["compiler"] = info.compiler;
   return d;
 }

@@ -15,6 +15,8 @@ struct BuildInfo {
   bool cuda_kernels = false;    // CUDA forward/backward kernels available
   int cuda_runtime_version = 0; // CUDA runtime version (e.g. 13000), 0 without CUDA
   int cuda_devices = 0;         // CUDA devices visible now (0 without driver or GPU)
+  std::string cpu_isa;          // instruction set the CPU kernels run with ("avx2", "generic")
+  std::string cpu_isas;         // CPU kernel builds compiled in ("generic,avx2")
   std::string compiler;         // compiler that built the core
 };
 

@@ -13,10 +13,12 @@
 
 #include <cstdint>
 
+// On the host the functions have internal linkage (static): the CPU kernels are compiled
+// once per instruction set (generic, AVX2), and each build must keep its own copy.
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MSDACORE_HD __host__ __device__ __forceinline__
 #else
-#define MSDACORE_HD inline
+#define MSDACORE_HD static inline
 #endif
 
 namespace msdacore {

@@ -1,0 +1,77 @@
+// Run-time choice between the CPU kernel builds (see cpu_kernels.hpp).
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu_kernels.hpp"
+
+namespace msdacore {
+namespace cpu {
+namespace {
+
+enum class Isa { Generic, Avx2 };
+
+bool supported(Isa isa) {
+  if (isa == Isa::Generic) return true;
+#if defined(MSDACORE_HAVE_AVX2_KERNELS)
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+
+Isa choose() {
+  const char* forced = std::getenv("MSDACORE_CPU_ISA");
+  if (forced != nullptr && std::strcmp(forced, "generic") == 0) return Isa::Generic;
+  if (forced != nullptr && std::strcmp(forced, "avx2") == 0 && supported(Isa::Avx2)) {
+    return Isa::Avx2;
+  }
+  return supported(Isa::Avx2) ? Isa::Avx2 : Isa::Generic;
+}
+
+Isa isa() {
+  static const Isa chosen = choose();
+  return chosen;
+}
+
+}  // namespace
+
+void forward(const Problem& p, bool align_corners, const TensorView& value,
+             const TensorView& sampling_locations, const TensorView& attention_weights,
+             const TensorView& output) {
+#if defined(MSDACORE_HAVE_AVX2_KERNELS)
+  if (isa() == Isa::Avx2) {
+    avx2::forward(p, align_corners, value, sampling_locations, attention_weights, output);
+    return;
+  }
+#endif
+  generic::forward(p, align_corners, value, sampling_locations, attention_weights, output);
+}
+
+void backward(const Problem& p, bool align_corners, const TensorView& value,
+              const TensorView& sampling_locations, const TensorView& attention_weights,
+              const TensorView& grad_output, const TensorView& grad_value,
+              const TensorView& grad_sampling_locations,
+              const TensorView& grad_attention_weights) {
+#if defined(MSDACORE_HAVE_AVX2_KERNELS)
+  if (isa() == Isa::Avx2) {
+    avx2::backward(p, align_corners, value, sampling_locations, attention_weights, grad_output,
+                   grad_value, grad_sampling_locations, grad_attention_weights);
+    return;
+  }
+#endif
+  generic::backward(p, align_corners, value, sampling_locations, attention_weights, grad_output,
+                    grad_value, grad_sampling_locations, grad_attention_weights);
+}
+
+std::string selected_isa() { return isa() == Isa::Avx2 ? "avx2" : "generic"; }
+
+std::string compiled_isas() {
+#if defined(MSDACORE_HAVE_AVX2_KERNELS)
+  return "generic,avx2";
+#else
+  return "generic";
+#endif
+}
+
+}  // namespace cpu
+}  // namespace msdacore
