@@ -30,7 +30,7 @@ _OP_KEYS = ("value", "spatial_shapes", "level_start_index", "sampling_locations"
             "attention_weights")
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- utilities
 
 def time_call(fn, repeats: int, warmup: int = 1):
     """Call fn() warmup times, then repeats times, timing each.
@@ -68,6 +68,7 @@ def machine_info() -> dict:
     except (AttributeError, OSError):
         usable = cores
     return {"cpu": cpu_model(), "cores": cores, "usable_cores": usable,
+            "system": f"{platform.system()} {platform.machine()}",
             "python": platform.python_version(), "numpy": np.__version__}
 
 
@@ -209,8 +210,6 @@ def _setup_threads(threads, torch):
     import msdacore
 
     if threads is not None:
-        if threads < 1:
-            raise SystemExit("--threads must be >= 1")
         msdacore.set_num_threads(threads)
     n = msdacore.get_num_threads()
     if torch is not None:
@@ -224,9 +223,11 @@ def _print_header(title: str, threads: int, torch) -> dict:
     mach = machine_info()
     print(f"msdacore {getattr(msdacore, '__version__', '?')} {title}")
     print(f"machine : {mach['cpu']}, {mach['cores']} cores ({mach['usable_cores']} usable), "
-          f"{platform.system()} {platform.machine()}, Python {mach['python']}, NumPy {mach['numpy']}")
-    torch_txt = f"torch {torch.__version__}" if torch is not None else "torch not available"
-    print(f"threads : {threads} (msdacore and torch); {torch_txt}")
+          f"{mach['system']}, Python {mach['python']}, NumPy {mach['numpy']}")
+    if torch is not None:
+        print(f"threads : {threads} (msdacore and torch {torch.__version__})")
+    else:
+        print(f"threads : {threads} (msdacore; torch not used)")
     mach["torch"] = torch.__version__ if torch is not None else None
     return mach
 
@@ -259,10 +260,17 @@ def _print_checks(errors: dict, tol: float, k: int) -> bool:
     return ok
 
 
-def _resolve_config(name: str):
-    if name not in CONFIGS:
-        raise SystemExit(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
-    return CONFIGS[name]
+def build_problem(cfg, dtype: str, seed: int):
+    """Realistic inputs for cfg (see configs.make_inputs) and a standard normal
+    grad_output (N, Lq, M*D) of the same dtype, both deterministic for seed."""
+    inputs = make_inputs(cfg, dtype=_DTYPES[dtype], seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    grad_output = rng.standard_normal(cfg.output_shape).astype(_DTYPES[dtype])
+    return inputs, grad_output
+
+
+def _gs_repeats(args) -> int:
+    return args.gs_repeats if args.gs_repeats is not None else min(args.repeats, 3)
 
 
 def _outside_fraction(locs) -> float:
@@ -283,22 +291,20 @@ def _write_json(path, results: dict):
 def cmd_demo(args) -> int:
     torch = None if args.no_grid_sample else _try_import_torch()
     threads = _setup_threads(args.threads, torch)
-    cfg = _resolve_config(args.config)
+    cfg = CONFIGS[args.config]
     mach = _print_header("demo", threads, torch)
     print(f"config  : {cfg.describe()}")
     print(f"dtype   : {args.dtype}")
 
     t0 = time.perf_counter()
-    inputs = make_inputs(cfg, dtype=_DTYPES[args.dtype], seed=args.seed)
-    rng = np.random.default_rng(args.seed + 1)
-    grad_output = rng.standard_normal(cfg.output_shape).astype(_DTYPES[args.dtype])
+    inputs, grad_output = build_problem(cfg, args.dtype, args.seed)
     outside = _outside_fraction(inputs["sampling_locations"])
     print(f"inputs  : built in {time.perf_counter() - t0:.2f} s, seed {args.seed}; "
           f"{100 * outside:.2f}% of sample points outside [0, 1]")
 
     ours = time_msdacore(inputs, grad_output, cfg.align_corners, args.repeats)
     gs = None
-    gs_repeats = args.gs_repeats if args.gs_repeats is not None else min(args.repeats, 3)
+    gs_repeats = _gs_repeats(args)
     if torch is not None:
         gs = time_grid_sample(torch, inputs, grad_output, cfg.align_corners, gs_repeats)
     elif not args.no_grid_sample:
@@ -335,17 +341,15 @@ def cmd_bench(args) -> int:
     torch = None if args.no_grid_sample else _try_import_torch()
     threads = _setup_threads(args.threads, torch)
     names = args.config or [n for n, c in CONFIGS.items() if not c.gpu]
-    cfgs = [_resolve_config(n) for n in names]
+    cfgs = [CONFIGS[n] for n in names]
     mach = _print_header("bench", threads, torch)
     print(f"dtype   : {args.dtype}")
-    gs_repeats = args.gs_repeats if args.gs_repeats is not None else min(args.repeats, 3)
+    gs_repeats = _gs_repeats(args)
     rows = []
     for cfg in cfgs:
         print()
         print(f"config  : {cfg.describe()}")
-        inputs = make_inputs(cfg, dtype=_DTYPES[args.dtype], seed=args.seed)
-        rng = np.random.default_rng(args.seed + 1)
-        grad_output = rng.standard_normal(cfg.output_shape).astype(_DTYPES[args.dtype])
+        inputs, grad_output = build_problem(cfg, args.dtype, args.seed)
         ours = time_msdacore(inputs, grad_output, cfg.align_corners, args.repeats)
         gs = None
         if torch is not None:
@@ -366,13 +370,26 @@ def cmd_bench(args) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
+def _int_at_least(low: int):
+    """argparse type: an int >= low."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {n}")
+        return n
+    return parse
+
+
 def _add_common(p):
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_int_at_least(1), default=None,
                    help="thread count for msdacore and torch (default: msdacore's default)")
-    p.add_argument("--repeats", type=int, default=5,
+    p.add_argument("--repeats", type=_int_at_least(1), default=5,
                    help="timed runs after one warm-up; the median is reported (default 5)")
-    p.add_argument("--gs-repeats", type=int, default=None,
+    p.add_argument("--gs-repeats", type=_int_at_least(1), default=None,
                    help="timed runs of the grid_sample composition (default min(repeats, 3))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-grid-sample", action="store_true",
@@ -391,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo = sub.add_parser("demo", help="time and check one configuration",
                             description=f"configurations: {', '.join(CONFIGS)}")
     p_demo.add_argument("--config", default="detr-enc", choices=list(CONFIGS))
-    p_demo.add_argument("--check-queries", type=int, default=64,
+    p_demo.add_argument("--check-queries", type=_int_at_least(0), default=64,
                         help="queries checked against the float64 reference (0: none)")
     _add_common(p_demo)
     p_demo.set_defaults(func=cmd_demo)
@@ -406,4 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # output piped into e.g. head
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

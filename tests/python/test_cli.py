@@ -60,6 +60,26 @@ def test_demo_rejects_unknown_config():
     assert "no-such-config" in res.stderr
 
 
+def test_demo_without_torch_skips_grid_sample():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from msdacore.cli import main\n"
+            "sys.exit(main(['demo', '--config', 'dat', '--repeats', '1', '--check-queries', '8']))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "torch not importable" in res.stdout
+    assert "result  : PASS" in res.stdout
+
+
+def test_bench_runs(tmp_path):
+    out_json = tmp_path / "bench.json"
+    res = run_cli("bench", "--config", "dat", "--config", "small", "--repeats", "1",
+                  "--json", str(out_json))
+    assert res.returncode == 0, res.stdout + res.stderr
+    results = json.loads(out_json.read_text())
+    assert [r["config"] for r in results["results"]] == ["dat", "small"]
+    assert all(r["msdacore_s"]["forward_backward"] > 0 for r in results["results"])
+
+
 # ----------------------------------------------------------------------------- configs
 
 def test_config_table():
@@ -203,3 +223,4 @@ def test_grid_sample_composition_float32_close_to_float64():
     assert outs[0].dtype == np.float32
     err = np.abs(outs[0].astype(np.float64) - outs[1]).max() / np.abs(outs[1]).max()
     assert err < 5e-5
+
