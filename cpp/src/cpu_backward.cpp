@@ -1,7 +1,12 @@
-// CPU backward kernel: one OpenMP task per (n, m, l). A task owns grad_value of head m
-// on level l's tokens of batch n (the only tokens its samples read) and the location and
-// attention gradients of (n, :, m, l, :), so all three are produced in one pass, race
-// free without atomics, and in an order that does not depend on the thread count.
+// CPU backward kernel.
+//
+// One OpenMP task per (n, l, group of heads). A task owns grad_value of its heads on
+// level l's tokens of batch n (the only tokens its samples read) and the location and
+// attention gradients of (n, :, heads, l, :), so all three are produced in one pass,
+// race free without atomics. Each head's grad_value is accumulated by its own samples in
+// query order whatever the grouping, so the grouping may follow the thread count while
+// results stay bitwise identical. Within a task, queries are the outer loop and heads
+// the inner one: the heads of one token share its cache lines.
 #include "cpu_simd.hpp"
 #include "cpu_kernels.hpp"
 #include "msdacore/detail/bilinear.hpp"
@@ -13,70 +18,89 @@ namespace MSDACORE_CPU_ISA {
 namespace {
 
 template <typename T>
-struct GradOutputs {
-  T* value;     // (N, S, M, D) contiguous
-  T* location;  // (N, Lq, M, L, P, 2) contiguous
-  T* weight;    // (N, Lq, M, L, P) contiguous
+struct BackwardArgs {
+  const Problem& p;
+  bool align_corners;
+  Strided<T, 4> value;     // (N, S, M, D)
+  Strided<T, 6> loc;       // (N, Lq, M, L, P, 2)
+  Strided<T, 5> attn;      // (N, Lq, M, L, P)
+  Strided<T, 3> grad_out;  // (N, Lq, M*D)
+  T* grad_value;           // (N, S, M, D) contiguous
+  T* grad_loc;             // (N, Lq, M, L, P, 2) contiguous
+  T* grad_attn;            // (N, Lq, M, L, P) contiguous
+  const LevelGeometry<T>* levels;  // L levels' geometry
 };
 
+// Heads per task: enough tasks for every thread (two per thread where the problem
+// allows), as few as possible otherwise so that heads share cache lines.
+int64_t heads_per_task(const Problem& p, int threads) {
+  const int64_t wanted = 2 * static_cast<int64_t>(threads);
+  const int64_t base = p.N * p.L;
+  int64_t groups = base >= wanted ? 1 : (wanted + base - 1) / base;
+  if (groups > p.M) groups = p.M;
+  return (p.M + groups - 1) / groups;
+}
+
+// All gradients of the points of (n, q, m) on level l.
 template <typename T>
-void backward_impl(const Problem& p, bool align_corners, const TensorView& value_view,
-                   const TensorView& loc_view, const TensorView& attn_view,
-                   const TensorView& grad_out_view, GradOutputs<T> grad) {
-  const Strided<T, 4> value(value_view);
-  const Strided<T, 6> loc(loc_view);
-  const Strided<T, 5> attn(attn_view);
-  const Strided<T, 3> grad_out(grad_out_view);
-  const int64_t S = p.S, M = p.M, D = p.D, L = p.L, P = p.P, Lq = p.Lq;
-  const int64_t tasks = p.N * M * L;
+void query_head_level(const BackwardArgs<T>& a, int64_t n, int64_t q, int64_t m, int64_t l) {
+  const Problem& p = a.p;
+  const detail::Level<T>& level = a.levels[l];
+  const int64_t start = p.level_starts[l], D = p.D;
+  const int64_t gs = a.grad_out.stride[2], vs = a.value.stride[3];
+  const T* g = a.grad_out.data + n * a.grad_out.stride[0] + q * a.grad_out.stride[1] + m * D * gs;
+  const T* value_level = a.value.data + n * a.value.stride[0] + start * a.value.stride[1] +
+                         m * a.value.stride[2];
+  T* gv_level = a.grad_value + ((n * p.S + start) * p.M + m) * D;
+  const int64_t sample0 = (((n * p.Lq + q) * p.M + m) * p.L + l) * p.P;  // index of point 0
+  const T* loc_point0 = a.loc.data + n * a.loc.stride[0] + q * a.loc.stride[1] +
+                        m * a.loc.stride[2] + l * a.loc.stride[3];
+  const T* attn_point0 = a.attn.data + n * a.attn.stride[0] + q * a.attn.stride[1] +
+                         m * a.attn.stride[2] + l * a.attn.stride[3];
 
-#pragma omp parallel for schedule(static) num_threads(get_num_threads())
-  for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t n = task / (M * L), m = (task / L) % M, l = task % L;
-    const int64_t H = p.heights[l], W = p.widths[l], start = p.level_starts[l];
-    const T sx = detail::coord_scale<T>(W, align_corners);
-    const T sy = detail::coord_scale<T>(H, align_corners);
-
-    // grad_value rows of this (n, level, m): tokens start .. start + H*W - 1.
-    T* gv_level = grad.value + ((n * S + start) * M + m) * D;
-    for (int64_t s = 0; s < H * W; ++s) {
-      for (int64_t d = 0; d < D; ++d) gv_level[s * M * D + d] = T(0);
+  for (int64_t pt = 0; pt < p.P; ++pt) {
+    T* grad_xy = a.grad_loc + (sample0 + pt) * 2;
+    T* grad_a = a.grad_attn + sample0 + pt;
+    const T* xy = loc_point0 + pt * a.loc.stride[4];
+    detail::Corners<T> c;
+    if (!detail::sample_corners(level, xy[0], xy[a.loc.stride[5]], &c)) {
+      grad_xy[0] = grad_xy[1] = *grad_a = T(0);
+      continue;
     }
-    const T* value_level =
-        value.data + n * value.stride[0] + start * value.stride[1] + m * value.stride[2];
+    const T A = attn_point0[pt * a.attn.stride[4]];
+    T dots[4];
+    for (int k = 0; k < 4; ++k) {
+      dots[k] = c.inside[k] ? dot_axpy(D, g, gs, value_level + c.offset[k] * a.value.stride[1], vs,
+                                       A * c.weight[k], gv_level + c.offset[k] * p.M * D)
+                            : T(0);
+    }
+    detail::sample_gradients(c, dots, A, level.scale_x, level.scale_y, grad_a, &grad_xy[0],
+                             &grad_xy[1]);
+  }
+}
 
-    for (int64_t q = 0; q < Lq; ++q) {
-      const T* g = grad_out.data + n * grad_out.stride[0] + q * grad_out.stride[1] +
-                   m * D * grad_out.stride[2];
-      const int64_t sample0 = (((n * Lq + q) * M + m) * L + l) * P;  // index of point 0
-      for (int64_t pt = 0; pt < P; ++pt) {
-        T* grad_xy = grad.location + (sample0 + pt) * 2;
-        T* grad_a = grad.weight + sample0 + pt;
-        const T* xy = loc.data + n * loc.stride[0] + q * loc.stride[1] + m * loc.stride[2] +
-                      l * loc.stride[3] + pt * loc.stride[4];
-        const T h = detail::pixel_coord(xy[loc.stride[5]], H, align_corners);
-        const T w = detail::pixel_coord(xy[0], W, align_corners);
-        if (!detail::sample_in_range(h, w, H, W)) {
-          grad_xy[0] = grad_xy[1] = *grad_a = T(0);
-          continue;
-        }
-        const T A = attn.data[n * attn.stride[0] + q * attn.stride[1] + m * attn.stride[2] +
-                              l * attn.stride[3] + pt * attn.stride[4]];
-        detail::Corners<T> c;
-        detail::make_corners(h, w, H, W, &c);
-        T dots[4];
-        for (int k = 0; k < 4; ++k) {
-          dots[k] = c.inside[k] ? dot(D, g, grad_out.stride[2],
-                                             value_level + c.offset[k] * value.stride[1],
-                                             value.stride[3])
-                                : T(0);
-        }
-        detail::sample_gradients(c, dots, A, sx, sy, grad_a, &grad_xy[0], &grad_xy[1]);
-        for (int k = 0; k < 4; ++k) {
-          if (!c.inside[k]) continue;
-          axpy(D, A * c.weight[k], g, grad_out.stride[2], gv_level + c.offset[k] * M * D);
-        }
-      }
+template <typename T>
+void backward_impl(const BackwardArgs<T>& a) {
+  const Problem& p = a.p;
+  const int threads = get_num_threads();
+  const int64_t group = heads_per_task(p, threads);
+  const int64_t groups = (p.M + group - 1) / group;
+  const int64_t tasks = p.N * p.L * groups;
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t n = task / (p.L * groups), l = (task / groups) % p.L;
+    const int64_t m_begin = (task % groups) * group;
+    const int64_t m_end = m_begin + group < p.M ? m_begin + group : p.M;
+    const int64_t start = p.level_starts[l], tokens = p.heights[l] * p.widths[l];
+
+    // Zero this task's grad_value: tokens start .. start + tokens - 1, heads m_begin.. .
+    for (int64_t s = start; s < start + tokens; ++s) {
+      T* row = a.grad_value + ((n * p.S + s) * p.M + m_begin) * p.D;
+      for (int64_t i = 0; i < (m_end - m_begin) * p.D; ++i) row[i] = T(0);
+    }
+    for (int64_t q = 0; q < p.Lq; ++q) {
+      for (int64_t m = m_begin; m < m_end; ++m) query_head_level(a, n, q, m, l);
     }
   }
 }
@@ -86,9 +110,18 @@ void backward_typed(const Problem& p, bool align_corners, const TensorView& valu
                     const TensorView& loc, const TensorView& attn, const TensorView& grad_output,
                     const TensorView& grad_value, const TensorView& grad_loc,
                     const TensorView& grad_attn) {
-  const GradOutputs<T> grad{static_cast<T*>(grad_value.data), static_cast<T*>(grad_loc.data),
-                            static_cast<T*>(grad_attn.data)};
-  backward_impl<T>(p, align_corners, value, loc, attn, grad_output, grad);
+  const std::vector<LevelGeometry<T>> levels = level_geometry<T>(p, align_corners);
+  const BackwardArgs<T> a{p,
+                          align_corners,
+                          Strided<T, 4>(value),
+                          Strided<T, 6>(loc),
+                          Strided<T, 5>(attn),
+                          Strided<T, 3>(grad_output),
+                          static_cast<T*>(grad_value.data),
+                          static_cast<T*>(grad_loc.data),
+                          static_cast<T*>(grad_attn.data),
+                          levels.data()};
+  backward_impl<T>(a);
 }
 
 }  // namespace

@@ -11,7 +11,10 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
+#include "msdacore/detail/bilinear.hpp"
+#include "msdacore/ops.hpp"
 #include "msdacore/tensor.hpp"
 
 // Each kernel build defines its instruction set: MSDACORE_CPU_ISA names the namespace
@@ -37,6 +40,21 @@ struct Strided {
     for (int d = 0; d < Rank; ++d) stride[d] = t.strides[d];
   }
 };
+
+// detail::Level as a type of this kernel build's own: the std::vector code that holds
+// it is then never shared between builds compiled for different instruction sets.
+template <typename T>
+struct LevelGeometry : detail::Level<T> {};
+
+// The geometry of every level of `p`.
+template <typename T>
+std::vector<LevelGeometry<T>> level_geometry(const Problem& p, bool align_corners) {
+  std::vector<LevelGeometry<T>> levels(p.L);
+  for (int64_t l = 0; l < p.L; ++l) {
+    levels[l] = {detail::make_level<T>(p.heights[l], p.widths[l], align_corners)};
+  }
+  return levels;
+}
 
 template <typename T>
 struct Simd {
@@ -122,6 +140,46 @@ inline T dot(int64_t D, const T* x, int64_t x_stride, const T* y, int64_t y_stri
     }
   }
   for (int k = 0; d < D; ++d, ++k) lanes[k] += x[d * x_stride] * y[d * y_stride];
+  return fold_lanes(lanes);
+}
+
+// One pass over the channels of a corner in the backward: returns
+// sum_d g[d * g_stride] * v[d * v_stride] (in the fixed lane order of dot()) and adds
+// a * g[d * g_stride] to y[d] (y contiguous), i.e. dot() and axpy() fused.
+template <typename T>
+inline T dot_axpy(int64_t D, const T* g, int64_t g_stride, const T* v, int64_t v_stride, T a,
+                  T* y) {
+  using S = Simd<T>;
+  constexpr int kLanes = kDotLanes<T>;
+  constexpr int kVecs = kLanes / S::kLanes;
+  T lanes[kLanes];
+  int64_t d = 0;
+  if (g_stride == 1 && v_stride == 1) {
+    typename S::Vec part[kVecs] = {};
+    const typename S::Vec va = S::splat(a);
+    for (; d + kLanes <= D; d += kLanes) {
+      for (int j = 0; j < kVecs; ++j) {
+        const typename S::Vec gj = S::load(g + d + j * S::kLanes);
+        part[j] += gj * S::load(v + d + j * S::kLanes);
+        S::store(y + d + j * S::kLanes, S::load(y + d + j * S::kLanes) + va * gj);
+      }
+    }
+    std::memcpy(lanes, part, sizeof(lanes));
+  } else {
+    for (int k = 0; k < kLanes; ++k) lanes[k] = T(0);
+    for (; d + kLanes <= D; d += kLanes) {
+      for (int k = 0; k < kLanes; ++k) {
+        const T gk = g[(d + k) * g_stride];
+        lanes[k] += gk * v[(d + k) * v_stride];
+        y[d + k] += a * gk;
+      }
+    }
+  }
+  for (int k = 0; d < D; ++d, ++k) {
+    const T gd = g[d * g_stride];
+    lanes[k] += gd * v[d * v_stride];
+    y[d] += a * gd;
+  }
   return fold_lanes(lanes);
 }
 

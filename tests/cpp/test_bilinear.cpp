@@ -38,30 +38,40 @@ using msdacore::detail::pixel_coord;
 using msdacore::detail::sample_in_range;
 
 void test_pixel_coords() {
-  CHECK(pixel_coord(0.0, 10, false) == -0.5);
-  CHECK(pixel_coord(1.0, 10, false) == 9.5);
-  CHECK(pixel_coord(0.25, 4, false) == 0.5);
-  CHECK(pixel_coord(0.0, 10, true) == 0.0);
-  CHECK(pixel_coord(1.0, 10, true) == 9.0);
-  CHECK(msdacore::detail::coord_scale<double>(7, false) == 7.0);
-  CHECK(msdacore::detail::coord_scale<double>(7, true) == 6.0);
+  const auto plain = msdacore::detail::make_level<double>(10, 4, false);
+  CHECK(pixel_coord(0.0, plain.scale_y, plain.shift) == -0.5);
+  CHECK(pixel_coord(1.0, plain.scale_y, plain.shift) == 9.5);
+  CHECK(pixel_coord(0.25, plain.scale_x, plain.shift) == 0.5);
+  CHECK(plain.scale_x == 4.0 && plain.scale_y == 10.0);
+  const auto aligned = msdacore::detail::make_level<double>(10, 7, true);
+  CHECK(pixel_coord(0.0, aligned.scale_y, aligned.shift) == 0.0);
+  CHECK(pixel_coord(1.0, aligned.scale_y, aligned.shift) == 9.0);
+  CHECK(aligned.scale_x == 6.0 && aligned.scale_y == 9.0);
+  // -0.0 stays -0.0 and NaN stays NaN with align_corners (the shift is an exact 0).
+  CHECK(std::signbit(pixel_coord(-0.0, aligned.scale_x, aligned.shift)));
 }
 
 void test_skip_rule() {
   const double inf = std::numeric_limits<double>::infinity();
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  CHECK(sample_in_range(0.0, 0.0, 3, 4));
-  CHECK(sample_in_range(-0.999, -0.999, 3, 4));
-  CHECK(!sample_in_range(-1.0, 0.0, 3, 4));
-  CHECK(!sample_in_range(0.0, -1.0, 3, 4));
-  CHECK(sample_in_range(2.999, 3.999, 3, 4));
-  CHECK(!sample_in_range(3.0, 0.0, 3, 4));
-  CHECK(!sample_in_range(0.0, 4.0, 3, 4));
-  CHECK(!sample_in_range(nan, 0.0, 3, 4));
-  CHECK(!sample_in_range(0.0, nan, 3, 4));
-  CHECK(!sample_in_range(inf, 0.0, 3, 4));
-  CHECK(!sample_in_range(0.0, -inf, 3, 4));
-  CHECK(sample_in_range(0.5f, 0.5f, 1, 1));
+  CHECK(sample_in_range(0.0, 0.0, 3.0, 4.0));
+  CHECK(sample_in_range(-0.999, -0.999, 3.0, 4.0));
+  CHECK(!sample_in_range(-1.0, 0.0, 3.0, 4.0));
+  CHECK(!sample_in_range(0.0, -1.0, 3.0, 4.0));
+  CHECK(sample_in_range(2.999, 3.999, 3.0, 4.0));
+  CHECK(!sample_in_range(3.0, 0.0, 3.0, 4.0));
+  CHECK(!sample_in_range(0.0, 4.0, 3.0, 4.0));
+  CHECK(!sample_in_range(nan, 0.0, 3.0, 4.0));
+  CHECK(!sample_in_range(0.0, nan, 3.0, 4.0));
+  CHECK(!sample_in_range(inf, 0.0, 3.0, 4.0));
+  CHECK(!sample_in_range(0.0, -inf, 3.0, 4.0));
+  CHECK(sample_in_range(0.5f, 0.5f, 1.0f, 1.0f));
+  // sample_corners applies the same rule to normalized locations.
+  Corners<double> c;
+  const auto lv = msdacore::detail::make_level<double>(3, 4, false);
+  CHECK(msdacore::detail::sample_corners(lv, 0.5, 0.5, &c));
+  CHECK(!msdacore::detail::sample_corners(lv, nan, 0.5, &c));
+  CHECK(!msdacore::detail::sample_corners(lv, 0.5, (-1.0 + 0.5) / 3.0, &c));  // h = -1 exactly
 }
 
 void test_corners() {
@@ -96,7 +106,7 @@ void test_corners() {
 
 // B(h, w) over a level with given corner values, zero padded.
 double bilinear(const std::vector<double>& level, int64_t H, int64_t W, double h, double w) {
-  if (!sample_in_range(h, w, H, W)) return 0.0;
+  if (!sample_in_range(h, w, static_cast<double>(H), static_cast<double>(W))) return 0.0;
   Corners<double> c;
   make_corners(h, w, H, W, &c);
   double b = 0;
@@ -113,7 +123,7 @@ void test_derivatives_match_finite_differences() {
   int checked = 0;
   for (int trial = 0; trial < 500; ++trial) {
     const double h = coord(rng), w = coord(rng) * 1.1;
-    if (!sample_in_range(h, w, H, W)) continue;
+    if (!sample_in_range(h, w, static_cast<double>(H), static_cast<double>(W))) continue;
     const double eps = 1e-6;
     // Stay away from cell edges, where the derivative is one-sided.
     if (std::fabs(h - std::round(h)) < 1e-3 || std::fabs(w - std::round(w)) < 1e-3) continue;

@@ -24,18 +24,33 @@
 namespace msdacore {
 namespace detail {
 
-// Scale from a normalized coordinate to pixels along an axis of `size` pixels: the
-// factor sx = W (or W - 1) and sy = H (or H - 1) of the location gradient.
+// The geometry of one level, computed once per level and call.
 template <typename T>
-MSDACORE_HD T coord_scale(int64_t size, bool align_corners) {
-  return align_corners ? static_cast<T>(size - 1) : static_cast<T>(size);
+struct Level {
+  int64_t H, W;        // size in pixels
+  T height, width;     // H and W as T: the upper skip bounds
+  T scale_x, scale_y;  // sx = W, sy = H (align_corners: W - 1, H - 1)
+  T shift;             // 0.5 (align_corners: 0)
+};
+
+template <typename T>
+MSDACORE_HD Level<T> make_level(int64_t H, int64_t W, bool align_corners) {
+  Level<T> lv;
+  lv.H = H;
+  lv.W = W;
+  lv.height = static_cast<T>(H);
+  lv.width = static_cast<T>(W);
+  lv.scale_x = static_cast<T>(align_corners ? W - 1 : W);
+  lv.scale_y = static_cast<T>(align_corners ? H - 1 : H);
+  lv.shift = static_cast<T>(align_corners ? 0.0 : 0.5);
+  return lv;
 }
 
-// Pixel coordinate of normalized `loc` along an axis of `size` pixels.
+// Pixel coordinate of normalized `loc` along an axis with the given scale:
+// loc*W - 0.5 (x) or loc*H - 0.5 (y); with align_corners loc*(W-1) - 0, which is exact.
 template <typename T>
-MSDACORE_HD T pixel_coord(T loc, int64_t size, bool align_corners) {
-  return align_corners ? loc * static_cast<T>(size - 1)
-                       : loc * static_cast<T>(size) - static_cast<T>(0.5);
+MSDACORE_HD T pixel_coord(T loc, T scale, T shift) {
+  return loc * scale - shift;
 }
 
 // The four corners of one in-bounds sample.
@@ -48,12 +63,11 @@ struct Corners {
   T d_dh[4];          // dB/dh coefficients -hw, -lw, hw, lw
 };
 
-// True when the sample at pixel (h, w) lies inside the skip bounds of an H x W level,
+// True when the sample at pixel (h, w) lies inside the skip bounds of a level,
 // i.e. -1 < h < H and -1 < w < W. False for NaN and infinite coordinates.
 template <typename T>
-MSDACORE_HD bool sample_in_range(T h, T w, int64_t H, int64_t W) {
-  return h > static_cast<T>(-1) && h < static_cast<T>(H) && w > static_cast<T>(-1) &&
-         w < static_cast<T>(W);
+MSDACORE_HD bool sample_in_range(T h, T w, T height, T width) {
+  return h > static_cast<T>(-1) && h < height && w > static_cast<T>(-1) && w < width;
 }
 
 // Fills `c` for a sample at pixel (h, w) that passed sample_in_range.
@@ -92,6 +106,17 @@ MSDACORE_HD void make_corners(T h, T w, int64_t H, int64_t W, Corners<T>* c) {
   c->d_dh[1] = -lw;
   c->d_dh[2] = hw;
   c->d_dh[3] = lw;
+}
+
+// The corners of the sample at normalized (x, y) on level `lv`; false (and `c` untouched)
+// when the sample is skipped.
+template <typename T>
+MSDACORE_HD bool sample_corners(const Level<T>& lv, T x, T y, Corners<T>* c) {
+  const T h = pixel_coord(y, lv.scale_y, lv.shift);
+  const T w = pixel_coord(x, lv.scale_x, lv.shift);
+  if (!sample_in_range(h, w, lv.height, lv.width)) return false;
+  make_corners(h, w, lv.H, lv.W, c);
+  return true;
 }
 
 // Gradients of one sample from the four dot products dots[k] = <g, v_k> (0 for corners

@@ -1,0 +1,157 @@
+/* msdacore/msdacore_c.h: the C API, for hosts that cannot take C++ exceptions (C
+ * programs, other languages' FFI). Plain structs and status codes over the C++ API of
+ * ops.hpp, in the same library (link msdacore::msdacore). C99 and C++ compatible.
+ *
+ *   msdacore_tensor                 a view: data, ndim, shape[8], strides[8] (in elements),
+ *                                   dtype (MSDACORE_FLOAT32, ...), device type and index
+ *   msdacore_tensor_contiguous()    fills a row-major view of a shape
+ *   msdacore_options                align_corners and a device stream (NULL: defaults)
+ *   msdacore_forward()              output (N, Lq, M*D) of multi-scale deformable attention
+ *   msdacore_backward()             grad_value, grad_sampling_locations, grad_attention_weights
+ *   msdacore_check_inputs()         validates the five inputs and reports their sizes
+ *   msdacore_last_error()           the message of this thread's last call ("" after success)
+ *   msdacore_status_name()          "MSDACORE_ERROR_SHAPE", ...
+ *   msdacore_version()              "0.1.0" (the library's; MSDACORE_VERSION_* are the headers')
+ *   msdacore_set_num_threads() / msdacore_get_num_threads()   CPU threads of later calls
+ *
+ * Shapes and dtypes are those of ops.hpp (SPEC.md): N batch, S = sum_l H_l*W_l tokens,
+ * M heads, D channels per head, Lq queries, L levels, P points per level.
+ *   value               (N, S, M, D)          float32 | float64 (T), any strides
+ *   spatial_shapes      (L, 2) rows (H_l, W_l) int32 | int64, on the CPU
+ *   level_start_index   (L,) prefix sums       int32 | int64, on the CPU
+ *   sampling_locations  (N, Lq, M, L, P, 2)   T, last axis (x, y), normalized; any strides
+ *   attention_weights   (N, Lq, M, L, P)      T, any strides
+ *   output              (N, Lq, M*D)          T, contiguous, written by msdacore_forward
+ *   grad_output         (N, Lq, M*D)          T, any strides
+ *   grad_value          (N, S, M, D)          T, contiguous, written by msdacore_backward
+ *   grad_sampling_locations (N, Lq, M, L, P, 2), grad_attention_weights (N, Lq, M, L, P)
+ *                                             T, contiguous, written by msdacore_backward
+ * Outputs are caller-provided and fully overwritten; inputs are never modified.
+ *
+ * Every function that returns msdacore_status catches every C++ exception: none ever
+ * crosses this API. On failure nothing has been written to the outputs when the status
+ * is a SHAPE, DTYPE, DEVICE or INVALID_ARGUMENT error (arguments are validated first),
+ * and msdacore_last_error() says what was wrong, naming the argument, the expected and
+ * the received shape or dtype, exactly as the C++ exceptions and the Python errors do.
+ * Calls from several threads at once are safe; each thread has its own last error.
+ */
+#ifndef MSDACORE_MSDACORE_C_H_
+#define MSDACORE_MSDACORE_C_H_
+
+#include <stdint.h>
+
+#include "msdacore/version.hpp" /* MSDACORE_VERSION_* macros (plain preprocessor) */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Result of every call. The values are stable (part of the ABI). */
+typedef enum msdacore_status {
+  MSDACORE_OK = 0,
+  MSDACORE_ERROR_SHAPE = 1,            /* wrong rank or shape, inconsistent index arrays
+                                          (C++ ShapeError, Python ValueError) */
+  MSDACORE_ERROR_DTYPE = 2,            /* unsupported or mixed dtypes (C++ DTypeError) */
+  MSDACORE_ERROR_DEVICE = 3,           /* different devices, or one this build cannot run on
+                                          (C++ DeviceError) */
+  MSDACORE_ERROR_INVALID_ARGUMENT = 4, /* any other bad argument: a NULL pointer, a thread
+                                          count < 1 (C++ Error) */
+  MSDACORE_ERROR_RUNTIME = 5,          /* the device runtime failed: launch, allocation
+                                          (C++ RuntimeError) */
+  MSDACORE_ERROR_OTHER = 6             /* anything else, e.g. out of host memory */
+} msdacore_status;
+
+/* Element types (the values of C++ msdacore::DType). */
+enum {
+  MSDACORE_FLOAT16 = 0,
+  MSDACORE_BFLOAT16 = 1,
+  MSDACORE_FLOAT32 = 2,
+  MSDACORE_FLOAT64 = 3,
+  MSDACORE_INT32 = 4,
+  MSDACORE_INT64 = 5
+};
+
+/* Device types (the values of C++ msdacore::DeviceType). */
+enum { MSDACORE_DEVICE_CPU = 0, MSDACORE_DEVICE_CUDA = 1 };
+
+#define MSDACORE_MAX_DIMS 8
+
+/* A non-owning view of a strided array; the caller owns the memory. */
+typedef struct msdacore_tensor {
+  void* data;                         /* address of element (0, ..., 0) */
+  int32_t ndim;                       /* number of dimensions, 0..MSDACORE_MAX_DIMS */
+  int64_t shape[MSDACORE_MAX_DIMS];   /* extent of each dimension (first ndim used) */
+  int64_t strides[MSDACORE_MAX_DIMS]; /* in elements, not bytes; 0 or negative allowed
+                                         for inputs; outputs must be contiguous */
+  int32_t dtype;                      /* MSDACORE_FLOAT32, ... */
+  int32_t device_type;                /* MSDACORE_DEVICE_CPU or MSDACORE_DEVICE_CUDA */
+  int32_t device_index;               /* CUDA device ordinal; 0 for the CPU */
+} msdacore_tensor;
+
+/* Options of forward and backward; pass NULL for the defaults (all zero). */
+typedef struct msdacore_options {
+  int32_t align_corners; /* 0: h = y*H - 0.5 (Deformable DETR); 1: h = y*(H - 1) */
+  void* stream;          /* device stream (cudaStream_t) for device backends; unused on CPU */
+} msdacore_options;
+
+/* Sizes of a validated call (msdacore_check_inputs). */
+typedef struct msdacore_problem {
+  int64_t N, S, M, D, Lq, L, P;
+  int32_t dtype; /* dtype of value, sampling_locations and attention_weights */
+} msdacore_problem;
+
+/* Fills *t with a row-major contiguous CPU view of `shape` (ndim entries) and zeroes the
+ * unused entries. MSDACORE_ERROR_SHAPE when ndim is not in 0..MSDACORE_MAX_DIMS. */
+msdacore_status msdacore_tensor_contiguous(msdacore_tensor* t, void* data, int32_t ndim,
+                                           const int64_t* shape, int32_t dtype);
+
+/* Validates the five inputs against each other; on success writes their sizes to
+ * *problem when it is not NULL. */
+msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
+                                      const msdacore_tensor* spatial_shapes,
+                                      const msdacore_tensor* level_start_index,
+                                      const msdacore_tensor* sampling_locations,
+                                      const msdacore_tensor* attention_weights,
+                                      msdacore_problem* problem);
+
+/* output (N, Lq, M*D) = sum_l sum_p A * bilinear(value_l, location). */
+msdacore_status msdacore_forward(const msdacore_tensor* value,
+                                 const msdacore_tensor* spatial_shapes,
+                                 const msdacore_tensor* level_start_index,
+                                 const msdacore_tensor* sampling_locations,
+                                 const msdacore_tensor* attention_weights,
+                                 const msdacore_tensor* output, const msdacore_options* options);
+
+/* Gradients of the forward's output for grad_output; see the shapes above. On the CPU
+ * the result is bitwise identical for any thread count. */
+msdacore_status msdacore_backward(const msdacore_tensor* value,
+                                  const msdacore_tensor* spatial_shapes,
+                                  const msdacore_tensor* level_start_index,
+                                  const msdacore_tensor* sampling_locations,
+                                  const msdacore_tensor* attention_weights,
+                                  const msdacore_tensor* grad_output,
+                                  const msdacore_tensor* grad_value,
+                                  const msdacore_tensor* grad_sampling_locations,
+                                  const msdacore_tensor* grad_attention_weights,
+                                  const msdacore_options* options);
+
+/* The message of the calling thread's last msdacore_* call that returns a status: empty
+ * ("") after a success. Valid until that thread's next such call; never NULL. */
+const char* msdacore_last_error(void);
+
+/* "MSDACORE_OK", "MSDACORE_ERROR_SHAPE", ... ("MSDACORE_UNKNOWN_STATUS" otherwise). */
+const char* msdacore_status_name(msdacore_status status);
+
+/* The version of the library linked in, e.g. "0.1.0". */
+const char* msdacore_version(void);
+
+/* Threads the CPU kernels of later calls use (process-wide). n >= 1, else
+ * MSDACORE_ERROR_INVALID_ARGUMENT. Results do not depend on it. */
+msdacore_status msdacore_set_num_threads(int n);
+int msdacore_get_num_threads(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* MSDACORE_MSDACORE_C_H_ */

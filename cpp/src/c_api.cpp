@@ -1,0 +1,248 @@
+// The C API (msdacore/msdacore_c.h): converts the C structs to TensorViews, calls the C++
+// API and turns every exception into a status code plus a thread-local message.
+#include "msdacore/msdacore_c.h"
+
+#include <exception>
+#include <new>
+#include <string>
+
+#include "msdacore/errors.hpp"
+#include "msdacore/ops.hpp"
+#include "msdacore/runtime.hpp"
+#include "msdacore/tensor.hpp"
+
+namespace {
+
+using msdacore::DType;
+using msdacore::DeviceType;
+using msdacore::TensorView;
+
+// The message of this thread's last call that returned a status.
+thread_local std::string t_last_error;
+
+msdacore_status succeed() {
+  t_last_error.clear();
+  return MSDACORE_OK;
+}
+
+msdacore_status fail(msdacore_status status, const char* message) {
+  // Assigning may itself run out of memory: keep the status, drop the message.
+  try {
+    t_last_error = message;
+  } catch (...) {
+    t_last_error.clear();
+  }
+  return status;
+}
+
+// Runs `body`, mapping what it throws to a status. Most derived classes first.
+template <typename Body>
+msdacore_status guarded(Body&& body) noexcept {
+  try {
+    body();
+    return succeed();
+  } catch (const msdacore::ShapeError& e) {
+    return fail(MSDACORE_ERROR_SHAPE, e.what());
+  } catch (const msdacore::DTypeError& e) {
+    return fail(MSDACORE_ERROR_DTYPE, e.what());
+  } catch (const msdacore::DeviceError& e) {
+    return fail(MSDACORE_ERROR_DEVICE, e.what());
+  } catch (const msdacore::Error& e) {
+    return fail(MSDACORE_ERROR_INVALID_ARGUMENT, e.what());
+  } catch (const msdacore::RuntimeError& e) {
+    return fail(MSDACORE_ERROR_RUNTIME, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(MSDACORE_ERROR_OTHER, "out of memory");
+  } catch (const std::exception& e) {
+    return fail(MSDACORE_ERROR_OTHER, e.what());
+  } catch (...) {
+    return fail(MSDACORE_ERROR_OTHER, "unknown error");
+  }
+}
+
+DType to_dtype(const char* name, int32_t code) {
+  switch (code) {
+    case MSDACORE_FLOAT16:
+      return DType::Float16;
+    case MSDACORE_BFLOAT16:
+      return DType::BFloat16;
+    case MSDACORE_FLOAT32:
+      return DType::Float32;
+    case MSDACORE_FLOAT64:
+      return DType::Float64;
+    case MSDACORE_INT32:
+      return DType::Int32;
+    case MSDACORE_INT64:
+      return DType::Int64;
+    default:
+      throw msdacore::DTypeError(std::string(name) + " has an unknown dtype code " +
+                                 std::to_string(code) +
+                                 " (expected one of MSDACORE_FLOAT16 .. MSDACORE_INT64, 0..5)");
+  }
+}
+
+msdacore::Device to_device(const char* name, int32_t type, int32_t index) {
+  msdacore::Device device;
+  if (type == MSDACORE_DEVICE_CPU) {
+    device.type = DeviceType::CPU;
+  } else if (type == MSDACORE_DEVICE_CUDA) {
+    device.type = DeviceType::CUDA;
+  } else {
+    throw msdacore::DeviceError(std::string(name) + " has an unknown device type " +
+                                std::to_string(type) +
+                                " (expected MSDACORE_DEVICE_CPU or MSDACORE_DEVICE_CUDA)");
+  }
+  device.index = index;
+  return device;
+}
+
+TensorView to_view(const char* name, const msdacore_tensor* t) {
+  if (t == nullptr) {
+    throw msdacore::Error(std::string(name) + " is a NULL msdacore_tensor pointer");
+  }
+  if (t->ndim < 0 || t->ndim > MSDACORE_MAX_DIMS) {
+    throw msdacore::ShapeError(std::string(name) + " has ndim = " + std::to_string(t->ndim) +
+                               ", but msdacore_tensor holds 0 to 8 dimensions");
+  }
+  return TensorView(t->data, t->ndim, t->shape, t->strides, to_dtype(name, t->dtype),
+                    to_device(name, t->device_type, t->device_index));
+}
+
+msdacore::Options to_options(const msdacore_options* options) {
+  msdacore::Options out;
+  if (options != nullptr) {
+    out.align_corners = options->align_corners != 0;
+    out.stream = options->stream;
+  }
+  return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+msdacore_status msdacore_tensor_contiguous(msdacore_tensor* t, void* data, int32_t ndim,
+                                           const int64_t* shape, int32_t dtype) {
+  return guarded([&] {
+    if (t == nullptr) throw msdacore::Error("t is a NULL msdacore_tensor pointer");
+    if (ndim < 0 || ndim > MSDACORE_MAX_DIMS) {
+      throw msdacore::ShapeError("ndim = " + std::to_string(ndim) +
+                                 ", but msdacore_tensor holds 0 to 8 dimensions");
+    }
+    if (ndim > 0 && shape == nullptr) throw msdacore::Error("shape is a NULL pointer");
+    msdacore_tensor out{};
+    out.data = data;
+    out.ndim = ndim;
+    int64_t stride = 1;
+    for (int32_t d = ndim - 1; d >= 0; --d) {
+      out.shape[d] = shape[d];
+      out.strides[d] = stride;
+      stride *= shape[d];
+    }
+    out.dtype = dtype;
+    out.device_type = MSDACORE_DEVICE_CPU;
+    out.device_index = 0;
+    *t = out;
+  });
+}
+
+msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
+                                      const msdacore_tensor* spatial_shapes,
+                                      const msdacore_tensor* level_start_index,
+                                      const msdacore_tensor* sampling_locations,
+                                      const msdacore_tensor* attention_weights,
+                                      msdacore_problem* problem) {
+  return guarded([&] {
+    const msdacore::Problem p = msdacore::check_inputs(
+        to_view("value", value), to_view("spatial_shapes", spatial_shapes),
+        to_view("level_start_index", level_start_index),
+        to_view("sampling_locations", sampling_locations),
+        to_view("attention_weights", attention_weights));
+    if (problem != nullptr) {
+      problem->N = p.N;
+      problem->S = p.S;
+      problem->M = p.M;
+      problem->D = p.D;
+      problem->Lq = p.Lq;
+      problem->L = p.L;
+      problem->P = p.P;
+      problem->dtype = value->dtype;
+    }
+  });
+}
+
+msdacore_status msdacore_forward(const msdacore_tensor* value,
+                                 const msdacore_tensor* spatial_shapes,
+                                 const msdacore_tensor* level_start_index,
+                                 const msdacore_tensor* sampling_locations,
+                                 const msdacore_tensor* attention_weights,
+                                 const msdacore_tensor* output, const msdacore_options* options) {
+  return guarded([&] {
+    msdacore::ms_deform_attn_forward(
+        to_view("value", value), to_view("spatial_shapes", spatial_shapes),
+        to_view("level_start_index", level_start_index),
+        to_view("sampling_locations", sampling_locations),
+        to_view("attention_weights", attention_weights), to_view("output", output),
+        to_options(options));
+  });
+}
+
+msdacore_status msdacore_backward(const msdacore_tensor* value,
+                                  const msdacore_tensor* spatial_shapes,
+                                  const msdacore_tensor* level_start_index,
+                                  const msdacore_tensor* sampling_locations,
+                                  const msdacore_tensor* attention_weights,
+                                  const msdacore_tensor* grad_output,
+                                  const msdacore_tensor* grad_value,
+                                  const msdacore_tensor* grad_sampling_locations,
+                                  const msdacore_tensor* grad_attention_weights,
+                                  const msdacore_options* options) {
+  return guarded([&] {
+    msdacore::ms_deform_attn_backward(
+        to_view("value", value), to_view("spatial_shapes", spatial_shapes),
+        to_view("level_start_index", level_start_index),
+        to_view("sampling_locations", sampling_locations),
+        to_view("attention_weights", attention_weights), to_view("grad_output", grad_output),
+        to_view("grad_value", grad_value),
+        to_view("grad_sampling_locations", grad_sampling_locations),
+        to_view("grad_attention_weights", grad_attention_weights), to_options(options));
+  });
+}
+
+const char* msdacore_last_error(void) { return t_last_error.c_str(); }
+
+const char* msdacore_status_name(msdacore_status status) {
+  switch (status) {
+    case MSDACORE_OK:
+      return "MSDACORE_OK";
+    case MSDACORE_ERROR_SHAPE:
+      return "MSDACORE_ERROR_SHAPE";
+    case MSDACORE_ERROR_DTYPE:
+      return "MSDACORE_ERROR_DTYPE";
+    case MSDACORE_ERROR_DEVICE:
+      return "MSDACORE_ERROR_DEVICE";
+    case MSDACORE_ERROR_INVALID_ARGUMENT:
+      return "MSDACORE_ERROR_INVALID_ARGUMENT";
+    case MSDACORE_ERROR_RUNTIME:
+      return "MSDACORE_ERROR_RUNTIME";
+    case MSDACORE_ERROR_OTHER:
+      return "MSDACORE_ERROR_OTHER";
+  }
+  return "MSDACORE_UNKNOWN_STATUS";
+}
+
+const char* msdacore_version(void) { return MSDACORE_VERSION_STRING; }
+
+msdacore_status msdacore_set_num_threads(int n) {
+  return guarded([&] { msdacore::set_num_threads(n); });
+}
+
+int msdacore_get_num_threads(void) {
+  try {
+    return msdacore::get_num_threads();
+  } catch (...) {
+    return 1;
+  }
+}
+
+}  // extern "C"
