@@ -16,5 +16,17 @@ cmake -S . -B build/cpp-tests "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
 cmake --build build/cpp-tests --parallel 2
 ctest --test-dir build/cpp-tests --output-on-failure
 
+# The installed C++ package: install to a temporary prefix, build the C++ and C examples
+# against it with find_package, then through add_subdirectory, and run them; static
+# (with CUDA code when nvcc is found) and shared.
+bash examples/cpp/run.sh
+bash examples/cpp/run.sh -DMSDACORE_CUDA=OFF -DBUILD_SHARED_LIBS=ON
+
+# The C++ library and tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+cmake -S . -B build/cpp-sanitize "${generator[@]}" -DCMAKE_BUILD_TYPE=Debug \
+  -DMSDACORE_PYTHON=OFF -DMSDACORE_TESTS=ON -DMSDACORE_CUDA=OFF -DMSDACORE_SANITIZE=address,undefined
+cmake --build build/cpp-sanitize --parallel 2
+ctest --test-dir build/cpp-sanitize --output-on-failure
+
 # From the tests' own folder, so that `import msdacore` is the installed package.
 python -m pytest tests/python

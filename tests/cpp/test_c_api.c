@@ -1,0 +1,220 @@
+/* Tests of the C API (msdacore/msdacore_c.h), compiled as C99: outputs on a known
+ * problem, status codes and last-error messages, and that nothing is thrown through. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "msdacore/msdacore_c.h"
+
+static int g_failures = 0;
+
+#define CHECK(cond)                                                              \
+  do {                                                                           \
+    if (!(cond)) {                                                               \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++g_failures;                                                              \
+    }                                                                            \
+  } while (0)
+
+#define CHECK_STATUS(call, expected)                                                   \
+  do {                                                                                 \
+    const msdacore_status s_ = (call);                                                 \
+    if (s_ != (expected)) {                                                            \
+      fprintf(stderr, "%s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, \
+              #call, msdacore_status_name(s_), msdacore_last_error(), #expected);      \
+      ++g_failures;                                                                    \
+    }                                                                                  \
+  } while (0)
+
+#define CHECK_MESSAGE(expected)                                                                 \
+  do {                                                                                          \
+    if (strcmp(msdacore_last_error(), (expected)) != 0) {                                       \
+      fprintf(stderr, "%s:%d: last error\n  \"%s\"\nexpected\n  \"%s\"\n", __FILE__, __LINE__, \
+              msdacore_last_error(), (expected));                                               \
+      ++g_failures;                                                                             \
+    }                                                                                           \
+  } while (0)
+
+/* One 2x3 level, value[0, s, 0, 0] = s, three queries with one point each. */
+static double value[6] = {0, 1, 2, 3, 4, 5};
+static int64_t shapes[2] = {2, 3};
+static int64_t starts[1] = {0};
+static double loc[6] = {2.5 / 3, 1.5 / 2, 1.0 / 3, 1.0 / 2, 1.5, 0.5};
+static double attn[3] = {2.0, 1.0, 5.0};
+
+typedef struct views {
+  msdacore_tensor value, shapes, starts, loc, attn;
+} views;
+
+static views make_views(void) {
+  views v;
+  const int64_t value_shape[4] = {1, 6, 1, 1};
+  const int64_t shapes_shape[2] = {1, 2};
+  const int64_t starts_shape[1] = {1};
+  const int64_t loc_shape[6] = {1, 3, 1, 1, 1, 2};
+  const int64_t attn_shape[5] = {1, 3, 1, 1, 1};
+  CHECK_STATUS(msdacore_tensor_contiguous(&v.value, value, 4, value_shape, MSDACORE_FLOAT64),
+               MSDACORE_OK);
+  CHECK_STATUS(msdacore_tensor_contiguous(&v.shapes, shapes, 2, shapes_shape, MSDACORE_INT64),
+               MSDACORE_OK);
+  CHECK_STATUS(msdacore_tensor_contiguous(&v.starts, starts, 1, starts_shape, MSDACORE_INT64),
+               MSDACORE_OK);
+  CHECK_STATUS(msdacore_tensor_contiguous(&v.loc, loc, 6, loc_shape, MSDACORE_FLOAT64),
+               MSDACORE_OK);
+  CHECK_STATUS(msdacore_tensor_contiguous(&v.attn, attn, 5, attn_shape, MSDACORE_FLOAT64),
+               MSDACORE_OK);
+  return v;
+}
+
+static void test_forward_backward(void) {
+  views v = make_views();
+  double out[3] = {-1, -1, -1};
+  double grad_out[3] = {1, 0, 0};
+  double grad_value[6], grad_loc[6], grad_attn[3];
+  msdacore_tensor o, g, gv, gl, ga;
+  const int64_t out_shape[3] = {1, 3, 1};
+  msdacore_problem problem;
+  msdacore_options options = {0, NULL};
+  int i;
+
+  CHECK(v.value.strides[0] == 6 && v.value.strides[1] == 1 && v.value.strides[3] == 1);
+  CHECK(v.value.shape[5] == 0 && v.value.strides[7] == 0); /* unused entries zeroed */
+  CHECK_STATUS(msdacore_tensor_contiguous(&o, out, 3, out_shape, MSDACORE_FLOAT64), MSDACORE_OK);
+  CHECK_STATUS(msdacore_tensor_contiguous(&g, grad_out, 3, out_shape, MSDACORE_FLOAT64),
+               MSDACORE_OK);
+  gv = v.value;
+  gv.data = grad_value;
+  gl = v.loc;
+  gl.data = grad_loc;
+  ga = v.attn;
+  ga.data = grad_attn;
+
+  CHECK_STATUS(msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &problem),
+               MSDACORE_OK);
+  CHECK(problem.N == 1 && problem.S == 6 && problem.M == 1 && problem.D == 1);
+  CHECK(problem.Lq == 3 && problem.L == 1 && problem.P == 1 && problem.dtype == MSDACORE_FLOAT64);
+
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
+               MSDACORE_OK);
+  CHECK_MESSAGE("");
+  CHECK(fabs(out[0] - 10.0) < 1e-12);                   /* 2 * pixel (1, 2) = 2 * 5 */
+  CHECK(fabs(out[1] - (0 + 1 + 3 + 4) / 4.0) < 1e-12); /* middle of the 2x2 block */
+  CHECK(out[2] == 0.0);                                 /* outside: skipped */
+
+  CHECK_STATUS(msdacore_backward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl,
+                                 &ga, &options),
+               MSDACORE_OK);
+  CHECK(fabs(grad_value[5] - 2.0) < 1e-12);
+  for (i = 0; i < 5; ++i) CHECK(grad_value[i] == 0.0);
+  CHECK(fabs(grad_attn[0] - 5.0) < 1e-12 && grad_attn[1] == 0.0 && grad_attn[2] == 0.0);
+  CHECK(fabs(grad_loc[0] - 2.0 * 3.0 * -5.0) < 1e-12);
+  CHECK(fabs(grad_loc[1] - 2.0 * 2.0 * -5.0) < 1e-12);
+
+  /* align_corners = 1: x = 1, y = 1 is pixel (H-1, W-1) = (1, 2) exactly. */
+  loc[0] = 1.0;
+  loc[1] = 1.0;
+  options.align_corners = 1;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
+               MSDACORE_OK);
+  CHECK(fabs(out[0] - 10.0) < 1e-12);
+  loc[0] = 2.5 / 3;
+  loc[1] = 1.5 / 2;
+}
+
+static void test_errors(void) {
+  views v = make_views();
+  double out[3] = {-1, -1, -1};
+  float out32[3];
+  msdacore_tensor o, bad;
+  const int64_t out_shape[3] = {1, 3, 1};
+  const int64_t wrong_shape[3] = {1, 3, 2};
+  const int64_t nine[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
+
+  CHECK_STATUS(msdacore_tensor_contiguous(&o, out, 3, out_shape, MSDACORE_FLOAT64), MSDACORE_OK);
+
+  /* Wrong output shape: a shape error naming the argument, expected and received shape. */
+  CHECK_STATUS(msdacore_tensor_contiguous(&bad, out, 3, wrong_shape, MSDACORE_FLOAT64),
+               MSDACORE_OK);
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &bad, NULL),
+               MSDACORE_ERROR_SHAPE);
+  CHECK_MESSAGE("output must have shape (N, Lq, M*D) = (1, 3, 1), got (1, 3, 2)");
+  CHECK(out[0] == -1 && out[1] == -1 && out[2] == -1); /* nothing written */
+
+  /* Wrong rank of sampling_locations. */
+  bad = v.loc;
+  bad.ndim = 5;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
+               MSDACORE_ERROR_SHAPE);
+  CHECK_MESSAGE("sampling_locations must have shape (N, Lq, M, L, P, 2) = (1, 3, 1, 1, 1, 2), "
+                "got (1, 3, 1, 1, 1)");
+
+  /* A float32 output for float64 inputs. */
+  CHECK_STATUS(msdacore_tensor_contiguous(&bad, out32, 3, out_shape, MSDACORE_FLOAT32),
+               MSDACORE_OK);
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &bad, NULL),
+               MSDACORE_ERROR_DTYPE);
+  CHECK_MESSAGE("output must have the dtype of value (float64), got float32");
+
+  /* An unknown dtype code. */
+  bad = v.attn;
+  bad.dtype = 42;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &bad, &o, NULL),
+               MSDACORE_ERROR_DTYPE);
+  CHECK_MESSAGE("attention_weights has an unknown dtype code 42 (expected one of "
+                "MSDACORE_FLOAT16 .. MSDACORE_INT64, 0..5)");
+
+  /* Mixed devices, an unknown device type. */
+  bad = v.loc;
+  bad.device_type = MSDACORE_DEVICE_CUDA;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
+               MSDACORE_ERROR_DEVICE);
+  CHECK_MESSAGE("sampling_locations is on cuda:0 but value is on cpu: all inputs must be on "
+                "the same device");
+  bad.device_type = 7;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
+               MSDACORE_ERROR_DEVICE);
+  CHECK_MESSAGE("sampling_locations has an unknown device type 7 (expected MSDACORE_DEVICE_CPU "
+                "or MSDACORE_DEVICE_CUDA)");
+
+  /* NULL pointers, too many dimensions, a bad thread count. */
+  CHECK_STATUS(msdacore_forward(&v.value, NULL, &v.starts, &v.loc, &v.attn, &o, NULL),
+               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK_MESSAGE("spatial_shapes is a NULL msdacore_tensor pointer");
+  CHECK_STATUS(msdacore_tensor_contiguous(&bad, out, 9, nine, MSDACORE_FLOAT64),
+               MSDACORE_ERROR_SHAPE);
+  CHECK_MESSAGE("ndim = 9, but msdacore_tensor holds 0 to 8 dimensions");
+  bad = v.value;
+  bad.ndim = -1;
+  CHECK_STATUS(msdacore_forward(&bad, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
+               MSDACORE_ERROR_SHAPE);
+  CHECK_MESSAGE("value has ndim = -1, but msdacore_tensor holds 0 to 8 dimensions");
+  CHECK_STATUS(msdacore_set_num_threads(0), MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK_MESSAGE("num_threads must be >= 1, got 0");
+
+  /* A success clears the message. */
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
+               MSDACORE_OK);
+  CHECK_MESSAGE("");
+}
+
+static void test_misc(void) {
+  CHECK(strcmp(msdacore_version(), MSDACORE_VERSION_STRING) == 0);
+  CHECK(MSDACORE_VERSION >= 100);
+  CHECK(strcmp(msdacore_status_name(MSDACORE_ERROR_DTYPE), "MSDACORE_ERROR_DTYPE") == 0);
+  CHECK(strcmp(msdacore_status_name((msdacore_status)99), "MSDACORE_UNKNOWN_STATUS") == 0);
+  CHECK(msdacore_get_num_threads() >= 1);
+  CHECK_STATUS(msdacore_set_num_threads(1), MSDACORE_OK);
+  CHECK(msdacore_get_num_threads() == 1);
+}
+
+int main(void) {
+  test_forward_backward();
+  test_errors();
+  test_misc();
+  if (g_failures) {
+    fprintf(stderr, "%d check(s) failed\n", g_failures);
+    return 1;
+  }
+  printf("all C API checks passed (msdacore %s)\n", msdacore_version());
+  return 0;
+}
