@@ -87,7 +87,7 @@ void backward_impl(const BackwardArgs<T>& a) {
   const int64_t groups = (p.M + group - 1) / group;
   const int64_t tasks = p.N * p.L * groups;
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel_worth_it(p))
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t n = task / (p.L * groups), l = (task / groups) % p.L;
     const int64_t m_begin = (task % groups) * group;

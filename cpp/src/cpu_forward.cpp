@@ -78,7 +78,7 @@ void forward_impl(const ForwardArgs<T>& a) {
   constexpr int64_t chunk = kChunk<T>;
   const bool unit = a.value.stride[3] == 1;
 
-#pragma omp parallel for schedule(static) num_threads(get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(get_num_threads()) if (parallel_worth_it(p))
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t n = task / blocks, block = task % blocks;
     const int64_t q_begin = block * kQueryBlock;

@@ -56,6 +56,13 @@ std::vector<LevelGeometry<T>> level_geometry(const Problem& p, bool align_corner
   return levels;
 }
 
+// Whether a call has enough work to pay for waking other threads (a parallel region
+// costs microseconds, and much more when the cores are busy). Results do not depend on it.
+inline bool parallel_worth_it(const Problem& p) {
+  const int64_t multiply_adds = p.N * p.Lq * p.M * p.L * p.P * 4 * p.D;
+  return multiply_adds >= (int64_t{1} << 16);
+}
+
 template <typename T>
 struct Simd {
   static constexpr int kBytes = MSDACORE_VEC_BYTES;

@@ -1,0 +1,99 @@
+"""Forward time of a transformers Deformable DETR with and without msdacore.
+
+    python -m msdacore.torch.benchmark [--height 800] [--width 1066] [--repeats 3]
+
+Builds DeformableDetrModel from its default configuration (ResNet-50 backbone from
+transformers' own ResNet, 4 levels, 6 + 6 layers, 300 queries) with random weights, so
+nothing is downloaded; runs one image in float32 under torch.no_grad, alternating the
+original model and a copy switched over with patch_transformers, and prints the median
+times, the time spent inside the deformable attention modules, and the ratios. Both
+models run in the same process, so the ratio holds on a busy machine where absolute
+times drift. Needs transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+import msdacore
+
+from .transformers_patch import _targets, patch_transformers
+
+
+def build_model():
+    from transformers import DeformableDetrConfig, DeformableDetrModel, ResNetConfig
+
+    backbone = ResNetConfig(out_features=["stage2", "stage3", "stage4"])  # ResNet-50
+    config = DeformableDetrConfig(backbone_config=backbone)
+    torch.manual_seed(0)
+    return DeformableDetrModel(config).eval()
+
+
+class _AttentionTimer:
+    """Wall time spent inside the MultiScaleDeformableAttention modules of a model."""
+
+    def __init__(self, model):
+        self.total = 0.0
+        self._start = None
+        for module in _targets(model):
+            module.register_forward_pre_hook(self._pre)
+            module.register_forward_hook(self._post)
+
+    def _pre(self, module, args):
+        self._start = time.perf_counter()
+
+    def _post(self, module, args, output):
+        self.total += time.perf_counter() - self._start
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1066)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    original = build_model()
+    patched = copy.deepcopy(original)
+    n = patch_transformers(patched)
+    timers = {"grid_sample": _AttentionTimer(original), "msdacore": _AttentionTimer(patched)}
+    models = {"grid_sample": original, "msdacore": patched}
+    pixel_values = torch.randn(1, 3, args.height, args.width, generator=torch.Generator().manual_seed(1))
+
+    times = {name: [] for name in models}
+    attention = {name: [] for name in models}
+    outputs = {}
+    with torch.no_grad():
+        for name, model in models.items():  # warm-up
+            outputs[name] = model(pixel_values=pixel_values).last_hidden_state
+        for _ in range(args.repeats):
+            for name, model in models.items():
+                timers[name].total = 0.0
+                start = time.perf_counter()
+                model(pixel_values=pixel_values)
+                times[name].append(time.perf_counter() - start)
+                attention[name].append(timers[name].total)
+
+    diff = (outputs["msdacore"] - outputs["grid_sample"]).abs().max().item()
+    info = msdacore.build_info()
+    print(f"DeformableDetrModel (default config, ResNet-50), 1 x 3 x {args.height} x {args.width}, "
+          f"float32, no_grad; {n} attention modules switched")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads; msdacore "
+          f"{info['version']}, {msdacore.get_num_threads()} threads ({info.get('cpu_isa', '?')})")
+    print(f"max |difference| of last_hidden_state: {diff:.2e}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    att = {k: statistics.median(v) for k, v in attention.items()}
+    print(f"{'':12}{'forward s':>12}{'attention s':>14}")
+    for name in models:
+        print(f"{name:12}{med[name]:12.3f}{att[name]:14.3f}")
+    print(f"ratio grid_sample / msdacore: forward {med['grid_sample'] / med['msdacore']:.2f}x, "
+          f"attention {att['grid_sample'] / att['msdacore']:.2f}x  (median of {args.repeats})")
+
+
+if __name__ == "__main__":
+    main()
