@@ -5,7 +5,9 @@ demo   one SPEC configuration on realistic inputs: times msdacore forward and
        forward+backward, checks a sample of queries against the float64 NumPy
        reference, and (when torch is importable) times the grid_sample composition
        on the same inputs and prints the ratios. Exits non-zero if a check fails.
-bench  timings only (msdacore and grid_sample) for several configurations.
+bench  msdacore against the grid_sample composition on the SPEC configurations:
+       forward and forward+backward, float32/float64, 1 and 2 threads, medians,
+       ratios and peak memory; see msdacore.bench.
 """
 
 from __future__ import annotations
@@ -13,109 +15,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 
 import numpy as np
 
-from .configs import CONFIGS, make_inputs
+from . import bench
+from .bench import (build_problem, cpu_model, machine_info, rel_error,  # noqa: F401
+                    time_call, time_grid_sample, time_msdacore)
+from .configs import CONFIGS
 
 # SPEC "Numerics": max|a-b| / max|ref| against a float64 reference.
 TOLERANCES = {"float32": 5e-5, "float64": 1e-12}
 
-_DTYPES = {"float32": np.float32, "float64": np.float64}
-_OP_KEYS = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
-            "attention_weights")
+_DTYPES = bench.DTYPES
+_OP_KEYS = bench.OP_KEYS
 
 
 # ----------------------------------------------------------------------------- utilities
 
-def time_call(fn, repeats: int, warmup: int = 1):
-    """Call fn() warmup times, then repeats times, timing each.
-
-    Returns (median seconds, list of seconds, result of the last call).
-    """
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    times = []
-    for _ in range(max(repeats, 1)):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, result
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo, else platform.processor(), else 'unknown'."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_info() -> dict:
-    """cpu model, logical cores and cores usable by this process."""
-    cores = os.cpu_count() or 1
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = cores
-    return {"cpu": cpu_model(), "cores": cores, "usable_cores": usable,
-            "system": f"{platform.system()} {platform.machine()}",
-            "python": platform.python_version(), "numpy": np.__version__}
-
-
-def rel_error(a, ref) -> float:
-    """max|a - ref| / max|ref| (absolute error when ref is all zeros)."""
-    a = np.asarray(a, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if ref.size == 0:
-        return 0.0
-    scale = float(np.max(np.abs(ref)))
-    return float(np.max(np.abs(a - ref))) / (scale if scale > 0 else 1.0)
-
-
 def _try_import_torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
+    return bench.try_import_torch()
 
 
 def _fmt_ms(seconds) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.2f}"
-
-
-# ----------------------------------------------------------------------------- msdacore
-
-def time_msdacore(inputs: dict, grad_output, align_corners: bool, repeats: int) -> dict:
-    """Times msdacore forward and forward+backward on NumPy inputs.
-
-    Returns {"forward": s, "forward_backward": s, "output": array, "grads": tuple}.
-    """
-    import msdacore
-
-    args = [inputs[k] for k in _OP_KEYS]
-
-    def forward():
-        return msdacore.ms_deform_attn(*args, align_corners=align_corners)
-
-    def forward_backward():
-        out = msdacore.ms_deform_attn(*args, align_corners=align_corners)
-        grads = msdacore.ms_deform_attn_backward(*args, grad_output, align_corners=align_corners)
-        return out, grads
-
-    t_fwd, _, output = time_call(forward, repeats)
-    t_fb, _, (_, grads) = time_call(forward_backward, repeats)
-    return {"forward": t_fwd, "forward_backward": t_fb, "output": output, "grads": grads}
 
 
 # ----------------------------------------------------------------------------- checks
@@ -163,34 +87,6 @@ def check_queries(inputs: dict, grad_output, output, grads, idx, align_corners: 
         "grad_sampling_locations": rel_error(np.asarray(gl_full)[:, idx], ref_gl),
         "grad_attention_weights": rel_error(np.asarray(ga_full)[:, idx], ref_ga),
     }
-
-
-# ----------------------------------------------------------------------------- grid_sample
-
-def time_grid_sample(torch, inputs: dict, grad_output, align_corners: bool, repeats: int) -> dict:
-    """Times the grid_sample composition: forward under no_grad, forward+backward
-    through autograd with the same grad_output. Returns seconds and the output."""
-    from .grid_sample import ms_deform_attn_grid_sample
-
-    shapes = [tuple(int(x) for x in row) for row in inputs["spatial_shapes"]]
-    value = torch.from_numpy(inputs["value"])
-    locs = torch.from_numpy(inputs["sampling_locations"])
-    weights = torch.from_numpy(inputs["attention_weights"])
-    g = torch.from_numpy(np.ascontiguousarray(grad_output))
-
-    def forward():
-        with torch.no_grad():
-            return ms_deform_attn_grid_sample(value, shapes, locs, weights, align_corners)
-
-    leaves = [t.detach().requires_grad_() for t in (value, locs, weights)]
-
-    def forward_backward():
-        out = ms_deform_attn_grid_sample(leaves[0], shapes, leaves[1], leaves[2], align_corners)
-        return torch.autograd.grad(out, leaves, g)
-
-    t_fwd, _, output = time_call(forward, repeats)
-    t_fb, _, _ = time_call(forward_backward, repeats)
-    return {"forward": t_fwd, "forward_backward": t_fb, "output": output.numpy()}
 
 
 # ----------------------------------------------------------------------------- commands
@@ -258,15 +154,6 @@ def _print_checks(errors: dict, tol: float, k: int) -> bool:
         ok = ok and good
         print(f"  {name:<26}{err:>12.3e}  {'ok' if good else 'FAIL'}")
     return ok
-
-
-def build_problem(cfg, dtype: str, seed: int):
-    """Realistic inputs for cfg (see configs.make_inputs) and a standard normal
-    grad_output (N, Lq, M*D) of the same dtype, both deterministic for seed."""
-    inputs = make_inputs(cfg, dtype=_DTYPES[dtype], seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    grad_output = rng.standard_normal(cfg.output_shape).astype(_DTYPES[dtype])
-    return inputs, grad_output
 
 
 def _gs_repeats(args) -> int:
@@ -337,37 +224,6 @@ def cmd_demo(args) -> int:
     return 0 if ok else 1
 
 
-def cmd_bench(args) -> int:
-    torch = None if args.no_grid_sample else _try_import_torch()
-    threads = _setup_threads(args.threads, torch)
-    names = args.config or [n for n, c in CONFIGS.items() if not c.gpu]
-    cfgs = [CONFIGS[n] for n in names]
-    mach = _print_header("bench", threads, torch)
-    print(f"dtype   : {args.dtype}")
-    gs_repeats = _gs_repeats(args)
-    rows = []
-    for cfg in cfgs:
-        print()
-        print(f"config  : {cfg.describe()}")
-        inputs, grad_output = build_problem(cfg, args.dtype, args.seed)
-        ours = time_msdacore(inputs, grad_output, cfg.align_corners, args.repeats)
-        gs = None
-        if torch is not None:
-            gs = time_grid_sample(torch, inputs, grad_output, cfg.align_corners, gs_repeats)
-        ratios = _print_timings(args.repeats, gs_repeats, ours, gs)
-        rows.append({"config": cfg.name,
-                     "msdacore_s": {k: ours[k] for k in ("forward", "forward_backward")},
-                     "grid_sample_s": ({k: gs[k] for k in ("forward", "forward_backward")}
-                                       if gs else None),
-                     "ratios": ratios})
-        del inputs, grad_output, ours, gs
-    if args.json:
-        _write_json(args.json, {"command": "bench", "machine": mach, "threads": threads,
-                                "dtype": args.dtype, "seed": args.seed,
-                                "repeats": args.repeats, "results": rows})
-    return 0
-
-
 # ----------------------------------------------------------------------------- parser
 
 def _int_at_least(low: int):
@@ -413,16 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p_demo)
     p_demo.set_defaults(func=cmd_demo)
 
-    p_bench = sub.add_parser("bench", help="time several configurations (no checks)")
-    p_bench.add_argument("--config", action="append", choices=list(CONFIGS),
-                         help="repeatable; default: every CPU configuration")
-    _add_common(p_bench)
-    p_bench.set_defaults(func=cmd_bench)
+    p_bench = sub.add_parser("bench", help="msdacore against grid_sample on the SPEC "
+                             "configurations: times, ratios, peak memory",
+                             description=(bench.__doc__ or "").split("\n\n")[0])
+    bench.add_arguments(p_bench)
+    p_bench.set_defaults(func=bench.cmd_bench)
     return parser
 
 
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
     args = build_parser().parse_args(argv)
+    args.argv = list(argv)
     try:
         return args.func(args)
     except BrokenPipeError:  # output piped into e.g. head

@@ -70,16 +70,6 @@ def test_demo_without_torch_skips_grid_sample():
     assert "result  : PASS" in res.stdout
 
 
-def test_bench_runs(tmp_path):
-    out_json = tmp_path / "bench.json"
-    res = run_cli("bench", "--config", "dat", "--config", "small", "--repeats", "1",
-                  "--json", str(out_json))
-    assert res.returncode == 0, res.stdout + res.stderr
-    results = json.loads(out_json.read_text())
-    assert [r["config"] for r in results["results"]] == ["dat", "small"]
-    assert all(r["msdacore_s"]["forward_backward"] > 0 for r in results["results"])
-
-
 # ----------------------------------------------------------------------------- configs
 
 def test_config_table():
