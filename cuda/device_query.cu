@@ -1,6 +1,9 @@
-// CUDA runtime queries for build_info(): how many devices are visible, which runtime.
-// Safe on machines without a driver or a GPU: errors read as zero devices.
+// CUDA runtime queries for build_info() and device validation: how many devices are
+// visible, which runtime. Safe on machines without a driver or a GPU: errors read as zero
+// devices, and nothing else is initialised.
 #include <cuda_runtime.h>
+
+#include "backend.hpp"
 
 namespace msdacore {
 namespace cuda {

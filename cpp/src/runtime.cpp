@@ -13,13 +13,7 @@
 #endif
 
 #ifdef MSDACORE_WITH_CUDA
-// cuda/device_query.cu
-namespace msdacore {
-namespace cuda {
-int device_count();
-int runtime_version();
-}  // namespace cuda
-}  // namespace msdacore
+#include "backend.hpp"  // cuda/: device_count(), runtime_version()
 #endif
 
 namespace msdacore {
@@ -74,6 +68,7 @@ BuildInfo build_info() {
   info.max_threads = default_threads();
 #ifdef MSDACORE_WITH_CUDA
   info.cuda_compiled = true;
+  info.cuda_kernels = true;  // cuda/forward.cu, backward.cu, deterministic.cu
   info.cuda_runtime_version = cuda::runtime_version();
   info.cuda_devices = cuda::device_count();
 #endif

@@ -1,6 +1,7 @@
 // TensorView construction and description helpers.
 #include "msdacore/tensor.hpp"
 
+#include <limits>
 #include <sstream>
 
 #include "msdacore/errors.hpp"
@@ -75,9 +76,19 @@ TensorView::TensorView(void* data_, int32_t ndim_, const int64_t* shape_, const 
 }
 
 int64_t TensorView::numel() const {
+  // Saturates at INT64_MAX instead of overflowing; 0 when any size is 0 or negative.
+  const int64_t big = std::numeric_limits<int64_t>::max();
   int64_t n = 1;
-  for (int d = 0; d < ndim; ++d) n *= shape[d];
-  return n;
+  bool saturated = false;
+  for (int d = 0; d < ndim; ++d) {
+    if (shape[d] <= 0) return 0;
+    if (saturated || n > big / shape[d]) {
+      saturated = true;
+    } else {
+      n *= shape[d];
+    }
+  }
+  return saturated ? big : n;
 }
 
 bool TensorView::is_contiguous() const {

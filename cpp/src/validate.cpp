@@ -3,6 +3,7 @@
 // host integer arrays of the right shape.
 #include "validate.hpp"
 
+#include <initializer_list>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -10,6 +11,10 @@
 
 #include "msdacore/errors.hpp"
 #include "msdacore/runtime.hpp"
+
+#ifdef MSDACORE_WITH_CUDA
+#include "backend.hpp"  // cuda/: device_count()
+#endif
 
 namespace msdacore {
 namespace {
@@ -75,16 +80,38 @@ bool is_float(DType t) {
          t == DType::Float64;
 }
 
+// How to get CUDA support, for messages about CUDA arrays this build cannot run.
+constexpr const char kHowToGetCuda[] =
+    "pass CPU arrays, or build msdacore with CUDA (a CUDA compiler on the PATH and "
+    "MSDACORE_CUDA=ON) to run on the GPU";
+
 void check_device_supported(const char* name, Device d) {
   if (d.type == DeviceType::CPU) return;
-  const BuildInfo info = build_info();
-  std::string why = info.cuda_compiled
-                        ? "this build of msdacore " + info.version +
-                              " has no CUDA kernels (backends: cpu)"
-                        : "this build of msdacore was compiled without CUDA (backends: cpu)";
-  throw DeviceError(std::string(name) + " is on " + device_name(d) + ", but " + why +
-                    "; pass CPU arrays, or build msdacore with CUDA (a CUDA compiler on the "
-                    "PATH and MSDACORE_CUDA=ON) to run on the GPU");
+#ifdef MSDACORE_WITH_CUDA
+  if (d.type == DeviceType::CUDA) {
+    const int count = cuda::device_count();
+    if (count == 0) {
+      throw DeviceError(std::string(name) + " is on " + device_name(d) +
+                        ", but this build of msdacore sees no CUDA device (no GPU, no CUDA "
+                        "driver, or CUDA_VISIBLE_DEVICES hides them); pass CPU arrays, or run "
+                        "where a CUDA device is visible");
+    }
+    if (d.index < 0 || d.index >= count) {
+      throw DeviceError(std::string(name) + " is on " + device_name(d) + ", but only " +
+                        std::to_string(count) + " CUDA device" + (count == 1 ? " is" : "s are") +
+                        " visible to this process (cuda:0 .. cuda:" + std::to_string(count - 1) +
+                        ")");
+    }
+    return;
+  }
+  throw DeviceError(std::string(name) + " is on " + device_name(d) +
+                    ", which msdacore does not support (backends: cpu, cuda); pass CPU or "
+                    "CUDA arrays");
+#else
+  throw DeviceError(std::string(name) + " is on " + device_name(d) +
+                    ", but this build of msdacore was compiled without CUDA (backends: cpu); " +
+                    kHowToGetCuda);
+#endif
 }
 
 void check_same_device(const char* name, Device d, const char* ref_name, Device ref) {
@@ -102,13 +129,15 @@ void check_on_host(const char* name, Device d) {
   }
 }
 
-void check_float_dtype(const char* name, DType t) {
+// float32 / float64 everywhere; float16 / bfloat16 on CUDA only.
+void check_float_dtype(const char* name, DType t, Device d) {
+  const bool cuda = d.type == DeviceType::CUDA;
   if (!is_float(t)) {
-    throw DTypeError(std::string(name) +
-                     " must be a floating-point array (float32 or float64), got " +
-                     dtype_name(t));
+    throw DTypeError(std::string(name) + " must be a floating-point array (" +
+                     (cuda ? "float32, float64, float16 or bfloat16" : "float32 or float64") +
+                     "), got " + dtype_name(t));
   }
-  if (t == DType::Float16 || t == DType::BFloat16) {
+  if (!cuda && (t == DType::Float16 || t == DType::BFloat16)) {
     throw DTypeError(std::string(name) + " has dtype " + dtype_name(t) +
                      ", which the CPU backend does not support: use float32 or float64 "
                      "(float16 and bfloat16 need the CUDA backend)");
@@ -137,6 +166,24 @@ int64_t saturating_add(int64_t a, int64_t b) {
   const int64_t big = std::numeric_limits<int64_t>::max();
   if (b > big - a) return big;
   return a + b;
+}
+
+// Throws unless the product of `dims` (the sizes of a tensor the call reads or writes)
+// fits in int64. Zero sizes are left out, so that an empty tensor's other sizes are
+// checked too (their products are used in index arithmetic).
+void check_elements(const char* name, const char* symbols, std::initializer_list<int64_t> dims) {
+  const int64_t big = std::numeric_limits<int64_t>::max();
+  int64_t n = 1;
+  bool overflow = false;
+  for (int64_t d : dims) {
+    if (d == 0) continue;
+    if (n > big / d) overflow = true;
+    if (!overflow) n *= d;
+  }
+  if (overflow) {
+    throw ShapeError(std::string(name) + " of shape " + symbols +
+                     " would have more than 2^63 - 1 elements");
+  }
 }
 
 void check_has_data(const char* name, const TensorView& t) {
@@ -195,9 +242,9 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
   check_on_host("level_start_index", level_start_index.device);
 
   // 2. Dtypes.
-  check_float_dtype("value", value.dtype);
-  check_float_dtype("sampling_locations", sampling_locations.dtype);
-  check_float_dtype("attention_weights", attention_weights.dtype);
+  check_float_dtype("value", value.dtype, value.device);
+  check_float_dtype("sampling_locations", sampling_locations.dtype, value.device);
+  check_float_dtype("attention_weights", attention_weights.dtype, value.device);
   if (sampling_locations.dtype != value.dtype || attention_weights.dtype != value.dtype) {
     throw DTypeError(std::string("value, sampling_locations and attention_weights must have "
                                  "the same dtype, got ") +
@@ -244,6 +291,14 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
                      "points, got " +
                      sampling_locations.shape_string());
   }
+
+  if (p.N < 0 || p.Lq < 0) {
+    throw ShapeError("sampling_locations must have shape (N, Lq, M, L, P, 2) with N, Lq >= 0, "
+                     "got " + sampling_locations.shape_string());
+  }
+  check_elements("value", "(N, S, M, D)", {p.N, p.S, p.M, p.D});
+  check_elements("the output", "(N, Lq, M*D)", {p.N, p.Lq, p.M, p.D});
+  check_elements("sampling_locations", "(N, Lq, M, L, P, 2)", {p.N, p.Lq, p.M, p.L, p.P, 2});
 
   // 4. Contents of the index arrays.
   check_has_data("value", value);

@@ -1,6 +1,6 @@
 """msdacore: multi-scale deformable attention (Deformable DETR's MSDA, the single-scale
-module, DAT-style deformable sampling), forward and backward, on the CPU (and on CUDA
-where built), from NumPy or any DLPack array. The operator contract is docs/conventions.md.
+module, DAT-style deformable sampling), forward and backward, on the CPU and (where built
+with CUDA) on NVIDIA GPUs, from NumPy or any DLPack array. The operator contract is docs/conventions.md.
 """
 
 from __future__ import annotations
@@ -20,40 +20,69 @@ __all__ = [
 
 
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
-                   attention_weights, *, align_corners=False):
+                   attention_weights, *, align_corners=False, stream=None):
     """Multi-scale deformable attention, forward.
 
-    value               (N, S, M, D)        float32 | float64 (T)
+    value               (N, S, M, D)        float32 | float64 (T); on CUDA also float16 |
+                                            bfloat16
     spatial_shapes      (L, 2) rows (H, W)  int32 | int64 (or a list of pairs)
     level_start_index   (L,)                int32 | int64 (or a list), prefix sums of H*W
     sampling_locations  (N, Lq, M, L, P, 2) T, (x, y) normalized to [0, 1]
     attention_weights   (N, Lq, M, L, P)    T
     align_corners       False: pixel = loc*size - 0.5; True: pixel = loc*(size - 1)
-    returns             (N, Lq, M*D)        T, contiguous, of value's array kind
+    stream              CUDA inputs: the stream to run on (an int cudaStream_t, or a
+                        torch / CuPy stream object); None: the framework's current stream
+                        (torch, CuPy), else the default stream. Ignored on the CPU.
+    returns             (N, Lq, M*D)        T, contiguous, of value's array kind and device
 
+    CUDA arrays (torch, CuPy, any DLPack producer) run on their device; spatial_shapes and
+    level_start_index are read on the host (device copies are copied there).
     Raises ValueError (shapes, devices, index arrays) or TypeError (dtypes).
     """
-    caps, _alive = _arrays.capsules(
+    if not _arrays.is_cuda(value):
+        caps, _alive = _arrays.capsules(
+            value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+            sampling_locations=sampling_locations, attention_weights=attention_weights)
+        out = _core.forward(*caps, bool(align_corners))
+        return _arrays.like(value, out)
+    call = _arrays.CudaCall(value, stream)
+    caps, _alive = call.capsules(
         value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
         sampling_locations=sampling_locations, attention_weights=attention_weights)
-    out = _core.forward(*caps, bool(align_corners))
-    return _arrays.like(value, out)
+    out = _core.forward(*caps, bool(align_corners), stream=call.stream,
+                        allocate=call.allocator())
+    call.finish(_core)
+    return call.result(out)
 
 
 def ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_locations,
-                            attention_weights, grad_output, *, align_corners=False):
+                            attention_weights, grad_output, *, align_corners=False,
+                            deterministic=False, stream=None):
     """Gradients of ms_deform_attn given grad_output (N, Lq, M*D) of dtype T.
 
     returns (grad_value (N, S, M, D), grad_sampling_locations (N, Lq, M, L, P, 2),
              grad_attention_weights (N, Lq, M, L, P)), all T, of value's array kind.
-    Bitwise identical for any thread count.
+    CPU: bitwise identical for any thread count (deterministic has no effect).
+    CUDA: grad_sampling_locations and grad_attention_weights are reproducible; grad_value
+    is summed with atomics unless deterministic=True, which sorts the samples and gathers
+    instead (bitwise reproducible, slower). stream as in ms_deform_attn.
     """
-    caps, _alive = _arrays.capsules(
+    if not _arrays.is_cuda(value):
+        caps, _alive = _arrays.capsules(
+            value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+            sampling_locations=sampling_locations, attention_weights=attention_weights,
+            grad_output=grad_output)
+        grads = _core.backward(*caps, bool(align_corners), bool(deterministic))
+        return tuple(_arrays.like(value, g) for g in grads)
+    call = _arrays.CudaCall(value, stream)
+    caps, _alive = call.capsules(
         value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
         sampling_locations=sampling_locations, attention_weights=attention_weights,
         grad_output=grad_output)
-    grads = _core.backward(*caps, bool(align_corners))
-    return tuple(_arrays.like(value, g) for g in grads)
+    grads = _core.backward(*caps, bool(align_corners), bool(deterministic), stream=call.stream,
+                           allocate=call.allocator())
+    call.finish(_core)
+    return tuple(call.result(g) for g in grads)
 
 
 def build_info() -> dict:

@@ -11,6 +11,13 @@ import numpy as np
 # The highest DLPack version this package's consumer understands.
 DLPACK_MAX_VERSION = (1, 1)
 
+# DLPack device types (DLDeviceType).
+KDL_CPU, KDL_CUDA, KDL_CUDA_HOST = 1, 2, 3
+
+# DLPack stream value of the legacy default CUDA stream (also its cudaStream_t value,
+# cudaStreamLegacy). 0 is ambiguous in DLPack and never passed.
+LEGACY_DEFAULT_STREAM = 1
+
 _INDEX_ARGS = ("spatial_shapes", "level_start_index")
 
 
@@ -30,6 +37,11 @@ def as_array(obj, name: str):
     if name in _INDEX_ARGS and isinstance(obj, (list, tuple)):
         array = np.asarray(obj)
         return array.astype(np.int64) if array.dtype.kind in "iu" else array
+    # torch exports the raw data of lazily negated / conjugated views: resolve them first.
+    if callable(getattr(obj, "is_neg", None)) and obj.is_neg():
+        obj = obj.resolve_neg()
+    if callable(getattr(obj, "is_conj", None)) and obj.is_conj():
+        obj = obj.resolve_conj()
     if getattr(obj, "requires_grad", False) and hasattr(obj, "detach"):
         # msdacore's plain API computes values only; msdacore.torch tracks gradients.
         return obj.detach()
@@ -38,8 +50,10 @@ def as_array(obj, name: str):
     return obj
 
 
-def to_capsule(obj, name: str):
-    """Exports `obj` (after as_array) as a DLPack capsule, versioned when supported."""
+def to_capsule(obj, name: str, stream=None):
+    """Exports `obj` (after as_array) as a DLPack capsule, versioned when supported.
+    `stream` (an int, CUDA arrays only) is the consumer stream of the DLPack protocol: the
+    producer makes it wait for the work that writes `obj`."""
     try:
         export = obj.__dlpack__
     except AttributeError:
@@ -47,14 +61,20 @@ def to_capsule(obj, name: str):
             f"{name} must be an array: a NumPy array or any object with __dlpack__ "
             f"(torch, CuPy, JAX, ...), got {type(obj).__module__}.{type(obj).__qualname__}"
         ) from None
+    kwargs = {} if stream is None else {"stream": stream}
     try:
-        return export(max_version=DLPACK_MAX_VERSION)
+        return export(max_version=DLPACK_MAX_VERSION, **kwargs)
     except TypeError:
-        return export()  # a producer from before DLPack 1.0 (legacy capsule)
-    except BufferError:
+        return export(**kwargs)  # a producer from before DLPack 1.0 (legacy capsule)
+    except BufferError as error:
         if isinstance(obj, np.ndarray):  # e.g. a read-only array on an old NumPy
             return np.array(obj, copy=True).__dlpack__()
-        raise
+        device = getattr(getattr(obj, "device", None), "type", None)
+        if isinstance(device, str) and device not in ("cpu", "cuda"):
+            raise ValueError(
+                f"{name} is on {device}, which msdacore cannot read: pass CPU (or CUDA) arrays"
+            ) from None
+        raise TypeError(f"{name} cannot be exported through DLPack: {error}") from None
 
 
 def capsules(**arrays):
@@ -79,3 +99,152 @@ def like(reference, result: np.ndarray):
     if from_dlpack is None or top == "numpy":
         return result
     return from_dlpack(result)
+
+
+# ----------------------------------------------------------------------------- CUDA arrays
+
+def device_of(obj) -> tuple:
+    """(DLPack device type, device id) of an array; (KDL_CPU, 0) for NumPy arrays, lists
+    and objects that do not say (their __dlpack__ call then reports any problem)."""
+    if isinstance(obj, (np.ndarray, np.generic, list, tuple)):
+        return (KDL_CPU, 0)
+    query = getattr(obj, "__dlpack_device__", None)
+    if query is None:
+        return (KDL_CPU, 0)
+    try:
+        kind, index = query()
+        return (int(kind), int(index))
+    except Exception:  # noqa: BLE001 - a broken producer is reported by __dlpack__ itself
+        return (KDL_CPU, 0)
+
+
+def is_cuda(obj) -> bool:
+    return device_of(obj)[0] == KDL_CUDA
+
+
+def host_index(obj):
+    """spatial_shapes / level_start_index on the host: a CUDA array is copied (which waits
+    for the device), through DLPack (dl_device=CPU, copy=True) where the producer supports
+    it, else its .cpu() (torch) or .get() (CuPy); other objects are returned as they are."""
+    if device_of(obj)[0] in (KDL_CPU, KDL_CUDA_HOST):
+        return obj
+    try:
+        return np.from_dlpack(obj, device="cpu", copy=True)
+    except Exception:  # noqa: BLE001 - older producers or NumPy: try the framework's own copy
+        pass
+    for method in ("cpu", "get"):
+        fn = getattr(obj, method, None)
+        if callable(fn):
+            try:
+                return fn()
+            except Exception:  # noqa: BLE001 - fall through: the core reports the device
+                break
+    return obj
+
+
+def _framework(obj) -> str:
+    return type(obj).__module__.split(".")[0]
+
+
+def stream_handle(stream) -> int:
+    """The cudaStream_t value of a `stream` argument: an int (a cudaStream_t, or 1 / 2 for
+    the legacy / per-thread default stream as in DLPack), or a stream object with
+    .cuda_stream (torch) or .ptr (CuPy)."""
+    if isinstance(stream, bool):
+        raise TypeError("stream must be None, an int (cudaStream_t) or a CUDA stream object, "
+                        "got a bool")
+    if isinstance(stream, int):
+        value = stream
+    elif hasattr(stream, "cuda_stream"):
+        value = int(stream.cuda_stream)
+    elif hasattr(stream, "ptr"):
+        value = int(stream.ptr)
+    else:
+        raise TypeError("stream must be None, an int (cudaStream_t) or a CUDA stream object "
+                        "(with .cuda_stream like torch.cuda.Stream, or .ptr like "
+                        f"cupy.cuda.Stream), got {type(stream).__module__}."
+                        f"{type(stream).__qualname__}")
+    if value < 0:
+        raise ValueError(f"stream must be a cudaStream_t value >= 0, got {value}")
+    return LEGACY_DEFAULT_STREAM if value == 0 else value
+
+
+def current_stream(obj, device: int):
+    """The framework's current stream on `device` for arrays of torch and CuPy (as a
+    cudaStream_t value, the default stream as 1), else None."""
+    top = _framework(obj)
+    if top == "torch":
+        torch = sys.modules["torch"]
+        return stream_handle(torch.cuda.current_stream(device).cuda_stream)
+    if top == "cupy":
+        cupy = sys.modules["cupy"]
+        with cupy.cuda.Device(device):
+            return stream_handle(cupy.cuda.get_current_stream().ptr)
+    return None
+
+
+class CudaCall:
+    """One call on CUDA arrays: the stream it runs on, the inputs' capsules (exported for
+    that stream), outputs allocated by the caller's framework, and the join back.
+
+    stream=None runs on the framework's current stream of the arrays' device (torch,
+    CuPy), else on the legacy default stream. An explicit stream runs there; the
+    framework's current stream is then made to wait for it, so results can be used on
+    either stream.
+    """
+
+    def __init__(self, value, stream):
+        self.value = value
+        self.device = device_of(value)[1]
+        self.current = current_stream(value, self.device)
+        if stream is None:
+            self.stream = self.current if self.current is not None else LEGACY_DEFAULT_STREAM
+        else:
+            self.stream = stream_handle(stream)
+
+    def capsules(self, **arrays):
+        """Like capsules(), with index arrays brought to the host and CUDA arrays exported
+        for this call's stream."""
+        converted = {}
+        for name, obj in arrays.items():
+            if name in _INDEX_ARGS:
+                obj = host_index(obj)
+            converted[name] = as_array(obj, name)
+        caps = [to_capsule(obj, name, self.stream if is_cuda(obj) else None)
+                for name, obj in converted.items()]
+        return caps, converted
+
+    def allocator(self):
+        """allocate(shape) -> (array, capsule) with the value's framework (torch, CuPy), or
+        None (the core then allocates device memory itself)."""
+        value, stream = self.value, self.stream
+        top = _framework(value)
+        if top == "torch":
+            torch = sys.modules["torch"]
+
+            def allocate(shape):
+                out = torch.empty(shape, dtype=value.dtype, device=value.device)
+                return out, to_capsule(out, "output", stream)
+            return allocate
+        if top == "cupy":
+            cupy = sys.modules["cupy"]
+            device = self.device
+
+            def allocate(shape):
+                with cupy.cuda.Device(device):
+                    out = cupy.empty(shape, dtype=value.dtype)
+                return out, to_capsule(out, "output", stream)
+            return allocate
+        return None
+
+    def finish(self, core):
+        """After the core call: the framework's current stream waits for this call's."""
+        if self.current is not None and self.current != self.stream:
+            core.stream_wait(self.device, self.current, self.stream)
+
+    def result(self, out):
+        """Outputs of the framework's allocator are returned as they are; DeviceArrays
+        become arrays of the value's kind where its module has from_dlpack."""
+        if _framework(out) in ("torch", "cupy"):
+            return out
+        return like(self.value, out)

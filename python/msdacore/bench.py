@@ -567,8 +567,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cpu = [n for n, c in CONFIGS.items() if not c.gpu]
     p.add_argument("--config", action="append", choices=list(CONFIGS),
                    help=f"repeatable; default: the CPU configurations ({', '.join(cpu)})")
-    p.add_argument("--dtype", action="append", choices=sorted(DTYPES),
-                   help="repeatable; default: float32 and float64")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cpu (default), or cuda: the GPU benchmark (msdacore.bench_cuda)")
+    p.add_argument("--dtype", action="append",
+                   choices=sorted(DTYPES) + ["bfloat16", "float16"],
+                   help="repeatable; default: float32 and float64 on the CPU, float32, "
+                        "float16 and bfloat16 on CUDA (half types: CUDA only)")
     p.add_argument("--threads", action="append", type=_int_at_least(1),
                    help="thread count for msdacore and torch, repeatable; default: "
                         + " and ".join(map(str, DEFAULT_THREADS)))
@@ -605,6 +609,13 @@ def _unique(items):
 
 
 def cmd_bench(args) -> int:
+    if args.device == "cuda":
+        from .bench_cuda import cmd_bench_cuda
+        return cmd_bench_cuda(args)
+    half = [d for d in (args.dtype or []) if d not in DTYPES]
+    if half:
+        print(f"bench: {', '.join(half)} run on CUDA only (--device cuda)", file=sys.stderr)
+        return 2
     defaults = {"repeats": 5, "gs_repeats": 3, "max_seconds": 10.0, "min_seconds": 0.5}
     if args.quick:
         defaults.update(QUICK)

@@ -23,7 +23,7 @@ settings.register_profile(
     "ci",
     derandomize=True,
     deadline=None,
-    max_examples=40,
+    max_examples=400,
     print_blob=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -31,7 +31,7 @@ settings.register_profile(
 settings.register_profile(
     "dev",
     deadline=None,
-    max_examples=300,
+    max_examples=1000,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -58,3 +58,62 @@ def test_thread_count_does_not_change_results(restore_threads, dtype, align_corn
     again = _run(inputs, align_corners)
     _assert_bitwise_equal(one, two, "1 vs 2 threads")
     _assert_bitwise_equal(two, again, "run to run")
+
+
+_ISA_SCRIPT = r"""
+import dataclasses, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import msdacore
+from test_threads import MEDIUM, _run
+from strategies import make_inputs
+
+if msdacore.build_info()["cpu_isa"] != sys.argv[2]:
+    sys.exit(3)  # compiled in, but this machine cannot run it
+results = {}
+for dtype in (np.float32, np.float64):
+    for align_corners in (False, True):
+        case = dataclasses.replace(MEDIUM, dtype=dtype, align_corners=align_corners)
+        inputs = make_inputs(case)
+        if align_corners:  # a strided value too
+            inputs["value"] = np.asfortranarray(inputs["value"])
+        for k, x in enumerate(_run(inputs, align_corners)):
+            results[f"{np.dtype(dtype).name}-{align_corners}-{k}"] = x
+np.savez(sys.argv[3], **results)
+"""
+
+
+def _isas():
+    isas = msdacore.build_info().get("cpu_isas")
+    return [s for s in isas.split(",") if s] if isinstance(isas, str) else []
+
+
+@pytest.mark.skipif(len(_isas()) < 2, reason="this build has a single CPU kernel build")
+def test_cpu_kernel_builds_give_identical_results(tmp_path):
+    """Every CPU instruction-set build (MSDACORE_CPU_ISA) gives bitwise the same results."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    here = str(pathlib.Path(__file__).resolve().parent)
+    results = {}
+    for isa in _isas():
+        path = tmp_path / f"{isa}.npz"
+        env = dict(os.environ, MSDACORE_CPU_ISA=isa)
+        run = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, here, isa, str(path)], env=env,
+                             timeout=300, cwd=here, capture_output=True, text=True)
+        if run.returncode == 3:
+            continue
+        assert run.returncode == 0, f"{isa}: {run.stderr}"
+        with np.load(path) as data:
+            results[isa] = {k: data[k] for k in data.files}
+    if len(results) < 2:
+        pytest.skip(f"this machine runs only one of the CPU kernel builds {_isas()}")
+    first, *others = list(results)
+    for isa in others:
+        assert results[isa].keys() == results[first].keys()
+        for key, x in results[first].items():
+            y = results[isa][key]
+            assert x.dtype == y.dtype and x.shape == y.shape, key
+            assert x.tobytes() == y.tobytes(), f"{key}: {first} and {isa} differ"

@@ -2,7 +2,8 @@
 //
 // Shapes (SPEC.md): N batch, S = sum_l H_l*W_l value tokens, M heads, D channels per
 // head, Lq queries, L levels, P points per level.
-//   value               (N, S, M, D)          float32 | float64 (T)
+//   value               (N, S, M, D)          float32 | float64, and float16 | bfloat16 on
+//                                             CUDA (T)
 //   spatial_shapes      (L, 2) rows (H_l, W_l) int32 | int64, on the host
 //   level_start_index   (L,) prefix sums       int32 | int64, on the host
 //   sampling_locations  (N, Lq, M, L, P, 2)   T, last axis (x, y) normalized to [0, 1]
@@ -24,6 +25,8 @@ namespace msdacore {
 struct Options {
   bool align_corners = false;  // False: h = y*H - 0.5 (Deformable DETR); True: h = y*(H-1)
   void* stream = nullptr;      // device stream (cudaStream_t) for device backends; unused on CPU
+  bool deterministic = false;  // CUDA backward: bitwise-reproducible grad_value (sorted gather
+                               // instead of atomics); the CPU backend is always deterministic
 };
 
 // The sizes of one call, read from validated inputs.

@@ -1,0 +1,316 @@
+// CUDA backward: grad_value (N, S, M, D), grad_sampling_locations (N, Lq, M, L, P, 2),
+// grad_attention_weights (N, Lq, M, L, P).
+//
+// Same layout as the forward (common.cuh, forward.cu): one group of G lanes per head
+// (n, q, m), one lane per channel vector, and the corners of each (head, point) computed
+// once into a shared-memory record. For each point, every lane forms its part of the four
+// dot products <g, v_k> over its channels; the group sums them with a fixed butterfly of
+// warp shuffles, and the group's first lane turns them into the location and attention
+// gradients (detail::sample_gradients). Those two are therefore reproducible bit for bit.
+//
+// grad_value, default: every lane adds A * corner weight * g to the four corner tokens
+// with atomicAdd (into a float32 buffer for float16/bfloat16, cast at the end). Fast, but
+// the order of the additions varies from run to run, so the last bits do.
+// grad_value, deterministic: this kernel leaves it alone and deterministic.cu gathers it.
+#include "common.cuh"
+
+namespace msdacore {
+namespace cuda {
+namespace {
+
+constexpr const char* kOp = "ms_deform_attn_backward";
+
+template <typename T>
+struct BackwardParams {
+  const T* value;          // (N, S, M, D)
+  Strides<4> vs;
+  const T* loc;            // (N, Lq, M, L, P, 2)
+  Strides<6> ls;
+  const T* attn;           // (N, Lq, M, L, P)
+  Strides<5> as;
+  const T* grad_out;       // (N, Lq, M*D)
+  Strides<3> gs;
+  acc_t<T>* grad_value;    // (N, S, M, D) contiguous accumulator, zeroed; null: not written
+  T* grad_loc;             // (N, Lq, M, L, P, 2) contiguous
+  T* grad_attn;            // (N, Lq, M, L, P) contiguous
+  int64_t S, M, D, Lq, P, LP;
+  int64_t heads;           // N * Lq * M
+  int64_t vecs;            // channel vectors per head
+  int group;               // lanes per head
+  int heads_per_block;
+  int chunk;               // points per head and chunk
+  bool align_corners;
+  Levels levels;
+};
+
+template <typename T>
+struct BackwardPoint {
+  detail::Corners<acc_t<T>> c;
+  int64_t start;        // first token of the level
+  acc_t<T> a;           // attention weight A
+  acc_t<T> sx, sy;      // coordinate scales of the level
+  int valid;            // 0: skipped sample (every gradient of it is 0)
+};
+
+template <typename T>
+__device__ void fill_point(const BackwardParams<T>& p, int64_t head, int64_t point,
+                           BackwardPoint<T>* rec) {
+  using A = acc_t<T>;
+  rec->valid = 0;
+  if (head >= p.heads) return;
+  const int64_t m = head % p.M, nq = head / p.M;
+  const int64_t q = nq % p.Lq, n = nq / p.Lq;
+  const int64_t l = point / p.P, pt = point % p.P;
+  const LevelDesc lv = p.levels.get(l);
+  const detail::Level<A> level = detail::make_level<A>(lv.H, lv.W, p.align_corners);
+  const T* xy = p.loc + n * p.ls.s[0] + q * p.ls.s[1] + m * p.ls.s[2] + l * p.ls.s[3] +
+                pt * p.ls.s[4];
+  detail::Corners<A> c;
+  if (!detail::sample_corners(level, to_acc(xy[0]), to_acc(xy[p.ls.s[5]]), &c)) return;
+  rec->c = c;
+  rec->start = lv.start;
+  rec->a = to_acc(p.attn[n * p.as.s[0] + q * p.as.s[1] + m * p.as.s[2] + l * p.as.s[3] +
+                         pt * p.as.s[4]]);
+  rec->sx = level.scale_x;
+  rec->sy = level.scale_y;
+  rec->valid = 1;
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void load_grad(const BackwardParams<T>& p, const T* g_head,
+                                          int64_t vec, acc_t<T> (&g)[V]) {
+  if (V > 1) {
+    load_vec<T, V>(g_head + vec * V, g);
+  } else {
+    g[0] = to_acc(g_head[vec * p.gs.s[2]]);
+  }
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kBlockThreads) backward_kernel(const BackwardParams<T> p) {
+  using A = acc_t<T>;
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  BackwardPoint<T>* records = reinterpret_cast<BackwardPoint<T>*>(shared_raw);
+
+  const int lane = static_cast<int>(threadIdx.x) % p.group;
+  const int slot = static_cast<int>(threadIdx.x) / p.group;
+  const int64_t head_blocks = (p.heads + p.heads_per_block - 1) / p.heads_per_block;
+  const BackwardPoint<T>* mine = records + static_cast<int64_t>(slot) * p.chunk;
+
+  // Loop bounds are uniform over the block (every thread reaches every __syncthreads())
+  // and over each warp (every lane reaches every __shfl_xor_sync()).
+  for (int64_t hb = blockIdx.x; hb < head_blocks; hb += gridDim.x) {
+    const int64_t head = hb * p.heads_per_block + slot;
+    const bool active = head < p.heads;
+    const int64_t m = active ? head % p.M : 0, nq = active ? head / p.M : 0;
+    const int64_t q = nq % p.Lq, n = nq / p.Lq;
+    const T* value_head = p.value + n * p.vs.s[0] + m * p.vs.s[2];
+    const T* g_head = p.grad_out + n * p.gs.s[0] + q * p.gs.s[1] + m * p.D * p.gs.s[2];
+    A* gv_head = p.grad_value != nullptr ? p.grad_value + (n * p.S * p.M + m) * p.D : nullptr;
+
+    // The lane's first channel vector of g, loaded once per head.
+    A g_first[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) g_first[e] = A(0);
+    if (active && lane < p.vecs) load_grad<T, V>(p, g_head, lane, g_first);
+
+    for (int64_t c0 = 0; c0 < p.LP; c0 += p.chunk) {
+      const int count = static_cast<int>(p.LP - c0 < p.chunk ? p.LP - c0 : p.chunk);
+      __syncthreads();  // the previous chunk's records are no longer read
+      for (int i = static_cast<int>(threadIdx.x); i < p.heads_per_block * count;
+           i += static_cast<int>(blockDim.x)) {
+        const int s = i / count, j = i % count;
+        fill_point(p, hb * p.heads_per_block + s, c0 + j,
+                   &records[static_cast<int64_t>(s) * p.chunk + j]);
+      }
+      __syncthreads();
+
+      for (int j = 0; j < count; ++j) {
+        const BackwardPoint<T>& rec = mine[j];
+        A dots[4] = {A(0), A(0), A(0), A(0)};
+        if (active && rec.valid) {
+          for (int64_t vec = lane; vec < p.vecs; vec += p.group) {
+            A g[V];
+            if (vec == lane) {
+#pragma unroll
+              for (int e = 0; e < V; ++e) g[e] = g_first[e];
+            } else {
+              load_grad<T, V>(p, g_head, vec, g);
+            }
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+              if (!rec.c.inside[k]) continue;
+              const int64_t token = rec.start + rec.c.offset[k];
+              A v[V];
+              if (V > 1) {
+                load_vec<T, V>(value_head + token * p.vs.s[1] + vec * V, v);
+              } else {
+                v[0] = to_acc(value_head[token * p.vs.s[1] + vec * p.vs.s[3]]);
+              }
+              A dot = A(0);
+#pragma unroll
+              for (int e = 0; e < V; ++e) dot += g[e] * v[e];
+              dots[k] += dot;
+              if (gv_head != nullptr) {
+                const A w = rec.a * rec.c.weight[k];
+                A* dst = gv_head + token * p.M * p.D + vec * V;
+#pragma unroll
+                for (int e = 0; e < V; ++e) atomicAdd(dst + e, w * g[e]);
+              }
+            }
+          }
+        }
+        // Sum the group's partial dot products (xor offsets below G stay inside the
+        // G-aligned group; the whole warp takes part).
+        for (int offset = p.group / 2; offset > 0; offset /= 2) {
+#pragma unroll
+          for (int k = 0; k < 4; ++k) dots[k] += __shfl_xor_sync(0xffffffffu, dots[k], offset);
+        }
+        if (lane == 0 && active) {
+          const int64_t index = head * p.LP + c0 + j;
+          A ga = A(0), gx = A(0), gy = A(0);
+          if (rec.valid) {
+            detail::sample_gradients(rec.c, dots, rec.a, rec.sx, rec.sy, &ga, &gx, &gy);
+          }
+          p.grad_attn[index] = Convert<T>::from(ga);
+          p.grad_loc[2 * index] = Convert<T>::from(gx);
+          p.grad_loc[2 * index + 1] = Convert<T>::from(gy);
+        }
+      }
+    }
+  }
+}
+
+// dst[i] = src[i] for i < count, from the float32 accumulator to the half type.
+template <typename T>
+__global__ void cast_kernel(const float* __restrict__ src, T* __restrict__ dst, int64_t count) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    dst[i] = Convert<T>::from(src[i]);
+  }
+}
+
+template <typename T>
+void launch_backward(const Problem& p, const Options& options, const TensorView& value,
+                     const TensorView& loc, const TensorView& attn, const TensorView& grad_out,
+                     const TensorView& grad_value, const TensorView& grad_loc,
+                     const TensorView& grad_attn) {
+  using A = acc_t<T>;
+  constexpr bool kHalf = !std::is_same<A, T>::value;
+  const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
+  const int device = p.device.index;
+  const int64_t value_count = p.N * p.S * p.M * p.D;
+
+  if (p.Lq == 0) {  // no samples: grad_value is zero, the other two are empty
+    check(cudaMemsetAsync(grad_value.data, 0, value_count * sizeof(T), stream), kOp,
+          "zeroing grad_value");
+    return;
+  }
+
+  BackwardParams<T> bp;
+  std::unique_ptr<Scratch> level_storage;
+  const int64_t cells = make_levels(p, device, stream, kOp, &bp.levels, &level_storage);
+
+  // grad_value accumulator for the atomic mode: the output itself, or a float32 buffer.
+  std::unique_ptr<Scratch> accumulator;
+  bp.grad_value = nullptr;
+  if (!options.deterministic) {
+    if (kHalf) {
+      accumulator = std::make_unique<Scratch>(value_count * sizeof(float), device, stream, kOp);
+      bp.grad_value = accumulator->as<A>();
+    } else {
+      bp.grad_value = static_cast<A*>(grad_value.data);
+    }
+    check(cudaMemsetAsync(bp.grad_value, 0, value_count * sizeof(A), stream), kOp,
+          "zeroing the grad_value accumulator");
+  }
+
+  bp.value = static_cast<const T*>(value.data);
+  bp.vs = strides_of<4>(value);
+  bp.loc = static_cast<const T*>(loc.data);
+  bp.ls = strides_of<6>(loc);
+  bp.attn = static_cast<const T*>(attn.data);
+  bp.as = strides_of<5>(attn);
+  bp.grad_out = static_cast<const T*>(grad_out.data);
+  bp.gs = strides_of<3>(grad_out);
+  bp.grad_loc = static_cast<T*>(grad_loc.data);
+  bp.grad_attn = static_cast<T*>(grad_attn.data);
+  bp.S = p.S;
+  bp.M = p.M;
+  bp.D = p.D;
+  bp.Lq = p.Lq;
+  bp.P = p.P;
+  bp.LP = p.L * p.P;
+  bp.heads = p.N * p.Lq * p.M;
+  bp.align_corners = options.align_corners;
+
+  constexpr int V = kVec<T>;
+  const bool vector = vector_ok(value, V, p.D) && vector_ok(grad_out, V, p.D);
+  bp.vecs = vector ? p.D / V : p.D;
+  bp.group = group_size(bp.vecs);
+  bp.heads_per_block = kBlockThreads / bp.group;
+  bp.chunk = chunk_points(bp.LP, bp.heads_per_block, sizeof(BackwardPoint<T>));
+  const size_t shared = sizeof(BackwardPoint<T>) * bp.heads_per_block * bp.chunk;
+  const int64_t head_blocks = (bp.heads + bp.heads_per_block - 1) / bp.heads_per_block;
+  const unsigned int grid = grid_for(head_blocks);
+  if (vector) {
+    backward_kernel<T, V><<<grid, kBlockThreads, shared, stream>>>(bp);
+  } else {
+    backward_kernel<T, 1><<<grid, kBlockThreads, shared, stream>>>(bp);
+  }
+  check_launch(kOp, "backward_kernel", stream);
+
+  if (options.deterministic) {
+    gather_grad_value(p, options, bp.levels, cells, loc, attn, grad_out, grad_value);
+  } else {
+    if constexpr (kHalf) {
+      const int64_t blocks = (value_count + kBlockThreads - 1) / kBlockThreads;
+      const int64_t cap = static_cast<int64_t>(multiprocessors()) * 32;
+      cast_kernel<T><<<grid_for(blocks < cap ? blocks : cap), kBlockThreads, 0, stream>>>(
+          accumulator->as<float>(), static_cast<T*>(grad_value.data), value_count);
+      check_launch(kOp, "cast_kernel", stream);
+    }
+  }
+}
+
+}  // namespace
+
+void backward(const Problem& p, const Options& options, const TensorView& value,
+              const TensorView& sampling_locations, const TensorView& attention_weights,
+              const TensorView& grad_output, const TensorView& grad_value,
+              const TensorView& grad_sampling_locations,
+              const TensorView& grad_attention_weights) {
+  DeviceGuard guard(p.device.index, kOp);
+  check_pointer(kOp, "value", value);
+  check_pointer(kOp, "sampling_locations", sampling_locations);
+  check_pointer(kOp, "attention_weights", attention_weights);
+  check_pointer(kOp, "grad_output", grad_output);
+  check_pointer(kOp, "grad_value", grad_value);
+  check_pointer(kOp, "grad_sampling_locations", grad_sampling_locations);
+  check_pointer(kOp, "grad_attention_weights", grad_attention_weights);
+#define MSDACORE_LAUNCH_BACKWARD(T)                                                       \
+  launch_backward<T>(p, options, value, sampling_locations, attention_weights, grad_output, \
+                     grad_value, grad_sampling_locations, grad_attention_weights)
+  switch (p.dtype) {
+    case DType::Float32:
+      MSDACORE_LAUNCH_BACKWARD(float);
+      break;
+    case DType::Float64:
+      MSDACORE_LAUNCH_BACKWARD(double);
+      break;
+    case DType::Float16:
+      MSDACORE_LAUNCH_BACKWARD(__half);
+      break;
+    case DType::BFloat16:
+      MSDACORE_LAUNCH_BACKWARD(__nv_bfloat16);
+      break;
+    default:
+      throw DTypeError(std::string("msdacore ") + kOp + ": unsupported dtype " +
+                       dtype_name(p.dtype));
+  }
+#undef MSDACORE_LAUNCH_BACKWARD
+}
+
+}  // namespace cuda
+}  // namespace msdacore

@@ -1,0 +1,252 @@
+// Internal: what the CUDA kernels and their launch code share: error checks, the device
+// guard, scratch memory, element types and their float accumulators, 16-byte vector loads,
+// the level table, and the thread layout.
+//
+// Thread layout of every per-head kernel: a block of kBlockThreads threads is cut into
+// groups of G consecutive lanes (G a power of two <= 32, so a group never straddles a
+// warp); each group owns one head (n, q, m) (or one value token (n, s, m)) and its lanes
+// split the head's D channels into channel vectors of V elements (V = 16 bytes / element
+// size where the layout allows, else 1), lane i taking vectors i, i + G, i + 2G, ...
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "backend.hpp"
+#include "msdacore/detail/bilinear.hpp"
+#include "msdacore/errors.hpp"
+#include "msdacore/ops.hpp"
+
+namespace msdacore {
+namespace cuda {
+
+// ---- errors -------------------------------------------------------------------------
+
+// Throws RuntimeError "msdacore <op>: <what> failed: <CUDA error name>: <description>".
+void throw_cuda_error(cudaError_t err, const char* op, const char* what);
+
+inline void check(cudaError_t err, const char* op, const char* what) {
+  if (err != cudaSuccess) throw_cuda_error(err, op, what);
+}
+
+// After a kernel launch: the launch's own error (bad configuration, no kernel image for
+// this GPU, ...). With MSDACORE_CUDA_SYNC=1 in the environment, also waits for the kernel
+// and reports faults it raised (for debugging and the sanitizer runs).
+void check_launch(const char* op, const char* kernel, cudaStream_t stream);
+
+// ---- device, stream, memory ---------------------------------------------------------
+
+// Makes `device` current for the guard's lifetime and restores the previous one.
+class DeviceGuard {
+ public:
+  DeviceGuard(int device, const char* op);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
+// Temporary device memory, stream-ordered: allocated on `stream` and released on it after
+// the work enqueued before the destructor runs (cudaMallocAsync / cudaFreeAsync; on devices
+// without memory pools, cudaMalloc and a synchronize before cudaFree).
+class Scratch {
+ public:
+  Scratch(size_t bytes, int device, cudaStream_t stream, const char* op);
+  ~Scratch();
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  void* get() const { return ptr_; }
+  template <typename U>
+  U* as() const {
+    return static_cast<U*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  cudaStream_t stream_;
+  bool pooled_ = false;
+};
+
+// DeviceError unless `t` (when non-empty) is CUDA memory the device of `t` can read.
+void check_pointer(const char* op, const char* name, const TensorView& t);
+
+// Multiprocessors of the current device (for grid sizes).
+int multiprocessors();
+
+// ---- element types ------------------------------------------------------------------
+
+// Accumulation type: float for the half types, the type itself otherwise.
+template <typename T>
+struct AccOf {
+  using type = T;
+};
+template <>
+struct AccOf<__half> {
+  using type = float;
+};
+template <>
+struct AccOf<__nv_bfloat16> {
+  using type = float;
+};
+template <typename T>
+using acc_t = typename AccOf<T>::type;
+
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+
+template <typename T>
+struct Convert;
+template <>
+struct Convert<float> {
+  __device__ static float from(float x) { return x; }
+};
+template <>
+struct Convert<double> {
+  __device__ static double from(double x) { return x; }
+};
+template <>
+struct Convert<__half> {
+  __device__ static __half from(float x) { return __float2half_rn(x); }
+};
+template <>
+struct Convert<__nv_bfloat16> {
+  __device__ static __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
+};
+
+// Elements per 16-byte vector.
+template <typename T>
+constexpr int kVec = static_cast<int>(16 / sizeof(T));
+
+// out[e] = p[e * stride] for e < V, as accumulators. V > 1: one 16-byte load of
+// contiguous elements (p 16-byte aligned, stride 1); V == 1: one element.
+template <typename T, int V>
+__device__ __forceinline__ void load_vec(const T* p, acc_t<T> (&out)[V]) {
+  if constexpr (V > 1) {
+    static_assert(V * sizeof(T) == 16, "vector loads are 16 bytes");
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    T elems[V];
+    memcpy(elems, &raw, sizeof(raw));
+#pragma unroll
+    for (int e = 0; e < V; ++e) out[e] = to_acc(elems[e]);
+  } else {
+    out[0] = to_acc(p[0]);
+  }
+}
+
+// p[e] = v[e] for e < V (p contiguous; 16-byte aligned when V > 1).
+template <typename T, int V>
+__device__ __forceinline__ void store_vec(T* p, const acc_t<T> (&v)[V]) {
+  if constexpr (V > 1) {
+    T elems[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) elems[e] = Convert<T>::from(v[e]);
+    uint4 raw;
+    memcpy(&raw, elems, sizeof(raw));
+    *reinterpret_cast<uint4*>(p) = raw;
+  } else {
+    p[0] = Convert<T>::from(v[0]);
+  }
+}
+
+// ---- levels -------------------------------------------------------------------------
+
+struct LevelDesc {
+  int64_t H, W;        // size in pixels
+  int64_t start;       // level_start_index[l]: first token of the level
+  int64_t cell_start;  // first cell key of the level (deterministic backward): sum over
+                       // earlier levels of (H + 1) * (W + 1)
+};
+
+// The level table, passed by value in the kernel parameters for up to kInlineLevels
+// levels, else in device memory (`table`).
+constexpr int kInlineLevels = 8;
+struct Levels {
+  LevelDesc inline_levels[kInlineLevels];
+  const LevelDesc* table;  // all L levels in device memory, or null (inline_levels)
+  __device__ __forceinline__ LevelDesc get(int64_t l) const {
+    return table != nullptr ? table[l] : inline_levels[l];
+  }
+};
+
+// Fills a Levels for `p` (copying the table to the device on `stream` when L is large;
+// `storage` then holds it until the enqueued kernels are done). Returns the number of
+// cell keys per (n, m) head, sum of (H + 1) * (W + 1).
+int64_t make_levels(const Problem& p, int device, cudaStream_t stream, const char* op,
+                    Levels* levels, std::unique_ptr<Scratch>* storage);
+
+// ---- strides and layout -------------------------------------------------------------
+
+template <int K>
+struct Strides {
+  int64_t s[K];
+};
+
+template <int K>
+Strides<K> strides_of(const TensorView& t) {
+  Strides<K> out;
+  for (int i = 0; i < K; ++i) out.s[i] = t.strides[i];
+  return out;
+}
+
+constexpr int kBlockThreads = 256;
+
+// Lanes per group for `vecs` channel vectors: the smallest power of two >= vecs, at most 32.
+inline int group_size(int64_t vecs) {
+  int g = 1;
+  while (g < vecs && g < 32) g *= 2;
+  return g;
+}
+
+// Whether channel vectors of V elements can be loaded with 16-byte loads from `t`
+// (a view whose last dimension is D and whose other strides are given), i.e. unit stride
+// along D, D a multiple of V, every other stride a multiple of V, and the data 16-byte
+// aligned.
+inline bool vector_ok(const TensorView& t, int V, int64_t D) {
+  if (V <= 1) return true;
+  if (D % V != 0) return false;
+  if (t.ndim < 1 || t.strides[t.ndim - 1] != 1) return false;
+  for (int i = 0; i + 1 < t.ndim; ++i) {
+    if (t.shape[i] > 1 && t.strides[i] % V != 0) return false;
+  }
+  return reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+}
+
+// Number of blocks for `work_blocks` blocks of work under a grid-stride loop.
+inline unsigned int grid_for(int64_t work_blocks) {
+  const int64_t cap = int64_t{1} << 30;
+  return static_cast<unsigned int>(work_blocks < cap ? work_blocks : cap);
+}
+
+// Points per chunk of the per-head kernels: as many (head, point) records of
+// `record_bytes` as fit a shared-memory budget for `heads_per_block` heads, at least 1 and
+// at most L*P. The budget keeps several blocks resident per multiprocessor, and far under
+// the 48 KB a block may use without opting in (256 records of <= 192 bytes at worst).
+inline int chunk_points(int64_t LP, int heads_per_block, size_t record_bytes) {
+  constexpr size_t kBudget = 24 * 1024;
+  int64_t chunk = static_cast<int64_t>(kBudget / (record_bytes * heads_per_block));
+  if (chunk < 1) chunk = 1;
+  return static_cast<int>(chunk < LP ? chunk : LP);
+}
+
+// deterministic.cu: grad_value (N, S, M, D) of the deterministic backward, by a gather
+// over the samples sorted by the value cell they read (see there). Enqueued on
+// options.stream; `levels` and `cells` as returned by make_levels.
+void gather_grad_value(const Problem& p, const Options& options, const Levels& levels,
+                       int64_t cells, const TensorView& sampling_locations,
+                       const TensorView& attention_weights, const TensorView& grad_output,
+                       const TensorView& grad_value);
+
+}  // namespace cuda
+}  // namespace msdacore

@@ -1,0 +1,318 @@
+// grad_value of the deterministic CUDA backward: a gather over sorted samples, so that
+// every element is one thread's sum in a fixed order, with no atomics.
+//
+// A sample at pixel (h, w) reads the 2x2 cell whose top-left corner is (h0, w0) =
+// (floor(h), floor(w)), with h0 in [-1, H-1] and w0 in [-1, W-1]. Cells are numbered per
+// (n, m) head and level: key = ((n*M + m) * cells + cell_start[l]) + (h0+1)*(W+1) + (w0+1),
+// where cells = sum_l (H_l+1)*(W_l+1); skipped samples get the key K = N*M*cells.
+//   1. keys_kernel: the key of every sample, and the sample ids 0, 1, 2, ...
+//   2. cub::DeviceRadixSort::SortPairs (stable): sample ids ordered by key, and by id
+//      within a key.
+//   3. segment_kernel: seg[k] = first position of key k in the sorted keys (k = 0..K).
+//   4. gather_kernel: one group of G lanes per value token (n, s, m), one lane per channel
+//      vector. Token (i, j) of level l is corner 3, 2, 1, 0 of the cells with top-left
+//      (i-1, j-1), (i-1, j), (i, j-1), (i, j); for corner k = 0..3 in turn, the lanes walk
+//      that cell's samples in id order and add A * weight_k * g to registers, then store
+//      (in the output type: half types are summed in float32 and cast once).
+// Every step is deterministic, so grad_value is bitwise identical from run to run. The
+// cost over the atomic backward is the sort (about 32 bytes of keys and ids per sample,
+// written and read a few times) and the recomputation of each sample's corners in the
+// gather; see docs/cuda.md.
+#include <cub/device/device_radix_sort.cuh>
+
+#include "common.cuh"
+
+namespace msdacore {
+namespace cuda {
+namespace {
+
+constexpr const char* kOp = "ms_deform_attn_backward (deterministic)";
+
+template <typename T>
+struct SampleGeometry {
+  const T* loc;       // (N, Lq, M, L, P, 2)
+  Strides<6> ls;
+  const T* attn;      // (N, Lq, M, L, P)
+  Strides<5> as;
+  int64_t Lq, M, L, P;
+  bool align_corners;
+  Levels levels;
+};
+
+struct SampleIndex {
+  int64_t n, q, m, l, pt;
+};
+
+// Sample id i = (((n*Lq + q)*M + m)*L + l)*P + pt, the order of attention_weights.
+__device__ __forceinline__ SampleIndex decode_sample(int64_t i, int64_t Lq, int64_t M,
+                                                     int64_t L, int64_t P) {
+  SampleIndex s;
+  s.pt = i % P;
+  i /= P;
+  s.l = i % L;
+  i /= L;
+  s.m = i % M;
+  i /= M;
+  s.q = i % Lq;
+  s.n = i / Lq;
+  return s;
+}
+
+// The corners and attention weight of sample `s`; false when the sample is skipped.
+template <typename T>
+__device__ __forceinline__ bool sample_of(const SampleGeometry<T>& g, const SampleIndex& s,
+                                          const LevelDesc& lv,
+                                          detail::Corners<acc_t<T>>* c, acc_t<T>* a) {
+  using A = acc_t<T>;
+  const detail::Level<A> level = detail::make_level<A>(lv.H, lv.W, g.align_corners);
+  const T* xy = g.loc + s.n * g.ls.s[0] + s.q * g.ls.s[1] + s.m * g.ls.s[2] + s.l * g.ls.s[3] +
+                s.pt * g.ls.s[4];
+  if (!detail::sample_corners(level, to_acc(xy[0]), to_acc(xy[g.ls.s[5]]), c)) return false;
+  *a = to_acc(g.attn[s.n * g.as.s[0] + s.q * g.as.s[1] + s.m * g.as.s[2] + s.l * g.as.s[3] +
+                     s.pt * g.as.s[4]]);
+  return true;
+}
+
+template <typename T>
+__global__ void keys_kernel(const SampleGeometry<T> g, int64_t samples, int64_t cells,
+                            uint64_t sentinel, uint64_t* __restrict__ keys,
+                            uint64_t* __restrict__ ids) {
+  using A = acc_t<T>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < samples;
+       i += stride) {
+    const SampleIndex s = decode_sample(i, g.Lq, g.M, g.L, g.P);
+    const LevelDesc lv = g.levels.get(s.l);
+    detail::Corners<A> c;
+    A a;
+    uint64_t key = sentinel;
+    if (sample_of(g, s, lv, &c, &a)) {
+      // (h0, w0) from the first corner inside the level (an in-range sample has one).
+      int64_t h0, w0;
+      if (c.inside[0]) {
+        h0 = c.offset[0] / lv.W;
+        w0 = c.offset[0] % lv.W;
+      } else if (c.inside[1]) {
+        h0 = c.offset[1] / lv.W;
+        w0 = c.offset[1] % lv.W - 1;
+      } else if (c.inside[2]) {
+        h0 = c.offset[2] / lv.W - 1;
+        w0 = c.offset[2] % lv.W;
+      } else {
+        h0 = c.offset[3] / lv.W - 1;
+        w0 = c.offset[3] % lv.W - 1;
+      }
+      key = static_cast<uint64_t>((s.n * g.M + s.m) * cells + lv.cell_start +
+                                  (h0 + 1) * (lv.W + 1) + (w0 + 1));
+    }
+    keys[i] = key;
+    ids[i] = static_cast<uint64_t>(i);
+  }
+}
+
+// seg[k] = number of sorted keys below k, for k = 0..count_keys.
+__global__ void segment_kernel(const uint64_t* __restrict__ sorted_keys, int64_t items,
+                               int64_t count_keys, int64_t* __restrict__ seg) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       k <= count_keys; k += stride) {
+    int64_t lo = 0, hi = items;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (sorted_keys[mid] < static_cast<uint64_t>(k)) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    seg[k] = lo;
+  }
+}
+
+template <typename T>
+struct GatherParams {
+  SampleGeometry<T> geo;
+  const T* grad_out;         // (N, Lq, M*D)
+  Strides<3> gs;
+  T* grad_value;             // (N, S, M, D) contiguous
+  const uint64_t* ids;       // sample ids sorted by key
+  const int64_t* seg;        // seg[key] .. seg[key + 1]: the key's positions in ids
+  int64_t S, D, cells;
+  int64_t tokens;            // N * S * M
+  int64_t vecs;              // channel vectors per head
+  int group;                 // lanes per token
+  int tokens_per_block;
+};
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kBlockThreads) gather_kernel(const GatherParams<T> p) {
+  using A = acc_t<T>;
+  const SampleGeometry<T>& geo = p.geo;
+  const int lane = static_cast<int>(threadIdx.x) % p.group;
+  const int slot = static_cast<int>(threadIdx.x) / p.group;
+  const int64_t token_blocks = (p.tokens + p.tokens_per_block - 1) / p.tokens_per_block;
+
+  for (int64_t tb = blockIdx.x; tb < token_blocks; tb += gridDim.x) {
+    const int64_t t = tb * p.tokens_per_block + slot;
+    if (t >= p.tokens) continue;
+    const int64_t m = t % geo.M, ns = t / geo.M;
+    const int64_t s = ns % p.S, n = ns / p.S;
+    // The level holding token s.
+    LevelDesc lv = geo.levels.get(0);
+    for (int64_t k = 1; k < geo.L; ++k) {
+      const LevelDesc next = geo.levels.get(k);
+      if (next.start > s) break;
+      lv = next;
+    }
+    const int64_t i = (s - lv.start) / lv.W, j = (s - lv.start) % lv.W;
+    const int64_t head_keys = (n * geo.M + m) * p.cells + lv.cell_start;
+
+    for (int64_t vec = lane; vec < p.vecs; vec += p.group) {
+      A acc[V];
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[e] = A(0);
+      for (int k = 0; k < 4; ++k) {
+        // The cell whose corner k is token (i, j), in extended coordinates (h0+1, w0+1).
+        const int64_t eh = k < 2 ? i + 1 : i;
+        const int64_t ew = k % 2 == 0 ? j + 1 : j;
+        const int64_t key = head_keys + eh * (lv.W + 1) + ew;
+        const int64_t end = p.seg[key + 1];
+        for (int64_t pos = p.seg[key]; pos < end; ++pos) {
+          const SampleIndex si =
+              decode_sample(static_cast<int64_t>(p.ids[pos]), geo.Lq, geo.M, geo.L, geo.P);
+          detail::Corners<A> c;
+          A a;
+          if (!sample_of(geo, si, lv, &c, &a)) continue;  // not reached: keyed samples are in range
+          if (!c.inside[k] || lv.start + c.offset[k] != s) continue;  // likewise
+          const A w = a * c.weight[k];
+          const T* g_head = p.grad_out + si.n * p.gs.s[0] + si.q * p.gs.s[1] +
+                            si.m * p.D * p.gs.s[2];
+          A g[V];
+          if (V > 1) {
+            load_vec<T, V>(g_head + vec * V, g);
+          } else {
+            g[0] = to_acc(g_head[vec * p.gs.s[2]]);
+          }
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[e] += w * g[e];
+        }
+      }
+      store_vec<T, V>(p.grad_value + t * p.D + vec * V, acc);
+    }
+  }
+}
+
+template <typename T>
+void run_gather(const Problem& p, const Options& options, const Levels& levels, int64_t cells,
+                const TensorView& loc, const TensorView& attn, const TensorView& grad_output,
+                const TensorView& grad_value) {
+  const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
+  const int device = p.device.index;
+  const int64_t samples = p.N * p.Lq * p.M * p.L * p.P;
+  const int64_t count_keys = p.N * p.M * cells;  // also the key of skipped samples
+  const int64_t cap = static_cast<int64_t>(multiprocessors()) * 32;
+  auto grid1d = [cap](int64_t items) {
+    const int64_t blocks = (items + kBlockThreads - 1) / kBlockThreads;
+    return grid_for(blocks < cap ? blocks : cap);
+  };
+
+  SampleGeometry<T> geo;
+  geo.loc = static_cast<const T*>(loc.data);
+  geo.ls = strides_of<6>(loc);
+  geo.attn = static_cast<const T*>(attn.data);
+  geo.as = strides_of<5>(attn);
+  geo.Lq = p.Lq;
+  geo.M = p.M;
+  geo.L = p.L;
+  geo.P = p.P;
+  geo.align_corners = options.align_corners;
+  geo.levels = levels;
+
+  // 1. keys and ids.
+  const size_t item_bytes = static_cast<size_t>(samples) * sizeof(uint64_t);
+  Scratch keys_in(item_bytes, device, stream, kOp), keys_out(item_bytes, device, stream, kOp);
+  Scratch ids_in(item_bytes, device, stream, kOp), ids_out(item_bytes, device, stream, kOp);
+  keys_kernel<T><<<grid1d(samples), kBlockThreads, 0, stream>>>(
+      geo, samples, cells, static_cast<uint64_t>(count_keys), keys_in.as<uint64_t>(),
+      ids_in.as<uint64_t>());
+  check_launch(kOp, "keys_kernel", stream);
+
+  // 2. stable radix sort on the bits keys use.
+  int end_bit = 1;
+  while (end_bit < 64 && (uint64_t{1} << end_bit) <= static_cast<uint64_t>(count_keys)) ++end_bit;
+  size_t temp_bytes = 0;
+  check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in.as<uint64_t>(),
+                                        keys_out.as<uint64_t>(), ids_in.as<uint64_t>(),
+                                        ids_out.as<uint64_t>(), samples, 0, end_bit, stream),
+        kOp, "sizing the sample sort");
+  Scratch temp(temp_bytes, device, stream, kOp);
+  check(cub::DeviceRadixSort::SortPairs(temp.get(), temp_bytes, keys_in.as<uint64_t>(),
+                                        keys_out.as<uint64_t>(), ids_in.as<uint64_t>(),
+                                        ids_out.as<uint64_t>(), samples, 0, end_bit, stream),
+        kOp, "sorting the samples by cell");
+  check_launch(kOp, "cub::DeviceRadixSort::SortPairs", stream);
+
+  // 3. segment starts.
+  Scratch seg(static_cast<size_t>(count_keys + 1) * sizeof(int64_t), device, stream, kOp);
+  segment_kernel<<<grid1d(count_keys + 1), kBlockThreads, 0, stream>>>(
+      keys_out.as<uint64_t>(), samples, count_keys, seg.as<int64_t>());
+  check_launch(kOp, "segment_kernel", stream);
+
+  // 4. the gather.
+  GatherParams<T> gp;
+  gp.geo = geo;
+  gp.grad_out = static_cast<const T*>(grad_output.data);
+  gp.gs = strides_of<3>(grad_output);
+  gp.grad_value = static_cast<T*>(grad_value.data);
+  gp.ids = ids_out.as<uint64_t>();
+  gp.seg = seg.as<int64_t>();
+  gp.S = p.S;
+  gp.D = p.D;
+  gp.cells = cells;
+  gp.tokens = p.N * p.S * p.M;
+  constexpr int V = kVec<T>;
+  const bool vector = vector_ok(grad_output, V, p.D) && vector_ok(grad_value, V, p.D);
+  gp.vecs = vector ? p.D / V : p.D;
+  gp.group = group_size(gp.vecs);
+  gp.tokens_per_block = kBlockThreads / gp.group;
+  const int64_t token_blocks = (gp.tokens + gp.tokens_per_block - 1) / gp.tokens_per_block;
+  if (vector) {
+    gather_kernel<T, V><<<grid_for(token_blocks), kBlockThreads, 0, stream>>>(gp);
+  } else {
+    gather_kernel<T, 1><<<grid_for(token_blocks), kBlockThreads, 0, stream>>>(gp);
+  }
+  check_launch(kOp, "gather_kernel", stream);
+  // The Scratch destructors release the buffers on `stream`, after the gather.
+}
+
+}  // namespace
+
+void gather_grad_value(const Problem& p, const Options& options, const Levels& levels,
+                       int64_t cells, const TensorView& sampling_locations,
+                       const TensorView& attention_weights, const TensorView& grad_output,
+                       const TensorView& grad_value) {
+  switch (p.dtype) {
+    case DType::Float32:
+      run_gather<float>(p, options, levels, cells, sampling_locations, attention_weights,
+                        grad_output, grad_value);
+      break;
+    case DType::Float64:
+      run_gather<double>(p, options, levels, cells, sampling_locations, attention_weights,
+                         grad_output, grad_value);
+      break;
+    case DType::Float16:
+      run_gather<__half>(p, options, levels, cells, sampling_locations, attention_weights,
+                         grad_output, grad_value);
+      break;
+    case DType::BFloat16:
+      run_gather<__nv_bfloat16>(p, options, levels, cells, sampling_locations,
+                                attention_weights, grad_output, grad_value);
+      break;
+    default:
+      throw DTypeError(std::string("msdacore ") + kOp + ": unsupported dtype " +
+                       dtype_name(p.dtype));
+  }
+}
+
+}  // namespace cuda
+}  // namespace msdacore
