@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from . import bench
+from .bench import _int_at_least
 from .bench import (build_problem, cpu_model, machine_info, rel_error,  # noqa: F401
                     time_call, time_grid_sample, time_msdacore)
 from .configs import CONFIGS
@@ -225,19 +226,6 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-
-def _int_at_least(low: int):
-    """argparse type: an int >= low."""
-    def parse(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if n < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {n}")
-        return n
-    return parse
-
 
 def _add_common(p):
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
