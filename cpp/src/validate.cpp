@@ -3,6 +3,7 @@
 // host integer arrays of the right shape.
 #include "validate.hpp"
 
+#include <cstdint>
 #include <initializer_list>
 #include <limits>
 #include <sstream>
@@ -190,6 +191,12 @@ void check_has_data(const char* name, const TensorView& t) {
   if (t.data == nullptr && t.numel() > 0) {
     throw Error(std::string(name) + " has " + std::to_string(t.numel()) +
                 " elements but a null data pointer");
+  }
+  const int64_t size = dtype_size(t.dtype);
+  if (t.numel() > 0 && reinterpret_cast<std::uintptr_t>(t.data) % static_cast<std::uintptr_t>(size) != 0) {
+    throw Error(std::string(name) + " is not aligned to its element size (" +
+                std::to_string(size) + " bytes for " + dtype_name(t.dtype) +
+                "): pass an aligned array (a copy of it)");
   }
 }
 

@@ -22,9 +22,12 @@ _INDEX_ARGS = ("spatial_shapes", "level_start_index")
 
 
 def _normalized_numpy(array: np.ndarray) -> np.ndarray:
-    """A NumPy array DLPack can export: native byte order, strides in whole elements."""
+    """A NumPy array DLPack can export: native byte order, aligned, strides in whole
+    elements (copied when it is not)."""
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
+    if not array.flags.aligned:
+        array = np.array(array, order="C", copy=True)  # a fresh allocation is aligned
     if any(s % array.itemsize for s in array.strides):
         array = np.ascontiguousarray(array)
     return array

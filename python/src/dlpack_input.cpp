@@ -2,6 +2,7 @@
 #include "dlpack_input.hpp"
 
 #include <cstring>
+#include <limits>
 
 #include "msdacore/errors.hpp"
 
@@ -120,10 +121,19 @@ TensorView DLPackInput::view() const {
                      std::to_string(TensorView::kMaxDims));
   }
   int64_t strides[TensorView::kMaxDims];
-  int64_t expected = 1;
-  for (int d = t.ndim - 1; d >= 0; --d) {
-    strides[d] = t.strides != nullptr ? t.strides[d] : expected;
-    expected *= t.shape[d];
+  if (t.strides != nullptr) {
+    for (int d = 0; d < t.ndim; ++d) strides[d] = t.strides[d];
+  } else {
+    // Compact row-major (legacy producers). A tensor that exists in memory cannot have
+    // more than INT64_MAX elements; saturate rather than overflow on absurd shapes, which
+    // validation rejects.
+    const int64_t big = std::numeric_limits<int64_t>::max();
+    int64_t expected = 1;
+    for (int d = t.ndim - 1; d >= 0; --d) {
+      strides[d] = expected;
+      const int64_t extent = t.shape[d] > 1 ? t.shape[d] : 1;
+      expected = expected > big / extent ? big : expected * extent;
+    }
   }
   void* data = static_cast<char*>(t.data) + t.byte_offset;
   return TensorView(data, t.ndim, t.shape, strides, dtype, device);

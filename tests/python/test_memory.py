@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import weakref
 
 import numpy as np
@@ -53,12 +54,18 @@ def _growth(fn, warmup=200, rounds=4, calls=1000):
 
 
 needs_proc = pytest.mark.skipif(_rss_bytes() is None, reason="needs /proc/self/statm (Linux)")
+# Under AddressSanitizer (scripts/sanitize_python.sh) freed memory sits in ASan's
+# quarantine, so the resident set grows by design; the unsanitized run measures it.
+not_sanitized = pytest.mark.skipif(
+    os.environ.get("MSDACORE_SANITIZED") == "1",
+    reason="ASan's quarantine keeps freed memory resident; RSS is measured by the plain run")
 # A leak of even one small buffer per call over 4000 calls: D*M*Lq*4 bytes = 1.9 kB
 # per output, so 4000 leaked outputs are 7.7 MB; allocator noise is far below 4 MB.
 TOLERANCE = 4 << 20
 
 
 @needs_proc
+@not_sanitized
 def test_repeated_numpy_calls_do_not_grow():
     inputs = make_inputs(CASE)
 
@@ -71,6 +78,7 @@ def test_repeated_numpy_calls_do_not_grow():
 
 
 @needs_proc
+@not_sanitized
 def test_repeated_failing_calls_do_not_grow():
     inputs = make_inputs(CASE)
     bad_shape = dict(inputs, level_start_index=np.array([0, 5, 9]))
@@ -90,6 +98,7 @@ def test_repeated_failing_calls_do_not_grow():
 
 
 @needs_proc
+@not_sanitized
 def test_repeated_torch_calls_do_not_grow():
     torch = pytest.importorskip("torch", reason="torch is not installed")
     inputs = {k: torch.from_numpy(v) for k, v in make_inputs(CASE).items()}
