@@ -3,6 +3,7 @@
 #include "msdacore/msdacore_c.h"
 
 #include <exception>
+#include <limits>
 #include <new>
 #include <string>
 
@@ -133,11 +134,13 @@ msdacore_status msdacore_tensor_contiguous(msdacore_tensor* t, void* data, int32
     msdacore_tensor out{};
     out.data = data;
     out.ndim = ndim;
+    const int64_t big = std::numeric_limits<int64_t>::max();
     int64_t stride = 1;
     for (int32_t d = ndim - 1; d >= 0; --d) {
       out.shape[d] = shape[d];
       out.strides[d] = stride;
-      stride *= shape[d];
+      const int64_t extent = shape[d] > 1 ? shape[d] : 1;
+      stride = stride > big / extent ? big : stride * extent;  // saturate, never overflow
     }
     out.dtype = dtype;
     out.device_type = MSDACORE_DEVICE_CPU;

@@ -20,7 +20,6 @@ namespace {
 template <typename T>
 struct BackwardArgs {
   const Problem& p;
-  bool align_corners;
   Strided<T, 4> value;     // (N, S, M, D)
   Strided<T, 6> loc;       // (N, Lq, M, L, P, 2)
   Strided<T, 5> attn;      // (N, Lq, M, L, P)
@@ -112,7 +111,6 @@ void backward_typed(const Problem& p, bool align_corners, const TensorView& valu
                     const TensorView& grad_attn) {
   const std::vector<LevelGeometry<T>> levels = level_geometry<T>(p, align_corners);
   const BackwardArgs<T> a{p,
-                          align_corners,
                           Strided<T, 4>(value),
                           Strided<T, 6>(loc),
                           Strided<T, 5>(attn),

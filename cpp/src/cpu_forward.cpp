@@ -20,7 +20,6 @@ constexpr int64_t kQueryBlock = 64;  // queries per task
 template <typename T>
 struct ForwardArgs {
   const Problem& p;
-  bool align_corners;
   Strided<T, 4> value;  // (N, S, M, D)
   Strided<T, 6> loc;    // (N, Lq, M, L, P, 2)
   Strided<T, 5> attn;   // (N, Lq, M, L, P)
@@ -103,7 +102,6 @@ void forward_typed(const Problem& p, bool align_corners, const TensorView& value
                    const TensorView& loc, const TensorView& attn, const TensorView& output) {
   const std::vector<LevelGeometry<T>> levels = level_geometry<T>(p, align_corners);
   const ForwardArgs<T> a{p,
-                         align_corners,
                          Strided<T, 4>(value),
                          Strided<T, 6>(loc),
                          Strided<T, 5>(attn),

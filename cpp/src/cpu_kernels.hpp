@@ -7,8 +7,9 @@
 // Parallel decomposition (no atomics, each output element written by exactly one task in
 // a fixed order, so results are bitwise identical for any thread count):
 //   forward:  one task per (n, block of queries), all heads;
-//   backward: one task per (n, m, l): it owns grad_value of head m on level l's tokens
-//             and grad_sampling_locations / grad_attention_weights of (n, :, m, l, :).
+//   backward: one task per (n, l, group of heads): it owns grad_value of its heads on
+//             level l's tokens and grad_sampling_locations / grad_attention_weights of
+//             (n, :, heads, l, :).
 #pragma once
 
 #include <string>

@@ -59,8 +59,11 @@ std::vector<LevelGeometry<T>> level_geometry(const Problem& p, bool align_corner
 // Whether a call has enough work to pay for waking other threads (a parallel region
 // costs microseconds, and much more when the cores are busy). Results do not depend on it.
 inline bool parallel_worth_it(const Problem& p) {
-  const int64_t multiply_adds = p.N * p.Lq * p.M * p.L * p.P * 4 * p.D;
-  return multiply_adds >= (int64_t{1} << 16);
+  // In double: the product of valid sizes may still pass 2^63.
+  const double multiply_adds = static_cast<double>(p.N) * static_cast<double>(p.Lq) *
+                               static_cast<double>(p.M) * static_cast<double>(p.L) *
+                               static_cast<double>(p.P) * 4.0 * static_cast<double>(p.D);
+  return multiply_adds >= 65536.0;
 }
 
 template <typename T>

@@ -20,6 +20,7 @@ namespace msdacore {
 namespace {
 
 std::atomic<int> g_num_threads{0};  // 0: OpenMP's default
+constexpr int kMaxThreads = 1024;   // beyond this, thread creation itself may fail
 
 int default_threads() {
 #ifdef _OPENMP
@@ -44,8 +45,9 @@ std::string compiler_name() {
 }  // namespace
 
 void set_num_threads(int n) {
-  if (n < 1) {
-    throw Error("num_threads must be >= 1, got " + std::to_string(n));
+  if (n < 1 || n > kMaxThreads) {
+    throw Error("num_threads must be between 1 and " + std::to_string(kMaxThreads) + ", got " +
+                std::to_string(n));
   }
 #ifdef _OPENMP
   g_num_threads.store(n);

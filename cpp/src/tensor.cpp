@@ -56,10 +56,14 @@ TensorView::TensorView(void* data_, std::initializer_list<int64_t> shape_, DType
   ndim = static_cast<int32_t>(shape_.size());
   int i = 0;
   for (int64_t s : shape_) shape[i++] = s;
+  // Row-major strides; saturate instead of overflowing for shapes no memory can hold
+  // (validation rejects them).
+  const int64_t big = std::numeric_limits<int64_t>::max();
   int64_t stride = 1;
   for (int d = ndim - 1; d >= 0; --d) {
     strides[d] = stride;
-    stride *= shape[d];
+    const int64_t extent = shape[d] > 1 ? shape[d] : 1;
+    stride = stride > big / extent ? big : stride * extent;
   }
 }
 

@@ -222,6 +222,10 @@ void read_levels(const TensorView& spatial_shapes, const TensorView& level_start
     p->level_starts[l] = read_index(level_start_index, l * level_start_index.strides[0]);
     expected[l] = total;
     total = saturating_add(total, saturating_mul(H, W));
+    if (total == std::numeric_limits<int64_t>::max()) {
+      throw ShapeError("spatial_shapes[" + std::to_string(l) + "] = (" + std::to_string(H) + ", " +
+                       std::to_string(W) + "): the levels' H_l*W_l add up past 2^63 - 1 tokens");
+    }
   }
   if (p->level_starts != expected) {
     throw ShapeError("level_start_index must hold the prefix sums of H_l*W_l from "

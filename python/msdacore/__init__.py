@@ -92,7 +92,8 @@ def build_info() -> dict:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the threads the CPU kernels use (n >= 1). Results do not depend on it."""
+    """Sets the threads the CPU kernels use (1 <= n <= 1024, else ValueError). Results do
+    not depend on it."""
     _core.set_num_threads(int(n))
 
 

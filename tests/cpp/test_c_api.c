@@ -189,7 +189,7 @@ static void test_errors(void) {
                MSDACORE_ERROR_SHAPE);
   CHECK_MESSAGE("value has ndim = -1, but msdacore_tensor holds 0 to 8 dimensions");
   CHECK_STATUS(msdacore_set_num_threads(0), MSDACORE_ERROR_INVALID_ARGUMENT);
-  CHECK_MESSAGE("num_threads must be >= 1, got 0");
+  CHECK_MESSAGE("num_threads must be between 1 and 1024, got 0");
 
   /* A success clears the message. */
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),

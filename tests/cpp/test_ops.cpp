@@ -376,7 +376,7 @@ void test_error_messages() {
                }),
                "output must be a contiguous (row-major) output buffer");
   CHECK_EQ_STR(message_of<msdacore::Error>([] { msdacore::set_num_threads(-2); }),
-               "num_threads must be >= 1, got -2");
+               "num_threads must be between 1 and 1024, got -2");
   // Every input error is a std::invalid_argument; device failures are std::runtime_error.
   CHECK(message_of<std::invalid_argument>([&] {
           msdacore::check_inputs(v, ss, TensorView(bad_starts.data(), {2}, DType::Int64), l, a);
@@ -458,7 +458,7 @@ void test_thread_determinism() {
 
 void test_c_api_thread_local_error() {
   CHECK(msdacore_set_num_threads(0) == MSDACORE_ERROR_INVALID_ARGUMENT);
-  CHECK_EQ_STR(msdacore_last_error(), "num_threads must be >= 1, got 0");
+  CHECK_EQ_STR(msdacore_last_error(), "num_threads must be between 1 and 1024, got 0");
   std::string other_before, other_after;
   std::thread t([&] {
     other_before = msdacore_last_error();
@@ -467,8 +467,8 @@ void test_c_api_thread_local_error() {
   });
   t.join();
   CHECK_EQ_STR(other_before, "");
-  CHECK_EQ_STR(other_after, "num_threads must be >= 1, got -5");
-  CHECK_EQ_STR(msdacore_last_error(), "num_threads must be >= 1, got 0");  // unchanged here
+  CHECK_EQ_STR(other_after, "num_threads must be between 1 and 1024, got -5");
+  CHECK_EQ_STR(msdacore_last_error(), "num_threads must be between 1 and 1024, got 0");  // unchanged here
   CHECK(msdacore_set_num_threads(msdacore_get_num_threads()) == MSDACORE_OK);
   CHECK_EQ_STR(msdacore_last_error(), "");
 }

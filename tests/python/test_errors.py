@@ -287,3 +287,22 @@ def test_valid_inputs_do_not_raise():
     assert out.shape == (2, 7, 15)
     grads = _call(inputs, True)
     assert [g.shape for g in grads] == [(2, 33, 3, 5), (2, 7, 3, 3, 2, 2), (2, 7, 3, 3, 2)]
+
+
+def test_level_sizes_adding_past_int64_are_refused():
+    """H*W of 2^64 with a value broadcast over 2^63 - 1 tokens (torch allows such a view,
+    NumPy does not): a ValueError, not a saturated sum that happens to equal S."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    value = torch.ones(1, 1, 1, 1, dtype=torch.float64).expand(1, 2**63 - 1, 1, 1)
+    loc = torch.full((1, 1, 1, 1, 1, 2), 0.5, dtype=torch.float64)
+    attn = torch.ones(1, 1, 1, 1, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"spatial_shapes\[0\] = \(4611686018427387904, 4\).*2\^63"):
+        msdacore.ms_deform_attn(value, [[2**62, 4]], [0], loc, attn)
+
+
+@pytest.mark.parametrize("n", [0, -1, 1025, 20000])
+def test_thread_count_out_of_range(n):
+    before = msdacore.get_num_threads()
+    with pytest.raises(ValueError, match=rf"num_threads must be between 1 and 1024, got {n}"):
+        msdacore.set_num_threads(n)
+    assert msdacore.get_num_threads() == before

@@ -22,7 +22,7 @@ struct BuildInfo {
 
 BuildInfo build_info();
 
-// Threads used by the CPU kernels of calls started afterwards (n >= 1, else Error).
+// Threads used by the CPU kernels of calls started afterwards (1 <= n <= 1024, else Error).
 // The default is OpenMP's (OMP_NUM_THREADS, else the number of cores). Results do not
 // depend on it: they are bitwise identical for any thread count.
 void set_num_threads(int n);

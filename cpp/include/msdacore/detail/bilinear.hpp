@@ -47,7 +47,8 @@ MSDACORE_HD Level<T> make_level(int64_t H, int64_t W, bool align_corners) {
 }
 
 // Pixel coordinate of normalized `loc` along an axis with the given scale:
-// loc*W - 0.5 (x) or loc*H - 0.5 (y); with align_corners loc*(W-1) - 0, which is exact.
+// loc*W - 0.5 (x) or loc*H - 0.5 (y); with align_corners loc*(W-1) - 0, where subtracting
+// the zero changes nothing, so the result is the rounded product loc*(W-1) as SPEC writes.
 template <typename T>
 MSDACORE_HD T pixel_coord(T loc, T scale, T shift) {
   return loc * scale - shift;
