@@ -87,23 +87,9 @@ __global__ void keys_kernel(const SampleGeometry<T> g, int64_t samples, int64_t 
     A a;
     uint64_t key = sentinel;
     if (sample_of(g, s, lv, &c, &a)) {
-      // (h0, w0) from the first corner inside the level (an in-range sample has one).
-      int64_t h0, w0;
-      if (c.inside[0]) {
-        h0 = c.offset[0] / lv.W;
-        w0 = c.offset[0] % lv.W;
-      } else if (c.inside[1]) {
-        h0 = c.offset[1] / lv.W;
-        w0 = c.offset[1] % lv.W - 1;
-      } else if (c.inside[2]) {
-        h0 = c.offset[2] / lv.W - 1;
-        w0 = c.offset[2] % lv.W;
-      } else {
-        h0 = c.offset[3] / lv.W - 1;
-        w0 = c.offset[3] % lv.W - 1;
-      }
+      // The sample's cell, (h0, w0) in -1 .. H-1 x -1 .. W-1.
       key = static_cast<uint64_t>((s.n * g.M + s.m) * cells + lv.cell_start +
-                                  (h0 + 1) * (lv.W + 1) + (w0 + 1));
+                                  (c.h0 + 1) * (lv.W + 1) + (c.w0 + 1));
     }
     keys[i] = key;
     ids[i] = static_cast<uint64_t>(i);

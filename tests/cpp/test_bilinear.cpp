@@ -89,11 +89,13 @@ void test_corners() {
   CHECK(c.weight[0] == 1.0 && c.weight[1] == 0.0 && c.weight[2] == 0.0 && c.weight[3] == 0.0);
   // Between -1 and 0: floor is -1, the top row and left column are zero padding.
   make_corners(-0.25, -0.75, 4, 5, &c);
+  CHECK(c.h0 == -1 && c.w0 == -1);
   CHECK(!c.inside[0] && !c.inside[1] && !c.inside[2] && c.inside[3]);
   CHECK(c.offset[3] == 0);
   CHECK_NEAR(c.weight[3], 0.75 * 0.25, 1e-15);
   // Last row/column: the bottom/right corners fall outside.
   make_corners(3.5, 4.5, 4, 5, &c);
+  CHECK(c.h0 == 3 && c.w0 == 4);
   CHECK(c.inside[0] && !c.inside[1] && !c.inside[2] && !c.inside[3]);
   CHECK(c.offset[0] == 3 * 5 + 4);
   // A 1x1 level at h = 0.25, w = -0.5: cell (0, -1); only corner 1, pixel (0, 0), is real.

@@ -57,6 +57,7 @@ MSDACORE_HD T pixel_coord(T loc, T scale, T shift) {
 // The four corners of one in-bounds sample.
 template <typename T>
 struct Corners {
+  int64_t h0, w0;     // the cell: floor(h), floor(w) (either may be -1)
   int64_t offset[4];  // token offset within the level, i*W + j (0 where !inside)
   bool inside[4];     // corner lies in the level (else its value is the zero padding)
   T weight[4];        // bilinear weights hh*hw, hh*lw, lh*hw, lh*lw
@@ -79,6 +80,8 @@ MSDACORE_HD void make_corners(T h, T w, int64_t H, int64_t W, Corners<T>* c) {
   if (static_cast<T>(h0) > h) h0 -= 1;
   int64_t w0 = static_cast<int64_t>(w);
   if (static_cast<T>(w0) > w) w0 -= 1;
+  c->h0 = h0;
+  c->w0 = w0;
   const T lh = h - static_cast<T>(h0);
   const T lw = w - static_cast<T>(w0);
   const T hh = static_cast<T>(1) - lh;
