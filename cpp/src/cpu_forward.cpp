@@ -15,7 +15,18 @@ namespace cpu {
 namespace MSDACORE_CPU_ISA {
 namespace {
 
-constexpr int64_t kQueryBlock = 64;  // queries per task
+constexpr int64_t kMaxQueryBlock = 64;  // queries per task, at most
+
+// Queries per task: at most kMaxQueryBlock, and few enough that every thread gets about
+// four tasks (a decoder's 300 queries would otherwise split 3:2 over two threads).
+// Each (n, q) row is computed the same way whatever the blocking.
+int64_t query_block(const Problem& p, int threads) {
+  const int64_t wanted_tasks = 4 * static_cast<int64_t>(threads);
+  const int64_t rows = p.N * p.Lq;
+  int64_t block = (rows + wanted_tasks - 1) / wanted_tasks;
+  if (block > kMaxQueryBlock) block = kMaxQueryBlock;
+  return block > 0 ? block : 1;
+}
 
 template <typename T>
 struct ForwardArgs {
@@ -72,16 +83,18 @@ void head_chunk(const ForwardArgs<T>& a, int64_t n, int64_t q, int64_t m, int64_
 template <typename T>
 void forward_impl(const ForwardArgs<T>& a) {
   const Problem& p = a.p;
-  const int64_t blocks = (p.Lq + kQueryBlock - 1) / kQueryBlock;
+  const int threads = get_num_threads();
+  const int64_t block_size = query_block(p, threads);
+  const int64_t blocks = (p.Lq + block_size - 1) / block_size;
   const int64_t tasks = p.N * blocks;
   constexpr int64_t chunk = kChunk<T>;
   const bool unit = a.value.stride[3] == 1;
 
-#pragma omp parallel for schedule(static) num_threads(get_num_threads()) if (parallel_worth_it(p))
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel_worth_it(p))
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t n = task / blocks, block = task % blocks;
-    const int64_t q_begin = block * kQueryBlock;
-    const int64_t q_end = q_begin + kQueryBlock < p.Lq ? q_begin + kQueryBlock : p.Lq;
+    const int64_t q_begin = block * block_size;
+    const int64_t q_end = q_begin + block_size < p.Lq ? q_begin + block_size : p.Lq;
     for (int64_t q = q_begin; q < q_end; ++q) {
       for (int64_t m = 0; m < p.M; ++m) {
         for (int64_t d0 = 0; d0 < p.D; d0 += chunk) {
