@@ -8,29 +8,10 @@
 #include <vector>
 
 #include "msdacore/detail/bilinear.hpp"
+#include "check.hpp"
 #include "msdacore/msdacore.hpp"
 
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond)                                                        \
-  do {                                                                     \
-    if (!(cond)) {                                                         \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                        \
-    }                                                                      \
-  } while (0)
-
-#define CHECK_NEAR(a, b, tol)                                                          \
-  do {                                                                                 \
-    const double a_ = (a), b_ = (b);                                                   \
-    if (!(std::fabs(a_ - b_) <= (tol))) {                                              \
-      std::fprintf(stderr, "%s:%d: %s = %.17g, expected %s = %.17g\n", __FILE__, __LINE__, \
-                   #a, a_, #b, b_);                                                    \
-      ++g_failures;                                                                    \
-    }                                                                                  \
-  } while (0)
 
 using msdacore::detail::Corners;
 using msdacore::detail::make_corners;

@@ -12,30 +12,11 @@
 #include <thread>
 #include <vector>
 
+#include "check.hpp"
 #include "msdacore/msdacore.hpp"
 #include "msdacore/msdacore_c.h"
 
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                                  \
-    }                                                                                \
-  } while (0)
-
-#define CHECK_EQ_STR(a, b)                                                                 \
-  do {                                                                                     \
-    const std::string a_ = (a), b_ = (b);                                                  \
-    if (a_ != b_) {                                                                        \
-      std::fprintf(stderr, "%s:%d: got\n  \"%s\"\nexpected\n  \"%s\"\n", __FILE__, __LINE__, \
-                   a_.c_str(), b_.c_str());                                                \
-      ++g_failures;                                                                        \
-    }                                                                                      \
-  } while (0)
 
 using msdacore::DType;
 using msdacore::TensorView;
