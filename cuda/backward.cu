@@ -226,38 +226,19 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
           "zeroing the grad_value accumulator");
   }
 
-  bp.value = static_cast<const T*>(value.data);
-  bp.vs = strides_of<4>(value);
-  bp.loc = static_cast<const T*>(loc.data);
-  bp.ls = strides_of<6>(loc);
-  bp.attn = static_cast<const T*>(attn.data);
-  bp.as = strides_of<5>(attn);
   bp.grad_out = static_cast<const T*>(grad_out.data);
   bp.gs = strides_of<3>(grad_out);
   bp.grad_loc = static_cast<T*>(grad_loc.data);
   bp.grad_attn = static_cast<T*>(grad_attn.data);
   bp.S = p.S;
-  bp.M = p.M;
-  bp.D = p.D;
-  bp.Lq = p.Lq;
-  bp.P = p.P;
-  bp.LP = p.L * p.P;
-  bp.heads = p.N * p.Lq * p.M;
-  bp.align_corners = options.align_corners;
-
   constexpr int V = kVec<T>;
   const bool vector = vector_ok(value, V, p.D) && vector_ok(grad_out, V, p.D);
-  bp.vecs = vector ? p.D / V : p.D;
-  bp.group = group_size(bp.vecs);
-  bp.heads_per_block = kBlockThreads / bp.group;
-  bp.chunk = chunk_points(bp.LP, bp.heads_per_block, sizeof(BackwardPoint<T>));
-  const size_t shared = sizeof(BackwardPoint<T>) * bp.heads_per_block * bp.chunk;
-  const int64_t head_blocks = (bp.heads + bp.heads_per_block - 1) / bp.heads_per_block;
-  const unsigned int grid = grid_for(head_blocks);
+  const LaunchShape shape =
+      set_head_params<T, BackwardPoint<T>>(p, options, value, loc, attn, vector, &bp);
   if (vector) {
-    backward_kernel<T, V><<<grid, kBlockThreads, shared, stream>>>(bp);
+    backward_kernel<T, V><<<shape.grid, kBlockThreads, shape.shared, stream>>>(bp);
   } else {
-    backward_kernel<T, 1><<<grid, kBlockThreads, shared, stream>>>(bp);
+    backward_kernel<T, 1><<<shape.grid, kBlockThreads, shape.shared, stream>>>(bp);
   }
   check_launch(kOp, "backward_kernel", stream);
 

@@ -240,6 +240,41 @@ inline int chunk_points(int64_t LP, int heads_per_block, size_t record_bytes) {
   return static_cast<int>(chunk < LP ? chunk : LP);
 }
 
+// Launch shape of a per-head kernel: blocks and dynamic shared memory.
+struct LaunchShape {
+  unsigned int grid;
+  size_t shared;
+};
+
+// Fills what the per-head kernels' parameters (ForwardParams, BackwardParams) share: the
+// three sampling inputs, the sizes, align_corners, and the lane / chunk geometry for
+// records of `Point`, channel vectors of kVec<T> when `vector`; returns the launch shape.
+template <typename T, typename Point, typename Params>
+LaunchShape set_head_params(const Problem& p, const Options& options, const TensorView& value,
+                            const TensorView& loc, const TensorView& attn, bool vector,
+                            Params* q) {
+  q->value = static_cast<const T*>(value.data);
+  q->vs = strides_of<4>(value);
+  q->loc = static_cast<const T*>(loc.data);
+  q->ls = strides_of<6>(loc);
+  q->attn = static_cast<const T*>(attn.data);
+  q->as = strides_of<5>(attn);
+  q->M = p.M;
+  q->D = p.D;
+  q->Lq = p.Lq;
+  q->P = p.P;
+  q->LP = p.L * p.P;
+  q->heads = p.N * p.Lq * p.M;
+  q->align_corners = options.align_corners;
+  q->vecs = vector ? p.D / kVec<T> : p.D;
+  q->group = group_size(q->vecs);
+  q->heads_per_block = kBlockThreads / q->group;
+  q->chunk = chunk_points(q->LP, q->heads_per_block, sizeof(Point));
+  const int64_t head_blocks = (q->heads + q->heads_per_block - 1) / q->heads_per_block;
+  return LaunchShape{grid_for(head_blocks),
+                     sizeof(Point) * static_cast<size_t>(q->heads_per_block) * q->chunk};
+}
+
 // deterministic.cu: grad_value (N, S, M, D) of the deterministic backward, by a gather
 // over the samples sorted by the value cell they read (see there). Enqueued on
 // options.stream; `levels` and `cells` as returned by make_levels.

@@ -141,34 +141,15 @@ void launch_forward(const Problem& p, const Options& options, const TensorView& 
   ForwardParams<T> fp;
   std::unique_ptr<Scratch> level_storage;
   make_levels(p, p.device.index, stream, kOp, &fp.levels, &level_storage);
-  fp.value = static_cast<const T*>(value.data);
-  fp.vs = strides_of<4>(value);
-  fp.loc = static_cast<const T*>(loc.data);
-  fp.ls = strides_of<6>(loc);
-  fp.attn = static_cast<const T*>(attn.data);
-  fp.as = strides_of<5>(attn);
   fp.out = static_cast<T*>(output.data);
-  fp.M = p.M;
-  fp.D = p.D;
-  fp.Lq = p.Lq;
-  fp.P = p.P;
-  fp.LP = p.L * p.P;
-  fp.heads = p.N * p.Lq * p.M;
-  fp.align_corners = options.align_corners;
-
   constexpr int V = kVec<T>;
   const bool vector = vector_ok(value, V, p.D) && vector_ok(output, V, p.D);
-  fp.vecs = vector ? p.D / V : p.D;
-  fp.group = group_size(fp.vecs);
-  fp.heads_per_block = kBlockThreads / fp.group;
-  fp.chunk = chunk_points(fp.LP, fp.heads_per_block, sizeof(ForwardPoint<T>));
-  const size_t shared = sizeof(ForwardPoint<T>) * fp.heads_per_block * fp.chunk;
-  const int64_t head_blocks = (fp.heads + fp.heads_per_block - 1) / fp.heads_per_block;
-  const unsigned int grid = grid_for(head_blocks);
+  const LaunchShape shape =
+      set_head_params<T, ForwardPoint<T>>(p, options, value, loc, attn, vector, &fp);
   if (vector) {
-    forward_kernel<T, V><<<grid, kBlockThreads, shared, stream>>>(fp);
+    forward_kernel<T, V><<<shape.grid, kBlockThreads, shape.shared, stream>>>(fp);
   } else {
-    forward_kernel<T, 1><<<grid, kBlockThreads, shared, stream>>>(fp);
+    forward_kernel<T, 1><<<shape.grid, kBlockThreads, shape.shared, stream>>>(fp);
   }
   check_launch(kOp, "forward_kernel", stream);
 }

@@ -1,11 +1,13 @@
-// Internal: the channel loops of the CPU kernels (over D), written once on GCC/Clang
-// vector types of MSDACORE_VEC_BYTES bytes (16 by default: SSE2 / NEON; 32 when the
-// file is compiled for AVX2), plus typed strided access to the float inputs.
+// Internal: what both CPU kernels share: typed strided access to the float inputs, the
+// level geometry, and the channel loops (over D), written once on GCC/Clang vector types
+// of MSDACORE_VEC_BYTES bytes (16 by default: SSE2 / NEON; 32 when the file is compiled
+// for AVX2).
 //
 // Every loop gives bitwise the same result whatever the vector width and whatever the
-// strides: element-wise loops (axpy, chunk accumulation) are exact per element, and dot
-// products always sum into kDotLanes = 32 / sizeof(T) running partial sums (lane d % 
-// kDotLanes) folded pairwise in a fixed order. So results do not depend on the ISA the
+// strides: element-wise updates (the forward's chunk accumulation, the backward's
+// grad_value update) are exact per element, and dot products always sum into
+// kDotLanes = 32 / sizeof(T) running partial sums (lane d % kDotLanes) folded pairwise
+// in a fixed order. So results do not depend on the ISA the
 // dispatcher picks, nor on whether an input is contiguous.
 #pragma once
 
@@ -106,18 +108,6 @@ struct ChunkAccumulator {
   }
 };
 
-// y[d] += a * x[d * x_stride] for d < D (y contiguous).
-template <typename T>
-inline void axpy(int64_t D, T a, const T* x, int64_t x_stride, T* y) {
-  using S = Simd<T>;
-  int64_t d = 0;
-  if (x_stride == 1) {
-    const typename S::Vec va = S::splat(a);
-    for (; d + S::kLanes <= D; d += S::kLanes) S::store(y + d, S::load(y + d) + va * S::load(x + d));
-  }
-  for (; d < D; ++d) y[d] += a * x[d * x_stride];
-}
-
 // Folds kDotLanes partial sums pairwise: ((p0+p4)+(p2+p6)) + ((p1+p5)+(p3+p7)) for 8.
 template <typename T>
 inline T fold_lanes(T* lanes) {
@@ -127,35 +117,10 @@ inline T fold_lanes(T* lanes) {
   return lanes[0];
 }
 
-// sum_d x[d * x_stride] * y[d * y_stride] in the fixed lane order described above.
-template <typename T>
-inline T dot(int64_t D, const T* x, int64_t x_stride, const T* y, int64_t y_stride) {
-  using S = Simd<T>;
-  constexpr int kLanes = kDotLanes<T>;
-  constexpr int kVecs = kLanes / S::kLanes;
-  T lanes[kLanes];
-  int64_t d = 0;
-  if (x_stride == 1 && y_stride == 1) {
-    typename S::Vec part[kVecs] = {};
-    for (; d + kLanes <= D; d += kLanes) {
-      for (int j = 0; j < kVecs; ++j) {
-        part[j] += S::load(x + d + j * S::kLanes) * S::load(y + d + j * S::kLanes);
-      }
-    }
-    std::memcpy(lanes, part, sizeof(lanes));
-  } else {
-    for (int k = 0; k < kLanes; ++k) lanes[k] = T(0);
-    for (; d + kLanes <= D; d += kLanes) {
-      for (int k = 0; k < kLanes; ++k) lanes[k] += x[(d + k) * x_stride] * y[(d + k) * y_stride];
-    }
-  }
-  for (int k = 0; d < D; ++d, ++k) lanes[k] += x[d * x_stride] * y[d * y_stride];
-  return fold_lanes(lanes);
-}
-
 // One pass over the channels of a corner in the backward: returns
-// sum_d g[d * g_stride] * v[d * v_stride] (in the fixed lane order of dot()) and adds
-// a * g[d * g_stride] to y[d] (y contiguous), i.e. dot() and axpy() fused.
+// sum_d g[d * g_stride] * v[d * v_stride] (in the fixed lane order described at the top
+// of this file) and adds a * g[d * g_stride] to y[d] (y contiguous): the dot product and
+// the grad_value update of one corner in a single pass.
 template <typename T>
 inline T dot_axpy(int64_t D, const T* g, int64_t g_stride, const T* v, int64_t v_stride, T a,
                   T* y) {
