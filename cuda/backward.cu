@@ -191,15 +191,38 @@ __global__ void cast_kernel(const float* __restrict__ src, T* __restrict__ dst, 
   }
 }
 
+// The scratch of one backward call, in the order it is taken from the workspace: the level
+// table (many levels only), then the float32 grad_value accumulator (half types, atomic
+// mode) or the gather's buffers (deterministic mode).
+struct BackwardBuffers {
+  Levels levels;
+  int64_t cells = 0;
+  float* accumulator = nullptr;
+  GatherBuffers gather;
+};
+
+BackwardBuffers take_backward_buffers(const Problem& p, const Options& options,
+                                      cudaStream_t stream, Workspace& workspace) {
+  BackwardBuffers b;
+  b.cells = make_levels(p, stream, kOp, &b.levels, workspace);
+  const bool half = p.dtype == DType::Float16 || p.dtype == DType::BFloat16;
+  if (options.deterministic) {
+    b.gather = take_gather_buffers(p, b.cells, stream, workspace);
+  } else if (half) {
+    b.accumulator =
+        workspace.take<float>(p.N * p.S * p.M * p.D, "the float32 grad_value accumulator");
+  }
+  return b;
+}
+
 template <typename T>
 void launch_backward(const Problem& p, const Options& options, const TensorView& value,
                      const TensorView& loc, const TensorView& attn, const TensorView& grad_out,
                      const TensorView& grad_value, const TensorView& grad_loc,
-                     const TensorView& grad_attn) {
+                     const TensorView& grad_attn, Workspace& workspace) {
   using A = acc_t<T>;
   constexpr bool kHalf = !std::is_same<A, T>::value;
   const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
-  const int device = p.device.index;
   const int64_t value_count = p.N * p.S * p.M * p.D;
 
   if (p.Lq == 0) {  // no samples: grad_value is zero, the other two are empty
@@ -209,19 +232,14 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
   }
 
   BackwardParams<T> bp;
-  std::unique_ptr<Scratch> level_storage;
-  const int64_t cells = make_levels(p, device, stream, kOp, &bp.levels, &level_storage);
+  const BackwardBuffers buffers = take_backward_buffers(p, options, stream, workspace);
+  bp.levels = buffers.levels;
 
-  // grad_value accumulator for the atomic mode: the output itself, or a float32 buffer.
-  std::unique_ptr<Scratch> accumulator;
+  // grad_value accumulator for the atomic mode: the output itself, or the float32 buffer.
   bp.grad_value = nullptr;
   if (!options.deterministic) {
-    if (kHalf) {
-      accumulator = std::make_unique<Scratch>(value_count * sizeof(float), device, stream, kOp);
-      bp.grad_value = accumulator->as<A>();
-    } else {
-      bp.grad_value = static_cast<A*>(grad_value.data);
-    }
+    bp.grad_value = kHalf ? reinterpret_cast<A*>(buffers.accumulator)
+                          : static_cast<A*>(grad_value.data);
     check(cudaMemsetAsync(bp.grad_value, 0, value_count * sizeof(A), stream), kOp,
           "zeroing the grad_value accumulator");
   }
@@ -243,13 +261,14 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
   check_launch(kOp, "backward_kernel", stream);
 
   if (options.deterministic) {
-    gather_grad_value(p, options, bp.levels, cells, loc, attn, grad_out, grad_value);
+    gather_grad_value(p, options, bp.levels, buffers.cells, buffers.gather, loc, attn, grad_out,
+                      grad_value);
   } else {
     if constexpr (kHalf) {
       const int64_t blocks = (value_count + kBlockThreads - 1) / kBlockThreads;
       const int64_t cap = static_cast<int64_t>(multiprocessors()) * 32;
       cast_kernel<T><<<grid_for(blocks < cap ? blocks : cap), kBlockThreads, 0, stream>>>(
-          accumulator->as<float>(), static_cast<T*>(grad_value.data), value_count);
+          buffers.accumulator, static_cast<T*>(grad_value.data), value_count);
       check_launch(kOp, "cast_kernel", stream);
     }
   }
@@ -257,11 +276,19 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
 
 }  // namespace
 
+int64_t backward_workspace_size(const Problem& p, const Options& options) {
+  if (p.Lq == 0) return 0;
+  DeviceGuard guard(p.device.index, kOp);  // the sort's sizing asks the device
+  Workspace workspace = Workspace::counting();
+  take_backward_buffers(p, options, nullptr, workspace);
+  return workspace.used();
+}
+
 void backward(const Problem& p, const Options& options, const TensorView& value,
               const TensorView& sampling_locations, const TensorView& attention_weights,
               const TensorView& grad_output, const TensorView& grad_value,
               const TensorView& grad_sampling_locations,
-              const TensorView& grad_attention_weights) {
+              const TensorView& grad_attention_weights, Workspace& workspace) {
   DeviceGuard guard(p.device.index, kOp);
   check_pointer(kOp, "value", value);
   check_pointer(kOp, "sampling_locations", sampling_locations);
@@ -272,7 +299,7 @@ void backward(const Problem& p, const Options& options, const TensorView& value,
   check_pointer(kOp, "grad_attention_weights", grad_attention_weights);
 #define MSDACORE_LAUNCH_BACKWARD(T)                                                       \
   launch_backward<T>(p, options, value, sampling_locations, attention_weights, grad_output, \
-                     grad_value, grad_sampling_locations, grad_attention_weights)
+                     grad_value, grad_sampling_locations, grad_attention_weights, workspace)
   switch (p.dtype) {
     case DType::Float32:
       MSDACORE_LAUNCH_BACKWARD(float);

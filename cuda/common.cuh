@@ -1,5 +1,5 @@
 // Internal: what the CUDA kernels and their launch code share: error checks, the device
-// guard, scratch memory, element types and their float accumulators, 16-byte vector loads,
+// guard, element types and their float accumulators, 16-byte vector loads,
 // the level table, and the thread layout.
 //
 // Thread layout of every per-head kernel: a block of kBlockThreads threads is cut into
@@ -20,7 +20,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "backend.hpp"
+#include "backend.hpp"  // cpp/src: the backend interface, Workspace
 #include "msdacore/detail/bilinear.hpp"
 #include "msdacore/errors.hpp"
 #include "msdacore/ops.hpp"
@@ -54,27 +54,6 @@ class DeviceGuard {
 
  private:
   int previous_ = -1;
-};
-
-// Temporary device memory, stream-ordered: allocated on `stream` and released on it after
-// the work enqueued before the destructor runs (cudaMallocAsync / cudaFreeAsync; on devices
-// without memory pools, cudaMalloc and a synchronize before cudaFree).
-class Scratch {
- public:
-  Scratch(size_t bytes, int device, cudaStream_t stream, const char* op);
-  ~Scratch();
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  void* get() const { return ptr_; }
-  template <typename U>
-  U* as() const {
-    return static_cast<U*>(ptr_);
-  }
-
- private:
-  void* ptr_ = nullptr;
-  cudaStream_t stream_;
-  bool pooled_ = false;
 };
 
 // DeviceError unless `t` (when non-empty) is CUDA memory the device of `t` can read.
@@ -180,11 +159,11 @@ struct Levels {
   }
 };
 
-// Fills a Levels for `p` (copying the table to the device on `stream` when L is large;
-// `storage` then holds it until the enqueued kernels are done). Returns the number of
-// cell keys per (n, m) head, sum of (H + 1) * (W + 1).
-int64_t make_levels(const Problem& p, int device, cudaStream_t stream, const char* op,
-                    Levels* levels, std::unique_ptr<Scratch>* storage);
+// Fills a Levels for `p`; when L > kInlineLevels the table goes to device memory taken
+// from `workspace` (copied on `stream`; nothing is copied on a counting Workspace).
+// Returns the number of cell keys per (n, m) head, sum of (H + 1) * (W + 1).
+int64_t make_levels(const Problem& p, cudaStream_t stream, const char* op, Levels* levels,
+                    Workspace& workspace);
 
 // ---- strides and layout -------------------------------------------------------------
 
@@ -275,11 +254,27 @@ LaunchShape set_head_params(const Problem& p, const Options& options, const Tens
                      sizeof(Point) * static_cast<size_t>(q->heads_per_block) * q->chunk};
 }
 
+// The buffers of the deterministic backward's gather (deterministic.cu).
+struct GatherBuffers {
+  uint64_t *keys_in = nullptr, *keys_out = nullptr, *ids_in = nullptr, *ids_out = nullptr;
+  void* sort_temp = nullptr;
+  size_t sort_temp_bytes = 0;
+  int end_bit = 1;          // the sort looks at key bits [0, end_bit)
+  int64_t* seg = nullptr;   // segment starts, one per key and one past the end
+};
+
+// Takes the gather's buffers from `workspace` for a problem with `cells` cell keys per
+// head (sizes only on a counting Workspace).
+GatherBuffers take_gather_buffers(const Problem& p, int64_t cells, cudaStream_t stream,
+                                  Workspace& workspace);
+
 // deterministic.cu: grad_value (N, S, M, D) of the deterministic backward, by a gather
 // over the samples sorted by the value cell they read (see there). Enqueued on
-// options.stream; `levels` and `cells` as returned by make_levels.
+// options.stream; `levels` and `cells` as returned by make_levels, `buffers` from
+// take_gather_buffers.
 void gather_grad_value(const Problem& p, const Options& options, const Levels& levels,
-                       int64_t cells, const TensorView& sampling_locations,
+                       int64_t cells, const GatherBuffers& buffers,
+                       const TensorView& sampling_locations,
                        const TensorView& attention_weights, const TensorView& grad_output,
                        const TensorView& grad_value);
 

@@ -190,10 +190,9 @@ __global__ void __launch_bounds__(kBlockThreads) gather_kernel(const GatherParam
 
 template <typename T>
 void run_gather(const Problem& p, const Options& options, const Levels& levels, int64_t cells,
-                const TensorView& loc, const TensorView& attn, const TensorView& grad_output,
+                const GatherBuffers& buffers, const TensorView& loc, const TensorView& attn, const TensorView& grad_output,
                 const TensorView& grad_value) {
   const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
-  const int device = p.device.index;
   const int64_t samples = p.N * p.Lq * p.M * p.L * p.P;
   const int64_t count_keys = p.N * p.M * cells;  // also the key of skipped samples
   const int64_t cap = static_cast<int64_t>(multiprocessors()) * 32;
@@ -215,33 +214,21 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
   geo.levels = levels;
 
   // 1. keys and ids.
-  const size_t item_bytes = static_cast<size_t>(samples) * sizeof(uint64_t);
-  Scratch keys_in(item_bytes, device, stream, kOp), keys_out(item_bytes, device, stream, kOp);
-  Scratch ids_in(item_bytes, device, stream, kOp), ids_out(item_bytes, device, stream, kOp);
   keys_kernel<T><<<grid1d(samples), kBlockThreads, 0, stream>>>(
-      geo, samples, cells, static_cast<uint64_t>(count_keys), keys_in.as<uint64_t>(),
-      ids_in.as<uint64_t>());
+      geo, samples, cells, static_cast<uint64_t>(count_keys), buffers.keys_in, buffers.ids_in);
   check_launch(kOp, "keys_kernel", stream);
 
   // 2. stable radix sort on the bits keys use.
-  int end_bit = 1;
-  while (end_bit < 64 && (uint64_t{1} << end_bit) <= static_cast<uint64_t>(count_keys)) ++end_bit;
-  size_t temp_bytes = 0;
-  check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in.as<uint64_t>(),
-                                        keys_out.as<uint64_t>(), ids_in.as<uint64_t>(),
-                                        ids_out.as<uint64_t>(), samples, 0, end_bit, stream),
-        kOp, "sizing the sample sort");
-  Scratch temp(temp_bytes, device, stream, kOp);
-  check(cub::DeviceRadixSort::SortPairs(temp.get(), temp_bytes, keys_in.as<uint64_t>(),
-                                        keys_out.as<uint64_t>(), ids_in.as<uint64_t>(),
-                                        ids_out.as<uint64_t>(), samples, 0, end_bit, stream),
+  size_t temp_bytes = buffers.sort_temp_bytes;
+  check(cub::DeviceRadixSort::SortPairs(buffers.sort_temp, temp_bytes, buffers.keys_in,
+                                        buffers.keys_out, buffers.ids_in, buffers.ids_out,
+                                        samples, 0, buffers.end_bit, stream),
         kOp, "sorting the samples by cell");
   check_launch(kOp, "cub::DeviceRadixSort::SortPairs", stream);
 
   // 3. segment starts.
-  Scratch seg(static_cast<size_t>(count_keys + 1) * sizeof(int64_t), device, stream, kOp);
   segment_kernel<<<grid1d(count_keys + 1), kBlockThreads, 0, stream>>>(
-      keys_out.as<uint64_t>(), samples, count_keys, seg.as<int64_t>());
+      buffers.keys_out, samples, count_keys, buffers.seg);
   check_launch(kOp, "segment_kernel", stream);
 
   // 4. the gather.
@@ -250,8 +237,8 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
   gp.grad_out = static_cast<const T*>(grad_output.data);
   gp.gs = strides_of<3>(grad_output);
   gp.grad_value = static_cast<T*>(grad_value.data);
-  gp.ids = ids_out.as<uint64_t>();
-  gp.seg = seg.as<int64_t>();
+  gp.ids = buffers.ids_out;
+  gp.seg = buffers.seg;
   gp.S = p.S;
   gp.D = p.D;
   gp.cells = cells;
@@ -268,30 +255,51 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
     gather_kernel<T, 1><<<grid_for(token_blocks), kBlockThreads, 0, stream>>>(gp);
   }
   check_launch(kOp, "gather_kernel", stream);
-  // The Scratch destructors release the buffers on `stream`, after the gather.
 }
 
 }  // namespace
 
+GatherBuffers take_gather_buffers(const Problem& p, int64_t cells, cudaStream_t stream,
+                                  Workspace& workspace) {
+  GatherBuffers b;
+  const int64_t samples = p.N * p.Lq * p.M * p.L * p.P;
+  const int64_t count_keys = p.N * p.M * cells;
+  b.keys_in = workspace.take<uint64_t>(samples, "the sort keys");
+  b.keys_out = workspace.take<uint64_t>(samples, "the sorted keys");
+  b.ids_in = workspace.take<uint64_t>(samples, "the sample ids");
+  b.ids_out = workspace.take<uint64_t>(samples, "the sorted sample ids");
+  while (b.end_bit < 64 && (uint64_t{1} << b.end_bit) <= static_cast<uint64_t>(count_keys)) {
+    ++b.end_bit;
+  }
+  // Sizing pass of the sort: no memory is touched.
+  check(cub::DeviceRadixSort::SortPairs(nullptr, b.sort_temp_bytes, b.keys_in, b.keys_out,
+                                        b.ids_in, b.ids_out, samples, 0, b.end_bit, stream),
+        kOp, "sizing the sample sort");
+  b.sort_temp = workspace.take_bytes(static_cast<int64_t>(b.sort_temp_bytes), "the sort");
+  b.seg = workspace.take<int64_t>(count_keys + 1, "the segment starts");
+  return b;
+}
+
 void gather_grad_value(const Problem& p, const Options& options, const Levels& levels,
-                       int64_t cells, const TensorView& sampling_locations,
+                       int64_t cells, const GatherBuffers& buffers,
+                       const TensorView& sampling_locations,
                        const TensorView& attention_weights, const TensorView& grad_output,
                        const TensorView& grad_value) {
   switch (p.dtype) {
     case DType::Float32:
-      run_gather<float>(p, options, levels, cells, sampling_locations, attention_weights,
+      run_gather<float>(p, options, levels, cells, buffers, sampling_locations, attention_weights,
                         grad_output, grad_value);
       break;
     case DType::Float64:
-      run_gather<double>(p, options, levels, cells, sampling_locations, attention_weights,
+      run_gather<double>(p, options, levels, cells, buffers, sampling_locations, attention_weights,
                          grad_output, grad_value);
       break;
     case DType::Float16:
-      run_gather<__half>(p, options, levels, cells, sampling_locations, attention_weights,
+      run_gather<__half>(p, options, levels, cells, buffers, sampling_locations, attention_weights,
                          grad_output, grad_value);
       break;
     case DType::BFloat16:
-      run_gather<__nv_bfloat16>(p, options, levels, cells, sampling_locations,
+      run_gather<__nv_bfloat16>(p, options, levels, cells, buffers, sampling_locations,
                                 attention_weights, grad_output, grad_value);
       break;
     default:

@@ -136,11 +136,11 @@ __global__ void __launch_bounds__(kBlockThreads) forward_kernel(const ForwardPar
 
 template <typename T>
 void launch_forward(const Problem& p, const Options& options, const TensorView& value,
-                    const TensorView& loc, const TensorView& attn, const TensorView& output) {
+                    const TensorView& loc, const TensorView& attn, const TensorView& output,
+                    Workspace& workspace) {
   const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
   ForwardParams<T> fp;
-  std::unique_ptr<Scratch> level_storage;
-  make_levels(p, p.device.index, stream, kOp, &fp.levels, &level_storage);
+  make_levels(p, stream, kOp, &fp.levels, workspace);
   fp.out = static_cast<T*>(output.data);
   constexpr int V = kVec<T>;
   const bool vector = vector_ok(value, V, p.D) && vector_ok(output, V, p.D);
@@ -156,9 +156,17 @@ void launch_forward(const Problem& p, const Options& options, const TensorView& 
 
 }  // namespace
 
+// Only the level table of problems with many levels.
+int64_t forward_workspace_size(const Problem& p, const Options&) {
+  Workspace workspace = Workspace::counting();
+  Levels levels;
+  make_levels(p, nullptr, kOp, &levels, workspace);
+  return workspace.used();
+}
+
 void forward(const Problem& p, const Options& options, const TensorView& value,
              const TensorView& sampling_locations, const TensorView& attention_weights,
-             const TensorView& output) {
+             const TensorView& output, Workspace& workspace) {
   DeviceGuard guard(p.device.index, kOp);
   check_pointer(kOp, "value", value);
   check_pointer(kOp, "sampling_locations", sampling_locations);
@@ -166,17 +174,20 @@ void forward(const Problem& p, const Options& options, const TensorView& value,
   check_pointer(kOp, "output", output);
   switch (p.dtype) {
     case DType::Float32:
-      launch_forward<float>(p, options, value, sampling_locations, attention_weights, output);
+      launch_forward<float>(p, options, value, sampling_locations, attention_weights, output,
+                             workspace);
       break;
     case DType::Float64:
-      launch_forward<double>(p, options, value, sampling_locations, attention_weights, output);
+      launch_forward<double>(p, options, value, sampling_locations, attention_weights, output,
+                             workspace);
       break;
     case DType::Float16:
-      launch_forward<__half>(p, options, value, sampling_locations, attention_weights, output);
+      launch_forward<__half>(p, options, value, sampling_locations, attention_weights, output,
+                             workspace);
       break;
     case DType::BFloat16:
       launch_forward<__nv_bfloat16>(p, options, value, sampling_locations, attention_weights,
-                                    output);
+                                    output, workspace);
       break;
     default:
       throw DTypeError(std::string("msdacore ") + kOp + ": unsupported dtype " +

@@ -1,8 +1,11 @@
 // Host-side helpers of the CUDA backend (common.cuh, backend.hpp): errors, device guard,
-// scratch memory, pointer checks, the level table, and the memory/stream helpers the
-// Python module uses for outputs it allocates itself.
+// pointer checks, the level table, the default allocator's stream-ordered pool, and the
+// stream services of runtime.hpp.
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "common.cuh"
 
@@ -48,33 +51,6 @@ DeviceGuard::~DeviceGuard() {
   if (previous_ >= 0) (void)cudaSetDevice(previous_);
 }
 
-Scratch::Scratch(size_t bytes, int device, cudaStream_t stream, const char* op)
-    : stream_(stream) {
-  if (bytes == 0) return;
-  int pools = 0;
-  if (cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    pools = 0;
-  }
-  pooled_ = pools != 0;
-  const std::string what = "allocating " + std::to_string(bytes) + " bytes of scratch memory";
-  if (pooled_) {
-    check(cudaMallocAsync(&ptr_, bytes, stream), op, what.c_str());
-  } else {
-    check(cudaMalloc(&ptr_, bytes), op, what.c_str());
-  }
-}
-
-Scratch::~Scratch() {
-  if (ptr_ == nullptr) return;
-  if (pooled_) {
-    (void)cudaFreeAsync(ptr_, stream_);
-  } else {
-    (void)cudaStreamSynchronize(stream_);
-    (void)cudaFree(ptr_);
-  }
-}
-
 void check_pointer(const char* op, const char* name, const TensorView& t) {
   if (t.numel() == 0) return;
   cudaPointerAttributes attr;
@@ -108,8 +84,8 @@ int multiprocessors() {
   return count > 0 ? count : 80;
 }
 
-int64_t make_levels(const Problem& p, int device, cudaStream_t stream, const char* op,
-                    Levels* levels, std::unique_ptr<Scratch>* storage) {
+int64_t make_levels(const Problem& p, cudaStream_t stream, const char* op, Levels* levels,
+                    Workspace& workspace) {
   std::vector<LevelDesc> table(static_cast<size_t>(p.L));
   int64_t cells = 0;
   for (int64_t l = 0; l < p.L; ++l) {
@@ -125,43 +101,108 @@ int64_t make_levels(const Problem& p, int device, cudaStream_t stream, const cha
   if (p.L <= kInlineLevels) {
     for (int64_t l = 0; l < p.L; ++l) levels->inline_levels[l] = table[static_cast<size_t>(l)];
   } else {
-    const size_t bytes = table.size() * sizeof(LevelDesc);
-    *storage = std::make_unique<Scratch>(bytes, device, stream, op);
-    // From pageable memory: the copy is staged before cudaMemcpyAsync returns, so `table`
-    // may go out of scope afterwards.
-    check(cudaMemcpyAsync((*storage)->get(), table.data(), bytes, cudaMemcpyHostToDevice, stream),
-          op, "copying the level table to the device");
-    levels->table = (*storage)->as<LevelDesc>();
+    LevelDesc* device_table = workspace.take<LevelDesc>(p.L, "the level table");
+    if (!workspace.counting_only()) {
+      // From pageable memory: the copy is staged before cudaMemcpyAsync returns, so `table`
+      // may go out of scope afterwards.
+      check(cudaMemcpyAsync(device_table, table.data(), table.size() * sizeof(LevelDesc),
+                            cudaMemcpyHostToDevice, stream),
+            op, "copying the level table to the device");
+    }
+    levels->table = device_table;
   }
   return cells;
 }
 
-void* device_alloc(int device, size_t bytes, const char* what) {
-  DeviceGuard guard(device, what);
+// ---- the default allocator's pool (memory.hpp) ------------------------------------------
+
+namespace {
+
+constexpr uint64_t kDefaultReleaseThreshold = uint64_t{1} << 30;  // 1 GiB
+
+uint64_t release_threshold() {
+  const char* env = std::getenv("MSDACORE_CUDA_POOL_RELEASE_THRESHOLD");
+  if (env == nullptr || env[0] == '\0') return kDefaultReleaseThreshold;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(env, &end, 10);
+  return (end != nullptr && *end == '\0') ? static_cast<uint64_t>(v) : kDefaultReleaseThreshold;
+}
+
+// msdacore's pool on `device`, created on first use; null where the device has no memory
+// pools (then plain cudaMalloc / cudaFree).
+cudaMemPool_t pool_of(int device) {
+  static std::mutex mutex;
+  static std::map<int, cudaMemPool_t> pools;
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto found = pools.find(device);
+  if (found != pools.end()) return found->second;
+  int supported = 0;
+  if (cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    supported = 0;
+  }
+  cudaMemPool_t pool = nullptr;
+  if (supported != 0) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    check(cudaMemPoolCreate(&pool, &props), "allocate", "creating the memory pool");
+    uint64_t threshold = release_threshold();
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "allocate",
+          "setting the memory pool's release threshold");
+  }
+  pools[device] = pool;
+  return pool;
+}
+
+}  // namespace
+
+void* pool_allocate(int device, int64_t bytes, void* stream) {
+  DeviceGuard guard(device, "allocate");
+  const size_t size = bytes > 0 ? static_cast<size_t>(bytes) : 1;  // a unique pointer for 0
+  const std::string what =
+      "allocating " + std::to_string(bytes) + " bytes on " + device_string(device);
   void* ptr = nullptr;
-  if (bytes == 0) bytes = 1;  // a valid, unique pointer for empty outputs
-  check(cudaMalloc(&ptr, bytes), what,
-        ("allocating " + std::to_string(bytes) + " bytes on " + device_string(device)).c_str());
+  if (cudaMemPool_t pool = pool_of(device)) {
+    check(cudaMallocFromPoolAsync(&ptr, size, pool, static_cast<cudaStream_t>(stream)),
+          "allocate", what.c_str());
+  } else {
+    check(cudaMalloc(&ptr, size), "allocate", what.c_str());
+  }
   return ptr;
 }
 
-void device_free(int device, void* ptr) noexcept {
+void pool_free(int device, void* ptr, void* stream) noexcept {
   if (ptr == nullptr) return;
   int previous = -1;
   if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
   if (previous != device) (void)cudaSetDevice(device);
-  (void)cudaFree(ptr);
+  cudaMemPool_t pool = nullptr;
+  try {
+    pool = pool_of(device);
+  } catch (...) {
+    pool = nullptr;
+  }
+  if (pool != nullptr) {
+    (void)cudaFreeAsync(ptr, static_cast<cudaStream_t>(stream));
+  } else {
+    (void)cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
+    (void)cudaFree(ptr);
+  }
   if (previous >= 0 && previous != device) (void)cudaSetDevice(previous);
   (void)cudaGetLastError();
 }
 
-void synchronize(int device, void* stream, const char* op) {
-  DeviceGuard guard(device, op);
-  check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), op, "cudaStreamSynchronize");
+void synchronize(int device, void* stream) {
+  DeviceGuard guard(device, "cuda_synchronize");
+  check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cuda_synchronize",
+        "cudaStreamSynchronize");
 }
 
-void stream_wait(int device, void* waiting, void* producer, const char* op) {
+void stream_wait(int device, void* waiting, void* producer) {
   if (waiting == producer) return;
+  const char* op = "cuda_stream_wait";
   DeviceGuard guard(device, op);
   cudaEvent_t event;
   check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), op, "cudaEventCreate");

@@ -124,17 +124,17 @@ void backward_typed(const Problem& p, bool align_corners, const TensorView& valu
 
 }  // namespace
 
-void backward(const Problem& p, bool align_corners, const TensorView& value,
+void backward(const Problem& p, const Options& options, const TensorView& value,
               const TensorView& sampling_locations, const TensorView& attention_weights,
               const TensorView& grad_output, const TensorView& grad_value,
               const TensorView& grad_sampling_locations,
               const TensorView& grad_attention_weights) {
   if (p.dtype == DType::Float64) {
-    backward_typed<double>(p, align_corners, value, sampling_locations, attention_weights,
+    backward_typed<double>(p, options.align_corners, value, sampling_locations, attention_weights,
                            grad_output, grad_value, grad_sampling_locations,
                            grad_attention_weights);
   } else {
-    backward_typed<float>(p, align_corners, value, sampling_locations, attention_weights,
+    backward_typed<float>(p, options.align_corners, value, sampling_locations, attention_weights,
                           grad_output, grad_value, grad_sampling_locations,
                           grad_attention_weights);
   }

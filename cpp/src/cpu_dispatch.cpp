@@ -1,7 +1,9 @@
-// Run-time choice between the CPU kernel builds (see cpu_kernels.hpp).
+// The CPU backend (backend.hpp): a run-time choice between the CPU kernel builds (see
+// cpu_kernels.hpp).
 #include <cstdlib>
 #include <cstring>
 
+#include "backend.hpp"
 #include "cpu_kernels.hpp"
 
 namespace msdacore {
@@ -35,31 +37,38 @@ Isa isa() {
 
 }  // namespace
 
-void forward(const Problem& p, bool align_corners, const TensorView& value,
+// ---- the CPU backend (backend.hpp) ----------------------------------------------------
+
+// The kernels work in place: no temporaries, so no workspace.
+int64_t forward_workspace_size(const Problem&, const Options&) { return 0; }
+int64_t backward_workspace_size(const Problem&, const Options&) { return 0; }
+
+void forward(const Problem& p, const Options& options, const TensorView& value,
              const TensorView& sampling_locations, const TensorView& attention_weights,
-             const TensorView& output) {
+             const TensorView& output, Workspace&) {
 #if defined(MSDACORE_HAVE_AVX2_KERNELS)
   if (isa() == Isa::Avx2) {
-    avx2::forward(p, align_corners, value, sampling_locations, attention_weights, output);
+    avx2::forward(p, options, value, sampling_locations, attention_weights, output);
     return;
   }
 #endif
-  generic::forward(p, align_corners, value, sampling_locations, attention_weights, output);
+  generic::forward(p, options, value, sampling_locations, attention_weights, output);
 }
 
-void backward(const Problem& p, bool align_corners, const TensorView& value,
+// Deterministic whatever options.deterministic says.
+void backward(const Problem& p, const Options& options, const TensorView& value,
               const TensorView& sampling_locations, const TensorView& attention_weights,
               const TensorView& grad_output, const TensorView& grad_value,
               const TensorView& grad_sampling_locations,
-              const TensorView& grad_attention_weights) {
+              const TensorView& grad_attention_weights, Workspace&) {
 #if defined(MSDACORE_HAVE_AVX2_KERNELS)
   if (isa() == Isa::Avx2) {
-    avx2::backward(p, align_corners, value, sampling_locations, attention_weights, grad_output,
+    avx2::backward(p, options, value, sampling_locations, attention_weights, grad_output,
                    grad_value, grad_sampling_locations, grad_attention_weights);
     return;
   }
 #endif
-  generic::backward(p, align_corners, value, sampling_locations, attention_weights, grad_output,
+  generic::backward(p, options, value, sampling_locations, attention_weights, grad_output,
                     grad_value, grad_sampling_locations, grad_attention_weights);
 }
 

@@ -125,13 +125,13 @@ void forward_typed(const Problem& p, bool align_corners, const TensorView& value
 
 }  // namespace
 
-void forward(const Problem& p, bool align_corners, const TensorView& value,
+void forward(const Problem& p, const Options& options, const TensorView& value,
              const TensorView& sampling_locations, const TensorView& attention_weights,
              const TensorView& output) {
   if (p.dtype == DType::Float64) {
-    forward_typed<double>(p, align_corners, value, sampling_locations, attention_weights, output);
+    forward_typed<double>(p, options.align_corners, value, sampling_locations, attention_weights, output);
   } else {
-    forward_typed<float>(p, align_corners, value, sampling_locations, attention_weights, output);
+    forward_typed<float>(p, options.align_corners, value, sampling_locations, attention_weights, output);
   }
 }
 

@@ -2,7 +2,8 @@
 //
 // cpu_forward.cpp and cpu_backward.cpp are compiled once per instruction set, each build
 // in its own namespace (generic: SSE2 / NEON baseline; avx2 on x86-64), and
-// cpu_dispatch.cpp picks one at run time. All builds give bitwise identical results.
+// cpu_dispatch.cpp picks one at run time and is the CPU backend (backend.hpp). All
+// builds give bitwise identical results.
 //
 // Parallel decomposition (no atomics, each output element written by exactly one task in
 // a fixed order, so results are bitwise identical for any thread count):
@@ -21,10 +22,10 @@ namespace cpu {
 
 #define MSDACORE_DECLARE_CPU_KERNELS(isa)                                                     \
   namespace isa {                                                                             \
-  void forward(const Problem& p, bool align_corners, const TensorView& value,                 \
+  void forward(const Problem& p, const Options& options, const TensorView& value,             \
                const TensorView& sampling_locations, const TensorView& attention_weights,     \
                const TensorView& output);                                                     \
-  void backward(const Problem& p, bool align_corners, const TensorView& value,                \
+  void backward(const Problem& p, const Options& options, const TensorView& value,            \
                 const TensorView& sampling_locations, const TensorView& attention_weights,    \
                 const TensorView& grad_output, const TensorView& grad_value,                  \
                 const TensorView& grad_sampling_locations,                                    \
@@ -34,16 +35,6 @@ namespace cpu {
 MSDACORE_DECLARE_CPU_KERNELS(generic)
 MSDACORE_DECLARE_CPU_KERNELS(avx2)
 #undef MSDACORE_DECLARE_CPU_KERNELS
-
-// The dispatching entry points (cpu_dispatch.cpp).
-void forward(const Problem& p, bool align_corners, const TensorView& value,
-             const TensorView& sampling_locations, const TensorView& attention_weights,
-             const TensorView& output);
-void backward(const Problem& p, bool align_corners, const TensorView& value,
-              const TensorView& sampling_locations, const TensorView& attention_weights,
-              const TensorView& grad_output, const TensorView& grad_value,
-              const TensorView& grad_sampling_locations,
-              const TensorView& grad_attention_weights);
 
 // The instruction set the kernels run with ("generic" or "avx2"): the best one this
 // machine supports, unless the environment variable MSDACORE_CPU_ISA names another

@@ -1,32 +1,113 @@
-// Op entry points: validate every argument, then dispatch on device (and, inside the
-// backend, on dtype).
+// Op entry points: validate every argument (the only validation on the way from any
+// front end to a kernel), size and provide the workspace, and call the backend of the
+// problem's device (backend.hpp), which dispatches on dtype.
 #include "msdacore/ops.hpp"
 
-#include "cpu_kernels.hpp"
-#include "msdacore/errors.hpp"
-#include "validate.hpp"
+#include <cstdint>
+#include <string>
 
-#ifdef MSDACORE_WITH_CUDA
-#include "backend.hpp"  // cuda/
-#endif
+#include "backend.hpp"
+#include "msdacore/errors.hpp"
+#include "msdacore/memory.hpp"
+#include "validate.hpp"
 
 namespace msdacore {
 namespace {
 
-// True when the problem runs on the CUDA backend. check_inputs has already rejected
-// devices this build cannot run on, so without CUDA this is always false.
-bool on_cuda(const Problem& p) {
+// The four functions of one backend.
+struct Backend {
+  int64_t (*forward_workspace_size)(const Problem&, const Options&);
+  int64_t (*backward_workspace_size)(const Problem&, const Options&);
+  void (*forward)(const Problem&, const Options&, const TensorView&, const TensorView&,
+                  const TensorView&, const TensorView&, Workspace&);
+  void (*backward)(const Problem&, const Options&, const TensorView&, const TensorView&,
+                   const TensorView&, const TensorView&, const TensorView&, const TensorView&,
+                   const TensorView&, Workspace&);
+};
+
+// The backend of a validated problem's device (check_inputs has already rejected devices
+// this build cannot run on).
+const Backend& backend_for(const Problem& p) {
+  static const Backend cpu_backend{cpu::forward_workspace_size, cpu::backward_workspace_size,
+                                   cpu::forward, cpu::backward};
 #ifdef MSDACORE_WITH_CUDA
-  return p.device.type == DeviceType::CUDA;
-#else
+  static const Backend cuda_backend{cuda::forward_workspace_size, cuda::backward_workspace_size,
+                                    cuda::forward, cuda::backward};
+  if (p.device.type == DeviceType::CUDA) return cuda_backend;
+#endif
   if (p.device.type != DeviceType::CPU) {
     throw DeviceError("msdacore: " + device_name(p.device) + " is not supported by this build");
   }
-  return false;
-#endif
+  return cpu_backend;
+}
+
+// The call's workspace: the caller's (checked against `needed`) or, when the caller gave
+// none and some is needed, a block of the default allocator released on the call's stream.
+class CallWorkspace {
+ public:
+  CallWorkspace(const Problem& p, const Options& options, int64_t needed)
+      : view_(nullptr, 0) {
+    if (options.workspace != nullptr) {
+      if (options.workspace_bytes < needed) {
+        throw Error("workspace: " + std::to_string(options.workspace_bytes) +
+                    " bytes given, but this call needs " + std::to_string(needed) +
+                    " (ms_deform_attn_*_workspace_size)");
+      }
+      if (reinterpret_cast<uintptr_t>(options.workspace) % Workspace::kAlign != 0) {
+        throw Error("workspace: the address must be " + std::to_string(Workspace::kAlign) +
+                    "-byte aligned");
+      }
+      view_ = Workspace(options.workspace, options.workspace_bytes);
+    } else if (needed > 0) {
+      owned_ = Buffer(p.device, needed, options.stream);
+      view_ = Workspace(owned_.data(), needed);
+    }
+  }
+  Workspace& get() { return view_; }
+
+ private:
+  Buffer owned_;
+  Workspace view_;
+};
+
+void check_backward_arguments(const Problem& p, const TensorView& grad_output,
+                              const TensorView& grad_value,
+                              const TensorView& grad_sampling_locations,
+                              const TensorView& grad_attention_weights) {
+  validate::check_float_input("grad_output", grad_output, p, "N, Lq, M*D",
+                              {p.N, p.Lq, p.M * p.D});
+  validate::check_output("grad_value", grad_value, p, "N, S, M, D", {p.N, p.S, p.M, p.D});
+  validate::check_output("grad_sampling_locations", grad_sampling_locations, p,
+                         "N, Lq, M, L, P, 2", {p.N, p.Lq, p.M, p.L, p.P, 2});
+  validate::check_output("grad_attention_weights", grad_attention_weights, p,
+                         "N, Lq, M, L, P", {p.N, p.Lq, p.M, p.L, p.P});
 }
 
 }  // namespace
+
+int64_t ms_deform_attn_forward_workspace_size(const TensorView& value,
+                                              const TensorView& spatial_shapes,
+                                              const TensorView& level_start_index,
+                                              const TensorView& sampling_locations,
+                                              const TensorView& attention_weights,
+                                              const Options& options) {
+  const Problem p =
+      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  if (p.N == 0 || p.Lq == 0) return 0;
+  return backend_for(p).forward_workspace_size(p, options);
+}
+
+int64_t ms_deform_attn_backward_workspace_size(const TensorView& value,
+                                               const TensorView& spatial_shapes,
+                                               const TensorView& level_start_index,
+                                               const TensorView& sampling_locations,
+                                               const TensorView& attention_weights,
+                                               const Options& options) {
+  const Problem p =
+      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  if (p.N == 0) return 0;
+  return backend_for(p).backward_workspace_size(p, options);
+}
 
 void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_shapes,
                             const TensorView& level_start_index,
@@ -37,13 +118,10 @@ void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_s
       check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   validate::check_output("output", output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D});
   if (p.N == 0 || p.Lq == 0) return;
-  if (on_cuda(p)) {
-#ifdef MSDACORE_WITH_CUDA
-    cuda::forward(p, options, value, sampling_locations, attention_weights, output);
-#endif
-    return;
-  }
-  cpu::forward(p, options.align_corners, value, sampling_locations, attention_weights, output);
+  const Backend& backend = backend_for(p);
+  CallWorkspace workspace(p, options, backend.forward_workspace_size(p, options));
+  backend.forward(p, options, value, sampling_locations, attention_weights, output,
+                  workspace.get());
 }
 
 void ms_deform_attn_backward(const TensorView& value, const TensorView& spatial_shapes,
@@ -56,24 +134,13 @@ void ms_deform_attn_backward(const TensorView& value, const TensorView& spatial_
                              const Options& options) {
   const Problem p =
       check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  validate::check_float_input("grad_output", grad_output, p, "N, Lq, M*D",
-                              {p.N, p.Lq, p.M * p.D});
-  validate::check_output("grad_value", grad_value, p, "N, S, M, D", {p.N, p.S, p.M, p.D});
-  validate::check_output("grad_sampling_locations", grad_sampling_locations, p,
-                         "N, Lq, M, L, P, 2", {p.N, p.Lq, p.M, p.L, p.P, 2});
-  validate::check_output("grad_attention_weights", grad_attention_weights, p,
-                         "N, Lq, M, L, P", {p.N, p.Lq, p.M, p.L, p.P});
+  check_backward_arguments(p, grad_output, grad_value, grad_sampling_locations,
+                           grad_attention_weights);
   if (p.N == 0) return;
-  if (on_cuda(p)) {
-#ifdef MSDACORE_WITH_CUDA
-    cuda::backward(p, options, value, sampling_locations, attention_weights, grad_output,
-                   grad_value, grad_sampling_locations, grad_attention_weights);
-#endif
-    return;
-  }
-  // The CPU backend is deterministic whatever options.deterministic says.
-  cpu::backward(p, options.align_corners, value, sampling_locations, attention_weights,
-                grad_output, grad_value, grad_sampling_locations, grad_attention_weights);
+  const Backend& backend = backend_for(p);
+  CallWorkspace workspace(p, options, backend.backward_workspace_size(p, options));
+  backend.backward(p, options, value, sampling_locations, attention_weights, grad_output,
+                   grad_value, grad_sampling_locations, grad_attention_weights, workspace.get());
 }
 
 }  // namespace msdacore

@@ -1,19 +1,18 @@
-// build_info() and the CPU thread count.
+// build_info(), the CPU thread count, and the CUDA runtime services of runtime.hpp.
+// build_info() reads only what the build knows: it starts no CUDA driver.
 #include "msdacore/runtime.hpp"
 
 #include <atomic>
 #include <string>
 
+#include "backend.hpp"
+#include "build_config.hpp"
 #include "cpu_kernels.hpp"
 #include "msdacore/errors.hpp"
 #include "msdacore/version.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
-#endif
-
-#ifdef MSDACORE_WITH_CUDA
-#include "backend.hpp"  // cuda/: device_count(), runtime_version()
 #endif
 
 namespace msdacore {
@@ -71,13 +70,42 @@ BuildInfo build_info() {
 #ifdef MSDACORE_WITH_CUDA
   info.cuda_compiled = true;
   info.cuda_kernels = true;  // cuda/forward.cu, backward.cu, deterministic.cu
-  info.cuda_runtime_version = cuda::runtime_version();
-  info.cuda_devices = cuda::device_count();
+  info.cuda_runtime_version = cuda::runtime_version();  // no driver call
 #endif
+  info.cuda_fallback = MSDACORE_CUDA_FALLBACK;
   info.cpu_isa = cpu::selected_isa();
   info.cpu_isas = cpu::compiled_isas();
   info.compiler = compiler_name();
   return info;
+}
+
+int cuda_device_count() {
+#ifdef MSDACORE_WITH_CUDA
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+void cuda_stream_wait(int device, void* waiting, void* producer) {
+#ifdef MSDACORE_WITH_CUDA
+  cuda::stream_wait(device, waiting, producer);
+#else
+  (void)device;
+  (void)waiting;
+  (void)producer;
+  throw DeviceError("cuda_stream_wait: this build of msdacore was compiled without CUDA");
+#endif
+}
+
+void cuda_synchronize(int device, void* stream) {
+#ifdef MSDACORE_WITH_CUDA
+  cuda::synchronize(device, stream);
+#else
+  (void)device;
+  (void)stream;
+  throw DeviceError("cuda_synchronize: this build of msdacore was compiled without CUDA");
+#endif
 }
 
 }  // namespace msdacore

@@ -1,18 +1,28 @@
 """msdacore: multi-scale deformable attention (Deformable DETR's MSDA, the single-scale
 module, DAT-style deformable sampling), forward and backward, on the CPU and (where built
-with CUDA) on NVIDIA GPUs, from NumPy or any DLPack array. The operator contract is docs/conventions.md.
+with CUDA) on NVIDIA GPUs, from NumPy or any DLPack array. The operator contract is
+docs/conventions.md; docs/architecture.md follows one call from here to a kernel.
 """
 
 from __future__ import annotations
 
-from . import _arrays, _core
+import warnings as _warnings
+
+from . import _core, _dispatch, _frameworks
 
 __version__: str = _core.build_info()["version"]
+
+# A build that looked for CUDA, found a compiler and could not use it says so here, where
+# a `pip install .` user sees it (pip hides the build's own output).
+if _core.build_info()["cuda_fallback"]:
+    _warnings.warn("msdacore: " + _core.build_info()["cuda_fallback"], RuntimeWarning,
+                   stacklevel=2)
 
 __all__ = [
     "ms_deform_attn",
     "ms_deform_attn_backward",
     "build_info",
+    "cuda_device_count",
     "set_num_threads",
     "get_num_threads",
     "__version__",
@@ -39,20 +49,9 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     level_start_index are read on the host (device copies are copied there).
     Raises ValueError (shapes, devices, index arrays) or TypeError (dtypes).
     """
-    if not _arrays.is_cuda(value):
-        caps, _alive = _arrays.capsules(
-            value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-            sampling_locations=sampling_locations, attention_weights=attention_weights)
-        out = _core.forward(*caps, bool(align_corners))
-        return _arrays.like(value, out)
-    call = _arrays.CudaCall(value, stream)
-    caps, _alive = call.capsules(
-        value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-        sampling_locations=sampling_locations, attention_weights=attention_weights)
-    out = _core.forward(*caps, bool(align_corners), stream=call.stream,
-                        allocate=call.allocator())
-    call.finish(_core)
-    return call.result(out)
+    return _dispatch.forward(_frameworks.framework_of(value), value, spatial_shapes,
+                             level_start_index, sampling_locations, attention_weights,
+                             align_corners=bool(align_corners), stream=stream)
 
 
 def ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_locations,
@@ -67,28 +66,24 @@ def ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_l
     is summed with atomics unless deterministic=True, which sorts the samples and gathers
     instead (bitwise reproducible, slower). stream as in ms_deform_attn.
     """
-    if not _arrays.is_cuda(value):
-        caps, _alive = _arrays.capsules(
-            value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-            sampling_locations=sampling_locations, attention_weights=attention_weights,
-            grad_output=grad_output)
-        grads = _core.backward(*caps, bool(align_corners), bool(deterministic))
-        return tuple(_arrays.like(value, g) for g in grads)
-    call = _arrays.CudaCall(value, stream)
-    caps, _alive = call.capsules(
-        value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-        sampling_locations=sampling_locations, attention_weights=attention_weights,
-        grad_output=grad_output)
-    grads = _core.backward(*caps, bool(align_corners), bool(deterministic), stream=call.stream,
-                           allocate=call.allocator())
-    call.finish(_core)
-    return tuple(call.result(g) for g in grads)
+    return _dispatch.backward(_frameworks.framework_of(value), value, spatial_shapes,
+                              level_start_index, sampling_locations, attention_weights,
+                              grad_output, align_corners=bool(align_corners),
+                              deterministic=bool(deterministic), stream=stream)
 
 
 def build_info() -> dict:
-    """What this build can do: version, openmp, num_threads, max_threads, cuda_compiled,
-    cuda_kernels, cuda_runtime_version, cuda_devices, compiler."""
+    """What this build can do: version, openmp, openmp_version, num_threads, max_threads,
+    cuda_compiled, cuda_kernels, cuda_runtime_version, cuda_fallback, cpu_isa, cpu_isas,
+    compiler. Reads only what the build knows: it does not start the CUDA driver."""
     return dict(_core.build_info())
+
+
+def cuda_device_count() -> int:
+    """CUDA devices this process can use: 0 for a build without CUDA, a machine without a
+    driver or without a GPU. Starts the CUDA driver (so call it after any fork()). Raises
+    RuntimeError, naming both versions, when the driver is too old for this build."""
+    return _core.cuda_device_count()
 
 
 def set_num_threads(n: int) -> None:

@@ -1,10 +1,8 @@
-"""Turning user arrays into DLPack capsules for the core, and results back into the
-caller's array kind. Nothing here imports torch, CuPy or JAX: a framework is only used
-when the caller already passed one of its arrays (it is then in ``sys.modules``)."""
+"""Turning user arguments into what the core reads: arrays ready for DLPack export,
+DLPack capsules, index arrays on the host, device and stream values. Nothing here
+imports torch, CuPy or JAX."""
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 
@@ -80,30 +78,6 @@ def to_capsule(obj, name: str, stream=None):
         raise TypeError(f"{name} cannot be exported through DLPack: {error}") from None
 
 
-def capsules(**arrays):
-    """{name: obj} -> list of capsules in the order given, plus the converted objects
-    (kept alive by the caller for the duration of the call)."""
-    converted = {name: as_array(obj, name) for name, obj in arrays.items()}
-    return [to_capsule(obj, name) for name, obj in converted.items()], converted
-
-
-def like(reference, result: np.ndarray):
-    """Returns `result` (a NumPy array) as an array of the same kind as `reference`:
-    NumPy for NumPy, torch for torch, and so on for producers whose top-level module
-    has ``from_dlpack``; NumPy otherwise. Zero-copy."""
-    if isinstance(reference, np.ndarray):
-        return result
-    top = type(reference).__module__.split(".")[0]
-    if top == "jaxlib" or top == "jax":
-        jnp = sys.modules.get("jax.numpy")
-        return jnp.from_dlpack(result) if jnp is not None else result
-    module = sys.modules.get(top)
-    from_dlpack = getattr(module, "from_dlpack", None)
-    if from_dlpack is None or top == "numpy":
-        return result
-    return from_dlpack(result)
-
-
 # ----------------------------------------------------------------------------- CUDA arrays
 
 def device_of(obj) -> tuple:
@@ -145,10 +119,6 @@ def host_index(obj):
     return obj
 
 
-def _framework(obj) -> str:
-    return type(obj).__module__.split(".")[0]
-
-
 def stream_handle(stream) -> int:
     """The cudaStream_t value of a `stream` argument: an int (a cudaStream_t, or 1 / 2 for
     the legacy / per-thread default stream as in DLPack), or a stream object with
@@ -170,84 +140,3 @@ def stream_handle(stream) -> int:
     if value < 0:
         raise ValueError(f"stream must be a cudaStream_t value >= 0, got {value}")
     return LEGACY_DEFAULT_STREAM if value == 0 else value
-
-
-def current_stream(obj, device: int):
-    """The framework's current stream on `device` for arrays of torch and CuPy (as a
-    cudaStream_t value, the default stream as 1), else None."""
-    top = _framework(obj)
-    if top == "torch":
-        torch = sys.modules["torch"]
-        return stream_handle(torch.cuda.current_stream(device).cuda_stream)
-    if top == "cupy":
-        cupy = sys.modules["cupy"]
-        with cupy.cuda.Device(device):
-            return stream_handle(cupy.cuda.get_current_stream().ptr)
-    return None
-
-
-class CudaCall:
-    """One call on CUDA arrays: the stream it runs on, the inputs' capsules (exported for
-    that stream), outputs allocated by the caller's framework, and the join back.
-
-    stream=None runs on the framework's current stream of the arrays' device (torch,
-    CuPy), else on the legacy default stream. An explicit stream runs there; the
-    framework's current stream is then made to wait for it, so results can be used on
-    either stream.
-    """
-
-    def __init__(self, value, stream):
-        self.value = value
-        self.device = device_of(value)[1]
-        self.current = current_stream(value, self.device)
-        if stream is None:
-            self.stream = self.current if self.current is not None else LEGACY_DEFAULT_STREAM
-        else:
-            self.stream = stream_handle(stream)
-
-    def capsules(self, **arrays):
-        """Like capsules(), with index arrays brought to the host and CUDA arrays exported
-        for this call's stream."""
-        converted = {}
-        for name, obj in arrays.items():
-            if name in _INDEX_ARGS:
-                obj = host_index(obj)
-            converted[name] = as_array(obj, name)
-        caps = [to_capsule(obj, name, self.stream if is_cuda(obj) else None)
-                for name, obj in converted.items()]
-        return caps, converted
-
-    def allocator(self):
-        """allocate(shape) -> (array, capsule) with the value's framework (torch, CuPy), or
-        None (the core then allocates device memory itself)."""
-        value, stream = self.value, self.stream
-        top = _framework(value)
-        if top == "torch":
-            torch = sys.modules["torch"]
-
-            def allocate(shape):
-                out = torch.empty(shape, dtype=value.dtype, device=value.device)
-                return out, to_capsule(out, "output", stream)
-            return allocate
-        if top == "cupy":
-            cupy = sys.modules["cupy"]
-            device = self.device
-
-            def allocate(shape):
-                with cupy.cuda.Device(device):
-                    out = cupy.empty(shape, dtype=value.dtype)
-                return out, to_capsule(out, "output", stream)
-            return allocate
-        return None
-
-    def finish(self, core):
-        """After the core call: the framework's current stream waits for this call's."""
-        if self.current is not None and self.current != self.stream:
-            core.stream_wait(self.device, self.current, self.stream)
-
-    def result(self, out):
-        """Outputs of the framework's allocator are returned as they are; DeviceArrays
-        become arrays of the value's kind where its module has from_dlpack."""
-        if _framework(out) in ("torch", "cupy"):
-            return out
-        return like(self.value, out)

@@ -96,6 +96,10 @@ def cmd_info(args) -> int:
     import msdacore
 
     info = msdacore.build_info()
+    try:  # asked for: the one place `info` starts the CUDA driver
+        info["cuda_devices"] = msdacore.cuda_device_count()
+    except RuntimeError as error:  # a driver too old for this build: say so
+        info["cuda_devices"] = f"error: {error}"
     width = max((len(str(k)) for k in info), default=0)
     for key, val in info.items():
         print(f"{str(key):<{width}} : {val}")

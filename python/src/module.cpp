@@ -1,14 +1,12 @@
-// msdacore._core: the pybind11 module. Takes DLPack capsules (the Python package turns
-// NumPy arrays, torch tensors and other __dlpack__ objects into capsules), makes views,
-// allocates outputs, releases the GIL around the computation, and turns the core's
-// exceptions into ValueError / TypeError / RuntimeError.
+// msdacore._core: the pybind11 module, a thin front end over the C++ API. Every array
+// (inputs and outputs) arrives as a DLPack capsule; the Python package allocates the
+// outputs (and CUDA scratch) with the caller's own framework on its current stream, so the
+// module only turns capsules into views, releases the GIL and calls the core, which
+// validates everything once. It never calls back into Python. The core's exceptions become
+// ValueError / TypeError / RuntimeError.
 //
-// Outputs: NumPy arrays for CPU inputs. For CUDA inputs, the Python package passes an
-// `allocate(shape)` callable returning (array, DLPack capsule of it) for frameworks it
-// knows (torch, CuPy: their allocators, on their streams); without one, the module
-// allocates device memory itself and returns DeviceArray objects (DLPack producers), after
-// waiting for the computation so they can be consumed on any stream.
-#include <pybind11/numpy.h>
+// For CUDA arrays of frameworks the Python package has no allocator for, `cuda_empty`
+// makes DeviceArray outputs from msdacore's default allocator (memory.hpp).
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -19,30 +17,10 @@
 #include "dlpack_input.hpp"
 #include "msdacore/msdacore.hpp"
 
-#ifdef MSDACORE_WITH_CUDA
-#include "backend.hpp"  // cuda/: device memory and stream helpers
-#endif
-
 namespace py = pybind11;
 using msdacore::python::DLPackInput;
 
 namespace {
-
-// The five inputs of an op, held for the duration of one call.
-struct OpInputs {
-  DLPackInput value, spatial_shapes, level_start_index, sampling_locations, attention_weights;
-
-  OpInputs(py::handle v, py::handle ss, py::handle lsi, py::handle loc, py::handle attn)
-      : value(v, "value"),
-        spatial_shapes(ss, "spatial_shapes"),
-        level_start_index(lsi, "level_start_index"),
-        sampling_locations(loc, "sampling_locations"),
-        attention_weights(attn, "attention_weights") {}
-};
-
-py::dtype numpy_dtype(msdacore::DType t) {
-  return t == msdacore::DType::Float64 ? py::dtype::of<double>() : py::dtype::of<float>();
-}
 
 std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& shape) {
   std::vector<int64_t> strides(shape.size());
@@ -53,8 +31,6 @@ std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& shape) {
   }
   return strides;
 }
-
-#ifdef MSDACORE_WITH_CUDA
 
 DLDataType dl_dtype(msdacore::DType t) {
   switch (t) {
@@ -68,16 +44,12 @@ DLDataType dl_dtype(msdacore::DType t) {
   return DLDataType{kDLFloat, 32, 1};
 }
 
-// cudaMalloc'd memory, freed (cudaFree) with the last reference: the DeviceArray and every
-// DLPack capsule exported from it hold one.
+// Memory of msdacore's default allocator, released with the last reference: the
+// DeviceArray and every DLPack capsule exported from it hold one.
 struct DeviceBuffer {
-  int device;
-  void* ptr;
-  DeviceBuffer(int d, size_t bytes)
-      : device(d), ptr(msdacore::cuda::device_alloc(d, bytes, "allocating an output")) {}
-  ~DeviceBuffer() { msdacore::cuda::device_free(device, ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  msdacore::Buffer buffer;
+  DeviceBuffer(int device, int64_t bytes, void* stream)
+      : buffer(msdacore::Device{msdacore::DeviceType::CUDA, device}, bytes, stream) {}
 };
 
 // What a DLPack capsule of a DeviceArray points to (the deleter frees it; no Python calls).
@@ -107,24 +79,21 @@ void legacy_capsule_destructor(PyObject* capsule) {
   capsule_destructor<DLManagedTensor>(capsule, "dltensor");
 }
 
-// A C-contiguous array in device memory the module allocated: a DLPack producer
-// (__dlpack__, __dlpack_device__), returned for CUDA inputs of frameworks without an
-// allocator in the Python package. Its data is ready when it is returned.
+// A C-contiguous CUDA array from msdacore's default allocator (allocated on a stream and
+// released on it): a DLPack producer (__dlpack__, __dlpack_device__), the output kind for
+// CUDA inputs of frameworks without an allocator in the Python package, which waits for
+// the computation before handing it out.
 class DeviceArray {
  public:
-  DeviceArray(int device, std::vector<int64_t> shape, msdacore::DType dtype)
+  DeviceArray(int device, std::vector<int64_t> shape, msdacore::DType dtype, void* stream)
       : device_(device), shape_(std::move(shape)), dtype_(dtype) {
     strides_ = contiguous_strides(shape_);
     int64_t count = 1;
-    for (int64_t d : shape_) count *= d;
-    buffer_ = std::make_shared<DeviceBuffer>(
-        device, static_cast<size_t>(count * msdacore::dtype_size(dtype)));
-  }
-
-  msdacore::TensorView view() const {
-    return msdacore::TensorView(buffer_->ptr, static_cast<int32_t>(shape_.size()), shape_.data(),
-                                strides_.data(), dtype_,
-                                msdacore::Device{msdacore::DeviceType::CUDA, device_});
+    for (int64_t d : shape_) {
+      if (d < 0) throw msdacore::ShapeError("cuda_empty: sizes must be >= 0");
+      count *= d;
+    }
+    buffer_ = std::make_shared<DeviceBuffer>(device, count * msdacore::dtype_size(dtype), stream);
   }
 
   py::object dlpack(py::object stream, py::object max_version, py::object dl_device,
@@ -169,7 +138,7 @@ class DeviceArray {
     e->shape = shape_;
     e->strides = strides_;
     DLTensor& t = tensor_of(e->managed);
-    t.data = buffer_->ptr;
+    t.data = buffer_->buffer.data();
     t.device = DLDevice{kDLCUDA, device_};
     t.ndim = static_cast<int32_t>(shape_.size());
     t.dtype = dl_dtype(dtype_);
@@ -200,124 +169,92 @@ class DeviceArray {
   std::shared_ptr<DeviceBuffer> buffer_;
 };
 
-#endif  // MSDACORE_WITH_CUDA
-
-// One output of an op: a NumPy array (CPU), an array from the caller's `allocate` (CUDA,
-// through its DLPack capsule), or a DeviceArray (CUDA, no allocator).
-struct OpOutput {
-  py::object array;
-  std::unique_ptr<DLPackInput> capsule_input;  // for `allocate` arrays
-  msdacore::TensorView view;
-
-  OpOutput(const msdacore::Problem& p, std::vector<int64_t> shape, py::handle allocate,
-           const char* name) {
-    if (p.device.type == msdacore::DeviceType::CPU) {
-      std::vector<py::ssize_t> dims(shape.begin(), shape.end());
-      py::array a(numpy_dtype(p.dtype), dims);
-      const std::vector<int64_t> strides = contiguous_strides(shape);
-      view = msdacore::TensorView(a.mutable_data(), static_cast<int32_t>(shape.size()),
-                                  shape.data(), strides.data(), p.dtype, p.device);
-      array = std::move(a);
-      return;
-    }
-    if (!allocate.is_none()) {
-      py::tuple dims(shape.size());
-      for (size_t i = 0; i < shape.size(); ++i) dims[i] = shape[i];
-      const py::tuple made = allocate(dims).cast<py::tuple>();
-      if (made.size() != 2) throw py::type_error("allocate must return (array, capsule)");
-      array = made[0];
-      capsule_input = std::make_unique<DLPackInput>(made[1], name);
-      view = capsule_input->view();
-      return;
-    }
-#ifdef MSDACORE_WITH_CUDA
-    auto device_array = std::make_unique<DeviceArray>(p.device.index, shape, p.dtype);
-    view = device_array->view();
-    array = py::cast(std::move(device_array));
-#else
-    throw msdacore::DeviceError(std::string(name) + ": this build of msdacore has no CUDA support");
-#endif
+// The arguments of one op call: each capsule consumed into a view, held for the call.
+class Views {
+ public:
+  Views(std::initializer_list<std::pair<py::handle, const char*>> args) {
+    inputs_.reserve(args.size());
+    for (const auto& [capsule, name] : args) inputs_.emplace_back(std::make_unique<DLPackInput>(capsule, name));
+    views_.reserve(args.size());
+    for (const auto& input : inputs_) views_.push_back(input->view());
   }
+  const msdacore::TensorView& operator[](size_t i) const { return views_[i]; }
+
+ private:
+  std::vector<std::unique_ptr<DLPackInput>> inputs_;
+  std::vector<msdacore::TensorView> views_;
 };
 
-msdacore::Options make_options(bool align_corners, std::uintptr_t stream, bool deterministic) {
+msdacore::Options make_options(bool align_corners, bool deterministic, std::uintptr_t stream,
+                               std::uintptr_t workspace, int64_t workspace_bytes) {
   msdacore::Options options;
   options.align_corners = align_corners;
-  options.stream = reinterpret_cast<void*>(stream);
   options.deterministic = deterministic;
+  options.stream = reinterpret_cast<void*>(stream);
+  options.workspace = reinterpret_cast<void*>(workspace);
+  options.workspace_bytes = workspace_bytes;
   return options;
 }
 
-// For outputs the module allocated itself: wait for the computation (see DeviceArray).
-void finish(const msdacore::Problem& p, py::handle allocate, const msdacore::Options& options,
-            const char* op) {
-#ifdef MSDACORE_WITH_CUDA
-  if (p.device.type == msdacore::DeviceType::CUDA && allocate.is_none()) {
-    msdacore::cuda::synchronize(p.device.index, options.stream, op);
-  }
-#else
-  (void)p;
-  (void)allocate;
-  (void)options;
-  (void)op;
-#endif
-}
-
-py::object forward(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
-                   py::handle sampling_locations, py::handle attention_weights,
-                   bool align_corners, std::uintptr_t stream, py::handle allocate) {
-  OpInputs in(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  const msdacore::TensorView v = in.value.view(), ss = in.spatial_shapes.view(),
-                             lsi = in.level_start_index.view(),
-                             loc = in.sampling_locations.view(),
-                             attn = in.attention_weights.view();
-  const msdacore::Problem p = msdacore::check_inputs(v, ss, lsi, loc, attn);
-  OpOutput out(p, {p.N, p.Lq, p.M * p.D}, allocate, "output");
-  const msdacore::Options options = make_options(align_corners, stream, false);
-  {
-    py::gil_scoped_release release;
-    msdacore::ms_deform_attn_forward(v, ss, lsi, loc, attn, out.view, options);
-    finish(p, allocate, options, "ms_deform_attn_forward");
-  }
-  return out.array;
-}
-
-py::tuple backward(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
-                   py::handle sampling_locations, py::handle attention_weights,
-                   py::handle grad_output, bool align_corners, bool deterministic,
-                   std::uintptr_t stream, py::handle allocate) {
-  OpInputs in(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  DLPackInput grad_in(grad_output, "grad_output");
-  const msdacore::TensorView v = in.value.view(), ss = in.spatial_shapes.view(),
-                             lsi = in.level_start_index.view(),
-                             loc = in.sampling_locations.view(),
-                             attn = in.attention_weights.view(), g = grad_in.view();
-  const msdacore::Problem p = msdacore::check_inputs(v, ss, lsi, loc, attn);
-  OpOutput grad_value(p, {p.N, p.S, p.M, p.D}, allocate, "grad_value");
-  OpOutput grad_loc(p, {p.N, p.Lq, p.M, p.L, p.P, 2}, allocate, "grad_sampling_locations");
-  OpOutput grad_attn(p, {p.N, p.Lq, p.M, p.L, p.P}, allocate, "grad_attention_weights");
-  const msdacore::Options options = make_options(align_corners, stream, deterministic);
-  {
-    py::gil_scoped_release release;
-    msdacore::ms_deform_attn_backward(v, ss, lsi, loc, attn, g, grad_value.view, grad_loc.view,
-                                      grad_attn.view, options);
-    finish(p, allocate, options, "ms_deform_attn_backward");
-  }
-  return py::make_tuple(grad_value.array, grad_loc.array, grad_attn.array);
-}
-
-// Makes stream `waiting` of `device` wait for the work enqueued so far on `producer`.
-void stream_wait(int device, std::uintptr_t waiting, std::uintptr_t producer) {
-#ifdef MSDACORE_WITH_CUDA
+void forward(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
+             py::handle sampling_locations, py::handle attention_weights, py::handle output,
+             bool align_corners, std::uintptr_t stream, std::uintptr_t workspace,
+             int64_t workspace_bytes) {
+  const Views v{{value, "value"},
+                {spatial_shapes, "spatial_shapes"},
+                {level_start_index, "level_start_index"},
+                {sampling_locations, "sampling_locations"},
+                {attention_weights, "attention_weights"},
+                {output, "output"}};
+  const msdacore::Options options =
+      make_options(align_corners, false, stream, workspace, workspace_bytes);
   py::gil_scoped_release release;
-  msdacore::cuda::stream_wait(device, reinterpret_cast<void*>(waiting),
-                              reinterpret_cast<void*>(producer), "stream_wait");
-#else
-  (void)device;
-  (void)waiting;
-  (void)producer;
-  throw msdacore::DeviceError("stream_wait: this build of msdacore was compiled without CUDA");
-#endif
+  msdacore::ms_deform_attn_forward(v[0], v[1], v[2], v[3], v[4], v[5], options);
+}
+
+void backward(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
+              py::handle sampling_locations, py::handle attention_weights,
+              py::handle grad_output, py::handle grad_value, py::handle grad_sampling_locations,
+              py::handle grad_attention_weights, bool align_corners, bool deterministic,
+              std::uintptr_t stream, std::uintptr_t workspace, int64_t workspace_bytes) {
+  const Views v{{value, "value"},
+                {spatial_shapes, "spatial_shapes"},
+                {level_start_index, "level_start_index"},
+                {sampling_locations, "sampling_locations"},
+                {attention_weights, "attention_weights"},
+                {grad_output, "grad_output"},
+                {grad_value, "grad_value"},
+                {grad_sampling_locations, "grad_sampling_locations"},
+                {grad_attention_weights, "grad_attention_weights"}};
+  const msdacore::Options options =
+      make_options(align_corners, deterministic, stream, workspace, workspace_bytes);
+  py::gil_scoped_release release;
+  msdacore::ms_deform_attn_backward(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8],
+                                    options);
+}
+
+int64_t workspace_size(bool backward, py::handle value, py::handle spatial_shapes,
+                       py::handle level_start_index, py::handle sampling_locations,
+                       py::handle attention_weights, bool align_corners, bool deterministic) {
+  const Views v{{value, "value"},
+                {spatial_shapes, "spatial_shapes"},
+                {level_start_index, "level_start_index"},
+                {sampling_locations, "sampling_locations"},
+                {attention_weights, "attention_weights"}};
+  const msdacore::Options options = make_options(align_corners, deterministic, 0, 0, 0);
+  return backward ? msdacore::ms_deform_attn_backward_workspace_size(v[0], v[1], v[2], v[3],
+                                                                     v[4], options)
+                  : msdacore::ms_deform_attn_forward_workspace_size(v[0], v[1], v[2], v[3],
+                                                                    v[4], options);
+}
+
+msdacore::DType dtype_from_name(const std::string& name) {
+  for (msdacore::DType t : {msdacore::DType::Float16, msdacore::DType::BFloat16,
+                            msdacore::DType::Float32, msdacore::DType::Float64,
+                            msdacore::DType::Int32, msdacore::DType::Int64}) {
+    if (name == msdacore::dtype_name(t)) return t;
+  }
+  throw msdacore::DTypeError("cuda_empty: unsupported dtype " + name);
 }
 
 py::dict build_info() {
@@ -331,7 +268,7 @@ py::dict build_info() {
   d["cuda_compiled"] = info.cuda_compiled;
   d["cuda_kernels"] = info.cuda_kernels;
   d["cuda_runtime_version"] = info.cuda_runtime_version;
-  d["cuda_devices"] = info.cuda_devices;
+  d["cuda_fallback"] = info.cuda_fallback;
   d["cpu_isa"] = info.cpu_isa;
   d["cpu_isas"] = info.cpu_isas;
   d["compiler"] = info.compiler;
@@ -357,21 +294,63 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("forward", &forward, py::arg("value"), py::arg("spatial_shapes"),
         py::arg("level_start_index"), py::arg("sampling_locations"),
-        py::arg("attention_weights"), py::arg("align_corners"), py::arg("stream") = 0,
-        py::arg("allocate") = py::none(),
-        "Forward on DLPack capsules; returns the output (N, Lq, M*D): NumPy for CPU inputs; "
-        "for CUDA inputs what allocate(shape) -> (array, capsule) made, else a DeviceArray. "
-        "stream: the cudaStream_t to run on (0: the default stream).");
+        py::arg("attention_weights"), py::arg("output"), py::arg("align_corners") = false,
+        py::arg("stream") = 0, py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
+        "Forward on DLPack capsules, into `output` (N, Lq, M*D). stream: the cudaStream_t "
+        "to run on; workspace: address and size of caller-owned device scratch (0: the "
+        "default allocator).");
   m.def("backward", &backward, py::arg("value"), py::arg("spatial_shapes"),
         py::arg("level_start_index"), py::arg("sampling_locations"),
-        py::arg("attention_weights"), py::arg("grad_output"), py::arg("align_corners"),
-        py::arg("deterministic") = false, py::arg("stream") = 0,
-        py::arg("allocate") = py::none(),
-        "Backward on DLPack capsules; returns (grad_value, grad_sampling_locations, "
-        "grad_attention_weights), allocated as in forward.");
-  m.def("stream_wait", &stream_wait, py::arg("device"), py::arg("waiting"), py::arg("producer"),
-        "Makes CUDA stream `waiting` wait for the work enqueued so far on `producer`.");
-#ifdef MSDACORE_WITH_CUDA
+        py::arg("attention_weights"), py::arg("grad_output"), py::arg("grad_value"),
+        py::arg("grad_sampling_locations"), py::arg("grad_attention_weights"),
+        py::arg("align_corners") = false, py::arg("deterministic") = false,
+        py::arg("stream") = 0, py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
+        "Backward on DLPack capsules, into the three gradient capsules.");
+  m.def(
+      "forward_workspace_size",
+      [](py::handle v, py::handle ss, py::handle lsi, py::handle loc, py::handle attn,
+         bool align_corners) {
+        return workspace_size(false, v, ss, lsi, loc, attn, align_corners, false);
+      },
+      py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
+      py::arg("sampling_locations"), py::arg("attention_weights"),
+      py::arg("align_corners") = false, "Bytes of device scratch a forward call needs.");
+  m.def(
+      "backward_workspace_size",
+      [](py::handle v, py::handle ss, py::handle lsi, py::handle loc, py::handle attn,
+         bool align_corners, bool deterministic) {
+        return workspace_size(true, v, ss, lsi, loc, attn, align_corners, deterministic);
+      },
+      py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
+      py::arg("sampling_locations"), py::arg("attention_weights"),
+      py::arg("align_corners") = false, py::arg("deterministic") = false,
+      "Bytes of device scratch a backward call needs.");
+  m.def(
+      "cuda_empty",
+      [](std::vector<int64_t> shape, const std::string& dtype, int device, std::uintptr_t stream) {
+        return DeviceArray(device, std::move(shape), dtype_from_name(dtype),
+                           reinterpret_cast<void*>(stream));
+      },
+      py::arg("shape"), py::arg("dtype"), py::arg("device"), py::arg("stream") = 0,
+      "A DeviceArray of msdacore's default allocator on cuda:`device`, ordered on `stream`.");
+  m.def(
+      "cuda_stream_wait",
+      [](int device, std::uintptr_t waiting, std::uintptr_t producer) {
+        py::gil_scoped_release release;
+        msdacore::cuda_stream_wait(device, reinterpret_cast<void*>(waiting),
+                                   reinterpret_cast<void*>(producer));
+      },
+      py::arg("device"), py::arg("waiting"), py::arg("producer"),
+      "Makes CUDA stream `waiting` wait for the work enqueued so far on `producer`.");
+  m.def(
+      "cuda_synchronize",
+      [](int device, std::uintptr_t stream) {
+        py::gil_scoped_release release;
+        msdacore::cuda_synchronize(device, reinterpret_cast<void*>(stream));
+      },
+      py::arg("device"), py::arg("stream"), "Waits for the work enqueued on a CUDA stream.");
+  m.def("cuda_device_count", &msdacore::cuda_device_count,
+        "CUDA devices visible (starts the CUDA driver; RuntimeError for a driver too old).");
   py::class_<DeviceArray>(m, "DeviceArray",
                           "A CUDA array msdacore allocated: a DLPack producer "
                           "(torch.from_dlpack, cupy.from_dlpack, ...).")
@@ -386,7 +365,6 @@ PYBIND11_MODULE(_core, m) {
         return "msdacore.DeviceArray(shape=" + py::str(a.shape()).cast<std::string>() +
                ", dtype=" + a.dtype() + ", device=" + a.device() + ")";
       });
-#endif
   m.def("build_info", &build_info, "What this build can do (dict).");
   m.def("set_num_threads", &msdacore::set_num_threads, py::arg("n"),
         "Threads used by the CPU kernels (n >= 1).");

@@ -1,6 +1,6 @@
 // msdacore/ops.hpp: multi-scale deformable attention, forward and backward.
 //
-// Shapes (SPEC.md): N batch, S = sum_l H_l*W_l value tokens, M heads, D channels per
+// Shapes (docs/conventions.md): N batch, S = sum_l H_l*W_l value tokens, M heads, D channels per
 // head, Lq queries, L levels, P points per level.
 //   value               (N, S, M, D)          float32 | float64, and float16 | bfloat16 on
 //                                             CUDA (T)
@@ -22,11 +22,19 @@
 
 namespace msdacore {
 
+// How one call runs. Every backend takes the same Options; fields a backend has no use
+// for are ignored there (the CPU backend ignores stream, deterministic and workspace).
 struct Options {
   bool align_corners = false;  // False: h = y*H - 0.5 (Deformable DETR); True: h = y*(H-1)
-  void* stream = nullptr;      // device stream (cudaStream_t) for device backends; unused on CPU
   bool deterministic = false;  // CUDA backward: bitwise-reproducible grad_value (sorted gather
                                // instead of atomics); the CPU backend is always deterministic
+  void* stream = nullptr;      // device stream (cudaStream_t) for device backends; unused on CPU
+  // Scratch memory for the call, owned by the caller: at least
+  // ms_deform_attn_{forward,backward}_workspace_size() bytes on the problem's device,
+  // usable by work enqueued on `stream`, 256-byte aligned. Null: the call takes what it
+  // needs from msdacore's default allocator (memory.hpp) and releases it on `stream`.
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
 };
 
 // The sizes of one call, read from validated inputs.
@@ -45,6 +53,23 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
                      const TensorView& level_start_index,
                      const TensorView& sampling_locations,
                      const TensorView& attention_weights);
+
+// Bytes of scratch memory a forward / backward call with these inputs and options needs
+// (Options::workspace). 0 on the CPU, whose kernels use none; on CUDA, the level table
+// for many levels, the float32 grad_value accumulator of half types and the buffers of
+// the deterministic backward. Validates the inputs as the op does.
+int64_t ms_deform_attn_forward_workspace_size(const TensorView& value,
+                                              const TensorView& spatial_shapes,
+                                              const TensorView& level_start_index,
+                                              const TensorView& sampling_locations,
+                                              const TensorView& attention_weights,
+                                              const Options& options = {});
+int64_t ms_deform_attn_backward_workspace_size(const TensorView& value,
+                                               const TensorView& spatial_shapes,
+                                               const TensorView& level_start_index,
+                                               const TensorView& sampling_locations,
+                                               const TensorView& attention_weights,
+                                               const Options& options = {});
 
 // output (N, Lq, M*D) = sum_l sum_p A * bilinear(value_l, location).
 void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_shapes,

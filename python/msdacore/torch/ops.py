@@ -1,19 +1,25 @@
 """The torch operators ``msdacore::ms_deform_attn`` and ``msdacore::ms_deform_attn_backward``.
 
-Both are ``torch.library.custom_op`` operators whose implementation is msdacore's core,
-reached through DLPack without copies. They have fake (meta) implementations, so
-``torch.compile`` traces them without graph breaks, and the forward has an autograd
-formula that calls the backward operator.
+Both are ``torch.library.custom_op`` operators whose implementation calls msdacore's core
+directly (_dispatch.py with the torch adapter): outputs and CUDA scratch come from
+torch's allocator on torch's current stream, tensors reach the core through DLPack
+without copies. They have fake (meta) implementations, so ``torch.compile`` traces them
+without graph breaks, and the forward has an autograd formula that calls the backward
+operator.
 
-Operator schemas (every tensor as in SPEC.md):
+Operator schemas (every tensor as in docs/conventions.md):
 
     msdacore::ms_deform_attn(Tensor value, Tensor spatial_shapes, Tensor level_start_index,
                              Tensor sampling_locations, Tensor attention_weights,
-                             bool align_corners) -> Tensor
+                             bool align_corners=False, bool deterministic=False) -> Tensor
     msdacore::ms_deform_attn_backward(Tensor value, Tensor spatial_shapes,
                              Tensor level_start_index, Tensor sampling_locations,
                              Tensor attention_weights, Tensor grad_output,
-                             bool align_corners) -> (Tensor, Tensor, Tensor)
+                             bool align_corners=False, bool deterministic=False)
+                             -> (Tensor, Tensor, Tensor)
+
+``deterministic`` has no effect on the forward; the forward carries it to its autograd
+backward (the CUDA backward then sums grad_value without atomics, bitwise reproducible).
 
 The Python function :func:`ms_deform_attn` is the friendly entry point: it also takes
 ``spatial_shapes`` as a list of (H, W) pairs, derives ``level_start_index`` when it is
@@ -22,38 +28,20 @@ None and applies the autocast rules.
 
 from __future__ import annotations
 
-import inspect
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-import msdacore as _msdacore
+from msdacore import _dispatch, _frameworks
 
 __all__ = ["ms_deform_attn", "level_start_index_of"]
 
 SpatialShapes = Union[Tensor, Sequence[Sequence[int]]]
 
-# The core takes the caller's CUDA stream as a keyword argument once its CUDA backend
-# accepts one; until then the call works without it.
-_CORE_TAKES_STREAM = "stream" in inspect.signature(_msdacore.ms_deform_attn).parameters
-
-
 def _host_index(t: Tensor) -> Tensor:
-    """The core reads spatial_shapes and level_start_index on the host. A CPU tensor is
-    passed as it is; a device tensor is copied (which waits for the device)."""
-    return t if t.device.type == "cpu" else t.to("cpu")
-
-
-def _core_call(fn, value: Tensor, *args, align_corners: bool):
-    """Runs a core entry point; on a GPU on the tensors' device and torch's current stream."""
-    if value.device.type != "cuda":
-        return fn(value, *args, align_corners=align_corners)
-    with torch.cuda.device(value.device):
-        kwargs = {}
-        if _CORE_TAKES_STREAM:
-            kwargs["stream"] = torch.cuda.current_stream(value.device).cuda_stream
-        return fn(value, *args, align_corners=align_corners, **kwargs)
+    """spatial_shapes / level_start_index on the host (the core reads them there)."""
+    return _frameworks.torch_framework().to_host(t)
 
 
 def _check_meta(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor) -> None:
@@ -87,15 +75,15 @@ def _check_meta(value: Tensor, sampling_locations: Tensor, attention_weights: Te
 @torch.library.custom_op("msdacore::ms_deform_attn", mutates_args=())
 def _ms_deform_attn_op(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                        sampling_locations: Tensor, attention_weights: Tensor,
-                       align_corners: bool) -> Tensor:
-    return _core_call(_msdacore.ms_deform_attn, value, _host_index(spatial_shapes),
-                      _host_index(level_start_index), sampling_locations, attention_weights,
-                      align_corners=align_corners)
+                       align_corners: bool = False, deterministic: bool = False) -> Tensor:
+    return _dispatch.forward(_frameworks.torch_framework(), value, spatial_shapes,
+                             level_start_index, sampling_locations, attention_weights,
+                             align_corners=align_corners)
 
 
 @_ms_deform_attn_op.register_fake
 def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-      align_corners):
+      align_corners=False, deterministic=False):
     _check_meta(value, sampling_locations, attention_weights)
     N, _, M, D = value.shape
     return value.new_empty((N, sampling_locations.shape[1], M * D))
@@ -109,15 +97,17 @@ def _(value, spatial_shapes, level_start_index, sampling_locations, attention_we
 def _ms_deform_attn_backward_op(value: Tensor, spatial_shapes: Tensor,
                                 level_start_index: Tensor, sampling_locations: Tensor,
                                 attention_weights: Tensor, grad_output: Tensor,
-                                align_corners: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(_core_call(_msdacore.ms_deform_attn_backward, value, _host_index(spatial_shapes),
-                            _host_index(level_start_index), sampling_locations,
-                            attention_weights, grad_output, align_corners=align_corners))
+                                align_corners: bool = False,
+                                deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    return _dispatch.backward(_frameworks.torch_framework(), value, spatial_shapes,
+                              level_start_index, sampling_locations, attention_weights,
+                              grad_output, align_corners=align_corners,
+                              deterministic=deterministic)
 
 
 @_ms_deform_attn_backward_op.register_fake
 def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-      grad_output, align_corners):
+      grad_output, align_corners=False, deterministic=False):
     _check_meta(value, sampling_locations, attention_weights)
     N, _, M, D = value.shape
     expected = (N, sampling_locations.shape[1], M * D)
@@ -135,10 +125,11 @@ def _(value, spatial_shapes, level_start_index, sampling_locations, attention_we
 
 def _setup_context(ctx, inputs, output):
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights, \
-        align_corners = inputs
+        align_corners, deterministic = inputs
     ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
                           attention_weights)
     ctx.align_corners = align_corners
+    ctx.deterministic = deterministic
 
 
 def _backward(ctx, grad_output):
@@ -146,13 +137,13 @@ def _backward(ctx, grad_output):
         ctx.saved_tensors
     needs = ctx.needs_input_grad
     if not (needs[0] or needs[3] or needs[4]):
-        return None, None, None, None, None, None
+        return None, None, None, None, None, None, None
     grad_value, grad_loc, grad_attn = _ms_deform_attn_backward_op(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        grad_output.contiguous(), ctx.align_corners)
+        grad_output.contiguous(), ctx.align_corners, ctx.deterministic)
     return (grad_value if needs[0] else None, None, None,
             grad_loc if needs[3] else None,
-            grad_attn if needs[4] else None, None)
+            grad_attn if needs[4] else None, None, None)
 
 
 _ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)
@@ -212,7 +203,7 @@ def _apply_autocast(value: Tensor, *floats: Tensor) -> tuple:
 def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
                    level_start_index: Optional[Union[Tensor, Sequence[int]]],
                    sampling_locations: Tensor, attention_weights: Tensor, *,
-                   align_corners: bool = False) -> Tensor:
+                   align_corners: bool = False, deterministic: bool = False) -> Tensor:
     """Multi-scale deformable attention with autograd, ``torch.compile`` and autocast.
 
     value               (N, S, M, D)         float tensor (T)
@@ -222,6 +213,8 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
     attention_weights   (N, Lq, M, L, P)     T
     align_corners       False: pixel = loc*size - 0.5 (Deformable DETR);
                         True: pixel = loc*(size - 1) (DAT)
+    deterministic       CUDA: the backward sums grad_value without atomics (bitwise
+                        reproducible, slower); the CPU backward always is
     returns             (N, Lq, M*D)         T, contiguous, on value's device
 
     The index arrays are read on the host: given as lists (or CPU tensors) they cost
@@ -240,4 +233,4 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
         value, sampling_locations, attention_weights)
     return _ms_deform_attn_op(value, _as_index_tensor(spatial_shapes),
                               _as_index_tensor(level_start_index), sampling_locations,
-                              attention_weights, bool(align_corners))
+                              attention_weights, bool(align_corners), bool(deterministic))

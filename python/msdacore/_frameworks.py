@@ -1,0 +1,210 @@
+"""The array frameworks msdacore's Python front end talks to, one adapter each.
+
+An adapter knows how to allocate an uninitialised contiguous array like a given one (same
+dtype and device, with the framework's own allocator and on its current stream), how to
+export an array as a DLPack capsule, what the framework's current CUDA stream is, and
+how to hand results back. The adapter is chosen by the type of `value` (isinstance
+against frameworks already imported; nothing here imports torch, CuPy or JAX).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from . import _arrays, _core
+
+
+class DLPackFramework:
+    """Any other DLPack producer (JAX, TensorFlow, ...): outputs are NumPy arrays on the
+    CPU, msdacore DeviceArrays (default allocator) on CUDA, and are returned through
+    ``from_dlpack`` of the producer's top-level module when it has one (jax.numpy for JAX),
+    else as they are."""
+
+    name = "dlpack"
+    owns_cuda_memory = False  # CUDA outputs come from msdacore's default allocator
+
+    def adopt(self, array, name):
+        """A CPU producer's array as a zero-copy NumPy array (whose shape and dtype the
+        outputs are made from); CUDA and unreadable arrays as they are (the core then
+        reports what is wrong with them)."""
+        if _arrays.device_of(array)[0] == _arrays.KDL_CUDA or not hasattr(array, "__dlpack__"):
+            return array
+        try:
+            return np.from_dlpack(array)
+        except Exception:  # noqa: BLE001 - e.g. bfloat16: the core's own error follows
+            return array
+
+    def empty(self, shape, like, stream):
+        """An uninitialised C-contiguous array of `shape`, dtype and device of `like`."""
+        kind, device = _arrays.device_of(like)
+        if kind == _arrays.KDL_CUDA:
+            return _core.cuda_empty(list(shape), _dtype_name(like), device, stream or 0)
+        return np.empty(shape, dtype=_numpy_dtype(like))
+
+    def workspace(self, nbytes, like, stream):
+        """Device scratch of `nbytes` as (keep-alive object, address); None: the core's
+        default allocator."""
+        return None
+
+    def capsule(self, array, name, stream=None):
+        """`array` (an input, or an output of empty()) as a DLPack capsule; `stream` the
+        consumer stream for CUDA arrays (None: no ordering needed)."""
+        return _arrays.to_capsule(array, name, stream)
+
+    def current_stream(self, device):
+        """The framework's current CUDA stream on `device` (a cudaStream_t), or None."""
+        return None
+
+    def to_host(self, array):
+        """An index array on the host (CUDA arrays copied)."""
+        return _arrays.host_index(array)
+
+    def wrap(self, out, like):
+        """The result as the caller's array kind."""
+        if isinstance(out, np.ndarray) or type(out).__name__ == "DeviceArray":
+            top = type(like).__module__.split(".")[0]
+            if top in ("jax", "jaxlib"):
+                module = sys.modules.get("jax.numpy")
+            else:
+                module = sys.modules.get(top)
+            from_dlpack = getattr(module, "from_dlpack", None)
+            if from_dlpack is not None and top != "numpy":
+                return from_dlpack(out)
+        return out
+
+
+class NumPyFramework(DLPackFramework):
+    name = "numpy"
+
+    def adopt(self, array, name):
+        return array
+
+    def empty(self, shape, like, stream):
+        return np.empty(shape, dtype=like.dtype)
+
+    def wrap(self, out, like):
+        return out
+
+
+class TorchFramework(DLPackFramework):
+    """torch tensors: torch.empty (torch's caching allocator, on its current stream)."""
+
+    name = "torch"
+    owns_cuda_memory = True
+
+    def __init__(self):
+        import torch  # only constructed when torch is imported already
+        from torch.utils.dlpack import to_dlpack
+        self._torch = torch
+        self._to_dlpack = to_dlpack
+
+    def empty(self, shape, like, stream):
+        return self._torch.empty(shape, dtype=like.dtype, device=like.device)
+
+    def workspace(self, nbytes, like, stream):
+        buffer = self._torch.empty(nbytes, dtype=self._torch.uint8, device=like.device)
+        return buffer, buffer.data_ptr()
+
+    def capsule(self, array, name, stream=None):
+        if not isinstance(array, self._torch.Tensor):
+            return _arrays.to_capsule(_arrays.as_array(array, name), name, stream)
+        if array.requires_grad:
+            array = array.detach()
+        # torch exports the raw data of lazily negated / conjugated views: resolve them.
+        array = array.resolve_neg().resolve_conj()
+        if stream is not None and array.device.type == "cuda":
+            return array.__dlpack__(stream=stream)
+        try:
+            return self._to_dlpack(array)
+        except (BufferError, RuntimeError, TypeError):
+            # Not exportable (a meta or other device, an unsupported dtype): the generic
+            # export raises the error that names the argument and the problem.
+            return _arrays.to_capsule(array, name, stream)
+
+    def adopt(self, array, name):
+        return array
+
+    def current_stream(self, device):
+        return _arrays.stream_handle(self._torch.cuda.current_stream(device).cuda_stream)
+
+    def to_host(self, array):
+        if isinstance(array, self._torch.Tensor):
+            # CUDA tensors are copied; others (meta, ...) go on to the export's error.
+            return array.cpu() if array.device.type == "cuda" else array
+        return array
+
+    def wrap(self, out, like):
+        return out
+
+
+class CupyFramework(DLPackFramework):
+    """CuPy arrays: cupy.empty (CuPy's memory pool, on its current stream)."""
+
+    name = "cupy"
+    owns_cuda_memory = True
+
+    def __init__(self):
+        self._cupy = sys.modules["cupy"]
+
+    def empty(self, shape, like, stream):
+        with self._cupy.cuda.Device(like.device.id):
+            return self._cupy.empty(shape, dtype=like.dtype)
+
+    def adopt(self, array, name):
+        return array
+
+    def workspace(self, nbytes, like, stream):
+        with self._cupy.cuda.Device(like.device.id):
+            buffer = self._cupy.empty(nbytes, dtype=self._cupy.uint8)
+        return buffer, buffer.data.ptr
+
+    def current_stream(self, device):
+        with self._cupy.cuda.Device(device):
+            return _arrays.stream_handle(self._cupy.cuda.get_current_stream().ptr)
+
+    def wrap(self, out, like):
+        return out
+
+
+NUMPY = NumPyFramework()
+DLPACK = DLPackFramework()
+_cache: dict = {}
+
+
+def framework_of(value) -> DLPackFramework:
+    """The adapter for `value`'s framework: NumPy, torch, CuPy, else generic DLPack."""
+    if isinstance(value, np.ndarray):
+        return NUMPY
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        return _adapter("torch", TorchFramework)
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(value, cupy.ndarray):
+        return _adapter("cupy", CupyFramework)
+    return DLPACK
+
+
+def _adapter(name, cls):
+    adapter = _cache.get(name)
+    if adapter is None:
+        adapter = _cache[name] = cls()
+    return adapter
+
+
+def torch_framework() -> TorchFramework:
+    """The torch adapter (for msdacore.torch, which imports torch)."""
+    return _adapter("torch", TorchFramework)
+
+
+def _numpy_dtype(like):
+    dtype = getattr(like, "dtype", None)
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        return np.dtype(str(dtype).split(".")[-1])
+
+
+def _dtype_name(like) -> str:
+    return str(getattr(like, "dtype", "float32")).split(".")[-1]
