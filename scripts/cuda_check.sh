@@ -7,8 +7,8 @@
 #   memcheck  compute-sanitizer --tool memcheck over the CUDA tests and a short benchmark
 #   racecheck compute-sanitizer --tool racecheck (shared-memory hazards), same runs
 #   synccheck compute-sanitizer --tool synccheck (barrier misuse), same runs
-#   bench     python -m msdacore.bench_cuda (detr-enc, detr-enc-b8, detr-dec; float32,
-#             float16, bfloat16; against grid_sample; bandwidth vs copy bandwidth)
+#   bench     python -m msdacore bench --device cuda (detr-enc, detr-enc-b8, detr-dec;
+#             float32, float16, bfloat16; against grid_sample; bandwidth vs copy bandwidth)
 #
 # Usage: scripts/cuda_check.sh [OUTDIR] [STEP ...]
 #   OUTDIR defaults to $OUT (the device tool's result folder), else ./cuda-check-out.
@@ -114,8 +114,9 @@ sanitized() {
     compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
     "$PYTHON" -m pytest -q -p no:cacheprovider -x tests/python/test_cuda.py || return $?
   MSDACORE_CUDA_SYNC=1 with_stage compute-sanitizer --tool "$tool" --error-exitcode 3 \
-    --print-limit 20 "$PYTHON" -m msdacore.bench_cuda --config detr-dec --dtype float32 \
-    --dtype bfloat16 --repeats 1 --warmup 1 --no-grid-sample --copy-bytes 16777216
+    --print-limit 20 "$PYTHON" -m msdacore bench --device cuda --config detr-dec \
+    --dtype float32 --dtype bfloat16 --repeats 1 --warmup 1 --no-grid-sample \
+    --copy-bytes 16777216
 }
 
 step_memcheck() { sanitized memcheck; }
@@ -123,7 +124,8 @@ step_racecheck() { sanitized racecheck; }
 step_synccheck() { sanitized synccheck; }
 
 step_bench() {
-  cd "$ROOT" && with_stage "$PYTHON" -m msdacore.bench_cuda --json "$OUTDIR/bench_cuda.json"
+  cd "$ROOT" && with_stage "$PYTHON" -m msdacore bench --device cuda \
+    --json "$OUTDIR/bench_cuda.json"
 }
 
 for step in $STEPS; do

@@ -18,6 +18,9 @@
                   not exist (with --append, adds a section with them at the end of a PATH
                   that has none), and leaves everything outside them as it was
 --floor PATH      the JSON written by benchmarks/floor/run.sh --json
+
+Reads the passes, their labels and the JSON schema version from msdacore.bench, so
+msdacore must be importable.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ import json
 import os
 import sys
 
+from msdacore.bench.constants import PASS_LABELS, PASSES, SCHEMA
+from msdacore.bench.report import fmt_mb, fmt_ratio
+
 BEGIN = "<!-- benchmarks:begin -->"
 END = "<!-- benchmarks:end -->"
-
-PASSES = ("forward", "forward_backward")
-PASS_LABELS = {"forward": "forward", "forward_backward": "forward+backward"}
 
 # Targets of the CPU-speed issue: minimum ratio grid_sample / msdacore, float32, 2 threads.
 TARGETS = {
@@ -55,6 +58,8 @@ def load(path: str) -> dict:
         data = json.load(f)
     if data.get("command") != "bench" or "results" not in data:
         raise SystemExit(f"{path}: not the JSON of `python -m msdacore bench --json`")
+    if data.get("schema") != SCHEMA:
+        raise SystemExit(f"{path}: JSON schema {data.get('schema')}, this script reads {SCHEMA}")
     return data
 
 
@@ -92,14 +97,6 @@ def _ms(x) -> str:
     if x is None:
         return "-"
     return f"{x:.3g}" if x < 10 else f"{x:.1f}"
-
-
-def _mb(nbytes) -> str:
-    return "-" if nbytes is None else f"{nbytes / 2**20:.1f}"
-
-
-def _ratio(x) -> str:
-    return "-" if x is None else f"{x:.1f}x"
 
 
 # ----------------------------------------------------------------------------- plots
@@ -236,8 +233,8 @@ def results_table(data: dict) -> list:
             lines.append(
                 f"| `{row['config']}` | {row['dtype']} | {row['threads']} | {PASS_LABELS[key]} "
                 f"| {_ms(ours['median_s'] * 1e3)} | {_ms(gs['median_s'] * 1e3) if gs else '-'} "
-                f"| {_ratio(row['ratios'][key])} | {_mb(ours.get('peak_rss_bytes'))} "
-                f"| {_mb(gs.get('peak_rss_bytes')) if gs else '-'} |")
+                f"| {fmt_ratio(row['ratios'][key])} | {fmt_mb(ours.get('peak_rss_bytes'))} "
+                f"| {fmt_mb(gs.get('peak_rss_bytes')) if gs else '-'} |")
     return lines
 
 
@@ -252,8 +249,8 @@ def sizes_table(data: dict) -> list:
         seen.add(key)
         s = row["sizes"]
         lines.append(f"| `{row['config']}` | {row['dtype']} | {s['samples']} "
-                     f"| {_mb(s['input_bytes'])} | {_mb(s['output_bytes'])} "
-                     f"| {_mb(s['grads_bytes'])} |")
+                     f"| {fmt_mb(s['input_bytes'])} | {fmt_mb(s['output_bytes'])} "
+                     f"| {fmt_mb(s['grads_bytes'])} |")
     return lines
 
 
@@ -271,7 +268,7 @@ def targets_table(data: dict, dtype: str = "float32", threads: int = 2) -> list:
             else:
                 mark = "met" if ratio >= targets[key] else "**not met**"
             lines.append(f"| `{name}` | {PASS_LABELS[key]} | >= {targets[key]}x "
-                         f"| {_ratio(ratio)} | {mark} |")
+                         f"| {fmt_ratio(ratio)} | {mark} |")
     return lines
 
 

@@ -7,13 +7,12 @@ demo   one SPEC configuration on realistic inputs: times msdacore forward and
        on the same inputs and prints the ratios. Exits non-zero if a check fails.
 bench  msdacore against the grid_sample composition on the SPEC configurations:
        forward and forward+backward, float32/float64, 1 and 2 threads, medians,
-       ratios and peak memory; see msdacore.bench.
+       ratios and peak memory (--device cuda: the GPU benchmark); see msdacore.bench.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,26 +20,15 @@ import time
 import numpy as np
 
 from . import bench
-from .bench import _int_at_least
-from .bench import (build_problem, cpu_model, machine_info, rel_error,  # noqa: F401
-                    time_call, time_grid_sample, time_msdacore)
+from .bench import constants
+from .bench.command import add_arguments, bounded, cmd_bench
+from .bench.cpu import demo_timings
+from .bench.problems import NUMPY_DTYPES, OP_KEYS, build_problem, rel_error, try_import_torch
+from .bench.report import machine_info, write_json
 from .configs import CONFIGS
 
 # SPEC "Numerics": max|a-b| / max|ref| against a float64 reference.
 TOLERANCES = {"float32": 5e-5, "float64": 1e-12}
-
-_DTYPES = bench.DTYPES
-_OP_KEYS = bench.OP_KEYS
-
-
-# ----------------------------------------------------------------------------- utilities
-
-def _try_import_torch():
-    return bench.try_import_torch()
-
-
-def _fmt_ms(seconds) -> str:
-    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
 
 
 # ----------------------------------------------------------------------------- checks
@@ -73,7 +61,7 @@ def check_queries(inputs: dict, grad_output, output, grads, idx, align_corners: 
 
     sliced = _slice_queries(inputs, idx)
     g_sliced = np.ascontiguousarray(grad_output[:, idx])
-    args = [sliced[k] for k in _OP_KEYS]
+    args = [sliced[k] for k in OP_KEYS]
     args64 = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in args]
 
     ref_out = reference.ms_deform_attn(*args64, align_corners=align_corners)
@@ -133,23 +121,6 @@ def _print_header(title: str, threads: int, torch) -> dict:
     return mach
 
 
-def _print_timings(repeats: int, gs_repeats, ours: dict, gs) -> dict:
-    """Prints the timing table; returns the ratios (grid_sample / msdacore)."""
-    print(f"timings (ms; median of {repeats} msdacore runs"
-          + (f", {gs_repeats} grid_sample runs" if gs else "") + ", after one warm-up)")
-    print(f"  {'':<18}{'msdacore':>12}{'grid_sample':>14}{'ratio':>10}")
-    ratios = {}
-    for key, label in (("forward", "forward"), ("forward_backward", "forward+backward")):
-        other = gs[key] if gs else None
-        ratio = other / ours[key] if gs and ours[key] > 0 else None
-        ratios[key] = ratio
-        ratio_txt = "-" if ratio is None else f"{ratio:.1f}x"
-        print(f"  {label:<18}{_fmt_ms(ours[key]):>12}{_fmt_ms(other):>14}{ratio_txt:>10}")
-    if gs:
-        print("  ratio = grid_sample time / msdacore time (higher: msdacore faster)")
-    return ratios
-
-
 def _print_checks(errors: dict, tol: float, k: int) -> bool:
     print(f"check vs float64 reference on {k} sampled queries "
           f"(max|a-b|/max|ref|, tolerance {tol:g})")
@@ -162,7 +133,8 @@ def _print_checks(errors: dict, tol: float, k: int) -> bool:
 
 
 def _gs_repeats(args) -> int:
-    return args.gs_repeats if args.gs_repeats is not None else min(args.repeats, 3)
+    return (args.gs_repeats if args.gs_repeats is not None
+            else min(args.repeats, constants.DEMO_GS_REPEATS))
 
 
 def _outside_fraction(locs) -> float:
@@ -174,14 +146,8 @@ def _outside_fraction(locs) -> float:
     return float(outside.mean()) if outside.size else 0.0
 
 
-def _write_json(path, results: dict):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    print(f"results written to {path}")
-
-
 def cmd_demo(args) -> int:
-    torch = None if args.no_grid_sample else _try_import_torch()
+    torch = None if args.no_grid_sample else try_import_torch()
     threads = _setup_threads(args.threads, torch)
     cfg = CONFIGS[args.config]
     mach = _print_header("demo", threads, torch)
@@ -194,14 +160,12 @@ def cmd_demo(args) -> int:
     print(f"inputs  : built in {time.perf_counter() - t0:.2f} s, seed {args.seed}; "
           f"{100 * outside:.2f}% of sample points outside [0, 1]")
 
-    ours = time_msdacore(inputs, grad_output, cfg.align_corners, args.repeats)
-    gs = None
     gs_repeats = _gs_repeats(args)
-    if torch is not None:
-        gs = time_grid_sample(torch, inputs, grad_output, cfg.align_corners, gs_repeats)
-    elif not args.no_grid_sample:
+    if torch is None and not args.no_grid_sample:
         print("grid_sample: torch not importable, comparison skipped")
-    ratios = _print_timings(args.repeats, gs_repeats, ours, gs)
+    ours, gs, ratios = demo_timings(inputs, grad_output, cfg.align_corners, args.repeats,
+                                   gs_repeats, torch)
+    output, (_, grads) = ours["results"]["forward"], ours["results"]["forward_backward"]
 
     results = {"command": "demo", "machine": mach, "threads": threads, "config": cfg.name,
                "dtype": args.dtype, "seed": args.seed, "repeats": args.repeats,
@@ -210,35 +174,36 @@ def cmd_demo(args) -> int:
                "grid_sample_s": {k: gs[k] for k in ("forward", "forward_backward")} if gs else None,
                "ratios": ratios}
     if gs:
-        diff = rel_error(ours["output"], gs["output"])
+        diff = rel_error(output, gs["results"]["forward"].numpy())
         results["grid_sample_forward_rel_diff"] = diff
         print(f"grid_sample vs msdacore forward, all queries: max|a-b|/max|b| = {diff:.3e}")
 
     ok = True
     if args.check_queries > 0 and cfg.Lq > 0 and cfg.N > 0:
         idx = sample_queries(cfg.Lq, args.check_queries, args.seed + 2)
-        errors = check_queries(inputs, grad_output, ours["output"], ours["grads"], idx,
-                               cfg.align_corners)
+        errors = check_queries(inputs, grad_output, output, grads, idx, cfg.align_corners)
         tol = TOLERANCES[args.dtype]
         ok = _print_checks(errors, tol, len(idx))
         results["checks"] = {"queries": len(idx), "tolerance": tol, "errors": errors, "ok": ok}
     print("result  : " + ("PASS" if ok else "FAIL"))
     results["ok"] = ok
     if args.json:
-        _write_json(args.json, results)
+        write_json(results, args.json)
     return 0 if ok else 1
 
 
 # ----------------------------------------------------------------------------- parser
 
 def _add_common(p):
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
-    p.add_argument("--threads", type=_int_at_least(1), default=None,
+    p.add_argument("--dtype", choices=sorted(NUMPY_DTYPES), default="float32")
+    p.add_argument("--threads", type=bounded(int, 1), default=None,
                    help="thread count for msdacore and torch (default: msdacore's default)")
-    p.add_argument("--repeats", type=_int_at_least(1), default=5,
-                   help="timed runs after one warm-up; the median is reported (default 5)")
-    p.add_argument("--gs-repeats", type=_int_at_least(1), default=None,
-                   help="timed runs of the grid_sample composition (default min(repeats, 3))")
+    p.add_argument("--repeats", type=bounded(int, 1), default=constants.DEMO_REPEATS,
+                   help="timed runs after one warm-up; the median is reported "
+                        f"(default {constants.DEMO_REPEATS})")
+    p.add_argument("--gs-repeats", type=bounded(int, 1), default=None,
+                   help="timed runs of the grid_sample composition (default "
+                        f"min(repeats, {constants.DEMO_GS_REPEATS}))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-grid-sample", action="store_true",
                    help="skip the grid_sample comparison even when torch is available")
@@ -256,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo = sub.add_parser("demo", help="time and check one configuration",
                             description=f"configurations: {', '.join(CONFIGS)}")
     p_demo.add_argument("--config", default="detr-enc", choices=list(CONFIGS))
-    p_demo.add_argument("--check-queries", type=_int_at_least(0), default=64,
+    p_demo.add_argument("--check-queries", type=bounded(int, 0), default=64,
                         help="queries checked against the float64 reference (0: none)")
     _add_common(p_demo)
     p_demo.set_defaults(func=cmd_demo)
@@ -264,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench = sub.add_parser("bench", help="msdacore against grid_sample on the SPEC "
                              "configurations: times, ratios, peak memory",
                              description=(bench.__doc__ or "").split("\n\n")[0])
-    bench.add_arguments(p_bench)
-    p_bench.set_defaults(func=bench.cmd_bench)
+    add_arguments(p_bench)
+    p_bench.set_defaults(func=cmd_bench)
     return parser
 
 

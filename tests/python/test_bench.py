@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from msdacore import bench
+import msdacore
+from msdacore.bench import constants, memory, timing
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PLOT_SCRIPT = ROOT / "scripts" / "plot_benchmarks.py"
@@ -40,12 +41,17 @@ def bench_json(tmp_path_factory):
 
 def test_bench_json_layout(bench_json):
     data, _ = bench_json
-    assert data["schema"] == bench.SCHEMA and data["command"] == "bench"
+    assert data["schema"] == constants.SCHEMA and data["command"] == "bench"
     assert data["command_line"].startswith("python -m msdacore bench --config dat")
     for key in ("cpu", "cores", "usable_cores", "loadavg_start", "loadavg_end"):
         assert key in data["machine"], key
     assert data["machine"]["cores"] >= 1
-    assert "cpu_isa" in data["msdacore"]["build_info"] or "version" in data["msdacore"]["build_info"]
+    # the build that ran is this one; num_threads is the only setting a call can change
+    recorded, here = data["msdacore"]["build_info"], msdacore.build_info()
+    assert recorded.keys() == here.keys()
+    assert {k: v for k, v in recorded.items() if k != "num_threads"} == {
+        k: v for k, v in here.items() if k != "num_threads"}
+    assert data["msdacore"]["version"] == msdacore.__version__
     assert data["date"]
     assert data["settings"]["repeats"] == 1 and data["settings"]["threads"] == [1, 2]
     assert [(r["config"], r["dtype"], r["threads"]) for r in data["results"]] == [
@@ -125,6 +131,42 @@ def test_bench_rejects_bad_options():
     assert run_cli("bench", "--dtype", "float16").returncode == 2
 
 
+def test_bench_cuda_says_why_it_cannot_run():
+    from msdacore.bench.cuda import cuda_unavailable_reason
+
+    reason = cuda_unavailable_reason()
+    if reason is None:
+        pytest.skip("CUDA is available here: scripts/cuda_check.sh runs the GPU benchmark")
+    res = run_cli("bench", "--device", "cuda", "--config", "detr-dec", "--repeats", "1")
+    assert res.returncode == 2 and reason in res.stderr
+
+
+def test_cuda_min_bytes_reads_inputs_and_writes_outputs_once():
+    from msdacore.bench.cuda import min_bytes
+    from msdacore.configs import CONFIGS
+
+    cfg = CONFIGS["small"]
+    value = cfg.N * cfg.S * cfg.M * cfg.D
+    samples = cfg.N * cfg.Lq * cfg.M * cfg.L * cfg.P
+    out = cfg.N * cfg.Lq * cfg.M * cfg.D
+    nbytes = min_bytes(cfg, "bfloat16")
+    assert nbytes["forward"] == 2 * (value + 3 * samples + out)
+    # backward: reads the inputs and grad_output, writes the three gradients
+    assert nbytes["forward_backward"] - nbytes["forward"] == 2 * (2 * value + 6 * samples + out)
+    assert nbytes["forward_backward_deterministic"] == nbytes["forward_backward"]
+
+
+def test_transformers_model_bench_runs():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    res = subprocess.run([sys.executable, "-m", "msdacore.bench.transformers_model",
+                          "--height", "64", "--width", "96", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "12 attention modules switched" in res.stdout
+    assert "ratio grid_sample / msdacore: forward" in res.stdout
+
+
 def test_time_call_bounds():
     calls = []
 
@@ -132,20 +174,20 @@ def test_time_call_bounds():
         calls.append(1)
         return len(calls)
 
-    median, times, result = bench.time_call(fn, repeats=3, warmup=2)
+    median, times, result = timing.time_call(fn, repeats=3, warmup=2)
     assert len(times) == 3 and len(calls) == 5 and result == 5 and median >= 0
     # max_seconds stops after two runs once the budget is spent
-    _, times, _ = bench.time_call(fn, repeats=10, warmup=0, max_seconds=1e-12)
+    _, times, _ = timing.time_call(fn, repeats=10, warmup=0, max_seconds=1e-12)
     assert len(times) == 2
     # min_seconds goes on past repeats, up to max_runs
-    _, times, _ = bench.time_call(fn, repeats=1, warmup=0, min_seconds=1e9, max_runs=7)
+    _, times, _ = timing.time_call(fn, repeats=1, warmup=0, min_seconds=1e9, max_runs=7)
     assert len(times) == 7
 
 
 def test_peak_memory_sees_an_allocation():
     import numpy as np
 
-    probe = bench.PeakMemory()
+    probe = memory.PeakMemory()
     if not probe.available:
         pytest.skip("no resettable peak resident set on this system")
     size = 64 * 2**20
