@@ -95,7 +95,7 @@ import sys
 sys.meta_path[:] = [f for f in sys.meta_path if "_editable" not in type(f).__module__]
 EOF
   with_stage "$PYTHON" -c 'import msdacore, sys; print(msdacore.__file__); print(msdacore.build_info())' || return 1
-  with_stage "$PYTHON" -c 'import msdacore, sys; i = msdacore.build_info(); sys.exit(0 if i["cuda_kernels"] and i["cuda_devices"] > 0 else "no CUDA kernels or no device")'
+  with_stage "$PYTHON" -c 'import msdacore, sys; i = msdacore.build_info(); sys.exit(0 if i["cuda_kernels"] and msdacore.cuda_device_count() > 0 else "no CUDA kernels or no device")'
 }
 
 step_ctest() { ctest --test-dir "$BUILD_DIR" --output-on-failure; }

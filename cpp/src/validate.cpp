@@ -1,4 +1,4 @@
-// Argument validation: devices, dtypes, shapes and the index arrays (SPEC "Errors").
+// Argument validation: devices, dtypes, shapes and the index arrays (docs/conventions.md, "Errors").
 // Checks run in that order, so index arrays are only read once they are known to be
 // host integer arrays of the right shape.
 #include "validate.hpp"

@@ -65,7 +65,7 @@ int main(void) {
     return 1;
   }
 
-  /* The reference: bilinear samples with zero padding (SPEC.md, align_corners = 0). */
+  /* The reference: bilinear samples with zero padding (docs/conventions.md, align_corners = 0). */
   for (q = 0; q < LQ; ++q)
     for (m = 0; m < M; ++m)
       for (lv = 0; lv < L; ++lv)

@@ -1,6 +1,6 @@
 // Multi-scale deformable attention from a C++ application, with no Python anywhere:
 // forward and backward on a small Deformable-DETR-like configuration in float32, checked
-// against a plain double reference of the formulas in SPEC.md. Exits 1 on a mismatch.
+// against a plain double reference of the formulas in docs/conventions.md. Exits 1 on a mismatch.
 #include <msdacore/msdacore.hpp>
 
 #include <cmath>
@@ -19,7 +19,7 @@ struct Reference {
   std::vector<double> out, grad_value, grad_loc, grad_attn;
 };
 
-// The SPEC formulas, written plainly in double.
+// The formulas of docs/conventions.md, written plainly in double.
 Reference reference(const std::vector<float>& value, const std::vector<float>& loc,
                     const std::vector<float>& attn, const std::vector<float>& grad_out,
                     int64_t S, const std::vector<int64_t>& starts) {
@@ -68,7 +68,7 @@ Reference reference(const std::vector<float>& value, const std::vector<float>& l
   return r;
 }
 
-// max|got - ref| / max|ref|, printed; false above the float32 tolerance of SPEC.md.
+// max|got - ref| / max|ref|, printed; false above the float32 tolerance of docs/conventions.md.
 bool close(const char* name, const std::vector<float>& got, const std::vector<double>& ref) {
   double err = 0, scale = 0;
   for (size_t i = 0; i < ref.size(); ++i) {

@@ -22,6 +22,9 @@ _INDEX_ARGS = ("spatial_shapes", "level_start_index")
 def _normalized_numpy(array: np.ndarray) -> np.ndarray:
     """A NumPy array DLPack can export: native byte order, aligned, strides in whole
     elements (copied when it is not)."""
+    flags = array.flags
+    if flags.c_contiguous and flags.aligned and array.dtype.isnative:
+        return array  # the common case, checked first
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     if not array.flags.aligned:

@@ -25,16 +25,17 @@ class DLPackFramework:
     name = "dlpack"
     owns_cuda_memory = False  # CUDA outputs come from msdacore's default allocator
 
-    def adopt(self, array, name):
-        """A CPU producer's array as a zero-copy NumPy array (whose shape and dtype the
-        outputs are made from); CUDA and unreadable arrays as they are (the core then
-        reports what is wrong with them)."""
-        if _arrays.device_of(array)[0] == _arrays.KDL_CUDA or not hasattr(array, "__dlpack__"):
-            return array
-        try:
-            return np.from_dlpack(array)
-        except Exception:  # noqa: BLE001 - e.g. bfloat16: the core's own error follows
-            return array
+    def prepare(self, array, name):
+        """An argument ready for export (_arrays.as_array); a CPU producer's array becomes
+        a zero-copy NumPy array (whose shape and dtype the outputs are made from); CUDA and
+        unreadable arrays stay as they are (the core then reports what is wrong)."""
+        if (hasattr(array, "__dlpack__") and not isinstance(array, np.ndarray)
+                and _arrays.device_of(array)[0] != _arrays.KDL_CUDA):
+            try:
+                array = np.from_dlpack(array)
+            except Exception:  # noqa: BLE001 - e.g. bfloat16: the core's own error follows
+                pass
+        return _arrays.as_array(array, name)
 
     def empty(self, shape, like, stream):
         """An uninitialised C-contiguous array of `shape`, dtype and device of `like`."""
@@ -52,6 +53,10 @@ class DLPackFramework:
         """`array` (an input, or an output of empty()) as a DLPack capsule; `stream` the
         consumer stream for CUDA arrays (None: no ordering needed)."""
         return _arrays.to_capsule(array, name, stream)
+
+    def capsule_list(self, arrays, names):
+        """capsule() of each array (no stream ordering)."""
+        return [self.capsule(a, n) for a, n in zip(arrays, names)]
 
     def current_stream(self, device):
         """The framework's current CUDA stream on `device` (a cudaStream_t), or None."""
@@ -78,8 +83,8 @@ class DLPackFramework:
 class NumPyFramework(DLPackFramework):
     name = "numpy"
 
-    def adopt(self, array, name):
-        return array
+    def prepare(self, array, name):
+        return _arrays.as_array(array, name)
 
     def empty(self, shape, like, stream):
         return np.empty(shape, dtype=like.dtype)
@@ -109,7 +114,7 @@ class TorchFramework(DLPackFramework):
 
     def capsule(self, array, name, stream=None):
         if not isinstance(array, self._torch.Tensor):
-            return _arrays.to_capsule(_arrays.as_array(array, name), name, stream)
+            return _arrays.to_capsule(array, name, stream)
         if array.requires_grad:
             array = array.detach()
         # torch exports the raw data of lazily negated / conjugated views: resolve them.
@@ -123,8 +128,9 @@ class TorchFramework(DLPackFramework):
             # export raises the error that names the argument and the problem.
             return _arrays.to_capsule(array, name, stream)
 
-    def adopt(self, array, name):
-        return array
+    def prepare(self, array, name):
+        # Tensors are exported as they are (capsule() resolves views); others as usual.
+        return array if isinstance(array, self._torch.Tensor) else _arrays.as_array(array, name)
 
     def current_stream(self, device):
         return _arrays.stream_handle(self._torch.cuda.current_stream(device).cuda_stream)
@@ -152,8 +158,8 @@ class CupyFramework(DLPackFramework):
         with self._cupy.cuda.Device(like.device.id):
             return self._cupy.empty(shape, dtype=like.dtype)
 
-    def adopt(self, array, name):
-        return array
+    def prepare(self, array, name):
+        return _arrays.as_array(array, name)
 
     def workspace(self, nbytes, like, stream):
         with self._cupy.cuda.Device(like.device.id):

@@ -1,11 +1,11 @@
 """Command line: ``python -m msdacore {info,demo,bench}``.
 
 info   build information, one key per line.
-demo   one SPEC configuration on realistic inputs: times msdacore forward and
+demo   one benchmark configuration on realistic inputs: times msdacore forward and
        forward+backward, checks a sample of queries against the float64 NumPy
        reference, and (when torch is importable) times the grid_sample composition
        on the same inputs and prints the ratios. Exits non-zero if a check fails.
-bench  msdacore against the grid_sample composition on the SPEC configurations:
+bench  msdacore against the grid_sample composition on the benchmark configurations:
        forward and forward+backward, float32/float64, 1 and 2 threads, medians,
        ratios and peak memory (--device cuda: the GPU benchmark); see msdacore.bench.
 """
@@ -27,7 +27,7 @@ from .bench.problems import NUMPY_DTYPES, OP_KEYS, build_problem, rel_error, try
 from .bench.report import machine_info, write_json
 from .configs import CONFIGS
 
-# SPEC "Numerics": max|a-b| / max|ref| against a float64 reference.
+# docs/conventions.md, "Numerics": max|a-b| / max|ref| against a float64 reference.
 TOLERANCES = {"float32": 5e-5, "float64": 1e-12}
 
 
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p_demo)
     p_demo.set_defaults(func=cmd_demo)
 
-    p_bench = sub.add_parser("bench", help="msdacore against grid_sample on the SPEC "
+    p_bench = sub.add_parser("bench", help="msdacore against grid_sample on the benchmark "
                              "configurations: times, ratios, peak memory",
                              description=(bench.__doc__ or "").split("\n\n")[0])
     add_arguments(p_bench)

@@ -1,8 +1,8 @@
-"""The SPEC benchmark configurations and realistic inputs for them.
+"""The benchmark configurations (docs/benchmarks.md) and realistic inputs for them.
 
 Every benchmark, test and document names its work by one of these configurations
 so that numbers are comparable. ``make_inputs`` builds the "realistic inputs" of
-SPEC.md: reference points plus per-head ring offsets and noise, so queries near
+docs/conventions.md: reference points plus per-head ring offsets and noise, so queries near
 the borders sample outside [0, 1], and softmax attention weights. Never zeros.
 
 NumPy only; no torch needed.
@@ -27,7 +27,7 @@ _REFERENCE_KINDS = ("tokens", "uniform", "grid")
 
 @dataclass(frozen=True)
 class Config:
-    """One benchmark configuration (SPEC "Benchmark configurations").
+    """One benchmark configuration (docs/benchmarks.md, "Configurations").
 
     levels is a tuple of (H, W) per level; Lq is resolved (S for encoder configs).
     """

@@ -2,7 +2,7 @@
 
 This is how models compute the op without a custom kernel: one grid_sample per
 level, then a weighted sum. It is the baseline msdacore is compared against, and a
-second, independent implementation of SPEC.md for align_corners False and True.
+second, independent implementation of docs/conventions.md for align_corners False and True.
 torch is imported inside the function so the package imports without it.
 """
 
@@ -28,7 +28,7 @@ def ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attent
     attention_weights   (N, Lq, M, L, P)      same dtype
     returns             (N, Lq, M*D)          same dtype, contiguous
 
-    Bilinear, zero padding; align_corners selects the pixel convention of SPEC.md.
+    Bilinear, zero padding; align_corners selects the pixel convention of docs/conventions.md.
     """
     import torch
     import torch.nn.functional as F

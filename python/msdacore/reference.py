@@ -1,11 +1,11 @@
 """Plain float64 NumPy reference of multi-scale deformable attention.
 
-Written directly from the operator contract (SPEC.md), independently of the C++
+Written directly from the operator contract (docs/conventions.md), independently of the C++
 kernels, so that tests and the demo can check the library against it. Needs only
 NumPy. Every input is converted to float64 (index arrays to int64) and every
 result is float64, whatever the input dtype.
 
-Shapes (see SPEC.md):
+Shapes (see docs/conventions.md):
 
     value               (N, S, M, D)            float
     spatial_shapes      (L, 2) rows (H_l, W_l)  int, each >= 1
@@ -65,7 +65,7 @@ def _prepare(value, spatial_shapes, level_start_index, sampling_locations, atten
 
 
 def _sample_level(value_l, H, W, loc_l, align_corners):
-    """Bilinear sampling of one level, following SPEC.md literally.
+    """Bilinear sampling of one level, following docs/conventions.md literally.
 
     value_l: (N, H*W, M, D) float64; loc_l: (N, Lq, M, P, 2) float64.
     Returns (valid, (hh, hw, lh, lw), corners), where valid and the four weights

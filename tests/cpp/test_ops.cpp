@@ -1,7 +1,7 @@
-// C++ tests of the public op API against a plain double reference written from SPEC.md
+// C++ tests of the public op API against a plain double reference written from docs/conventions.md
 // (not from detail/bilinear.hpp): forward and backward on several configurations, both
 // align_corners, float32 and float64, strided inputs, NaN / infinite / outside
-// locations, empty batches; the exact error messages of a few SPEC cases; bitwise
+// locations, empty batches; the exact error messages of a few documented cases; bitwise
 // determinism across thread counts; concurrent calls; the C API's thread-local error.
 #include <cmath>
 #include <cstdio>
@@ -377,7 +377,7 @@ struct Run {
   std::vector<float> out, gv, gl, ga;
 };
 
-// The `small`-like configuration of SPEC (fewer queries), float32.
+// The `small`-like configuration of docs/benchmarks.md (fewer queries), float32.
 struct ThreadProblem {
   Config c{"threads", 2, 300, 4, 19, 4, {{32, 32}, {16, 16}, {8, 8}, {4, 4}}, false};
   Inputs in = make_inputs(c, 99);

@@ -14,7 +14,7 @@
  *   msdacore_version()              "0.1.0" (the library's; MSDACORE_VERSION_* are the headers')
  *   msdacore_set_num_threads() / msdacore_get_num_threads()   CPU threads of later calls
  *
- * Shapes and dtypes are those of ops.hpp (SPEC.md): N batch, S = sum_l H_l*W_l tokens,
+ * Shapes and dtypes are those of ops.hpp (docs/conventions.md): N batch, S = sum_l H_l*W_l tokens,
  * M heads, D channels per head, Lq queries, L levels, P points per level.
  *   value               (N, S, M, D)          float32 | float64 (T), any strides
  *   spatial_shapes      (L, 2) rows (H_l, W_l) int32 | int64, on the CPU

@@ -6,7 +6,7 @@ One harness for every timing msdacore does, each module with one job:
 - ``timing``: wall-clock and CUDA-event timing, the statistics of a measurement;
 - ``memory``: peak resident-set increase of one call (Linux);
 - ``report``: the machine's description, the JSON envelope and its writing, table cells;
-- ``problems``: SPEC inputs for a configuration and the callables being timed
+- ``problems``: realistic inputs for a configuration and the callables being timed
   (msdacore and the grid_sample composition);
 - ``cpu``: ``python -m msdacore bench`` (CPU) and the timings of ``python -m msdacore demo``;
 - ``cuda``: ``python -m msdacore bench --device cuda``;
@@ -16,6 +16,6 @@ One harness for every timing msdacore does, each module with one job:
 
 msdacore and the grid_sample composition (msdacore.grid_sample) run in the same process,
 on the same inputs and with the same thread count. Absolute times on a shared machine
-drift from run to run; the ratios, measured side by side, are the stable quantity (SPEC
+drift from run to run; the ratios, measured side by side, are the stable quantity (docs/benchmarks.md
 "Benchmark configurations"). Nothing here needs torch at import time.
 """

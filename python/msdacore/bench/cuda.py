@@ -3,7 +3,7 @@
 Times msdacore's CUDA kernels against the grid_sample composition (msdacore.grid_sample)
 on the same GPU, in the same run, on the same torch CUDA inputs:
 
-- configurations ``detr-enc``, ``detr-enc-b8``, ``detr-dec`` (SPEC), dtypes float32,
+- configurations ``detr-enc``, ``detr-enc-b8``, ``detr-dec`` (docs/benchmarks.md), dtypes float32,
   float16, bfloat16; passes forward, forward+backward (atomic grad_value) and
   forward+backward with ``deterministic=True``; grid_sample forward under no_grad and
   forward+backward through autograd;
@@ -50,8 +50,7 @@ def cuda_unavailable_reason():
         return "torch is not installed (the CUDA benchmark uses torch CUDA tensors)"
     if not torch.cuda.is_available():
         return f"torch {torch.__version__} has no CUDA support or sees no device"
-    device_count = getattr(msdacore, "cuda_device_count", None)
-    if device_count is not None and device_count() == 0:
+    if msdacore.cuda_device_count() == 0:
         return "no CUDA device is visible"
     return None
 

@@ -1,4 +1,4 @@
-"""The work being timed: SPEC inputs for a configuration, their sizes, and the callables
+"""The work being timed: realistic inputs for a configuration, their sizes, and the callables
 that run msdacore and the grid_sample composition on them."""
 
 from __future__ import annotations

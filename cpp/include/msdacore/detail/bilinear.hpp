@@ -1,4 +1,4 @@
-// msdacore/detail/bilinear.hpp: the bilinear sample of SPEC.md, its corner weights and
+// msdacore/detail/bilinear.hpp: the bilinear sample of docs/conventions.md, its corner weights and
 // its derivatives, in one place for every backend. Host+device inline functions: the
 // CPU kernels and the CUDA kernels include this header and compute the same math.
 //
@@ -48,7 +48,7 @@ MSDACORE_HD Level<T> make_level(int64_t H, int64_t W, bool align_corners) {
 
 // Pixel coordinate of normalized `loc` along an axis with the given scale:
 // loc*W - 0.5 (x) or loc*H - 0.5 (y); with align_corners loc*(W-1) - 0, where subtracting
-// the zero changes nothing, so the result is the rounded product loc*(W-1) as SPEC writes.
+// the zero changes nothing, so the result is the rounded product loc*(W-1) as docs/conventions.md writes.
 template <typename T>
 MSDACORE_HD T pixel_coord(T loc, T scale, T shift) {
   return loc * scale - shift;
