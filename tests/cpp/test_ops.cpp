@@ -4,6 +4,7 @@
 // locations, empty batches; the exact error messages of a few documented cases; bitwise
 // determinism across thread counts; concurrent calls; the C API's thread-local error.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -454,6 +455,66 @@ void test_c_api_thread_local_error() {
   CHECK_EQ_STR(msdacore_last_error(), "");
 }
 
+// Workspace sizes and the caller's workspace on the CPU; the default allocator.
+void test_workspace_and_memory() {
+  const int64_t N = 1, Lq = 3, M = 2, D = 4, L = 1, P = 2, H = 3, W = 4, S = H * W;
+  std::vector<float> value(N * S * M * D, 0.5f), loc(N * Lq * M * L * P * 2, 0.4f),
+      attn(N * Lq * M * L * P, 1.0f), out(N * Lq * M * D), out2(N * Lq * M * D);
+  int64_t shapes[2] = {H, W}, starts[1] = {0};
+  const TensorView v(value.data(), {N, S, M, D}, DType::Float32),
+      ss(shapes, {L, 2}, DType::Int64), lsi(starts, {L}, DType::Int64),
+      l(loc.data(), {N, Lq, M, L, P, 2}, DType::Float32),
+      a(attn.data(), {N, Lq, M, L, P}, DType::Float32);
+  msdacore::Options options;
+  CHECK(msdacore::ms_deform_attn_forward_workspace_size(v, ss, lsi, l, a, options) == 0);
+  options.deterministic = true;
+  CHECK(msdacore::ms_deform_attn_backward_workspace_size(v, ss, lsi, l, a, options) == 0);
+  // The size query validates like the op.
+  CHECK(message_of<msdacore::ShapeError>([&] {
+          msdacore::ms_deform_attn_forward_workspace_size(
+              v, ss, lsi, TensorView(loc.data(), {N, Lq, M, L, P}, DType::Float32), a);
+        }).find("sampling_locations must have shape") != std::string::npos);
+
+  // A caller's workspace (aligned) changes nothing; a misaligned one is refused.
+  msdacore::Buffer scratch(msdacore::Device{}, 1024);
+  CHECK(scratch.data() != nullptr && reinterpret_cast<uintptr_t>(scratch.data()) % 64 == 0);
+  msdacore::ms_deform_attn_forward(v, ss, lsi, l, a, TensorView(out.data(), {N, Lq, M * D},
+                                                                DType::Float32));
+  msdacore::Options with_workspace;
+  with_workspace.workspace_bytes = 1024;
+  std::vector<char> aligned(4096);
+  void* p256 = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(aligned.data()) + 255) /
+                                       256 * 256);
+  with_workspace.workspace = p256;
+  msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
+                                   TensorView(out2.data(), {N, Lq, M * D}, DType::Float32),
+                                   with_workspace);
+  CHECK(out == out2);
+  with_workspace.workspace = static_cast<char*>(p256) + 8;
+  CHECK(message_of<msdacore::Error>([&] {
+          msdacore::ms_deform_attn_forward(
+              v, ss, lsi, l, a, TensorView(out2.data(), {N, Lq, M * D}, DType::Float32),
+              with_workspace);
+        }).find("256-byte aligned") != std::string::npos);
+
+  // The default allocator: host memory, moved and released once; devices of this build.
+  msdacore::Buffer empty(msdacore::Device{}, 0);
+  CHECK(empty.data() != nullptr);
+  msdacore::Buffer moved = std::move(empty);
+  CHECK(moved.data() != nullptr && empty.data() == nullptr);
+  CHECK(message_of<msdacore::Error>([] { msdacore::allocate(msdacore::Device{}, -1); })
+            .find("bytes must be >= 0") != std::string::npos);
+  if (!msdacore::build_info().cuda_compiled) {
+    CHECK(msdacore::cuda_device_count() == 0);
+    CHECK(message_of<msdacore::DeviceError>([] {
+            msdacore::allocate(msdacore::Device{msdacore::DeviceType::CUDA, 0}, 16);
+          }).find("not supported by this build") != std::string::npos);
+    CHECK(message_of<msdacore::DeviceError>([] {
+            msdacore::cuda_synchronize(0, nullptr);
+          }).find("without CUDA") != std::string::npos);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -462,6 +523,7 @@ int main() {
   test_error_messages();
   test_thread_determinism();
   test_c_api_thread_local_error();
+  test_workspace_and_memory();
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;
