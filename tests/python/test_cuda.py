@@ -1,389 +1,160 @@
-"""The CUDA backend.
+"""CUDA behaviour with no CPU counterpart. The operator's numbers on CUDA (every dtype,
+both align_corners values, both backward modes, strided inputs, many levels, any D, empty
+problems) are checked with the CPU's in test_ops.py, parametrised over device and dtype.
 
-GPU tests (skipped, with the reason, unless msdacore was built with CUDA kernels, a CUDA
-device is visible and torch has CUDA): CUDA against the CPU backend and the float64
-reference for every dtype with SPEC tolerances, both align_corners values, both backward
-modes; the deterministic backward bitwise reproducible; strided inputs, many levels,
-any D, empty problems; results of the input's kind on the input's device (also on a
-second GPU); the stream argument; inputs on different devices.
+GPU tests (marker ``cuda``: skipped with the reason where no GPU is visible, failed where
+one is visible but msdacore or torch cannot use it, see conftest.py): the deterministic
+backward bitwise reproducible; results of the input's kind on the input's device (also on
+a second GPU, or as DeviceArray for an unknown producer, or CuPy arrays); the stream
+argument; index arrays on the device; inputs on different devices.
 
-CPU-side tests (run everywhere): the stream and deterministic keywords on the CPU, the
-CUDA keys of build_info(), stream-argument parsing, and a fake DLPack producer that claims
-to be on a CUDA device, which must give the SPEC ValueError (no kernels in this build, no
-device visible, or memory that is not CUDA memory) and never a crash.
+CPU-side tests (run everywhere): the stream keyword on the CPU, the CUDA keys of
+build_info(), stream-argument parsing, the verdicts of conftest's CUDA check, and a fake
+DLPack producer that claims to be on a CUDA device, which must give the SPEC ValueError
+(no kernels in this build, no device visible, or memory that is not CUDA memory) and
+never a crash.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
-import os
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import msdacore
-from msdacore import _arrays
-from strategies import (
-    Case,
-    assert_close,
-    away_from_integers,
-    backward_args,
-    cases,
-    forward_args,
-    load_reference,
-    make_inputs,
-    term_scales,
+from conftest import NO_CUDA_ENV, cuda_device_count, cuda_verdict
+from devices import (
+    FLOATS,
+    NAMES,
+    assert_results_close,
+    assert_same_bits,
+    backward,
+    check_kind,
+    contended_inputs,
+    forward,
+    place,
+    rounded,
+    run,
 )
-
-ref = load_reference()
-INFO = msdacore.build_info()
+from msdacore import _arrays
+from strategies import Case, backward_args, cases, forward_args, make_inputs
 
 try:
     import torch
 except ImportError:  # the CPU-side tests below do not need it
     torch = None
 
-
-def _gpu_skip_reason():
-    if not INFO.get("cuda_kernels"):
-        return ("msdacore was built without CUDA kernels (build_info()['cuda_kernels'] is "
-                "False): build with a CUDA compiler on the PATH")
-    if INFO.get("cuda_devices", 0) == 0:
-        return "no CUDA device is visible to this process (build_info()['cuda_devices'] == 0)"
-    if torch is None:
-        return "torch is not installed (the GPU tests use torch CUDA tensors)"
-    if not torch.cuda.is_available():
-        return f"torch {torch.__version__} has no CUDA support or sees no CUDA device"
-    return None
+cuda = pytest.mark.cuda
 
 
-GPU_SKIP = _gpu_skip_reason()
-
-# MSDACORE_CUDA_TEST_EXAMPLES=k caps the hypothesis examples of the GPU property tests
-# (scripts/cuda_check.sh sets it under compute-sanitizer, which is slow).
-_EXAMPLES = int(os.environ.get("MSDACORE_CUDA_TEST_EXAMPLES", "0") or 0)
-
-
-def _examples(test):
-    return settings(max_examples=_EXAMPLES)(test) if _EXAMPLES > 0 else test
-
-needs_gpu = pytest.mark.skipif(GPU_SKIP is not None, reason=GPU_SKIP or "")
-
-# SPEC tolerances, max|a - b| / max|ref|.
-TOL = {"float64": 1e-12, "float32": 5e-5, "float16": 1e-2, "bfloat16": 5e-2}
-NAMES = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
-FLOATS = ("value", "sampling_locations", "attention_weights", "grad_output")
+def _small(seed, **changes):
+    """A small float64 problem without special locations."""
+    fields = dict(N=1, levels=((5, 4), (2, 2)), M=2, D=8, P=2, Lq=6, align_corners=False,
+                  dtype=np.float64, seed=seed, special_fraction=0.0, nonfinite_fraction=0.0)
+    fields.update(changes)
+    case = Case(**fields)
+    return case, make_inputs(case)
 
 
-# ----------------------------------------------------------------------------- helpers
-
-def _torch_dtype(name):
-    return getattr(torch, name)
-
-
-def _to_gpu(inputs, dtype_name, device="cuda"):
-    """Float arrays as torch tensors of dtype_name on device; index arrays stay NumPy."""
-    out = {}
-    for key, val in inputs.items():
-        if key in FLOATS:
-            out[key] = torch.from_numpy(np.ascontiguousarray(val)).to(
-                device=device, dtype=_torch_dtype(dtype_name))
-        else:
-            out[key] = val
-    return out
-
-
-def _np64(t):
-    return t.detach().to(device="cpu", dtype=torch.float64).numpy()
-
-
-def _rounded_inputs(gpu_inputs, inputs):
-    """The float64 values the GPU computes on (after rounding to its dtype)."""
-    out = dict(inputs)
-    for key in FLOATS:
-        out[key] = _np64(gpu_inputs[key])
-    return out
-
-
-def _gpu_results(g, align_corners, deterministic=False):
-    out = msdacore.ms_deform_attn(*forward_args(g), align_corners=align_corners)
-    grads = msdacore.ms_deform_attn_backward(*backward_args(g), align_corners=align_corners,
-                                             deterministic=deterministic)
-    return (out,) + tuple(grads)
-
-
-def _check_kind(results, g, dtype_name):
-    device = g["value"].device
-    for name, r in zip(NAMES, results):
-        assert isinstance(r, torch.Tensor), f"{name}: {type(r)}"
-        assert r.device == device, f"{name} on {r.device}, expected {device}"
-        assert r.dtype == _torch_dtype(dtype_name), f"{name}: {r.dtype}"
-        assert r.is_contiguous(), name
-
-
-def _compare(results, expected, inputs64, levels, align_corners, dtype_name, what):
-    """results (torch) against expected (arrays, float64 or the CPU backend's) with the
-    SPEC tolerance of dtype_name; float32-or-lower comparisons get the term-size floor and
-    skip location gradients at near-integer pixel coordinates (where the cell floor()
-    picks legitimately differs between precisions)."""
-    exact = dtype_name == "float64"
-    floors = {k: 0.0 for k in NAMES} if exact else term_scales(inputs64)
-    keep = None if exact else away_from_integers(inputs64["sampling_locations"], levels,
-                                                 align_corners)
-    for name, got, exp in zip(NAMES, results, expected):
-        got64 = _np64(got)
-        mask = keep if name == "grad_sampling_locations" else None
-        assert_close(got64, np.asarray(exp, dtype=np.float64), np.float64, f"{what} {name}",
-                     mask=mask, tol=TOL[dtype_name], floor=floors[name])
-
-
-def _reference(inputs64, align_corners):
-    out = ref.ms_deform_attn(*forward_args(inputs64), align_corners=align_corners)
-    grads = ref.ms_deform_attn_backward(*backward_args(inputs64), align_corners=align_corners)
-    return (out,) + tuple(grads)
-
-
-def _cpu(inputs, align_corners):
-    out = msdacore.ms_deform_attn(*forward_args(inputs), align_corners=align_corners)
-    grads = msdacore.ms_deform_attn_backward(*backward_args(inputs), align_corners=align_corners)
-    return (out,) + tuple(grads)
+def _assert_float32_close(got, inputs, align_corners=False, which="forward"):
+    """got (a device's results) close, at the float32 tolerance, to the CPU backend's."""
+    inputs32 = place(inputs, "cpu", "float32")
+    levels = tuple(map(tuple, inputs["spatial_shapes"].tolist()))
+    assert_results_close(got, run(inputs32, align_corners, which=which), rounded(inputs32),
+                         levels, align_corners, "float32", names=NAMES[which])
 
 
 # ----------------------------------------------------------------------------- GPU tests
 
-@needs_gpu
-@_examples
-@given(case=cases(max_D=70, dtypes=(np.float32, np.float64)), deterministic=st.booleans())
-def test_cuda_matches_cpu_and_reference(case, deterministic):
-    inputs = make_inputs(case)
-    name = np.dtype(case.dtype).name
-    g = _to_gpu(inputs, name)
-    results = _gpu_results(g, case.align_corners, deterministic)
-    _check_kind(results, g, name)
-    _compare(results, _cpu(inputs, case.align_corners), inputs, case.levels, case.align_corners,
-             name, "CUDA vs CPU:")
-    inputs64 = {k: (v.astype(np.float64) if k in FLOATS else v) for k, v in inputs.items()}
-    _compare(results, _reference(inputs64, case.align_corners), inputs64, case.levels,
-             case.align_corners, name, "CUDA vs reference:")
-
-
-@needs_gpu
-@_examples
-@given(case=cases(max_D=70, dtypes=(np.float32,)),
-       dtype_name=st.sampled_from(("float16", "bfloat16")), deterministic=st.booleans())
-def test_cuda_half_types_match_reference(case, dtype_name, deterministic):
-    inputs = make_inputs(case)
-    g = _to_gpu(inputs, dtype_name)
-    results = _gpu_results(g, case.align_corners, deterministic)
-    _check_kind(results, g, dtype_name)
-    inputs64 = _rounded_inputs(g, inputs)
-    _compare(results, _reference(inputs64, case.align_corners), inputs64, case.levels,
-             case.align_corners, dtype_name, "CUDA vs reference:")
-
-
-def _contended_case(dtype=np.float32, seed=5):
-    """Many samples on few cells: the worst case for the order of atomic additions."""
-    case = Case(N=2, levels=((6, 7), (3, 3)), M=2, D=40, P=4, Lq=600, align_corners=False,
-                dtype=dtype, seed=seed, special_fraction=0.1, nonfinite_fraction=0.0)
-    inputs = make_inputs(case)
-    rng = np.random.default_rng(seed)
-    loc = rng.uniform(0.3, 0.7, inputs["sampling_locations"].shape)
-    inputs["sampling_locations"] = loc.astype(dtype)
-    return case, inputs
-
-
-@needs_gpu
-@pytest.mark.parametrize("dtype_name", ["float32", "float64", "float16", "bfloat16"])
-def test_deterministic_backward_is_bitwise_reproducible(dtype_name):
-    case, inputs = _contended_case()
-    g = _to_gpu(inputs, dtype_name)
-    runs = [msdacore.ms_deform_attn_backward(*backward_args(g), deterministic=True)
-            for _ in range(3)]
+@cuda
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_deterministic_backward_is_bitwise_reproducible(dtype):
+    """The deterministic mode, bitwise, run to run; in the atomic mode the location and
+    weight gradients too (reduced in a fixed shuffle order). That the two modes agree is
+    test_ops.py::test_deterministic_keyword."""
+    _, inputs = contended_inputs()
+    g = place(inputs, "cuda", dtype)
+    runs = [backward(g, deterministic=True) for _ in range(3)]
     for other in runs[1:]:
-        for name, a, b in zip(NAMES[1:], runs[0], other):
-            assert torch.equal(a, b), f"{name} differs between deterministic runs"
-    # The atomic mode agrees within the tolerance, and its location and weight gradients
-    # (reduced with a fixed shuffle order) are reproducible too.
-    atomic = [msdacore.ms_deform_attn_backward(*backward_args(g)) for _ in range(2)]
-    assert torch.equal(atomic[0][1], atomic[1][1])
-    assert torch.equal(atomic[0][2], atomic[1][2])
-    assert torch.equal(atomic[0][1], runs[0][1])
-    assert torch.equal(atomic[0][2], runs[0][2])
-    scale = float(runs[0][0].abs().max().float())
-    diff = float((atomic[0][0].float() - runs[0][0].float()).abs().max())
-    assert diff <= TOL[dtype_name] * scale
+        assert_same_bits(runs[0], other, "deterministic runs")
+    atomic = [backward(g) for _ in range(2)]
+    assert_same_bits(atomic[0][1:], atomic[1][1:], "atomic runs' location and weight gradients")
 
 
-@needs_gpu
-def test_forward_is_reproducible():
-    _, inputs = _contended_case()
-    g = _to_gpu(inputs, "float32")
-    a = msdacore.ms_deform_attn(*forward_args(g))
-    b = msdacore.ms_deform_attn(*forward_args(g))
-    assert torch.equal(a, b)
-
-
-@needs_gpu
-@pytest.mark.parametrize("deterministic", [False, True])
-@pytest.mark.parametrize("layout", ["value_strided", "all_strided", "misaligned"])
-def test_strided_inputs(layout, deterministic):
-    case = Case(N=2, levels=((5, 6), (3, 4)), M=3, D=16, P=3, Lq=11, align_corners=True,
-                dtype=np.float32, seed=3, special_fraction=0.1, nonfinite_fraction=0.05)
-    inputs = make_inputs(case)
-    g = _to_gpu(inputs, "float32")
-    if layout == "misaligned":
-        # A view starting one element into its storage: no 16-byte vector loads.
-        v = g["value"]
-        flat = torch.empty(v.numel() + 1, device=v.device, dtype=v.dtype)
-        flat[1:] = v.reshape(-1)
-        g["value"] = flat[1:].view(v.shape)
-        assert g["value"].data_ptr() % 16 != 0
-    else:
-        # value as a (N, M, S, D) tensor transposed to (N, S, M, D).
-        g["value"] = g["value"].transpose(1, 2).contiguous().transpose(1, 2)
-        assert not g["value"].is_contiguous()
-    if layout == "all_strided":
-        for key in ("sampling_locations", "attention_weights", "grad_output"):
-            t = g[key]
-            g[key] = torch.stack([t, t], dim=-1)[..., 0]  # every stride doubled
-            assert not g[key].is_contiguous()
-    results = _gpu_results(g, case.align_corners, deterministic)
-    _compare(results, _cpu(inputs, case.align_corners), inputs, case.levels,
-             case.align_corners, "float32", f"{layout}:")
-
-
-@needs_gpu
-@pytest.mark.parametrize("D", [1, 3, 8, 33, 129, 300])
-@pytest.mark.parametrize("dtype_name", ["float32", "float16"])
-def test_any_channel_count(D, dtype_name):
-    case = Case(N=1, levels=((7, 5), (2, 3)), M=2, D=D, P=2, Lq=9, align_corners=False,
-                dtype=np.float32, seed=D, special_fraction=0.1, nonfinite_fraction=0.0)
-    inputs = make_inputs(case)
-    g = _to_gpu(inputs, dtype_name)
-    for deterministic in (False, True):
-        results = _gpu_results(g, case.align_corners, deterministic)
-        inputs64 = _rounded_inputs(g, inputs)
-        _compare(results, _reference(inputs64, case.align_corners), inputs64, case.levels,
-                 case.align_corners, dtype_name, f"D={D}:")
-
-
-@needs_gpu
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_many_levels_use_the_device_level_table(deterministic):
-    levels = tuple((1 + l % 4, 2 + l % 3) for l in range(11))  # more than 8 levels
-    case = Case(N=2, levels=levels, M=2, D=8, P=2, Lq=7, align_corners=False,
-                dtype=np.float64, seed=9, special_fraction=0.1, nonfinite_fraction=0.05)
-    inputs = make_inputs(case)
-    g = _to_gpu(inputs, "float64")
-    results = _gpu_results(g, case.align_corners, deterministic)
-    _compare(results, _reference(inputs, case.align_corners), inputs, case.levels,
-             case.align_corners, "float64", "11 levels:")
-
-
-@needs_gpu
-@pytest.mark.parametrize("N,Lq", [(0, 5), (2, 0), (0, 0)])
-def test_empty_problems(N, Lq):
-    case = Case(N=N, levels=((3, 4),), M=2, D=5, P=2, Lq=Lq, align_corners=False,
-                dtype=np.float32, seed=1, special_fraction=0.0, nonfinite_fraction=0.0)
-    inputs = make_inputs(case)
-    g = _to_gpu(inputs, "float32")
-    for deterministic in (False, True):
-        results = _gpu_results(g, False, deterministic)
-        _check_kind(results, g, "float32")
-        for name, r, e in zip(NAMES, results, _cpu(inputs, False)):
-            assert tuple(r.shape) == e.shape, name
-            assert np.array_equal(_np64(r), e), name  # grad_value is exactly zero when Lq = 0
-
-
-@needs_gpu
+@cuda
 def test_index_arrays_on_the_device_are_read_on_the_host():
-    case = Case(N=1, levels=((4, 4), (2, 2)), M=2, D=8, P=2, Lq=5, align_corners=False,
-                dtype=np.float32, seed=2, special_fraction=0.0, nonfinite_fraction=0.0)
-    inputs = make_inputs(case)
-    g = _to_gpu(inputs, "float32")
+    _, inputs = _small(2, levels=((4, 4), (2, 2)), Lq=5)
+    g = place(inputs, "cuda", "float32")
     g["spatial_shapes"] = torch.from_numpy(inputs["spatial_shapes"]).cuda()
     g["level_start_index"] = torch.from_numpy(inputs["level_start_index"]).to("cuda",
                                                                                torch.int32)
-    out = msdacore.ms_deform_attn(*forward_args(g))
-    expected = msdacore.ms_deform_attn(*forward_args(inputs))
-    assert np.allclose(_np64(out), expected, rtol=0, atol=5e-5 * np.abs(expected).max())
+    _assert_float32_close([forward(g)], inputs)
 
 
-@needs_gpu
+@cuda
 def test_inputs_on_different_devices():
-    case = Case(N=1, levels=((4, 4),), M=1, D=4, P=1, Lq=3, align_corners=False,
-                dtype=np.float32, seed=4, special_fraction=0.0, nonfinite_fraction=0.0)
-    inputs = make_inputs(case)
-    g = _to_gpu(inputs, "float32")
+    _, inputs = _small(4, levels=((4, 4),), M=1, D=4, P=1, Lq=3)
+    g = place(inputs, "cuda", "float32")
     g["sampling_locations"] = g["sampling_locations"].cpu()
     with pytest.raises(ValueError, match="sampling_locations is on cpu but value is on cuda:"):
-        msdacore.ms_deform_attn(*forward_args(g))
-    g = _to_gpu(inputs, "float32")
+        forward(g)
+    g = place(inputs, "cuda", "float32")
     g["grad_output"] = g["grad_output"].cpu()
     with pytest.raises(ValueError, match="grad_output is on cpu but value is on cuda:"):
-        msdacore.ms_deform_attn_backward(*backward_args(g))
-    g = _to_gpu(inputs, "float32")
+        backward(g)
+    g = place(inputs, "cuda", "float32")
     g["value"] = g["value"].cpu()
     with pytest.raises(ValueError, match="sampling_locations is on cuda:.* but value is on cpu"):
-        msdacore.ms_deform_attn(*forward_args(g))
+        forward(g)
 
 
-@needs_gpu
-@pytest.mark.skipif(torch is None or not torch.cuda.is_available() or
-                    torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@cuda
 def test_runs_on_the_arrays_device():
-    case = Case(N=2, levels=((6, 5), (3, 3)), M=2, D=16, P=3, Lq=13, align_corners=False,
-                dtype=np.float32, seed=8, special_fraction=0.1, nonfinite_fraction=0.0)
-    inputs = make_inputs(case)
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs two CUDA devices, torch sees {torch.cuda.device_count()}")
+    case, inputs = _small(8, N=2, levels=((6, 5), (3, 3)), D=16, P=3, Lq=13,
+                          special_fraction=0.1)
     torch.cuda.set_device(0)
-    g = _to_gpu(inputs, "float32", device="cuda:1")
+    g = place(inputs, "cuda:1", "float32")
     for deterministic in (False, True):
-        results = _gpu_results(g, case.align_corners, deterministic)
+        results = run(g, case.align_corners, deterministic)
         assert torch.cuda.current_device() == 0, "the current device was not restored"
-        _check_kind(results, g, "float32")
-        _compare(results, _cpu(inputs, case.align_corners), inputs, case.levels,
-                 case.align_corners, "float32", "cuda:1:")
-    mixed = _to_gpu(inputs, "float32", device="cuda:0")
+        check_kind(results, g, "float32")
+        _assert_float32_close(results, inputs, which="both")
+    mixed = place(inputs, "cuda:0", "float32")
     mixed["sampling_locations"] = mixed["sampling_locations"].to("cuda:1")
     with pytest.raises(ValueError, match="sampling_locations is on cuda:1 but value is on cuda:0"):
-        msdacore.ms_deform_attn(*forward_args(mixed))
+        forward(mixed)
 
 
-@needs_gpu
+@cuda
 @pytest.mark.parametrize("explicit", [False, True])
 def test_stream_argument_is_honoured(explicit):
     """Inputs written on a busy side stream; the call runs on that stream (as the current
     stream, or passed explicitly from outside it), and its results are read on the stream
     current afterwards. A launch on another stream, or a missing join back, reads
     unwritten data."""
-    case = Case(N=2, levels=((16, 16), (8, 8)), M=4, D=32, P=4, Lq=256, align_corners=False,
-                dtype=np.float32, seed=6, special_fraction=0.0, nonfinite_fraction=0.0)
-    inputs = make_inputs(case)
-    base = _to_gpu(inputs, "float32")
+    _, inputs = _small(6, N=2, levels=((16, 16), (8, 8)), M=4, D=32, P=4, Lq=256)
+    base = place(inputs, "cuda", "float32")
     torch.cuda.synchronize()
     side = torch.cuda.Stream()
-    expected = _cpu(inputs, False)
     with torch.cuda.stream(side):
         torch.cuda._sleep(200_000_000)  # keep the side stream busy for a while
         g = {k: (v * 1 if k in FLOATS else v) for k, v in base.items()}
         if not explicit:
-            out = msdacore.ms_deform_attn(*forward_args(g))
-            grads = msdacore.ms_deform_attn_backward(*backward_args(g))
-            doubled = [out * 2] + [x * 2 for x in grads]  # read on the side stream
+            doubled = [x * 2 for x in run(g)]  # read on the side stream
     if explicit:
-        out = msdacore.ms_deform_attn(*forward_args(g), stream=side)
-        grads = msdacore.ms_deform_attn_backward(*backward_args(g), stream=side.cuda_stream)
+        out = forward(g, stream=side)
+        grads = backward(g, stream=side.cuda_stream)
         doubled = [out * 2] + [x * 2 for x in grads]  # read on the default stream
     torch.cuda.synchronize()
-    for name, got, exp in zip(NAMES, doubled, expected):
-        assert_close(_np64(got) / 2, exp.astype(np.float64), np.float64, name, tol=5e-5,
-                     floor=term_scales(inputs)[name])
+    _assert_float32_close([x / 2 for x in doubled], inputs, which="both")
 
 
-@needs_gpu
+@cuda
 def test_unknown_cuda_producer_gets_device_arrays():
     """A CUDA array of a framework msdacore has no allocator for: the core allocates the
     outputs and returns DLPack producers (DeviceArray), ready on any stream."""
@@ -398,29 +169,22 @@ def test_unknown_cuda_producer_gets_device_arrays():
         def __dlpack_device__(self):
             return self.t.__dlpack_device__()
 
-    case = Case(N=1, levels=((5, 5),), M=2, D=8, P=2, Lq=6, align_corners=False,
-                dtype=np.float32, seed=12, special_fraction=0.0, nonfinite_fraction=0.0)
-    inputs = make_inputs(case)
-    g = {k: (Wrapped(v) if k in FLOATS else v) for k, v in _to_gpu(inputs, "float32").items()}
-    out = msdacore.ms_deform_attn(*forward_args(g))
+    _, inputs = _small(12, levels=((5, 5),))
+    g = {k: (Wrapped(v) if k in FLOATS else v) for k, v in place(inputs, "cuda", "float32").items()}
+    out = forward(g)
     assert type(out).__name__ == "DeviceArray"
     assert out.__dlpack_device__()[0] == 2 and tuple(out.shape) == (1, 6, 16)
-    got = torch.from_dlpack(out)
-    expected = msdacore.ms_deform_attn(*forward_args(inputs))
-    assert np.allclose(_np64(got), expected, rtol=0, atol=5e-5 * np.abs(expected).max())
+    _assert_float32_close([torch.from_dlpack(out)], inputs)
 
 
-@needs_gpu
+@cuda
 def test_cupy_arrays_if_installed():
     cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
-    case = Case(N=1, levels=((5, 4), (2, 2)), M=2, D=8, P=2, Lq=6, align_corners=False,
-                dtype=np.float32, seed=13, special_fraction=0.0, nonfinite_fraction=0.0)
-    inputs = make_inputs(case)
-    g = {k: (cupy.asarray(v) if k in FLOATS else v) for k, v in inputs.items()}
-    out = msdacore.ms_deform_attn(*forward_args(g))
+    _, inputs = _small(13)
+    g = {k: (cupy.asarray(v.astype(np.float32)) if k in FLOATS else v) for k, v in inputs.items()}
+    out = forward(g)
     assert isinstance(out, cupy.ndarray)
-    expected = msdacore.ms_deform_attn(*forward_args(inputs))
-    assert np.allclose(cupy.asnumpy(out), expected, rtol=0, atol=5e-5 * np.abs(expected).max())
+    _assert_float32_close([cupy.asnumpy(out)], inputs)
 
 
 # ----------------------------------------------------------------------------- CPU side
@@ -432,38 +196,40 @@ BASE = Case(N=2, levels=((4, 5), (2, 3)), M=2, D=6, P=2, Lq=7, align_corners=Fal
 @pytest.mark.parametrize("stream", [None, 0, 1, 2, 123456])
 def test_stream_keyword_is_ignored_on_cpu(stream):
     inputs = make_inputs(BASE)
-    plain = msdacore.ms_deform_attn(*forward_args(inputs))
-    out = msdacore.ms_deform_attn(*forward_args(inputs), stream=stream)
-    assert np.array_equal(out, plain, equal_nan=True)
-    grads = msdacore.ms_deform_attn_backward(*backward_args(inputs), stream=stream)
-    for a, b in zip(grads, msdacore.ms_deform_attn_backward(*backward_args(inputs))):
-        assert np.array_equal(a, b, equal_nan=True)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_deterministic_keyword_on_cpu(dtype):
-    """The CPU backend is always deterministic: deterministic=True changes nothing."""
-    inputs = make_inputs(dataclasses.replace(BASE, dtype=dtype))
-    a = msdacore.ms_deform_attn_backward(*backward_args(inputs), deterministic=True)
-    b = msdacore.ms_deform_attn_backward(*backward_args(inputs), deterministic=False)
-    for x, y in zip(a, b):
-        assert x.dtype == np.dtype(dtype)
-        assert np.array_equal(x, y, equal_nan=True)
+    assert_same_bits(run(inputs, stream=stream), run(inputs), f"stream={stream}")
 
 
 def test_build_info_cuda_keys():
     info = msdacore.build_info()
     for key in ("cuda_compiled", "cuda_kernels"):
         assert isinstance(info[key], bool), key
-    for key in ("cuda_devices", "cuda_runtime_version"):
-        assert isinstance(info[key], int) and info[key] >= 0, key
+    assert isinstance(info["cuda_runtime_version"], int) and info["cuda_runtime_version"] >= 0
+    devices = cuda_device_count()
+    assert isinstance(devices, int) and devices >= 0
+    assert "cuda_devices" not in info  # counting starts the driver: only when asked
     if info["cuda_kernels"]:
         assert info["cuda_compiled"]
     if not info["cuda_compiled"]:
         assert not info["cuda_kernels"]
-        assert info["cuda_devices"] == 0 and info["cuda_runtime_version"] == 0
+        assert devices == 0 and info["cuda_runtime_version"] == 0
     else:
         assert info["cuda_runtime_version"] > 0
+
+
+def test_cuda_verdicts():
+    """conftest's rule: CUDA tests run when usable; skip with the reason when not and no GPU
+    is visible; fail, saying what is missing, when a GPU is visible (unless opted out)."""
+    assert cuda_verdict(None, None, False) == ("run", "")
+    assert cuda_verdict(None, "/dev/nvidia0", False) == ("run", "")
+    action, reason = cuda_verdict("msdacore sees no CUDA device", None, False)
+    assert action == "skip" and "msdacore sees no CUDA device" in reason
+    assert "no GPU is visible" in reason
+    action, message = cuda_verdict("torch.cuda.is_available() is False", "/dev/nvidia0", False)
+    assert action == "fail"
+    assert "/dev/nvidia0" in message and "torch.cuda.is_available() is False" in message
+    assert NO_CUDA_ENV in message
+    action, reason = cuda_verdict("msdacore sees no CUDA device", "/dev/nvidia0", True)
+    assert action == "skip" and NO_CUDA_ENV in reason
 
 
 def test_stream_handles():
@@ -561,12 +327,12 @@ def _fake_inputs(device=0, dtype=np.float32):
 
 
 def _expected_device_message(device):
-    info = msdacore.build_info()
-    if not info["cuda_kernels"]:
+    if not msdacore.build_info()["cuda_kernels"]:
         return rf"value is on cuda:{device}, but this build of msdacore .*build msdacore with CUDA"
-    if info["cuda_devices"] == 0:
+    count = cuda_device_count()
+    if count == 0:
         return rf"value is on cuda:{device}, but this build of msdacore sees no CUDA device"
-    if device >= info["cuda_devices"]:
+    if device >= count:
         return rf"value is on cuda:{device}, but only \d+ CUDA devices? (is|are) visible"
     return r"is said to be on cuda:\d+, but (its data pointer is ordinary host memory|CUDA does not know)"
 

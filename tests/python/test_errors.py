@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import msdacore
+from devices import FLOATS
 from strategies import Case, copies, make_inputs
 
 # N=2, S=20+9+4=33, M=3, D=5, Lq=7, L=3, P=2; level starts [0, 20, 29].
@@ -172,9 +173,6 @@ def test_nonpositive_spatial_shapes(levels):
 
 def _astype(inputs, keys, dtype):
     return {k: (v.astype(dtype) if k in keys else v) for k, v in inputs.items()}
-
-
-FLOATS = ("value", "sampling_locations", "attention_weights", "grad_output")
 
 
 def test_float16_on_cpu():

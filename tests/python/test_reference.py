@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies import level_start_index, load_reference, make_locations, move_off_integers
+from strategies import (central_difference, level_start_index, load_reference, make_locations,
+                        move_off_integers)
 
 ref = load_reference()
 
@@ -121,16 +122,6 @@ def _loss(value, shapes, starts, loc, attn, go, align_corners):
     return float(np.sum(ref.ms_deform_attn(value, shapes, starts, loc, attn, align_corners) * go))
 
 
-def _central_difference(f, x, index, step):
-    saved = x[index]
-    x[index] = saved + step
-    up = f()
-    x[index] = saved - step
-    down = f()
-    x[index] = saved
-    return (up - down) / (2 * step)
-
-
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_finite_differences(align_corners):
     rng = np.random.default_rng(7 + align_corners)
@@ -146,7 +137,7 @@ def test_finite_differences(align_corners):
                                     ("sampling_locations", loc, gl, 1e-6)):
         numeric = np.zeros_like(x)
         for index in np.ndindex(x.shape):
-            numeric[index] = _central_difference(f, x, index, step)
+            numeric[index] = central_difference(f, x, index, step)
         scale = np.max(np.abs(analytic))
         assert scale > 0, name
         err = np.max(np.abs(numeric - analytic)) / scale

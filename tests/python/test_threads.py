@@ -8,34 +8,12 @@ import numpy as np
 import pytest
 
 import msdacore
-from strategies import Case, backward_args, forward_args, make_inputs
+from devices import assert_same_bits, run
+from strategies import Case, make_inputs
 
 MEDIUM = Case(N=2, levels=((20, 24), (10, 12), (5, 6), (3, 3)), M=4, D=16, P=4, Lq=300,
               align_corners=False, dtype=np.float32, seed=2024, special_fraction=0.1,
               nonfinite_fraction=0.01)
-
-
-@pytest.fixture
-def restore_threads():
-    before = msdacore.get_num_threads()
-    yield
-    msdacore.set_num_threads(before)
-    assert msdacore.get_num_threads() == before
-
-
-def _run(inputs, align_corners):
-    out = msdacore.ms_deform_attn(*forward_args(inputs), align_corners=align_corners)
-    grads = msdacore.ms_deform_attn_backward(*backward_args(inputs), align_corners=align_corners)
-    return (out,) + tuple(grads)
-
-
-def _assert_bitwise_equal(a, b, what):
-    names = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
-    for name, x, y in zip(names, a, b):
-        assert x.dtype == y.dtype and x.shape == y.shape, f"{what}: {name}"
-        # Compare the bytes, so that NaN payloads and signed zeros count too.
-        assert np.ascontiguousarray(x).tobytes() == np.ascontiguousarray(y).tobytes(), \
-            f"{what}: {name} differs"
 
 
 def test_set_and_get_num_threads(restore_threads):
@@ -52,12 +30,12 @@ def test_thread_count_does_not_change_results(restore_threads, dtype, align_corn
     case = dataclasses.replace(MEDIUM, dtype=dtype, align_corners=align_corners)
     inputs = make_inputs(case)
     msdacore.set_num_threads(1)
-    one = _run(inputs, align_corners)
+    one = run(inputs, align_corners)
     msdacore.set_num_threads(2)
-    two = _run(inputs, align_corners)
-    again = _run(inputs, align_corners)
-    _assert_bitwise_equal(one, two, "1 vs 2 threads")
-    _assert_bitwise_equal(two, again, "run to run")
+    two = run(inputs, align_corners)
+    again = run(inputs, align_corners)
+    assert_same_bits(one, two, "1 vs 2 threads")
+    assert_same_bits(two, again, "run to run")
 
 
 _ISA_SCRIPT = r"""
@@ -65,7 +43,8 @@ import dataclasses, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 import msdacore
-from test_threads import MEDIUM, _run
+from test_threads import MEDIUM
+from devices import run
 from strategies import make_inputs
 
 if msdacore.build_info()["cpu_isa"] != sys.argv[2]:
@@ -77,7 +56,7 @@ for dtype in (np.float32, np.float64):
         inputs = make_inputs(case)
         if align_corners:  # a strided value too
             inputs["value"] = np.asfortranarray(inputs["value"])
-        for k, x in enumerate(_run(inputs, align_corners)):
+        for k, x in enumerate(run(inputs, align_corners)):
             results[f"{np.dtype(dtype).name}-{align_corners}-{k}"] = x
 np.savez(sys.argv[3], **results)
 """

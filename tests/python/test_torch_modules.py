@@ -153,15 +153,22 @@ def test_msdeformattn_rejects_bad_configuration_and_reference_points():
         module(torch.randn(1, 2, 8), torch.rand(1, 2, 1, 3), torch.randn(1, 6, 8), [(2, 3)])
 
 
-def test_msdeformattn_compiles_fullgraph():
-    torch._dynamo.reset()
+def _small_msdeformattn(seed):
+    """A 2-level MSDeformAttn (d_model 16) with random weights, and float32 inputs for it:
+    (module, (query, reference_points, input_flatten, levels))."""
     levels = [(6, 5), (3, 3)]
     module = mt.MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2)
-    _random_weights(module, seed=3)
-    g = torch.Generator().manual_seed(4)
+    _random_weights(module, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
     query = torch.randn(2, 5, 16, generator=g)
     flat = torch.randn(2, 39, 16, generator=g)
     refp = torch.rand(2, 5, 2, 2, generator=g)
+    return module, (query, refp, flat, levels)
+
+
+def test_msdeformattn_compiles_fullgraph():
+    torch._dynamo.reset()
+    module, (query, refp, flat, levels) = _small_msdeformattn(seed=3)
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     out = compiled(query, refp, flat, levels)
     grads = torch.autograd.grad(out.sum(), list(module.parameters()))
@@ -309,13 +316,7 @@ def test_dat_compiles_fullgraph():
 
 def test_msdeformattn_under_cpu_autocast():
     """Linear layers run in bfloat16, the deformable sampling in float32."""
-    levels = [(6, 5), (3, 3)]
-    module = mt.MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2)
-    _random_weights(module, seed=9)
-    g = torch.Generator().manual_seed(10)
-    query = torch.randn(2, 5, 16, generator=g)
-    flat = torch.randn(2, 39, 16, generator=g)
-    refp = torch.rand(2, 5, 2, 2, generator=g)
+    module, (query, refp, flat, levels) = _small_msdeformattn(seed=9)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = module(query, refp, flat, levels)
     out.float().sum().backward()
