@@ -9,8 +9,10 @@
 // makes DeviceArray outputs from msdacore's default allocator (memory.hpp).
 #include <pybind11/pybind11.h>
 
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -169,20 +171,25 @@ class DeviceArray {
   std::shared_ptr<DeviceBuffer> buffer_;
 };
 
-// The arguments of one op call: each capsule consumed into a view, held for the call.
+// The arguments of one op call: each capsule consumed into a view, held for the call
+// (in place: no allocation per argument).
 class Views {
  public:
+  static constexpr size_t kMax = 9;
   Views(std::initializer_list<std::pair<py::handle, const char*>> args) {
-    inputs_.reserve(args.size());
-    for (const auto& [capsule, name] : args) inputs_.emplace_back(std::make_unique<DLPackInput>(capsule, name));
-    views_.reserve(args.size());
-    for (const auto& input : inputs_) views_.push_back(input->view());
+    if (args.size() > kMax) throw std::logic_error("Views: too many arguments");
+    for (const auto& [capsule, name] : args) {
+      inputs_[count_].emplace(capsule, name);
+      views_[count_] = inputs_[count_]->view();
+      ++count_;
+    }
   }
   const msdacore::TensorView& operator[](size_t i) const { return views_[i]; }
 
  private:
-  std::vector<std::unique_ptr<DLPackInput>> inputs_;
-  std::vector<msdacore::TensorView> views_;
+  std::array<std::optional<DLPackInput>, kMax> inputs_;
+  std::array<msdacore::TensorView, kMax> views_;
+  size_t count_ = 0;
 };
 
 msdacore::Options make_options(bool align_corners, bool deterministic, std::uintptr_t stream,
