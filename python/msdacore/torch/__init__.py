@@ -25,7 +25,7 @@ from .functional import (
     multi_scale_deformable_attn_pytorch,
 )
 from .msdeform_attn import MSDeformAttn
-from .ops import level_start_index_of, ms_deform_attn
+from .api import level_start_index_of, ms_deform_attn
 from .transformers_patch import patch_transformers, unpatch_transformers
 
 __all__ = [

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import ms_deform_attn
+from .api import ms_deform_attn
 
 __all__ = ["DeformableAttention2d", "DAttention"]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .ops import ms_deform_attn
+from .api import ms_deform_attn
 
 __all__ = [
     "multi_scale_deformable_attn",

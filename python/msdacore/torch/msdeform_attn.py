@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .ops import ms_deform_attn
+from .api import ms_deform_attn
 
 __all__ = ["MSDeformAttn"]
 

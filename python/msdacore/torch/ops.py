@@ -21,27 +21,35 @@ Operator schemas (every tensor as in docs/conventions.md):
 ``deterministic`` has no effect on the forward; the forward carries it to its autograd
 backward (the CUDA backward then sums grad_value without atomics, bitwise reproducible).
 
-The Python function :func:`ms_deform_attn` is the friendly entry point: it also takes
-``spatial_shapes`` as a list of (H, W) pairs, derives ``level_start_index`` when it is
-None and applies the autocast rules.
+Besides autograd (reverse mode), both operators have vmap rules (the batch is folded into
+N, one call). Forward-mode AD of the raw operators raises a clear error: the friendly
+entry point, msdacore.torch.ms_deform_attn (api.py), has the forward-mode formula and the
+torch.func support.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
-
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 from msdacore import _dispatch, _frameworks
 
-__all__ = ["ms_deform_attn", "level_start_index_of"]
+__all__: list = []
 
-SpatialShapes = Union[Tensor, Sequence[Sequence[int]]]
-
-def _host_index(t: Tensor) -> Tensor:
-    """spatial_shapes / level_start_index on the host (the core reads them there)."""
-    return _frameworks.torch_framework().to_host(t)
+def _refuse_forward_ad(*tensors: Tensor) -> None:
+    """The raw operators have no forward-mode formula: a forward-AD tangent on an input
+    would otherwise be dropped silently (a zero tangent)."""
+    if _forward_ad._current_level < 0:
+        return
+    for t in tensors:
+        if _forward_ad.unpack_dual(t).tangent is not None:
+            raise RuntimeError(
+                "torch.ops.msdacore operators have no forward-mode derivative: call "
+                "msdacore.torch.ms_deform_attn instead, which has one (torch.func.jvp, "
+                "jacfwd, torch.autograd.forward_ad) for value and attention_weights; "
+                "sampling_locations needs reverse mode (backward, torch.func.grad / vjp / "
+                "jacrev)")
 
 
 def _check_meta(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor) -> None:
@@ -76,6 +84,7 @@ def _check_meta(value: Tensor, sampling_locations: Tensor, attention_weights: Te
 def _ms_deform_attn_op(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                        sampling_locations: Tensor, attention_weights: Tensor,
                        align_corners: bool = False, deterministic: bool = False) -> Tensor:
+    _refuse_forward_ad(value, sampling_locations, attention_weights)
     return _dispatch.forward(_frameworks.torch_framework(), value, spatial_shapes,
                              level_start_index, sampling_locations, attention_weights,
                              align_corners=align_corners)
@@ -99,6 +108,7 @@ def _ms_deform_attn_backward_op(value: Tensor, spatial_shapes: Tensor,
                                 attention_weights: Tensor, grad_output: Tensor,
                                 align_corners: bool = False,
                                 deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    _refuse_forward_ad(value, sampling_locations, attention_weights, grad_output)
     return _dispatch.backward(_frameworks.torch_framework(), value, spatial_shapes,
                               level_start_index, sampling_locations, attention_weights,
                               grad_output, align_corners=align_corners,
@@ -132,13 +142,15 @@ def _setup_context(ctx, inputs, output):
     ctx.deterministic = deterministic
 
 
-def _backward(ctx, grad_output):
+def _backward(ctx, grad_output, backward_op=None):
+    """The gradients of the forward operator's seven inputs; `backward_op` (default: the
+    backward operator) computes the three float ones."""
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights = \
         ctx.saved_tensors
     needs = ctx.needs_input_grad
-    if not (needs[0] or needs[3] or needs[4]):
+    if grad_output is None or not (needs[0] or needs[3] or needs[4]):
         return None, None, None, None, None, None, None
-    grad_value, grad_loc, grad_attn = _ms_deform_attn_backward_op(
+    grad_value, grad_loc, grad_attn = (backward_op or _ms_deform_attn_backward_op)(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
         grad_output.contiguous(), ctx.align_corners, ctx.deterministic)
     return (grad_value if needs[0] else None, None, None,
@@ -149,88 +161,54 @@ def _backward(ctx, grad_output):
 _ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _refuse_double_backward(ctx, *grads):
+    raise RuntimeError("msdacore: double backward (a derivative of the gradients of "
+                       "ms_deform_attn) is not supported")
+
+
+_ms_deform_attn_backward_op.register_autograd(_refuse_double_backward,
+                                              setup_context=lambda ctx, inputs, output: None)
+
+
 # ---------------------------------------------------------------------------
-# Public entry point
+# vmap: the batch dimension folded into N, one call
 
 
-def level_start_index_of(spatial_shapes: SpatialShapes) -> Union[Tensor, list]:
-    """Prefix sums of H*W: a list for a list of pairs, an int64 tensor on the same
-    device for a tensor."""
-    if isinstance(spatial_shapes, Tensor):
-        sizes = (spatial_shapes[:, 0] * spatial_shapes[:, 1]).to(torch.int64)
-        return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    starts, total = [], 0
-    for h, w in spatial_shapes:
-        starts.append(total)
-        total = total + h * w
-    return starts
+def _fold(x: Tensor, in_dim, batch: int) -> Tensor:
+    """x with its vmap dimension first and merged into N: (B*N, ...)."""
+    x = x.movedim(in_dim, 0) if in_dim is not None else x.unsqueeze(0).expand(batch, *x.shape)
+    return x.reshape(batch * x.shape[1], *x.shape[2:])
 
 
-def _as_index_tensor(x) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    return torch.tensor(x, dtype=torch.int64)
+def _check_index_dims(in_dims) -> None:
+    if in_dims[1] is not None or in_dims[2] is not None:
+        raise ValueError("msdacore: spatial_shapes and level_start_index cannot be batched "
+                         "under vmap (every batch element must share the levels)")
 
 
-def _autocast_dtype(device_type: str, dtype: torch.dtype) -> Optional[torch.dtype]:
-    """The dtype a floating input of `dtype` is cast to under autocast, or None.
-
-    CPU: the core computes float32 and float64, so float16/bfloat16 inputs run in float32.
-    CUDA: the autocast dtype (float16 or bfloat16) runs natively; float32 inputs are cast
-    to it. float64 is never cast, as torch's own autocast leaves it alone.
-    """
-    if dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
-        return None
-    if device_type == "cpu":
-        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
-    if device_type == "cuda":
-        target = torch.get_autocast_dtype("cuda")
-        return target if dtype != target else None
-    return None
+def _unfold(x: Tensor, batch: int) -> Tensor:
+    return x.reshape(batch, x.shape[0] // batch, *x.shape[1:])
 
 
-def _apply_autocast(value: Tensor, *floats: Tensor) -> tuple:
-    device_type = value.device.type
-    if device_type not in ("cpu", "cuda"):
-        return (value,) + floats
-    out = []
-    for t in (value,) + floats:
-        target = _autocast_dtype(device_type, t.dtype)
-        out.append(t if target is None else t.to(target))
-    return tuple(out)
+@torch.library.register_vmap("msdacore::ms_deform_attn")
+def _(info, in_dims, value, spatial_shapes, level_start_index, sampling_locations,
+      attention_weights, align_corners=False, deterministic=False):
+    _check_index_dims(in_dims)
+    B = info.batch_size
+    out = _ms_deform_attn_op(_fold(value, in_dims[0], B), spatial_shapes, level_start_index,
+                             _fold(sampling_locations, in_dims[3], B),
+                             _fold(attention_weights, in_dims[4], B), align_corners,
+                             deterministic)
+    return _unfold(out, B), 0
 
 
-def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
-                   level_start_index: Optional[Union[Tensor, Sequence[int]]],
-                   sampling_locations: Tensor, attention_weights: Tensor, *,
-                   align_corners: bool = False, deterministic: bool = False) -> Tensor:
-    """Multi-scale deformable attention with autograd, ``torch.compile`` and autocast.
-
-    value               (N, S, M, D)         float tensor (T)
-    spatial_shapes      (L, 2) int tensor of rows (H, W), or a list of (H, W) pairs
-    level_start_index   (L,) int tensor, a list, or None (derived from spatial_shapes)
-    sampling_locations  (N, Lq, M, L, P, 2)  T, (x, y) normalized to [0, 1]
-    attention_weights   (N, Lq, M, L, P)     T
-    align_corners       False: pixel = loc*size - 0.5 (Deformable DETR);
-                        True: pixel = loc*(size - 1) (DAT)
-    deterministic       CUDA: the backward sums grad_value without atomics (bitwise
-                        reproducible, slower); the CPU backward always is
-    returns             (N, Lq, M*D)         T, contiguous, on value's device
-
-    The index arrays are read on the host: given as lists (or CPU tensors) they cost
-    nothing; given as GPU tensors they are copied to the host, which waits for the GPU.
-
-    Autocast: under CPU autocast, float16/bfloat16 inputs are computed in float32; under
-    CUDA autocast, the inputs run natively in the autocast dtype. float64 is never cast.
-
-    Raises ValueError (shapes, devices, index arrays) or TypeError (dtypes), as the core.
-    """
-    if level_start_index is None:
-        if isinstance(spatial_shapes, Tensor):
-            spatial_shapes = _host_index(spatial_shapes)  # one copy for both index arrays
-        level_start_index = level_start_index_of(spatial_shapes)
-    value, sampling_locations, attention_weights = _apply_autocast(
-        value, sampling_locations, attention_weights)
-    return _ms_deform_attn_op(value, _as_index_tensor(spatial_shapes),
-                              _as_index_tensor(level_start_index), sampling_locations,
-                              attention_weights, bool(align_corners), bool(deterministic))
+@torch.library.register_vmap("msdacore::ms_deform_attn_backward")
+def _(info, in_dims, value, spatial_shapes, level_start_index, sampling_locations,
+      attention_weights, grad_output, align_corners=False, deterministic=False):
+    _check_index_dims(in_dims)
+    B = info.batch_size
+    grads = _ms_deform_attn_backward_op(
+        _fold(value, in_dims[0], B), spatial_shapes, level_start_index,
+        _fold(sampling_locations, in_dims[3], B), _fold(attention_weights, in_dims[4], B),
+        _fold(grad_output, in_dims[5], B), align_corners, deterministic)
+    return tuple(_unfold(g, B) for g in grads), (0, 0, 0)

@@ -20,7 +20,7 @@ import types
 
 from torch import nn
 
-from .ops import ms_deform_attn
+from .api import ms_deform_attn
 
 __all__ = ["patch_transformers", "unpatch_transformers"]
 

@@ -1,0 +1,193 @@
+"""msdacore.torch.ms_deform_attn, the friendly entry point of the torch operators (ops.py):
+argument forms (lists of (H, W) pairs, a derived level_start_index), autocast, and an
+autograd.Function over the operators that gives reverse mode (backward, torch.func.grad,
+vjp, jacrev), forward mode for value and attention_weights (torch.func.jvp, jacfwd,
+torch.autograd.forward_ad; the operator is linear in each) and vmap (the operators' rule:
+the batch is folded into N). Forward mode with respect to sampling_locations raises a
+clear error.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.autograd.forward_ad as _forward_ad
+from torch import Tensor
+
+from .ops import _backward, _ms_deform_attn_backward_op, _ms_deform_attn_op
+
+__all__ = ["ms_deform_attn", "level_start_index_of"]
+
+SpatialShapes = Union[Tensor, Sequence[Sequence[int]]]
+
+
+def _transforms_active() -> bool:
+    """True under torch.func transforms or forward-mode AD, which need _MSDeformAttn.
+    (Where torch lacks these queries, always True: correct, only slower.)"""
+    functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    level = getattr(_forward_ad, "_current_level", 0)
+    return functorch_active is None or functorch_active() or level >= 0
+
+
+class _MSDeformAttnBackward(torch.autograd.Function):
+    """The backward operator in a form torch.func transforms accept (the operator's own
+    autograd wrapper is not one); it has no derivative of its own."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(value, spatial_shapes, level_start_index, sampling_locations,
+                attention_weights, grad_output, align_corners, deterministic):
+        return _ms_deform_attn_backward_op(value, spatial_shapes, level_start_index,
+                                           sampling_locations, attention_weights, grad_output,
+                                           align_corners, deterministic)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("msdacore: double backward (a derivative of the gradients of "
+                           "ms_deform_attn) is not supported")
+
+
+class _MSDeformAttn(torch.autograd.Function):
+    """The forward operator with its derivatives, in the form torch.func transforms need
+    (setup_context, jvp, a generated vmap rule over the operators' own)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(value, spatial_shapes, level_start_index, sampling_locations,
+                attention_weights, align_corners, deterministic):
+        return _ms_deform_attn_op(value, spatial_shapes, level_start_index, sampling_locations,
+                                  attention_weights, align_corners, deterministic)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, \
+            align_corners, deterministic = inputs
+        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
+                              attention_weights)
+        ctx.save_for_forward(value, spatial_shapes, level_start_index, sampling_locations,
+                             attention_weights)
+        ctx.align_corners = align_corners
+        ctx.deterministic = deterministic
+        ctx.set_materialize_grads(False)  # tangents of inputs without one stay None
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return _backward(ctx, grad_output, _MSDeformAttnBackward.apply)
+
+    @staticmethod
+    def jvp(ctx, value_t, _spatial_t, _start_t, locations_t, weights_t, _a, _d):
+        if locations_t is not None:
+            raise RuntimeError(
+                "msdacore.torch.ms_deform_attn: forward-mode AD (torch.func.jvp, jacfwd, "
+                "torch.autograd.forward_ad) is supported for value and attention_weights, "
+                "not for sampling_locations; use reverse mode for it (backward, "
+                "torch.func.grad / vjp / jacrev)")
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = \
+            ctx.saved_tensors
+        out = None
+        if value_t is not None:  # linear in value
+            out = _ms_deform_attn_op(value_t, spatial_shapes, level_start_index,
+                                     sampling_locations, attention_weights, ctx.align_corners)
+        if weights_t is not None:  # linear in attention_weights
+            term = _ms_deform_attn_op(value, spatial_shapes, level_start_index,
+                                      sampling_locations, weights_t, ctx.align_corners)
+            out = term if out is None else out + term
+        return out
+
+
+def level_start_index_of(spatial_shapes: SpatialShapes) -> Union[Tensor, list]:
+    """Prefix sums of H*W: a list for a list of pairs, an int64 tensor on the same
+    device for a tensor."""
+    if isinstance(spatial_shapes, Tensor):
+        shapes = spatial_shapes.to(torch.int64)  # widened first: H*W may pass int32
+        sizes = shapes[:, 0] * shapes[:, 1]
+        return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    starts, total = [], 0
+    for h, w in spatial_shapes:
+        starts.append(total)
+        total = total + int(h) * int(w)  # Python ints: no overflow of NumPy int32 scalars
+    return starts
+
+
+def _as_index_tensor(x) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    return torch.tensor(x, dtype=torch.int64)
+
+
+def _autocast_dtype(device_type: str, dtype: torch.dtype) -> Optional[torch.dtype]:
+    """The dtype a floating input of `dtype` is cast to under autocast, or None.
+
+    CPU: the core computes float32 and float64, so float16/bfloat16 inputs run in float32.
+    CUDA: the autocast dtype (float16 or bfloat16) runs natively; float32 inputs are cast
+    to it. float64 is never cast, as torch's own autocast leaves it alone.
+    """
+    if dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+        return None
+    if device_type == "cpu":
+        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
+    if device_type == "cuda":
+        target = torch.get_autocast_dtype("cuda")
+        return target if dtype != target else None
+    return None
+
+
+def _apply_autocast(value: Tensor, *floats: Tensor) -> tuple:
+    device_type = value.device.type
+    if device_type not in ("cpu", "cuda"):
+        return (value,) + floats
+    out = []
+    for t in (value,) + floats:
+        target = _autocast_dtype(device_type, t.dtype)
+        out.append(t if target is None else t.to(target))
+    return tuple(out)
+
+
+def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
+                   level_start_index: Optional[Union[Tensor, Sequence[int]]],
+                   sampling_locations: Tensor, attention_weights: Tensor, *,
+                   align_corners: bool = False, deterministic: bool = False) -> Tensor:
+    """Multi-scale deformable attention with autograd, ``torch.compile`` and autocast.
+
+    value               (N, S, M, D)         float tensor (T)
+    spatial_shapes      (L, 2) int tensor of rows (H, W), or a list of (H, W) pairs
+    level_start_index   (L,) int tensor, a list, or None (derived from spatial_shapes)
+    sampling_locations  (N, Lq, M, L, P, 2)  T, (x, y) normalized to [0, 1]
+    attention_weights   (N, Lq, M, L, P)     T
+    align_corners       False: pixel = loc*size - 0.5 (Deformable DETR);
+                        True: pixel = loc*(size - 1) (DAT)
+    deterministic       CUDA: the backward sums grad_value without atomics (bitwise
+                        reproducible, slower); the CPU backward always is
+    returns             (N, Lq, M*D)         T, contiguous, on value's device
+
+    The index arrays are read on the host: given as lists (or CPU tensors) they cost
+    nothing; given as GPU tensors they are copied to the host, which waits for the GPU.
+
+    Autocast: under CPU autocast, float16/bfloat16 inputs are computed in float32; under
+    CUDA autocast, the inputs run natively in the autocast dtype. float64 is never cast.
+
+    Raises ValueError (shapes, devices, index arrays) or TypeError (dtypes), as the core.
+    """
+    if level_start_index is None:
+        if isinstance(spatial_shapes, Tensor):
+            # one copy to the host for both index arrays
+            spatial_shapes = spatial_shapes if spatial_shapes.device.type == "cpu" else \
+                spatial_shapes.cpu()
+        level_start_index = level_start_index_of(spatial_shapes)
+    value, sampling_locations, attention_weights = _apply_autocast(
+        value, sampling_locations, attention_weights)
+    args = (value, _as_index_tensor(spatial_shapes), _as_index_tensor(level_start_index),
+            sampling_locations, attention_weights, bool(align_corners), bool(deterministic))
+    if torch.compiler.is_compiling() or not _transforms_active():
+        # Plain calls and reverse-mode autograd: the operator with its registered
+        # autograd (cheaper per call than an autograd.Function, and what Dynamo traces
+        # without a graph break).
+        return _ms_deform_attn_op(*args)
+    return _MSDeformAttn.apply(*args)
