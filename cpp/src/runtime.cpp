@@ -19,7 +19,6 @@ namespace msdacore {
 namespace {
 
 std::atomic<int> g_num_threads{0};  // 0: OpenMP's default
-constexpr int kMaxThreads = 1024;   // beyond this, thread creation itself may fail
 
 int default_threads() {
 #ifdef _OPENMP
@@ -44,8 +43,8 @@ std::string compiler_name() {
 }  // namespace
 
 void set_num_threads(int n) {
-  if (n < 1 || n > kMaxThreads) {
-    throw Error("num_threads must be between 1 and " + std::to_string(kMaxThreads) + ", got " +
+  if (n < 1 || n > kMaxNumThreads) {
+    throw Error("num_threads must be between 1 and " + std::to_string(kMaxNumThreads) + ", got " +
                 std::to_string(n));
   }
 #ifdef _OPENMP

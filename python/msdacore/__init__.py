@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import warnings as _warnings
 
-from . import _core, _dispatch, _frameworks
+import numpy as _np
+
+from . import _arrays, _core, _dispatch, _frameworks
 
 __version__: str = _core.build_info()["version"]
 
@@ -51,7 +53,8 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     """
     return _dispatch.forward(_frameworks.framework_of(value), value, spatial_shapes,
                              level_start_index, sampling_locations, attention_weights,
-                             align_corners=bool(align_corners), stream=stream)
+                             align_corners=_arrays.as_flag(align_corners, "align_corners"),
+                             stream=stream)
 
 
 def ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_locations,
@@ -68,8 +71,10 @@ def ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_l
     """
     return _dispatch.backward(_frameworks.framework_of(value), value, spatial_shapes,
                               level_start_index, sampling_locations, attention_weights,
-                              grad_output, align_corners=bool(align_corners),
-                              deterministic=bool(deterministic), stream=stream)
+                              grad_output,
+                              align_corners=_arrays.as_flag(align_corners, "align_corners"),
+                              deterministic=_arrays.as_flag(deterministic, "deterministic"),
+                              stream=stream)
 
 
 def build_info() -> dict:
@@ -87,9 +92,14 @@ def cuda_device_count() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the threads the CPU kernels use (1 <= n <= 1024, else ValueError). Results do
-    not depend on it."""
-    _core.set_num_threads(int(n))
+    """Sets the threads the CPU kernels use (an int, else TypeError; 1 <= n <= 1024, else
+    ValueError). Results do not depend on it."""
+    if isinstance(n, (bool, _np.bool_)) or not isinstance(n, (int, _np.integer)):
+        raise TypeError(f"set_num_threads takes an int, got {type(n).__name__} {n!r:.40}")
+    n = int(n)
+    if not -2**31 <= n < 2**31:  # past C int: the core's range error, here
+        raise ValueError(f"num_threads must be between 1 and {_core.MAX_NUM_THREADS}, got {n}")
+    _core.set_num_threads(n)
 
 
 def get_num_threads() -> int:

@@ -39,7 +39,12 @@ def as_array(obj, name: str):
     if isinstance(obj, np.ndarray):
         return _normalized_numpy(obj)
     if name in _INDEX_ARGS and isinstance(obj, (list, tuple)):
-        array = np.asarray(obj)
+        try:
+            array = np.asarray(obj)
+        except (ValueError, TypeError) as error:  # ragged lists and the like
+            raise ValueError(f"{name} must be a rectangular list of integers: {error}") from None
+        if array.dtype == object:
+            raise TypeError(f"{name} must hold integers that fit int64, got {obj!r:.80}")
         return array.astype(np.int64) if array.dtype.kind in "iu" else array
     # torch exports the raw data of lazily negated / conjugated views: resolve them first.
     if callable(getattr(obj, "is_neg", None)) and obj.is_neg():
@@ -67,18 +72,30 @@ def to_capsule(obj, name: str, stream=None):
         ) from None
     kwargs = {} if stream is None else {"stream": stream}
     try:
-        return export(max_version=DLPACK_MAX_VERSION, **kwargs)
-    except TypeError:
-        return export(**kwargs)  # a producer from before DLPack 1.0 (legacy capsule)
+        try:
+            return export(max_version=DLPACK_MAX_VERSION, **kwargs)
+        except TypeError:
+            return export(**kwargs)  # a producer from before DLPack 1.0 (legacy capsule)
     except BufferError as error:
-        if isinstance(obj, np.ndarray):  # e.g. a read-only array on an old NumPy
-            return np.array(obj, copy=True).__dlpack__()
+        if isinstance(obj, np.ndarray):
+            if obj.dtype.kind not in "biufc" or obj.dtype == np.longdouble:
+                # object, str, bytes, datetime, structured, void, longdouble, ...
+                raise TypeError(
+                    f"{name} has dtype {obj.dtype}, which msdacore does not support (float32 "
+                    "or float64 for value, sampling_locations and attention_weights; int32 "
+                    "or int64 for spatial_shapes and level_start_index)") from None
+            return np.array(obj, copy=True).__dlpack__()  # e.g. read-only on an old NumPy
         device = getattr(getattr(obj, "device", None), "type", None)
         if isinstance(device, str) and device not in ("cpu", "cuda"):
             raise ValueError(
                 f"{name} is on {device}, which msdacore cannot read: pass CPU (or CUDA) arrays"
             ) from None
         raise TypeError(f"{name} cannot be exported through DLPack: {error}") from None
+    except (TypeError, ValueError):
+        raise
+    except Exception as error:  # noqa: BLE001 - a producer failing in its own way
+        raise TypeError(f"{name} cannot be exported through DLPack: its __dlpack__ raised "
+                        f"{type(error).__name__}: {error}") from error
 
 
 # ----------------------------------------------------------------------------- CUDA arrays
@@ -143,3 +160,11 @@ def stream_handle(stream) -> int:
     if value < 0:
         raise ValueError(f"stream must be a cudaStream_t value >= 0, got {value}")
     return LEGACY_DEFAULT_STREAM if value == 0 else value
+
+
+def as_flag(value, name: str) -> bool:
+    """A boolean argument: bool or NumPy bool, else TypeError (a string such as "False"
+    must not read as True)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r:.40}")

@@ -97,7 +97,13 @@ class _Call:
     def outputs(self, backward):
         a = self.arrays
         shapes = output_shapes(a[0], a[3], a[4], backward)
-        return [self.fw.empty(s, a[0], self.stream) for s in shapes]
+        try:
+            return [self.fw.empty(s, a[0], self.stream) for s in shapes]
+        except (MemoryError, ValueError) as error:  # NumPy: "array is too big"
+            names = _GRADIENTS if backward else ("output",)
+            sizes = ", ".join(f"{n} {s}" for n, s in zip(names, shapes))
+            raise MemoryError(f"msdacore: the outputs cannot be allocated ({sizes}): "
+                              f"{error}") from None
 
     def finish(self, outs, like):
         if self.cuda:

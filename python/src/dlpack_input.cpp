@@ -120,6 +120,11 @@ TensorView DLPackInput::view() const {
                      " dimensions; msdacore inputs have at most " +
                      std::to_string(TensorView::kMaxDims));
   }
+  if (t.ndim > 0 && t.shape == nullptr) {
+    throw ShapeError(name_ + " was exported with " + std::to_string(t.ndim) +
+                     " dimensions but no shape (a null shape pointer): a broken DLPack "
+                     "producer");
+  }
   int64_t strides[TensorView::kMaxDims];
   if (t.strides != nullptr) {
     for (int d = 0; d < t.ndim; ++d) strides[d] = t.strides[d];

@@ -375,5 +375,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &build_info, "What this build can do (dict).");
   m.def("set_num_threads", &msdacore::set_num_threads, py::arg("n"),
         "Threads used by the CPU kernels (n >= 1).");
+  m.attr("MAX_NUM_THREADS") = msdacore::kMaxNumThreads;
   m.def("get_num_threads", &msdacore::get_num_threads, "Threads used by the CPU kernels.");
 }

@@ -28,7 +28,11 @@ struct BuildInfo {
 
 BuildInfo build_info();
 
-// Threads used by the CPU kernels of calls started afterwards (1 <= n <= 1024, else Error).
+// The most threads set_num_threads() accepts (beyond it, thread creation itself may fail).
+constexpr int kMaxNumThreads = 1024;
+
+// Threads used by the CPU kernels of calls started afterwards (1 <= n <= kMaxNumThreads,
+// else Error).
 // The default is OpenMP's (OMP_NUM_THREADS, else the number of cores). Results do not
 // depend on it: they are bitwise identical for any thread count.
 void set_num_threads(int n);

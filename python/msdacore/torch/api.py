@@ -15,6 +15,8 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
+from msdacore._arrays import as_flag
+
 from .ops import _backward, _ms_deform_attn_backward_op, _ms_deform_attn_op
 
 __all__ = ["ms_deform_attn", "level_start_index_of"]
@@ -184,7 +186,8 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
     value, sampling_locations, attention_weights = _apply_autocast(
         value, sampling_locations, attention_weights)
     args = (value, _as_index_tensor(spatial_shapes), _as_index_tensor(level_start_index),
-            sampling_locations, attention_weights, bool(align_corners), bool(deterministic))
+            sampling_locations, attention_weights, as_flag(align_corners, "align_corners"),
+            as_flag(deterministic, "deterministic"))
     if torch.compiler.is_compiling() or not _transforms_active():
         # Plain calls and reverse-mode autograd: the operator with its registered
         # autograd (cheaper per call than an autograd.Function, and what Dynamo traces

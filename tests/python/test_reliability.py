@@ -1,0 +1,167 @@
+"""Hostile inputs and environments, each case where a crash or hang is possible in its own
+process: unsupported NumPy dtypes and index values, non-bool flags and non-int thread
+counts, outputs too large to allocate, broken DLPack producers, fork after a parallel
+call (plain fork and torch DataLoader workers)."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import msdacore
+
+
+def _small(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((1, 12, 2, 4)).astype(dtype), [[3, 4]], [0],
+            rng.uniform(0, 1, (1, 3, 2, 1, 2, 2)).astype(dtype),
+            rng.uniform(0, 1, (1, 3, 2, 1, 2)).astype(dtype))
+
+
+def _run(code: str, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("dtype", [object, "U3", "S3", "datetime64[s]", "timedelta64[s]",
+                                   [("a", np.float32)], "V4", np.longdouble])
+@pytest.mark.parametrize("arg", [0, 3, 4])
+def test_numpy_dtypes_dlpack_cannot_carry_raise_type_error(dtype, arg):
+    args = list(_small())
+    args[arg] = np.zeros(args[arg].shape, dtype=dtype)
+    with pytest.raises(TypeError, match=r"has dtype .*which msdacore does not support"):
+        msdacore.ms_deform_attn(*args)
+
+
+@pytest.mark.parametrize("shapes", [[[3, 2**70]], [[2**64, 4]]])
+def test_index_lists_past_int64_raise_type_error(shapes):
+    args = list(_small())
+    args[1] = shapes
+    with pytest.raises(TypeError, match="integers that fit int64"):
+        msdacore.ms_deform_attn(*args)
+
+
+@pytest.mark.parametrize("flag", ["False", "True", 0, 1, None, 1.0, [True]])
+def test_flags_must_be_bools(flag):
+    with pytest.raises(TypeError, match="align_corners must be a bool"):
+        msdacore.ms_deform_attn(*_small(), align_corners=flag)
+    args = _small()
+    grad = np.ones((1, 3, 8), np.float32)
+    with pytest.raises(TypeError, match="deterministic must be a bool"):
+        msdacore.ms_deform_attn_backward(*args, grad, deterministic=flag)
+
+
+def test_numpy_bools_are_flags():
+    a = msdacore.ms_deform_attn(*_small(), align_corners=np.bool_(True))
+    b = msdacore.ms_deform_attn(*_small(), align_corners=True)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [1.7, "3", True, False, None, 2.0])
+def test_thread_count_must_be_an_int(n):
+    with pytest.raises(TypeError, match="takes an int"):
+        msdacore.set_num_threads(n)
+
+
+@pytest.mark.parametrize("n", [2**31, -2**31 - 1, 10**30, 0, 1025])
+def test_thread_count_out_of_range_is_a_value_error(n):
+    with pytest.raises(ValueError, match="between 1 and 1024"):
+        msdacore.set_num_threads(n)
+
+
+def test_outputs_too_large_raise_memory_error_naming_them():
+    z = np.zeros
+    value = np.broadcast_to(z((1, 1, 1, 1), np.float32), (1, 1, 2**20, 2**20))
+    loc = np.broadcast_to(z((1, 1, 1, 1, 1, 2), np.float32), (1, 4, 2**20, 1, 1, 2))
+    attn = np.broadcast_to(z((1, 1, 1, 1, 1), np.float32), (1, 4, 2**20, 1, 1))
+    with pytest.raises(MemoryError, match=r"outputs cannot be allocated \(output \(1, 4, "):
+        msdacore.ms_deform_attn(value, [[1, 1]], [0], loc, attn)
+    grad = np.broadcast_to(z((1, 1, 1), np.float32), (1, 4, 2**40))
+    with pytest.raises(MemoryError, match=r"grad_value \(1, 1, 1048576, 1048576\)"):
+        msdacore.ms_deform_attn_backward(value, [[1, 1]], [0], loc, attn, grad)
+
+
+class _RaisingProducer:
+    def __init__(self, error):
+        self.error = error
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+    def __dlpack__(self, **kwargs):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyError("k"), OSError("io")])
+def test_producer_whose_dlpack_raises_gives_type_error(error):
+    args = list(_small())
+    args[0] = _RaisingProducer(error)
+    with pytest.raises(TypeError, match=r"value cannot be exported through DLPack: its "
+                                        r"__dlpack__ raised"):
+        msdacore.ms_deform_attn(*args)
+
+
+def test_null_shape_pointer_is_refused_not_a_crash():
+    """A legacy DLPack capsule whose DLTensor has ndim 4 and shape NULL (in a child: a
+    crash must not take the test run down)."""
+    res = _run("""
+        import ctypes, numpy as np, msdacore
+        from msdacore import _core
+
+        class DLDevice(ctypes.Structure):
+            _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+        class DLDataType(ctypes.Structure):
+            _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+        class DLTensor(ctypes.Structure):
+            _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice), ("ndim", ctypes.c_int32),
+                        ("dtype", DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                        ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+        class DLManagedTensor(ctypes.Structure):
+            _fields_ = [("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p),
+                        ("deleter", ctypes.c_void_p)]
+        buf = np.zeros(96, np.float32)
+        m = DLManagedTensor()
+        m.dl_tensor.data = buf.ctypes.data
+        m.dl_tensor.device = DLDevice(1, 0)
+        m.dl_tensor.ndim = 4
+        m.dl_tensor.dtype = DLDataType(2, 32, 1)
+        new = ctypes.pythonapi.PyCapsule_New
+        new.restype = ctypes.py_object
+        new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+
+        class Broken:
+            def __dlpack_device__(self):
+                return (1, 0)
+            def __dlpack__(self, **kwargs):
+                if "max_version" in kwargs:
+                    raise TypeError("legacy producer")
+                return new(ctypes.addressof(m), b"dltensor", None)
+
+        rng = np.random.default_rng(0)
+        loc = rng.uniform(0, 1, (1, 3, 2, 1, 2, 2)).astype(np.float32)
+        attn = rng.uniform(0, 1, (1, 3, 2, 1, 2)).astype(np.float32)
+        try:
+            msdacore.ms_deform_attn(Broken(), [[3, 4]], [0], loc, attn)
+        except ValueError as e:
+            print("ValueError:", e)
+    """)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    assert "no shape (a null shape pointer)" in res.stdout
+
+
+def test_nested_torch_tensors_give_type_error():
+    torch = pytest.importorskip("torch")
+    args = list(_small())
+    nested = torch.nested.nested_tensor([torch.zeros(12, 2, 4), torch.zeros(10, 2, 4)])
+    args[0] = nested
+    with pytest.raises((TypeError, ValueError)):
+        msdacore.ms_deform_attn(*args)
+    import msdacore.torch as mt
+    with pytest.raises((TypeError, ValueError)):
+        mt.ms_deform_attn(nested, [[3, 4]], [0], torch.from_numpy(args[3]),
+                          torch.from_numpy(args[4]))
