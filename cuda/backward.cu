@@ -20,27 +20,15 @@ namespace {
 
 constexpr const char* kOp = "ms_deform_attn_backward";
 
+// The kernel's parameters: the shared part (common.cuh), grad_output and the gradients.
 template <typename T>
-struct BackwardParams {
-  const T* value;          // (N, S, M, D)
-  Strides<4> vs;
-  const T* loc;            // (N, Lq, M, L, P, 2)
-  Strides<6> ls;
-  const T* attn;           // (N, Lq, M, L, P)
-  Strides<5> as;
+struct BackwardParams : HeadParams<T> {
   const T* grad_out;       // (N, Lq, M*D)
   Strides<3> gs;
   acc_t<T>* grad_value;    // (N, S, M, D) contiguous accumulator, zeroed; null: not written
   T* grad_loc;             // (N, Lq, M, L, P, 2) contiguous
   T* grad_attn;            // (N, Lq, M, L, P) contiguous
-  int64_t S, M, D, Lq, P, LP;
-  int64_t heads;           // N * Lq * M
-  int64_t vecs;            // channel vectors per head
-  int group;               // lanes per head
-  int heads_per_block;
-  int chunk;               // points per head and chunk
-  bool align_corners;
-  Levels levels;
+  int64_t S;
 };
 
 template <typename T>
@@ -52,27 +40,19 @@ struct BackwardPoint {
   int valid;            // 0: skipped sample (every gradient of it is 0)
 };
 
+// Fills the record of point `point` of head `head` (valid = 0 when there is none, or the
+// sample is skipped).
 template <typename T>
 __device__ void fill_point(const BackwardParams<T>& p, int64_t head, int64_t point,
                            BackwardPoint<T>* rec) {
-  using A = acc_t<T>;
   rec->valid = 0;
-  if (head >= p.heads) return;
-  const int64_t m = head % p.M, nq = head / p.M;
-  const int64_t q = nq % p.Lq, n = nq / p.Lq;
-  const int64_t l = point / p.P, pt = point % p.P;
-  const LevelDesc lv = p.levels.get(l);
-  const detail::Level<A> level = detail::make_level<A>(lv.H, lv.W, p.align_corners);
-  const T* xy = p.loc + n * p.ls.s[0] + q * p.ls.s[1] + m * p.ls.s[2] + l * p.ls.s[3] +
-                pt * p.ls.s[4];
-  detail::Corners<A> c;
-  if (!detail::sample_corners(level, to_acc(xy[0]), to_acc(xy[p.ls.s[5]]), &c)) return;
-  rec->c = c;
-  rec->start = lv.start;
-  rec->a = to_acc(p.attn[n * p.as.s[0] + q * p.as.s[1] + m * p.as.s[2] + l * p.as.s[3] +
-                         pt * p.as.s[4]]);
-  rec->sx = level.scale_x;
-  rec->sy = level.scale_y;
+  HeadSample<acc_t<T>> s;
+  if (!head_sample(p, head, point, &s)) return;
+  rec->c = s.c;
+  rec->start = s.lv.start;
+  rec->a = attention_weight(p, s);
+  rec->sx = s.level.scale_x;
+  rec->sy = s.level.scale_y;
   rec->valid = 1;
 }
 
@@ -89,49 +69,34 @@ __device__ __forceinline__ void load_grad(const BackwardParams<T>& p, const T* g
 template <typename T, int V>
 __global__ void __launch_bounds__(kBlockThreads) backward_kernel(const BackwardParams<T> p) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char shared_raw[];
-  BackwardPoint<T>* records = reinterpret_cast<BackwardPoint<T>*>(shared_raw);
-
-  const int lane = static_cast<int>(threadIdx.x) % p.group;
-  const int slot = static_cast<int>(threadIdx.x) / p.group;
-  const int64_t head_blocks = (p.heads + p.heads_per_block - 1) / p.heads_per_block;
-  const BackwardPoint<T>* mine = records + static_cast<int64_t>(slot) * p.chunk;
+  const HeadThread<BackwardPoint<T>> t = head_thread<BackwardPoint<T>>(p);
+  const BackwardPoint<T>* mine = t.records + static_cast<int64_t>(t.slot) * p.chunk;
 
   // Loop bounds are uniform over the block (every thread reaches every __syncthreads())
   // and over each warp (every lane reaches every __shfl_xor_sync()).
-  for (int64_t hb = blockIdx.x; hb < head_blocks; hb += gridDim.x) {
-    const int64_t head = hb * p.heads_per_block + slot;
-    const bool active = head < p.heads;
-    const int64_t m = active ? head % p.M : 0, nq = active ? head / p.M : 0;
-    const int64_t q = nq % p.Lq, n = nq / p.Lq;
-    const T* value_head = p.value + n * p.vs.s[0] + m * p.vs.s[2];
-    const T* g_head = p.grad_out + n * p.gs.s[0] + q * p.gs.s[1] + m * p.D * p.gs.s[2];
-    A* gv_head = p.grad_value != nullptr ? p.grad_value + (n * p.S * p.M + m) * p.D : nullptr;
+  for (int64_t hb = blockIdx.x; hb < t.head_blocks; hb += gridDim.x) {
+    const Head h = head_at(p, hb, t.slot);
+    const T* value_head = p.value + h.n * p.vs.s[0] + h.m * p.vs.s[2];
+    const T* g_head = p.grad_out + h.n * p.gs.s[0] + h.q * p.gs.s[1] + h.m * p.D * p.gs.s[2];
+    A* gv_head =
+        p.grad_value != nullptr ? p.grad_value + (h.n * p.S * p.M + h.m) * p.D : nullptr;
 
     // The lane's first channel vector of g, loaded once per head.
     A g_first[V];
 #pragma unroll
     for (int e = 0; e < V; ++e) g_first[e] = A(0);
-    if (active && lane < p.vecs) load_grad<T, V>(p, g_head, lane, g_first);
+    if (h.active && t.lane < p.vecs) load_grad<T, V>(p, g_head, t.lane, g_first);
 
     for (int64_t c0 = 0; c0 < p.LP; c0 += p.chunk) {
-      const int count = static_cast<int>(p.LP - c0 < p.chunk ? p.LP - c0 : p.chunk);
-      __syncthreads();  // the previous chunk's records are no longer read
-      for (int i = static_cast<int>(threadIdx.x); i < p.heads_per_block * count;
-           i += static_cast<int>(blockDim.x)) {
-        const int s = i / count, j = i % count;
-        fill_point(p, hb * p.heads_per_block + s, c0 + j,
-                   &records[static_cast<int64_t>(s) * p.chunk + j]);
-      }
-      __syncthreads();
+      const int count = fill_chunk(p, hb, c0, t.records);
 
       for (int j = 0; j < count; ++j) {
         const BackwardPoint<T>& rec = mine[j];
         A dots[4] = {A(0), A(0), A(0), A(0)};
-        if (active && rec.valid) {
-          for (int64_t vec = lane; vec < p.vecs; vec += p.group) {
+        if (h.active && rec.valid) {
+          for (int64_t vec = t.lane; vec < p.vecs; vec += p.group) {
             A g[V];
-            if (vec == lane) {
+            if (vec == t.lane) {
 #pragma unroll
               for (int e = 0; e < V; ++e) g[e] = g_first[e];
             } else {
@@ -166,8 +131,8 @@ __global__ void __launch_bounds__(kBlockThreads) backward_kernel(const BackwardP
 #pragma unroll
           for (int k = 0; k < 4; ++k) dots[k] += __shfl_xor_sync(0xffffffffu, dots[k], offset);
         }
-        if (lane == 0 && active) {
-          const int64_t index = head * p.LP + c0 + j;
+        if (t.lane == 0 && h.active) {
+          const int64_t index = h.head * p.LP + c0 + j;
           A ga = A(0), gx = A(0), gy = A(0);
           if (rec.valid) {
             detail::sample_gradients(rec.c, dots, rec.a, rec.sx, rec.sy, &ga, &gx, &gy);
@@ -252,13 +217,9 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
   constexpr int V = kVec<T>;
   const bool vector = vector_ok(value, V, p.D) && vector_ok(grad_out, V, p.D);
   const LaunchShape shape =
-      set_head_params<T, BackwardPoint<T>>(p, options, value, loc, attn, vector, &bp);
-  if (vector) {
-    backward_kernel<T, V><<<shape.grid, kBlockThreads, shape.shared, stream>>>(bp);
-  } else {
-    backward_kernel<T, 1><<<shape.grid, kBlockThreads, shape.shared, stream>>>(bp);
-  }
-  check_launch(kOp, "backward_kernel", stream);
+      set_head_params<BackwardPoint<T>>(p, options, value, loc, attn, vector, &bp);
+  launch_head_kernel(backward_kernel<T, V>, backward_kernel<T, 1>, vector, shape, bp, stream,
+                     kOp, "backward_kernel");
 
   if (options.deterministic) {
     gather_grad_value(p, options, bp.levels, buffers.cells, buffers.gather, loc, attn, grad_out,
@@ -290,34 +251,16 @@ void backward(const Problem& p, const Options& options, const TensorView& value,
               const TensorView& grad_sampling_locations,
               const TensorView& grad_attention_weights, Workspace& workspace) {
   DeviceGuard guard(p.device.index, kOp);
-  check_pointer(kOp, "value", value);
-  check_pointer(kOp, "sampling_locations", sampling_locations);
-  check_pointer(kOp, "attention_weights", attention_weights);
+  check_input_pointers(kOp, value, sampling_locations, attention_weights);
   check_pointer(kOp, "grad_output", grad_output);
   check_pointer(kOp, "grad_value", grad_value);
   check_pointer(kOp, "grad_sampling_locations", grad_sampling_locations);
   check_pointer(kOp, "grad_attention_weights", grad_attention_weights);
-#define MSDACORE_LAUNCH_BACKWARD(T)                                                       \
-  launch_backward<T>(p, options, value, sampling_locations, attention_weights, grad_output, \
-                     grad_value, grad_sampling_locations, grad_attention_weights, workspace)
-  switch (p.dtype) {
-    case DType::Float32:
-      MSDACORE_LAUNCH_BACKWARD(float);
-      break;
-    case DType::Float64:
-      MSDACORE_LAUNCH_BACKWARD(double);
-      break;
-    case DType::Float16:
-      MSDACORE_LAUNCH_BACKWARD(__half);
-      break;
-    case DType::BFloat16:
-      MSDACORE_LAUNCH_BACKWARD(__nv_bfloat16);
-      break;
-    default:
-      throw DTypeError(std::string("msdacore ") + kOp + ": unsupported dtype " +
-                       dtype_name(p.dtype));
-  }
-#undef MSDACORE_LAUNCH_BACKWARD
+  with_float_type(p.dtype, kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_backward<T>(p, options, value, sampling_locations, attention_weights, grad_output,
+                       grad_value, grad_sampling_locations, grad_attention_weights, workspace);
+  });
 }
 
 }  // namespace cuda

@@ -1,6 +1,7 @@
 // Internal: what the CUDA kernels and their launch code share: error checks, the device
-// guard, element types and their float accumulators, 16-byte vector loads,
-// the level table, and the thread layout.
+// guard, the dtype dispatch, element types and their float accumulators, 16-byte vector
+// loads, the level table, the thread layout, and the parameters, record fill and launch
+// of the per-head kernels (forward.cu, backward.cu).
 //
 // Thread layout of every per-head kernel: a block of kBlockThreads threads is cut into
 // groups of G consecutive lanes (G a power of two <= 32, so a group never straddles a
@@ -59,6 +60,15 @@ class DeviceGuard {
 // DeviceError unless `t` (when non-empty) is CUDA memory the device of `t` can read.
 void check_pointer(const char* op, const char* name, const TensorView& t);
 
+// check_pointer for the three float inputs every op reads.
+inline void check_input_pointers(const char* op, const TensorView& value,
+                                 const TensorView& sampling_locations,
+                                 const TensorView& attention_weights) {
+  check_pointer(op, "value", value);
+  check_pointer(op, "sampling_locations", sampling_locations);
+  check_pointer(op, "attention_weights", attention_weights);
+}
+
 // Multiprocessors of the current device (for grid sizes).
 int multiprocessors();
 
@@ -103,6 +113,22 @@ template <>
 struct Convert<__nv_bfloat16> {
   __device__ static __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
 };
+
+// Calls f(TypeTag<T>{}) with T the element type of the float dtype `dtype` (float,
+// double, __half, __nv_bfloat16); DTypeError "msdacore <op>: unsupported dtype <name>" for
+// any other.
+template <class F>
+void with_float_type(DType dtype, const char* op, F&& f) {
+  switch (dtype) {
+    case DType::Float32: return f(TypeTag<float>{});
+    case DType::Float64: return f(TypeTag<double>{});
+    case DType::Float16: return f(TypeTag<__half>{});
+    case DType::BFloat16: return f(TypeTag<__nv_bfloat16>{});
+    default:
+      throw DTypeError(std::string("msdacore ") + op + ": unsupported dtype " +
+                       dtype_name(dtype));
+  }
+}
 
 // Elements per 16-byte vector.
 template <typename T>
@@ -225,13 +251,34 @@ struct LaunchShape {
   size_t shared;
 };
 
-// Fills what the per-head kernels' parameters (ForwardParams, BackwardParams) share: the
-// three sampling inputs, the sizes, align_corners, and the lane / chunk geometry for
-// records of `Point`, channel vectors of kVec<T> when `vector`; returns the launch shape.
-template <typename T, typename Point, typename Params>
+// What the per-head kernels' parameters share (ForwardParams and BackwardParams derive
+// from it): the three sampling inputs, the sizes, align_corners, the lane / chunk geometry
+// and the level table.
+template <typename T>
+struct HeadParams {
+  const T* value;        // (N, S, M, D)
+  Strides<4> vs;         //   its element strides
+  const T* loc;          // (N, Lq, M, L, P, 2)
+  Strides<6> ls;
+  const T* attn;         // (N, Lq, M, L, P)
+  Strides<5> as;
+  int64_t M, D, Lq, P, LP;
+  int64_t heads;         // N * Lq * M
+  int64_t vecs;          // channel vectors per head: D / V
+  int group;             // lanes per head (G)
+  int heads_per_block;   // kBlockThreads / G
+  int chunk;             // points per head and chunk
+  bool align_corners;
+  Levels levels;
+};
+
+// Fills the HeadParams part of a kernel's parameters except the level table: the three
+// sampling inputs, the sizes, align_corners, and the lane / chunk geometry for records of
+// `Point`, channel vectors of kVec<T> when `vector`; returns the launch shape.
+template <typename Point, typename T>
 LaunchShape set_head_params(const Problem& p, const Options& options, const TensorView& value,
                             const TensorView& loc, const TensorView& attn, bool vector,
-                            Params* q) {
+                            HeadParams<T>* q) {
   q->value = static_cast<const T*>(value.data);
   q->vs = strides_of<4>(value);
   q->loc = static_cast<const T*>(loc.data);
@@ -252,6 +299,118 @@ LaunchShape set_head_params(const Problem& p, const Options& options, const Tens
   const int64_t head_blocks = (q->heads + q->heads_per_block - 1) / q->heads_per_block;
   return LaunchShape{grid_for(head_blocks),
                      sizeof(Point) * static_cast<size_t>(q->heads_per_block) * q->chunk};
+}
+
+// A thread of a per-head kernel: its lane in its group of G, its group's slot in the
+// block (the slot-th head of every head block), the number of head blocks, and the
+// block's records (dynamic shared memory; its group's start at slot * chunk).
+template <typename Point>
+struct HeadThread {
+  int lane, slot;
+  int64_t head_blocks;
+  Point* records;
+};
+
+// The HeadThread of the calling thread.
+template <typename Point, typename T>
+__device__ __forceinline__ HeadThread<Point> head_thread(const HeadParams<T>& p) {
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  HeadThread<Point> t;
+  t.lane = static_cast<int>(threadIdx.x) % p.group;
+  t.slot = static_cast<int>(threadIdx.x) / p.group;
+  t.head_blocks = (p.heads + p.heads_per_block - 1) / p.heads_per_block;
+  t.records = reinterpret_cast<Point*>(shared_raw);
+  return t;
+}
+
+// The head of slot `slot` in head block `hb`: head = hb * heads_per_block + slot
+// = (n * Lq + q) * M + m, active when head < heads (else n, q, m are 0).
+struct Head {
+  int64_t head;
+  bool active;
+  int64_t n, q, m;
+};
+
+// The Head of slot `slot` in head block `hb`.
+template <typename T>
+__device__ __forceinline__ Head head_at(const HeadParams<T>& p, int64_t hb, int slot) {
+  Head h;
+  h.head = hb * p.heads_per_block + slot;
+  h.active = h.head < p.heads;
+  h.m = h.active ? h.head % p.M : 0;
+  const int64_t nq = h.active ? h.head / p.M : 0;
+  h.q = nq % p.Lq;
+  h.n = nq / p.Lq;
+  return h;
+}
+
+// Launches a per-head kernel on `stream` with the grid and shared memory of `shape`:
+// `vector_kernel` (16-byte channel vectors) when `vector`, else `scalar_kernel` (single
+// elements); then check_launch(op, name, stream).
+template <typename Params>
+void launch_head_kernel(void (*vector_kernel)(Params), void (*scalar_kernel)(Params),
+                        bool vector, const LaunchShape& shape, const Params& q,
+                        cudaStream_t stream, const char* op, const char* name) {
+  void (*kernel)(Params) = vector ? vector_kernel : scalar_kernel;
+  kernel<<<shape.grid, kBlockThreads, shape.shared, stream>>>(q);
+  check_launch(op, name, stream);
+}
+
+// One sample of a per-head kernel: point `point` = l * P + pt of head `head` =
+// (n * Lq + q) * M + m, as its shared-memory record is filled.
+template <typename A>
+struct HeadSample {
+  int64_t n, q, m, l, pt;
+  LevelDesc lv;            // level l
+  detail::Level<A> level;  //   and its geometry
+  detail::Corners<A> c;
+};
+
+// Fills `s` for point `point` of head `head`; false (the record stays empty) when the
+// head is past the last one or the sample is skipped (then only some of `s` is written).
+template <typename T>
+__device__ __forceinline__ bool head_sample(const HeadParams<T>& p, int64_t head,
+                                            int64_t point, HeadSample<acc_t<T>>* s) {
+  if (head >= p.heads) return false;
+  s->m = head % p.M;
+  const int64_t nq = head / p.M;
+  s->q = nq % p.Lq;
+  s->n = nq / p.Lq;
+  s->l = point / p.P;
+  s->pt = point % p.P;
+  s->lv = p.levels.get(s->l);
+  s->level = detail::make_level<acc_t<T>>(s->lv.H, s->lv.W, p.align_corners);
+  const T* xy = p.loc + s->n * p.ls.s[0] + s->q * p.ls.s[1] + s->m * p.ls.s[2] +
+                s->l * p.ls.s[3] + s->pt * p.ls.s[4];
+  return detail::sample_corners(s->level, to_acc(xy[0]), to_acc(xy[p.ls.s[5]]), &s->c);
+}
+
+// The attention weight A of sample `s` (head_sample returned true).
+template <typename T>
+__device__ __forceinline__ acc_t<T> attention_weight(const HeadParams<T>& p,
+                                                     const HeadSample<acc_t<T>>& s) {
+  return to_acc(p.attn[s.n * p.as.s[0] + s.q * p.as.s[1] + s.m * p.as.s[2] +
+                       s.l * p.as.s[3] + s.pt * p.as.s[4]]);
+}
+
+// One chunk of a per-head kernel's records: waits until the previous chunk's are no longer
+// read, fills record (s, j) = (head hb * heads_per_block + s, point c0 + j) at
+// records[s * chunk + j] with the kernel file's fill_point (found by argument-dependent
+// lookup on Params), spread over the block's threads, and waits until all are written.
+// Returns the chunk's points: min(chunk, LP - c0). Every thread of the block must call it.
+template <typename Params, typename Point>
+__device__ __forceinline__ int fill_chunk(const Params& p, int64_t hb, int64_t c0,
+                                          Point* records) {
+  const int count = static_cast<int>(p.LP - c0 < p.chunk ? p.LP - c0 : p.chunk);
+  __syncthreads();  // the previous chunk's records are no longer read
+  for (int i = static_cast<int>(threadIdx.x); i < p.heads_per_block * count;
+       i += static_cast<int>(blockDim.x)) {
+    const int s = i / count, j = i % count;
+    fill_point(p, hb * p.heads_per_block + s, c0 + j,
+               &records[static_cast<int64_t>(s) * p.chunk + j]);
+  }
+  __syncthreads();
+  return count;
 }
 
 // The buffers of the deterministic backward's gather (deterministic.cu).

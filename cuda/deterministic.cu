@@ -285,27 +285,11 @@ void gather_grad_value(const Problem& p, const Options& options, const Levels& l
                        const TensorView& sampling_locations,
                        const TensorView& attention_weights, const TensorView& grad_output,
                        const TensorView& grad_value) {
-  switch (p.dtype) {
-    case DType::Float32:
-      run_gather<float>(p, options, levels, cells, buffers, sampling_locations, attention_weights,
-                        grad_output, grad_value);
-      break;
-    case DType::Float64:
-      run_gather<double>(p, options, levels, cells, buffers, sampling_locations, attention_weights,
-                         grad_output, grad_value);
-      break;
-    case DType::Float16:
-      run_gather<__half>(p, options, levels, cells, buffers, sampling_locations, attention_weights,
-                         grad_output, grad_value);
-      break;
-    case DType::BFloat16:
-      run_gather<__nv_bfloat16>(p, options, levels, cells, buffers, sampling_locations,
-                                attention_weights, grad_output, grad_value);
-      break;
-    default:
-      throw DTypeError(std::string("msdacore ") + kOp + ": unsupported dtype " +
-                       dtype_name(p.dtype));
-  }
+  with_float_type(p.dtype, kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    run_gather<T>(p, options, levels, cells, buffers, sampling_locations, attention_weights,
+                  grad_output, grad_value);
+  });
 }
 
 }  // namespace cuda

@@ -14,23 +14,10 @@ namespace {
 
 constexpr const char* kOp = "ms_deform_attn_forward";
 
+// The kernel's parameters: the shared part (common.cuh) and the output.
 template <typename T>
-struct ForwardParams {
-  const T* value;        // (N, S, M, D)
-  Strides<4> vs;         //   its element strides
-  const T* loc;          // (N, Lq, M, L, P, 2)
-  Strides<6> ls;
-  const T* attn;         // (N, Lq, M, L, P)
-  Strides<5> as;
+struct ForwardParams : HeadParams<T> {
   T* out;                // (N, Lq, M*D), contiguous
-  int64_t M, D, Lq, P, LP;
-  int64_t heads;         // N * Lq * M
-  int64_t vecs;          // channel vectors per head: D / V
-  int group;             // lanes per head (G)
-  int heads_per_block;   // kBlockThreads / G
-  int chunk;             // points per head and chunk
-  bool align_corners;
-  Levels levels;
 };
 
 // One (head, point) record: tokens of the four corners (-1: contributes nothing) and their
@@ -41,6 +28,8 @@ struct ForwardPoint {
   acc_t<T> weight[4];
 };
 
+// Fills the record of point `point` of head `head` (empty when there is none, or the
+// sample is skipped).
 template <typename T>
 __device__ void fill_point(const ForwardParams<T>& p, int64_t head, int64_t point,
                            ForwardPoint<T>* rec) {
@@ -50,23 +39,14 @@ __device__ void fill_point(const ForwardParams<T>& p, int64_t head, int64_t poin
     rec->token[k] = -1;
     rec->weight[k] = A(0);
   }
-  if (head >= p.heads) return;
-  const int64_t m = head % p.M, nq = head / p.M;
-  const int64_t q = nq % p.Lq, n = nq / p.Lq;
-  const int64_t l = point / p.P, pt = point % p.P;
-  const LevelDesc lv = p.levels.get(l);
-  const detail::Level<A> level = detail::make_level<A>(lv.H, lv.W, p.align_corners);
-  const T* xy = p.loc + n * p.ls.s[0] + q * p.ls.s[1] + m * p.ls.s[2] + l * p.ls.s[3] +
-                pt * p.ls.s[4];
-  detail::Corners<A> c;
-  if (!detail::sample_corners(level, to_acc(xy[0]), to_acc(xy[p.ls.s[5]]), &c)) return;
-  const A a = to_acc(p.attn[n * p.as.s[0] + q * p.as.s[1] + m * p.as.s[2] + l * p.as.s[3] +
-                            pt * p.as.s[4]]);
+  HeadSample<A> s;
+  if (!head_sample(p, head, point, &s)) return;
+  const A a = attention_weight(p, s);
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    if (c.inside[k]) {
-      rec->token[k] = lv.start + c.offset[k];
-      rec->weight[k] = a * c.weight[k];
+    if (s.c.inside[k]) {
+      rec->token[k] = s.lv.start + s.c.offset[k];
+      rec->weight[k] = a * s.c.weight[k];
     }
   }
 }
@@ -74,42 +54,26 @@ __device__ void fill_point(const ForwardParams<T>& p, int64_t head, int64_t poin
 template <typename T, int V>
 __global__ void __launch_bounds__(kBlockThreads) forward_kernel(const ForwardParams<T> p) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char shared_raw[];
-  ForwardPoint<T>* records = reinterpret_cast<ForwardPoint<T>*>(shared_raw);
-
-  const int lane = static_cast<int>(threadIdx.x) % p.group;
-  const int slot = static_cast<int>(threadIdx.x) / p.group;
-  const int64_t head_blocks = (p.heads + p.heads_per_block - 1) / p.heads_per_block;
+  const HeadThread<ForwardPoint<T>> t = head_thread<ForwardPoint<T>>(p);
   const int64_t rounds = (p.vecs + p.group - 1) / p.group;
-  const ForwardPoint<T>* mine = records + static_cast<int64_t>(slot) * p.chunk;
+  const ForwardPoint<T>* mine = t.records + static_cast<int64_t>(t.slot) * p.chunk;
 
   // Every loop bound below is the same for all threads of the block, so every thread
   // reaches every __syncthreads().
-  for (int64_t hb = blockIdx.x; hb < head_blocks; hb += gridDim.x) {
-    const int64_t head = hb * p.heads_per_block + slot;
-    const bool active = head < p.heads;
-    const int64_t m = active ? head % p.M : 0, nq = active ? head / p.M : 0;
-    const int64_t n = nq / p.Lq;
-    const T* value_head = p.value + n * p.vs.s[0] + m * p.vs.s[2];
+  for (int64_t hb = blockIdx.x; hb < t.head_blocks; hb += gridDim.x) {
+    const Head h = head_at(p, hb, t.slot);
+    const T* value_head = p.value + h.n * p.vs.s[0] + h.m * p.vs.s[2];
 
     for (int64_t r = 0; r < rounds; ++r) {
-      const int64_t vec = r * p.group + lane;
-      const bool has_vec = active && vec < p.vecs;
+      const int64_t vec = r * p.group + t.lane;
+      const bool has_vec = h.active && vec < p.vecs;
       const T* value_vec = value_head + vec * V * p.vs.s[3];
       A acc[V];
 #pragma unroll
       for (int e = 0; e < V; ++e) acc[e] = A(0);
 
       for (int64_t c0 = 0; c0 < p.LP; c0 += p.chunk) {
-        const int count = static_cast<int>(p.LP - c0 < p.chunk ? p.LP - c0 : p.chunk);
-        __syncthreads();  // the previous chunk's records are no longer read
-        for (int i = static_cast<int>(threadIdx.x); i < p.heads_per_block * count;
-             i += static_cast<int>(blockDim.x)) {
-          const int s = i / count, j = i % count;
-          fill_point(p, hb * p.heads_per_block + s, c0 + j,
-                     &records[static_cast<int64_t>(s) * p.chunk + j]);
-        }
-        __syncthreads();
+        const int count = fill_chunk(p, hb, c0, t.records);
         if (has_vec) {
           for (int j = 0; j < count; ++j) {
             const ForwardPoint<T>& rec = mine[j];
@@ -129,7 +93,7 @@ __global__ void __launch_bounds__(kBlockThreads) forward_kernel(const ForwardPar
           }
         }
       }
-      if (has_vec) store_vec<T, V>(p.out + head * p.D + vec * V, acc);
+      if (has_vec) store_vec<T, V>(p.out + h.head * p.D + vec * V, acc);
     }
   }
 }
@@ -145,13 +109,9 @@ void launch_forward(const Problem& p, const Options& options, const TensorView& 
   constexpr int V = kVec<T>;
   const bool vector = vector_ok(value, V, p.D) && vector_ok(output, V, p.D);
   const LaunchShape shape =
-      set_head_params<T, ForwardPoint<T>>(p, options, value, loc, attn, vector, &fp);
-  if (vector) {
-    forward_kernel<T, V><<<shape.grid, kBlockThreads, shape.shared, stream>>>(fp);
-  } else {
-    forward_kernel<T, 1><<<shape.grid, kBlockThreads, shape.shared, stream>>>(fp);
-  }
-  check_launch(kOp, "forward_kernel", stream);
+      set_head_params<ForwardPoint<T>>(p, options, value, loc, attn, vector, &fp);
+  launch_head_kernel(forward_kernel<T, V>, forward_kernel<T, 1>, vector, shape, fp, stream, kOp,
+                     "forward_kernel");
 }
 
 }  // namespace
@@ -168,31 +128,13 @@ void forward(const Problem& p, const Options& options, const TensorView& value,
              const TensorView& sampling_locations, const TensorView& attention_weights,
              const TensorView& output, Workspace& workspace) {
   DeviceGuard guard(p.device.index, kOp);
-  check_pointer(kOp, "value", value);
-  check_pointer(kOp, "sampling_locations", sampling_locations);
-  check_pointer(kOp, "attention_weights", attention_weights);
+  check_input_pointers(kOp, value, sampling_locations, attention_weights);
   check_pointer(kOp, "output", output);
-  switch (p.dtype) {
-    case DType::Float32:
-      launch_forward<float>(p, options, value, sampling_locations, attention_weights, output,
-                             workspace);
-      break;
-    case DType::Float64:
-      launch_forward<double>(p, options, value, sampling_locations, attention_weights, output,
-                             workspace);
-      break;
-    case DType::Float16:
-      launch_forward<__half>(p, options, value, sampling_locations, attention_weights, output,
-                             workspace);
-      break;
-    case DType::BFloat16:
-      launch_forward<__nv_bfloat16>(p, options, value, sampling_locations, attention_weights,
-                                    output, workspace);
-      break;
-    default:
-      throw DTypeError(std::string("msdacore ") + kOp + ": unsupported dtype " +
-                       dtype_name(p.dtype));
-  }
+  with_float_type(p.dtype, kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_forward<T>(p, options, value, sampling_locations, attention_weights, output,
+                      workspace);
+  });
 }
 
 }  // namespace cuda

@@ -32,6 +32,13 @@
 
 namespace msdacore {
 
+// A type as a value, for the backends' dtype dispatch: a generic lambda called with
+// TypeTag<T>{} reads T back as typename decltype(tag)::type.
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
 namespace cpu {
 MSDACORE_DECLARE_BACKEND
 }  // namespace cpu

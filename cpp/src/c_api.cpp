@@ -61,25 +61,24 @@ msdacore_status guarded(Body&& body) noexcept {
   }
 }
 
+// The DType of each MSDACORE_* dtype code.
+struct DTypeCode {
+  int32_t code;
+  DType dtype;
+};
+constexpr DTypeCode kDTypeCodes[] = {
+    {MSDACORE_FLOAT16, DType::Float16}, {MSDACORE_BFLOAT16, DType::BFloat16},
+    {MSDACORE_FLOAT32, DType::Float32}, {MSDACORE_FLOAT64, DType::Float64},
+    {MSDACORE_INT32, DType::Int32},     {MSDACORE_INT64, DType::Int64},
+};
+
 DType to_dtype(const char* name, int32_t code) {
-  switch (code) {
-    case MSDACORE_FLOAT16:
-      return DType::Float16;
-    case MSDACORE_BFLOAT16:
-      return DType::BFloat16;
-    case MSDACORE_FLOAT32:
-      return DType::Float32;
-    case MSDACORE_FLOAT64:
-      return DType::Float64;
-    case MSDACORE_INT32:
-      return DType::Int32;
-    case MSDACORE_INT64:
-      return DType::Int64;
-    default:
-      throw msdacore::DTypeError(std::string(name) + " has an unknown dtype code " +
-                                 std::to_string(code) +
-                                 " (expected one of MSDACORE_FLOAT16 .. MSDACORE_INT64, 0..5)");
+  for (const DTypeCode& entry : kDTypeCodes) {
+    if (entry.code == code) return entry.dtype;
   }
+  throw msdacore::DTypeError(std::string(name) + " has an unknown dtype code " +
+                             std::to_string(code) +
+                             " (expected one of MSDACORE_FLOAT16 .. MSDACORE_INT64, 0..5)");
 }
 
 msdacore::Device to_device(const char* name, int32_t type, int32_t index) {
@@ -107,6 +106,22 @@ TensorView to_view(const char* name, const msdacore_tensor* t) {
   }
   return TensorView(t->data, t->ndim, t->shape, t->strides, to_dtype(name, t->dtype),
                     to_device(name, t->device_type, t->device_index));
+}
+
+// The five inputs every op takes, as views.
+struct Inputs {
+  TensorView value, spatial_shapes, level_start_index, sampling_locations, attention_weights;
+};
+
+// to_view of the five inputs, in this order.
+Inputs to_inputs(const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+                 const msdacore_tensor* level_start_index,
+                 const msdacore_tensor* sampling_locations,
+                 const msdacore_tensor* attention_weights) {
+  return Inputs{to_view("value", value), to_view("spatial_shapes", spatial_shapes),
+                to_view("level_start_index", level_start_index),
+                to_view("sampling_locations", sampling_locations),
+                to_view("attention_weights", attention_weights)};
 }
 
 msdacore::Options to_options(const msdacore_options* options) {
@@ -156,11 +171,11 @@ msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
                                       const msdacore_tensor* attention_weights,
                                       msdacore_problem* problem) {
   return guarded([&] {
-    const msdacore::Problem p = msdacore::check_inputs(
-        to_view("value", value), to_view("spatial_shapes", spatial_shapes),
-        to_view("level_start_index", level_start_index),
-        to_view("sampling_locations", sampling_locations),
-        to_view("attention_weights", attention_weights));
+    const Inputs in =
+        to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+    const msdacore::Problem p =
+        msdacore::check_inputs(in.value, in.spatial_shapes, in.level_start_index,
+                               in.sampling_locations, in.attention_weights);
     if (problem != nullptr) {
       problem->N = p.N;
       problem->S = p.S;
@@ -181,34 +196,31 @@ msdacore_status msdacore_forward(const msdacore_tensor* value,
                                  const msdacore_tensor* attention_weights,
                                  const msdacore_tensor* output, const msdacore_options* options) {
   return guarded([&] {
-    msdacore::ms_deform_attn_forward(
-        to_view("value", value), to_view("spatial_shapes", spatial_shapes),
-        to_view("level_start_index", level_start_index),
-        to_view("sampling_locations", sampling_locations),
-        to_view("attention_weights", attention_weights), to_view("output", output),
-        to_options(options));
+    const Inputs in =
+        to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+    const TensorView out = to_view("output", output);
+    msdacore::ms_deform_attn_forward(in.value, in.spatial_shapes, in.level_start_index,
+                                     in.sampling_locations, in.attention_weights, out,
+                                     to_options(options));
   });
 }
 
-msdacore_status msdacore_backward(const msdacore_tensor* value,
-                                  const msdacore_tensor* spatial_shapes,
-                                  const msdacore_tensor* level_start_index,
-                                  const msdacore_tensor* sampling_locations,
-                                  const msdacore_tensor* attention_weights,
-                                  const msdacore_tensor* grad_output,
-                                  const msdacore_tensor* grad_value,
-                                  const msdacore_tensor* grad_sampling_locations,
-                                  const msdacore_tensor* grad_attention_weights,
-                                  const msdacore_options* options) {
+msdacore_status msdacore_backward(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_tensor* grad_output,
+    const msdacore_tensor* grad_value, const msdacore_tensor* grad_sampling_locations,
+    const msdacore_tensor* grad_attention_weights, const msdacore_options* options) {
   return guarded([&] {
-    msdacore::ms_deform_attn_backward(
-        to_view("value", value), to_view("spatial_shapes", spatial_shapes),
-        to_view("level_start_index", level_start_index),
-        to_view("sampling_locations", sampling_locations),
-        to_view("attention_weights", attention_weights), to_view("grad_output", grad_output),
-        to_view("grad_value", grad_value),
-        to_view("grad_sampling_locations", grad_sampling_locations),
-        to_view("grad_attention_weights", grad_attention_weights), to_options(options));
+    const Inputs in =
+        to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+    const TensorView g = to_view("grad_output", grad_output);
+    const TensorView gv = to_view("grad_value", grad_value);
+    const TensorView gl = to_view("grad_sampling_locations", grad_sampling_locations);
+    const TensorView ga = to_view("grad_attention_weights", grad_attention_weights);
+    msdacore::ms_deform_attn_backward(in.value, in.spatial_shapes, in.level_start_index,
+                                      in.sampling_locations, in.attention_weights, g, gv, gl, ga,
+                                      to_options(options));
   });
 }
 

@@ -17,17 +17,13 @@ namespace cpu {
 namespace MSDACORE_CPU_ISA {
 namespace {
 
+// The kernel's arguments: the shared part (cpu_simd.hpp), grad_output and the gradients.
 template <typename T>
-struct BackwardArgs {
-  const Problem& p;
-  Strided<T, 4> value;     // (N, S, M, D)
-  Strided<T, 6> loc;       // (N, Lq, M, L, P, 2)
-  Strided<T, 5> attn;      // (N, Lq, M, L, P)
+struct BackwardArgs : InputArgs<T> {
   Strided<T, 3> grad_out;  // (N, Lq, M*D)
   T* grad_value;           // (N, S, M, D) contiguous
   T* grad_loc;             // (N, Lq, M, L, P, 2) contiguous
   T* grad_attn;            // (N, Lq, M, L, P) contiguous
-  const LevelGeometry<T>* levels;  // L levels' geometry
 };
 
 // Heads per task: enough tasks for every thread (two per thread where the problem
@@ -82,15 +78,14 @@ template <typename T>
 void backward_impl(const BackwardArgs<T>& a) {
   const Problem& p = a.p;
   const int threads = get_num_threads();
-  const int64_t group = heads_per_task(p, threads);
-  const int64_t groups = (p.M + group - 1) / group;
-  const int64_t tasks = p.N * p.L * groups;
+  const Blocks groups(p.M, heads_per_task(p, threads));
+  const int64_t tasks = p.N * p.L * groups.count;
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel_worth_it(p))
   for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t n = task / (p.L * groups), l = (task / groups) % p.L;
-    const int64_t m_begin = (task % groups) * group;
-    const int64_t m_end = m_begin + group < p.M ? m_begin + group : p.M;
+    const int64_t n = task / (p.L * groups.count), l = (task / groups.count) % p.L;
+    const int64_t group = task % groups.count;
+    const int64_t m_begin = groups.begin(group), m_end = groups.end(group);
     const int64_t start = p.level_starts[l], tokens = p.heights[l] * p.widths[l];
 
     // Zero this task's grad_value: tokens start .. start + tokens - 1, heads m_begin.. .
@@ -104,24 +99,6 @@ void backward_impl(const BackwardArgs<T>& a) {
   }
 }
 
-template <typename T>
-void backward_typed(const Problem& p, bool align_corners, const TensorView& value,
-                    const TensorView& loc, const TensorView& attn, const TensorView& grad_output,
-                    const TensorView& grad_value, const TensorView& grad_loc,
-                    const TensorView& grad_attn) {
-  const std::vector<LevelGeometry<T>> levels = level_geometry<T>(p, align_corners);
-  const BackwardArgs<T> a{p,
-                          Strided<T, 4>(value),
-                          Strided<T, 6>(loc),
-                          Strided<T, 5>(attn),
-                          Strided<T, 3>(grad_output),
-                          static_cast<T*>(grad_value.data),
-                          static_cast<T*>(grad_loc.data),
-                          static_cast<T*>(grad_attn.data),
-                          levels.data()};
-  backward_impl<T>(a);
-}
-
 }  // namespace
 
 void backward(const Problem& p, const Options& options, const TensorView& value,
@@ -129,15 +106,13 @@ void backward(const Problem& p, const Options& options, const TensorView& value,
               const TensorView& grad_output, const TensorView& grad_value,
               const TensorView& grad_sampling_locations,
               const TensorView& grad_attention_weights) {
-  if (p.dtype == DType::Float64) {
-    backward_typed<double>(p, options.align_corners, value, sampling_locations, attention_weights,
-                           grad_output, grad_value, grad_sampling_locations,
-                           grad_attention_weights);
-  } else {
-    backward_typed<float>(p, options.align_corners, value, sampling_locations, attention_weights,
-                          grad_output, grad_value, grad_sampling_locations,
-                          grad_attention_weights);
-  }
+  with_inputs(p, options, value, sampling_locations, attention_weights,
+              [&](auto tag, const auto& in) {
+                using T = typename decltype(tag)::type;
+                backward_impl<T>({in, Strided<T, 3>(grad_output), static_cast<T*>(grad_value.data),
+                                  static_cast<T*>(grad_sampling_locations.data),
+                                  static_cast<T*>(grad_attention_weights.data)});
+              });
 }
 
 }  // namespace MSDACORE_CPU_ISA

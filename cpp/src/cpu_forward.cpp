@@ -28,14 +28,10 @@ int64_t query_block(const Problem& p, int threads) {
   return block > 0 ? block : 1;
 }
 
+// The kernel's arguments: the shared part (cpu_simd.hpp) and the output.
 template <typename T>
-struct ForwardArgs {
-  const Problem& p;
-  Strided<T, 4> value;  // (N, S, M, D)
-  Strided<T, 6> loc;    // (N, Lq, M, L, P, 2)
-  Strided<T, 5> attn;   // (N, Lq, M, L, P)
-  T* out;               // (N, Lq, M*D) contiguous
-  const LevelGeometry<T>* levels;  // L levels' geometry
+struct ForwardArgs : InputArgs<T> {
+  T* out;  // (N, Lq, M*D) contiguous
 };
 
 // Sums A * B over the L*P points of (n, q, m) for channels d0 .. d0 + len of head m and
@@ -84,17 +80,15 @@ template <typename T>
 void forward_impl(const ForwardArgs<T>& a) {
   const Problem& p = a.p;
   const int threads = get_num_threads();
-  const int64_t block_size = query_block(p, threads);
-  const int64_t blocks = (p.Lq + block_size - 1) / block_size;
-  const int64_t tasks = p.N * blocks;
+  const Blocks blocks(p.Lq, query_block(p, threads));
+  const int64_t tasks = p.N * blocks.count;
   constexpr int64_t chunk = kChunk<T>;
   const bool unit = a.value.stride[3] == 1;
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel_worth_it(p))
   for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t n = task / blocks, block = task % blocks;
-    const int64_t q_begin = block * block_size;
-    const int64_t q_end = q_begin + block_size < p.Lq ? q_begin + block_size : p.Lq;
+    const int64_t n = task / blocks.count, block = task % blocks.count;
+    const int64_t q_begin = blocks.begin(block), q_end = blocks.end(block);
     for (int64_t q = q_begin; q < q_end; ++q) {
       for (int64_t m = 0; m < p.M; ++m) {
         for (int64_t d0 = 0; d0 < p.D; d0 += chunk) {
@@ -110,29 +104,16 @@ void forward_impl(const ForwardArgs<T>& a) {
   }
 }
 
-template <typename T>
-void forward_typed(const Problem& p, bool align_corners, const TensorView& value,
-                   const TensorView& loc, const TensorView& attn, const TensorView& output) {
-  const std::vector<LevelGeometry<T>> levels = level_geometry<T>(p, align_corners);
-  const ForwardArgs<T> a{p,
-                         Strided<T, 4>(value),
-                         Strided<T, 6>(loc),
-                         Strided<T, 5>(attn),
-                         static_cast<T*>(output.data),
-                         levels.data()};
-  forward_impl<T>(a);
-}
-
 }  // namespace
 
 void forward(const Problem& p, const Options& options, const TensorView& value,
              const TensorView& sampling_locations, const TensorView& attention_weights,
              const TensorView& output) {
-  if (p.dtype == DType::Float64) {
-    forward_typed<double>(p, options.align_corners, value, sampling_locations, attention_weights, output);
-  } else {
-    forward_typed<float>(p, options.align_corners, value, sampling_locations, attention_weights, output);
-  }
+  with_inputs(p, options, value, sampling_locations, attention_weights,
+              [&](auto tag, const auto& in) {
+                using T = typename decltype(tag)::type;
+                forward_impl<T>({in, static_cast<T*>(output.data)});
+              });
 }
 
 }  // namespace MSDACORE_CPU_ISA

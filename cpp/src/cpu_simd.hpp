@@ -1,6 +1,7 @@
 // Internal: what both CPU kernels share: typed strided access to the float inputs, the
-// level geometry, and the channel loops (over D), written once on GCC/Clang vector types
-// of MSDACORE_VEC_BYTES bytes (16 by default: SSE2 / NEON; 32 when the file is compiled
+// level geometry, the common part of their arguments and the dtype dispatch, the task
+// blocks, and the channel loops (over D), written once on GCC/Clang vector types of
+// MSDACORE_VEC_BYTES bytes (16 by default: SSE2 / NEON; 32 when the file is compiled
 // for AVX2).
 //
 // Every loop gives bitwise the same result whatever the vector width and whatever the
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backend.hpp"  // TypeTag
 #include "msdacore/detail/bilinear.hpp"
 #include "msdacore/ops.hpp"
 #include "msdacore/tensor.hpp"
@@ -57,6 +59,49 @@ std::vector<LevelGeometry<T>> level_geometry(const Problem& p, bool align_corner
   }
   return levels;
 }
+
+// What both kernels' arguments share (ForwardArgs and BackwardArgs derive from it): the
+// problem, the three float inputs and the levels' geometry.
+template <typename T>
+struct InputArgs {
+  const Problem& p;
+  Strided<T, 4> value;  // (N, S, M, D)
+  Strided<T, 6> loc;    // (N, Lq, M, L, P, 2)
+  Strided<T, 5> attn;   // (N, Lq, M, L, P)
+  const LevelGeometry<T>* levels;  // L levels' geometry
+};
+
+// Calls f(TypeTag<T>{}, in) with T the kernels' element type for p.dtype (double for
+// Float64, else float: validation lets only Float32 and Float64 reach the CPU kernels)
+// and `in` the InputArgs<T> of value, loc and attn, whose level geometry (for
+// options.align_corners) lives until f returns.
+template <typename F>
+void with_inputs(const Problem& p, const Options& options, const TensorView& value,
+                 const TensorView& loc, const TensorView& attn, F&& f) {
+  const auto run = [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const std::vector<LevelGeometry<T>> levels = level_geometry<T>(p, options.align_corners);
+    f(tag, InputArgs<T>{p, Strided<T, 4>(value), Strided<T, 6>(loc), Strided<T, 5>(attn),
+                        levels.data()});
+  };
+  if (p.dtype == DType::Float64) {
+    run(TypeTag<double>{});
+  } else {
+    run(TypeTag<float>{});
+  }
+}
+
+// `items` (queries or heads) cut into `count` blocks of `size` items, the last one
+// possibly shorter: block b is items begin(b) .. end(b) - 1.
+struct Blocks {
+  int64_t items, size, count;
+  Blocks(int64_t items_, int64_t size_)
+      : items(items_), size(size_), count((items_ + size_ - 1) / size_) {}
+  // First item of block b.
+  int64_t begin(int64_t b) const { return b * size; }
+  // One past the last item of block b.
+  int64_t end(int64_t b) const { return b * size + size < items ? b * size + size : items; }
+};
 
 // Whether a call has enough work to pay for waking other threads (a parallel region
 // costs microseconds, and much more when the cores are busy). Results do not depend on it.

@@ -83,31 +83,31 @@ void check_backward_arguments(const Problem& p, const TensorView& grad_output,
                          "N, Lq, M, L, P", {p.N, p.Lq, p.M, p.L, p.P});
 }
 
+// Bytes of workspace a forward (backward = false) or backward call of a validated problem
+// needs: 0 when the call computes nothing (N == 0, and for a forward Lq == 0), else what
+// the problem's backend says.
+int64_t workspace_size(const Problem& p, const Options& options, bool backward) {
+  if (p.N == 0 || (!backward && p.Lq == 0)) return 0;
+  const Backend& backend = backend_for(p);
+  return backward ? backend.backward_workspace_size(p, options)
+                  : backend.forward_workspace_size(p, options);
+}
+
 }  // namespace
 
-int64_t ms_deform_attn_forward_workspace_size(const TensorView& value,
-                                              const TensorView& spatial_shapes,
-                                              const TensorView& level_start_index,
-                                              const TensorView& sampling_locations,
-                                              const TensorView& attention_weights,
-                                              const Options& options) {
-  const Problem p =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  if (p.N == 0 || p.Lq == 0) return 0;
-  return backend_for(p).forward_workspace_size(p, options);
-}
-
-int64_t ms_deform_attn_backward_workspace_size(const TensorView& value,
-                                               const TensorView& spatial_shapes,
-                                               const TensorView& level_start_index,
-                                               const TensorView& sampling_locations,
-                                               const TensorView& attention_weights,
-                                               const Options& options) {
-  const Problem p =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  if (p.N == 0) return 0;
-  return backend_for(p).backward_workspace_size(p, options);
-}
+// The two public workspace-size functions (ops.hpp): validate the inputs, then
+// workspace_size().
+#define MSDACORE_DEFINE_WORKSPACE_SIZE(name, backward)                                     \
+  int64_t name(const TensorView& value, const TensorView& spatial_shapes,                  \
+               const TensorView& level_start_index, const TensorView& sampling_locations,  \
+               const TensorView& attention_weights, const Options& options) {              \
+    return workspace_size(check_inputs(value, spatial_shapes, level_start_index,            \
+                                       sampling_locations, attention_weights),              \
+                          options, backward);                                               \
+  }
+MSDACORE_DEFINE_WORKSPACE_SIZE(ms_deform_attn_forward_workspace_size, false)
+MSDACORE_DEFINE_WORKSPACE_SIZE(ms_deform_attn_backward_workspace_size, true)
+#undef MSDACORE_DEFINE_WORKSPACE_SIZE
 
 void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_shapes,
                             const TensorView& level_start_index,
@@ -118,29 +118,26 @@ void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_s
       check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   validate::check_output("output", output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D});
   if (p.N == 0 || p.Lq == 0) return;
-  const Backend& backend = backend_for(p);
-  CallWorkspace workspace(p, options, backend.forward_workspace_size(p, options));
-  backend.forward(p, options, value, sampling_locations, attention_weights, output,
-                  workspace.get());
+  CallWorkspace workspace(p, options, workspace_size(p, options, /*backward=*/false));
+  backend_for(p).forward(p, options, value, sampling_locations, attention_weights, output,
+                         workspace.get());
 }
 
-void ms_deform_attn_backward(const TensorView& value, const TensorView& spatial_shapes,
-                             const TensorView& level_start_index,
-                             const TensorView& sampling_locations,
-                             const TensorView& attention_weights, const TensorView& grad_output,
-                             const TensorView& grad_value,
-                             const TensorView& grad_sampling_locations,
-                             const TensorView& grad_attention_weights,
-                             const Options& options) {
+void ms_deform_attn_backward(
+    const TensorView& value, const TensorView& spatial_shapes, const TensorView& level_start_index,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const TensorView& grad_output, const TensorView& grad_value,
+    const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights,
+    const Options& options) {
   const Problem p =
       check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_backward_arguments(p, grad_output, grad_value, grad_sampling_locations,
                            grad_attention_weights);
   if (p.N == 0) return;
-  const Backend& backend = backend_for(p);
-  CallWorkspace workspace(p, options, backend.backward_workspace_size(p, options));
-  backend.backward(p, options, value, sampling_locations, attention_weights, grad_output,
-                   grad_value, grad_sampling_locations, grad_attention_weights, workspace.get());
+  CallWorkspace workspace(p, options, workspace_size(p, options, /*backward=*/true));
+  backend_for(p).backward(p, options, value, sampling_locations, attention_weights, grad_output,
+                          grad_value, grad_sampling_locations, grad_attention_weights,
+                          workspace.get());
 }
 
 }  // namespace msdacore

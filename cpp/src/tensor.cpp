@@ -8,37 +8,38 @@
 
 namespace msdacore {
 
-int64_t dtype_size(DType t) {
-  switch (t) {
-    case DType::Float16:
-    case DType::BFloat16:
-      return 2;
-    case DType::Float32:
-    case DType::Int32:
-      return 4;
-    case DType::Float64:
-    case DType::Int64:
-      return 8;
+namespace {
+
+// Size and name of every DType.
+struct DTypeInfo {
+  DType dtype;
+  int64_t size;  // bytes per element
+  const char* name;
+};
+constexpr DTypeInfo kDTypes[] = {
+    {DType::Float16, 2, "float16"}, {DType::BFloat16, 2, "bfloat16"},
+    {DType::Float32, 4, "float32"}, {DType::Float64, 8, "float64"},
+    {DType::Int32, 4, "int32"},     {DType::Int64, 8, "int64"},
+};
+
+// The kDTypes entry of `t`; null for a value outside the enum.
+const DTypeInfo* info_of(DType t) {
+  for (const DTypeInfo& info : kDTypes) {
+    if (info.dtype == t) return &info;
   }
-  return 0;
+  return nullptr;
+}
+
+}  // namespace
+
+int64_t dtype_size(DType t) {
+  const DTypeInfo* info = info_of(t);
+  return info != nullptr ? info->size : 0;
 }
 
 const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::Float16:
-      return "float16";
-    case DType::BFloat16:
-      return "bfloat16";
-    case DType::Float32:
-      return "float32";
-    case DType::Float64:
-      return "float64";
-    case DType::Int32:
-      return "int32";
-    case DType::Int64:
-      return "int64";
-  }
-  return "unknown";
+  const DTypeInfo* info = info_of(t);
+  return info != nullptr ? info->name : "unknown";
 }
 
 std::string device_name(Device d) {

@@ -176,17 +176,29 @@ class DeviceArray {
 class Views {
  public:
   static constexpr size_t kMax = 9;
-  Views(std::initializer_list<std::pair<py::handle, const char*>> args) {
-    if (args.size() > kMax) throw std::logic_error("Views: too many arguments");
-    for (const auto& [capsule, name] : args) {
-      inputs_[count_].emplace(capsule, name);
-      views_[count_] = inputs_[count_]->view();
-      ++count_;
-    }
+  using Arg = std::pair<py::handle, const char*>;  // a capsule and its argument name
+
+  // The five inputs every op takes, then `more` (outputs, grad_output), in this order.
+  Views(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
+        py::handle sampling_locations, py::handle attention_weights,
+        std::initializer_list<Arg> more = {}) {
+    if (5 + more.size() > kMax) throw std::logic_error("Views: too many arguments");
+    add(value, "value");
+    add(spatial_shapes, "spatial_shapes");
+    add(level_start_index, "level_start_index");
+    add(sampling_locations, "sampling_locations");
+    add(attention_weights, "attention_weights");
+    for (const auto& [capsule, name] : more) add(capsule, name);
   }
   const msdacore::TensorView& operator[](size_t i) const { return views_[i]; }
 
  private:
+  void add(py::handle capsule, const char* name) {
+    inputs_[count_].emplace(capsule, name);
+    views_[count_] = inputs_[count_]->view();
+    ++count_;
+  }
+
   std::array<std::optional<DLPackInput>, kMax> inputs_;
   std::array<msdacore::TensorView, kMax> views_;
   size_t count_ = 0;
@@ -207,12 +219,8 @@ void forward(py::handle value, py::handle spatial_shapes, py::handle level_start
              py::handle sampling_locations, py::handle attention_weights, py::handle output,
              bool align_corners, std::uintptr_t stream, std::uintptr_t workspace,
              int64_t workspace_bytes) {
-  const Views v{{value, "value"},
-                {spatial_shapes, "spatial_shapes"},
-                {level_start_index, "level_start_index"},
-                {sampling_locations, "sampling_locations"},
-                {attention_weights, "attention_weights"},
-                {output, "output"}};
+  const Views v(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                {{output, "output"}});
   const msdacore::Options options =
       make_options(align_corners, false, stream, workspace, workspace_bytes);
   py::gil_scoped_release release;
@@ -224,15 +232,11 @@ void backward(py::handle value, py::handle spatial_shapes, py::handle level_star
               py::handle grad_output, py::handle grad_value, py::handle grad_sampling_locations,
               py::handle grad_attention_weights, bool align_corners, bool deterministic,
               std::uintptr_t stream, std::uintptr_t workspace, int64_t workspace_bytes) {
-  const Views v{{value, "value"},
-                {spatial_shapes, "spatial_shapes"},
-                {level_start_index, "level_start_index"},
-                {sampling_locations, "sampling_locations"},
-                {attention_weights, "attention_weights"},
-                {grad_output, "grad_output"},
-                {grad_value, "grad_value"},
-                {grad_sampling_locations, "grad_sampling_locations"},
-                {grad_attention_weights, "grad_attention_weights"}};
+  const Views v(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                {{grad_output, "grad_output"},
+                 {grad_value, "grad_value"},
+                 {grad_sampling_locations, "grad_sampling_locations"},
+                 {grad_attention_weights, "grad_attention_weights"}});
   const msdacore::Options options =
       make_options(align_corners, deterministic, stream, workspace, workspace_bytes);
   py::gil_scoped_release release;
@@ -243,11 +247,7 @@ void backward(py::handle value, py::handle spatial_shapes, py::handle level_star
 int64_t workspace_size(bool backward, py::handle value, py::handle spatial_shapes,
                        py::handle level_start_index, py::handle sampling_locations,
                        py::handle attention_weights, bool align_corners, bool deterministic) {
-  const Views v{{value, "value"},
-                {spatial_shapes, "spatial_shapes"},
-                {level_start_index, "level_start_index"},
-                {sampling_locations, "sampling_locations"},
-                {attention_weights, "attention_weights"}};
+  const Views v(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const msdacore::Options options = make_options(align_corners, deterministic, 0, 0, 0);
   return backward ? msdacore::ms_deform_attn_backward_workspace_size(v[0], v[1], v[2], v[3],
                                                                      v[4], options)
@@ -265,21 +265,15 @@ msdacore::DType dtype_from_name(const std::string& name) {
 }
 
 py::dict build_info() {
+  using namespace py::literals;
   const msdacore::BuildInfo info = msdacore::build_info();
-  py::dict d;
-  d["version"] = info.version;
-  d["openmp"] = info.openmp;
-  d["openmp_version"] = info.openmp_version;
-  d["num_threads"] = info.num_threads;
-  d["max_threads"] = info.max_threads;
-  d["cuda_compiled"] = info.cuda_compiled;
-  d["cuda_kernels"] = info.cuda_kernels;
-  d["cuda_runtime_version"] = info.cuda_runtime_version;
-  d["cuda_fallback"] = info.cuda_fallback;
-  d["cpu_isa"] = info.cpu_isa;
-  d["cpu_isas"] = info.cpu_isas;
-  d["compiler"] = info.compiler;
-  return d;
+  return py::dict("version"_a = info.version, "openmp"_a = info.openmp,
+                  "openmp_version"_a = info.openmp_version, "num_threads"_a = info.num_threads,
+                  "max_threads"_a = info.max_threads, "cuda_compiled"_a = info.cuda_compiled,
+                  "cuda_kernels"_a = info.cuda_kernels,
+                  "cuda_runtime_version"_a = info.cuda_runtime_version,
+                  "cuda_fallback"_a = info.cuda_fallback, "cpu_isa"_a = info.cpu_isa,
+                  "cpu_isas"_a = info.cpu_isas, "compiler"_a = info.compiler);
 }
 
 }  // namespace

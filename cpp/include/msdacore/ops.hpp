@@ -58,18 +58,14 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
 // (Options::workspace). 0 on the CPU, whose kernels use none; on CUDA, the level table
 // for many levels, the float32 grad_value accumulator of half types and the buffers of
 // the deterministic backward. Validates the inputs as the op does.
-int64_t ms_deform_attn_forward_workspace_size(const TensorView& value,
-                                              const TensorView& spatial_shapes,
-                                              const TensorView& level_start_index,
-                                              const TensorView& sampling_locations,
-                                              const TensorView& attention_weights,
-                                              const Options& options = {});
-int64_t ms_deform_attn_backward_workspace_size(const TensorView& value,
-                                               const TensorView& spatial_shapes,
-                                               const TensorView& level_start_index,
-                                               const TensorView& sampling_locations,
-                                               const TensorView& attention_weights,
-                                               const Options& options = {});
+int64_t ms_deform_attn_forward_workspace_size(
+    const TensorView& value, const TensorView& spatial_shapes,
+    const TensorView& level_start_index, const TensorView& sampling_locations,
+    const TensorView& attention_weights, const Options& options = {});
+int64_t ms_deform_attn_backward_workspace_size(
+    const TensorView& value, const TensorView& spatial_shapes,
+    const TensorView& level_start_index, const TensorView& sampling_locations,
+    const TensorView& attention_weights, const Options& options = {});
 
 // output (N, Lq, M*D) = sum_l sum_p A * bilinear(value_l, location).
 void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_shapes,
