@@ -16,6 +16,23 @@ import numpy as np
 from . import _arrays, _core
 
 
+# The arguments whose shapes and dtype size the outputs.
+_SIZED = ("value", "sampling_locations", "attention_weights")
+
+
+class _Described:
+    """A DLPack producer with the shape and dtype the core read from it."""
+
+    def __init__(self, array, shape, dtype):
+        self.array, self.shape, self.dtype = array, shape, dtype
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
+
+
 class DLPackFramework:
     """Any other DLPack producer (JAX, TensorFlow, ...): outputs are NumPy arrays on the
     CPU, msdacore DeviceArrays (default allocator) on CUDA, and are returned through
@@ -26,16 +43,15 @@ class DLPackFramework:
     owns_cuda_memory = False  # CUDA outputs come from msdacore's default allocator
 
     def prepare(self, array, name):
-        """An argument ready for export (_arrays.as_array); a CPU producer's array becomes
-        a zero-copy NumPy array (whose shape and dtype the outputs are made from); CUDA and
-        unreadable arrays stay as they are (the core then reports what is wrong)."""
-        if (hasattr(array, "__dlpack__") and not isinstance(array, np.ndarray)
-                and _arrays.device_of(array)[0] != _arrays.KDL_CUDA):
-            try:
-                array = np.from_dlpack(array)
-            except Exception:  # noqa: BLE001 - e.g. bfloat16: the core's own error follows
-                pass
-        return _arrays.as_array(array, name)
+        """An argument ready for export (_arrays.as_array). A producer without shape and
+        dtype attributes is described once through the core's own DLPack reader (its
+        shape and dtype size the outputs) and exported again for the call."""
+        array = _arrays.as_array(array, name)
+        if (name in _SIZED and hasattr(array, "__dlpack__")
+                and not (hasattr(array, "shape") and hasattr(array, "dtype"))):
+            shape, dtype = _core.describe(_arrays.to_capsule(array, name), name)
+            return _Described(array, shape, dtype)
+        return array
 
     def empty(self, shape, like, stream):
         """An uninitialised C-contiguous array of `shape`, dtype and device of `like`."""
@@ -217,11 +233,15 @@ def torch_framework() -> TorchFramework:
 
 
 def _numpy_dtype(like):
+    """like's dtype as NumPy's; float32 where NumPy has none (e.g. bfloat16): the core
+    then rejects the input with its own error before it looks at the output."""
     dtype = getattr(like, "dtype", None)
-    try:
-        return np.dtype(dtype)
-    except TypeError:
-        return np.dtype(str(dtype).split(".")[-1])
+    for candidate in (dtype, str(dtype).split(".")[-1]):
+        try:
+            return np.dtype(candidate)
+        except TypeError:
+            pass
+    return np.dtype(np.float32)
 
 
 def _dtype_name(like) -> str:

@@ -327,6 +327,17 @@ PYBIND11_MODULE(_core, m) {
       py::arg("align_corners") = false, py::arg("deterministic") = false,
       "Bytes of device scratch a backward call needs.");
   m.def(
+      "describe",
+      [](py::handle capsule, const char* name) {
+        const DLPackInput input(capsule, name);
+        const msdacore::TensorView v = input.view();
+        py::tuple shape(v.ndim);
+        for (int32_t d = 0; d < v.ndim; ++d) shape[d] = v.shape[d];
+        return py::make_tuple(shape, msdacore::dtype_name(v.dtype));
+      },
+      py::arg("capsule"), py::arg("name"),
+      "(shape, dtype name) of a DLPack capsule (consumed), read as the ops read it.");
+  m.def(
       "cuda_empty",
       [](std::vector<int64_t> shape, const std::string& dtype, int device, std::uintptr_t stream) {
         return DeviceArray(device, std::move(shape), dtype_from_name(dtype),

@@ -177,6 +177,11 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
 
     Raises ValueError (shapes, devices, index arrays) or TypeError (dtypes), as the core.
     """
+    for name, t in (("value", value), ("sampling_locations", sampling_locations),
+                    ("attention_weights", attention_weights)):
+        if isinstance(t, Tensor) and (t.is_nested or t.layout != torch.strided):
+            raise TypeError(f"{name} is a {'nested' if t.is_nested else str(t.layout)} "
+                            "tensor: msdacore takes dense (strided) tensors")
     if level_start_index is None:
         if isinstance(spatial_shapes, Tensor):
             # one copy to the host for both index arrays
