@@ -117,6 +117,12 @@ void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_s
   const Problem p =
       check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   validate::check_output("output", output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D});
+  validate::check_no_overlap({{"output", &output}},
+                             {{"value", &value},
+                              {"spatial_shapes", &spatial_shapes},
+                              {"level_start_index", &level_start_index},
+                              {"sampling_locations", &sampling_locations},
+                              {"attention_weights", &attention_weights}});
   if (p.N == 0 || p.Lq == 0) return;
   CallWorkspace workspace(p, options, workspace_size(p, options, /*backward=*/false));
   backend_for(p).forward(p, options, value, sampling_locations, attention_weights, output,
@@ -133,6 +139,15 @@ void ms_deform_attn_backward(
       check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_backward_arguments(p, grad_output, grad_value, grad_sampling_locations,
                            grad_attention_weights);
+  validate::check_no_overlap({{"grad_value", &grad_value},
+                              {"grad_sampling_locations", &grad_sampling_locations},
+                              {"grad_attention_weights", &grad_attention_weights}},
+                             {{"value", &value},
+                              {"spatial_shapes", &spatial_shapes},
+                              {"level_start_index", &level_start_index},
+                              {"sampling_locations", &sampling_locations},
+                              {"attention_weights", &attention_weights},
+                              {"grad_output", &grad_output}});
   if (p.N == 0) return;
   CallWorkspace workspace(p, options, workspace_size(p, options, /*backward=*/true));
   backend_for(p).backward(p, options, value, sampling_locations, attention_weights, grad_output,

@@ -15,10 +15,25 @@
 #include <omp.h>
 #endif
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define MSDACORE_HAVE_PTHREAD_ATFORK 1
+#endif
+
 namespace msdacore {
 namespace {
 
 std::atomic<int> g_num_threads{0};  // 0: OpenMP's default
+
+// Fork safety: GNU libgomp's thread pool does not survive fork(), so a parallel region in a
+// child of a process that has run one never returns. As torch does, a forked child starts
+// at one thread (its CPU calls run on the calling thread); set_num_threads() in the child
+// can raise it again, at the child's own risk with libgomp.
+#ifdef MSDACORE_HAVE_PTHREAD_ATFORK
+void one_thread_after_fork() { g_num_threads.store(1); }
+[[maybe_unused]] const bool g_fork_handler_registered =
+    pthread_atfork(nullptr, nullptr, &one_thread_after_fork) == 0;
+#endif
 
 int default_threads() {
 #ifdef _OPENMP

@@ -8,6 +8,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "msdacore/errors.hpp"
@@ -157,18 +158,6 @@ int64_t read_index(const TensorView& t, int64_t offset) {
   return static_cast<const int64_t*>(t.data)[offset];
 }
 
-int64_t saturating_mul(int64_t a, int64_t b) {
-  const int64_t big = std::numeric_limits<int64_t>::max();
-  if (a > 0 && b > big / a) return big;
-  return a * b;
-}
-
-int64_t saturating_add(int64_t a, int64_t b) {
-  const int64_t big = std::numeric_limits<int64_t>::max();
-  if (b > big - a) return big;
-  return a + b;
-}
-
 // Throws unless the product of `dims` (the sizes of a tensor the call reads or writes)
 // fits in int64. Zero sizes are left out, so that an empty tensor's other sizes are
 // checked too (their products are used in index arithmetic).
@@ -221,11 +210,12 @@ void read_levels(const TensorView& spatial_shapes, const TensorView& level_start
     p->widths[l] = W;
     p->level_starts[l] = read_index(level_start_index, l * level_start_index.strides[0]);
     expected[l] = total;
-    total = saturating_add(total, saturating_mul(H, W));
-    if (total == std::numeric_limits<int64_t>::max()) {
+    const int64_t big = std::numeric_limits<int64_t>::max();
+    if (H > big / W || H * W > big - total) {  // exactly 2^63 - 1 tokens still fit
       throw ShapeError("spatial_shapes[" + std::to_string(l) + "] = (" + std::to_string(H) + ", " +
                        std::to_string(W) + "): the levels' H_l*W_l add up past 2^63 - 1 tokens");
     }
+    total += H * W;
   }
   if (p->level_starts != expected) {
     throw ShapeError("level_start_index must hold the prefix sums of H_l*W_l from "
@@ -275,8 +265,8 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
   p.S = value.shape[1];
   p.M = value.shape[2];
   p.D = value.shape[3];
-  if (p.S < 1 || p.M < 1 || p.D < 1) {
-    throw ShapeError("value must have shape (N, S, M, D) with S, M, D >= 1, got " +
+  if (p.N < 0 || p.S < 1 || p.M < 1 || p.D < 1) {
+    throw ShapeError("value must have shape (N, S, M, D) with N >= 0 and S, M, D >= 1, got " +
                      value.shape_string());
   }
   expect_shape("spatial_shapes", spatial_shapes, "L, 2", {kUnknown, 2});
@@ -339,6 +329,51 @@ void check_output(const char* name, const TensorView& t, const Problem& p, const
   check_float_input(name, t, p, symbols, dims);
   if (!t.is_contiguous()) {
     throw ShapeError(std::string(name) + " must be a contiguous (row-major) output buffer");
+  }
+}
+
+namespace {
+
+// [first, last) byte addresses `t` covers; empty for a tensor without elements.
+std::pair<std::uintptr_t, std::uintptr_t> byte_span(const TensorView& t) {
+  if (t.numel() <= 0 || t.data == nullptr) return {0, 0};
+  int64_t low = 0, high = 0;  // in elements, relative to data
+  for (int d = 0; d < t.ndim; ++d) {
+    const int64_t reach = t.strides[d] * (t.shape[d] - 1);
+    (reach < 0 ? low : high) += reach;
+  }
+  const auto base = reinterpret_cast<std::uintptr_t>(t.data);
+  const auto size = static_cast<std::uintptr_t>(dtype_size(t.dtype));
+  return {base + static_cast<std::uintptr_t>(low) * size,
+          base + static_cast<std::uintptr_t>(high + 1) * size};
+}
+
+bool overlap(const TensorView& a, const TensorView& b) {
+  if (a.device != b.device) return false;
+  const auto sa = byte_span(a), sb = byte_span(b);
+  return sa.first < sa.second && sb.first < sb.second && sa.first < sb.second &&
+         sb.first < sa.second;
+}
+
+}  // namespace
+
+void check_no_overlap(std::initializer_list<NamedView> outputs,
+                      std::initializer_list<NamedView> inputs) {
+  for (auto out = outputs.begin(); out != outputs.end(); ++out) {
+    for (const NamedView& in : inputs) {
+      if (overlap(*out->view, *in.view)) {
+        throw Error(std::string(out->name) + " overlaps " + in.name +
+                    " in memory: outputs must not share memory with the inputs or with "
+                    "each other");
+      }
+    }
+    for (auto other = outputs.begin(); other != out; ++other) {
+      if (overlap(*out->view, *other->view)) {
+        throw Error(std::string(out->name) + " overlaps " + other->name +
+                    " in memory: outputs must not share memory with the inputs or with "
+                    "each other");
+      }
+    }
   }
 }
 

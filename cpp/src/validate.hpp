@@ -18,5 +18,16 @@ void check_float_input(const char* name, const TensorView& t, const Problem& p,
 void check_output(const char* name, const TensorView& t, const Problem& p, const char* symbols,
                   std::initializer_list<int64_t> dims);
 
+// An argument's name and view, for check_no_overlap.
+struct NamedView {
+  const char* name;
+  const TensorView* view;
+};
+
+// Error when an output's memory overlaps an input's or another output's (same device;
+// byte ranges from shapes and strides).
+void check_no_overlap(std::initializer_list<NamedView> outputs,
+                      std::initializer_list<NamedView> inputs);
+
 }  // namespace validate
 }  // namespace msdacore

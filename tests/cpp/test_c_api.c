@@ -207,8 +207,35 @@ static void test_misc(void) {
   CHECK(msdacore_get_num_threads() == 1);
 }
 
+/* Outputs sharing memory with an input, or with each other, are refused. */
+static void test_overlap(void) {
+  views v = make_views();
+  double scratch[16];
+  msdacore_tensor o, g, gv, gl, ga;
+  const int64_t out_shape[3] = {1, 3, 1};
+  double grad_out[3] = {1, 0, 0};
+  CHECK_STATUS(msdacore_tensor_contiguous(&o, value, 3, out_shape, MSDACORE_FLOAT64), MSDACORE_OK);
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
+               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK(strstr(msdacore_last_error(), "output overlaps value in memory") != NULL);
+  CHECK(value[5] == 5.0); /* nothing written */
+  CHECK_STATUS(msdacore_tensor_contiguous(&g, grad_out, 3, out_shape, MSDACORE_FLOAT64),
+               MSDACORE_OK);
+  gv = v.value;
+  gv.data = scratch;
+  gl = v.loc;
+  gl.data = scratch + 2; /* inside grad_value */
+  ga = v.attn;
+  ga.data = scratch + 12;
+  CHECK_STATUS(msdacore_backward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl,
+                                 &ga, NULL),
+               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK(strstr(msdacore_last_error(), "grad_sampling_locations overlaps grad_value") != NULL);
+}
+
 int main(void) {
   test_forward_backward();
+  test_overlap();
   test_errors();
   test_misc();
   if (g_failures) {

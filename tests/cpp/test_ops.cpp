@@ -515,6 +515,61 @@ void test_workspace_and_memory() {
   }
 }
 
+// Outputs sharing memory with inputs or each other are refused; sizes at the limits.
+void test_overlap_and_limits() {
+  const int64_t N = 1, Lq = 2, M = 1, D = 2, L = 1, P = 1, H = 2, W = 2, S = H * W;
+  std::vector<float> value(N * S * M * D, 1.0f), loc(N * Lq * M * L * P * 2, 0.5f),
+      attn(N * Lq * M * L * P, 1.0f), grad(N * Lq * M * D, 1.0f), out(64);
+  int64_t shapes[2] = {H, W}, starts[1] = {0};
+  const TensorView v(value.data(), {N, S, M, D}, DType::Float32),
+      ss(shapes, {L, 2}, DType::Int64), lsi(starts, {L}, DType::Int64),
+      l(loc.data(), {N, Lq, M, L, P, 2}, DType::Float32),
+      a(attn.data(), {N, Lq, M, L, P}, DType::Float32),
+      g(grad.data(), {N, Lq, M * D}, DType::Float32);
+  // output written over the attention weights' memory
+  CHECK(message_of<msdacore::Error>([&] {
+          msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
+                                           TensorView(value.data(), {N, Lq, M * D},
+                                                      DType::Float32));
+        }).find("output overlaps value in memory") != std::string::npos);
+  // two gradients in one buffer
+  CHECK(message_of<msdacore::Error>([&] {
+          msdacore::ms_deform_attn_backward(
+              v, ss, lsi, l, a, g, TensorView(out.data(), {N, S, M, D}, DType::Float32),
+              TensorView(out.data() + 4, {N, Lq, M, L, P, 2}, DType::Float32),
+              TensorView(out.data() + 40, {N, Lq, M, L, P}, DType::Float32));
+        }).find("grad_sampling_locations overlaps grad_value") != std::string::npos);
+  // adjacent, not overlapping: accepted
+  msdacore::ms_deform_attn_backward(
+      v, ss, lsi, l, a, g, TensorView(out.data(), {N, S, M, D}, DType::Float32),
+      TensorView(out.data() + 8, {N, Lq, M, L, P, 2}, DType::Float32),
+      TensorView(out.data() + 12, {N, Lq, M, L, P}, DType::Float32));
+
+  // A negative N (a broken producer) is blamed on value.
+  int64_t bad_shape[4] = {-1, S, M, D}, bad_strides[4] = {S * M * D, M * D, D, 1};
+  CHECK(message_of<msdacore::ShapeError>([&] {
+          msdacore::check_inputs(
+              TensorView(value.data(), 4, bad_shape, bad_strides, DType::Float32), ss, lsi, l,
+              a);
+        }).find("value must have shape (N, S, M, D) with N >= 0") != std::string::npos);
+
+  // A level of exactly 2^63 - 1 tokens fits (value broadcast over them with stride 0).
+  const int64_t big = std::numeric_limits<int64_t>::max();
+  int64_t huge_shapes[2] = {big, 1}, huge_v_shape[4] = {1, big, 1, 1},
+          huge_v_strides[4] = {0, 0, 0, 1};
+  const TensorView huge_ss(huge_shapes, {1, 2}, DType::Int64),
+      huge_v(value.data(), 4, huge_v_shape, huge_v_strides, DType::Float32);
+  const msdacore::Problem hp = msdacore::check_inputs(huge_v, huge_ss, lsi, l, a);
+  CHECK(hp.S == big);
+
+  // The CPU is one device whatever its index.
+  std::vector<float> out2(N * Lq * M * D);
+  TensorView o(out2.data(), {N, Lq, M * D}, DType::Float32);
+  o.device.index = 3;
+  msdacore::ms_deform_attn_forward(v, ss, lsi, l, a, o);
+  CHECK(out2[0] == 1.0f);
+}
+
 }  // namespace
 
 int main() {
@@ -524,6 +579,7 @@ int main() {
   test_thread_determinism();
   test_c_api_thread_local_error();
   test_workspace_and_memory();
+  test_overlap_and_limits();
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;

@@ -165,3 +165,90 @@ def test_nested_torch_tensors_give_type_error():
     with pytest.raises((TypeError, ValueError)):
         mt.ms_deform_attn(nested, [[3, 4]], [0], torch.from_numpy(args[3]),
                           torch.from_numpy(args[4]))
+
+
+def test_fork_after_a_parallel_call_does_not_hang():
+    """GNU libgomp's pool does not survive fork(): the child starts at one thread."""
+    res = _run("""
+        import os, sys
+        import numpy as np
+        import msdacore
+        msdacore.set_num_threads(2)
+        rng = np.random.default_rng(0)
+        value = rng.standard_normal((2, 64 * 64, 8, 32)).astype(np.float32)
+        loc = rng.uniform(0, 1, (2, 500, 8, 1, 4, 2)).astype(np.float32)
+        attn = rng.uniform(0, 1, (2, 500, 8, 1, 4)).astype(np.float32)
+        args = (value, [[64, 64]], [0], loc, attn)
+        expected = msdacore.ms_deform_attn(*args)  # a parallel region in the parent
+        pid = os.fork()
+        if pid == 0:
+            ok = np.array_equal(msdacore.ms_deform_attn(*args), expected)
+            ok = ok and msdacore.get_num_threads() == 1
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    """, timeout=60)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+
+
+def test_dataloader_workers_after_a_parallel_call():
+    pytest.importorskip("torch")
+    res = _run("""
+        import numpy as np, torch
+        import msdacore
+        import msdacore.torch as mt
+        msdacore.set_num_threads(2)
+        g = torch.Generator().manual_seed(0)
+        value = torch.randn(1, 48 * 48, 8, 32, generator=g)
+        loc = torch.rand(1, 400, 8, 1, 4, 2, generator=g)
+        attn = torch.rand(1, 400, 8, 1, 4, generator=g)
+        shapes = [[48, 48]]
+        expected = mt.ms_deform_attn(value, shapes, None, loc, attn)  # parallel, in the parent
+
+        class Data(torch.utils.data.Dataset):
+            def __len__(self):
+                return 4
+            def __getitem__(self, i):
+                return mt.ms_deform_attn(value, shapes, None, loc, attn)
+
+        loader = torch.utils.data.DataLoader(Data(), batch_size=None, num_workers=2,
+                                             multiprocessing_context="fork")
+        outs = list(loader)
+        assert len(outs) == 4 and all(torch.equal(o, expected) for o in outs)
+        print("ok")
+    """, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, (res.returncode, res.stderr[-2000:])
+
+
+def test_flush_to_zero_of_the_caller_holds_in_every_thread():
+    """With FTZ/DAZ set by the caller (torch.set_flush_denormal) after OpenMP's worker
+    threads exist (they inherit the mode only when created), results on subnormal inputs
+    are the same for 1 and 2 threads, and the other way round."""
+    torch = pytest.importorskip("torch")
+    res = _run("""
+        import numpy as np, torch
+        import msdacore
+        rng = np.random.default_rng(0)
+        value = (rng.standard_normal((2, 32 * 32, 8, 32)) * 1e-39).astype(np.float32)
+        loc = rng.uniform(0, 1, (2, 300, 8, 1, 4, 2)).astype(np.float32)
+        attn = rng.uniform(0, 1, (2, 300, 8, 1, 4)).astype(np.float32)
+        args = (value, [[32, 32]], [0], loc, attn)
+        grad = (rng.standard_normal((2, 300, 256)) * 1e-39).astype(np.float32)
+        msdacore.set_num_threads(2)
+        msdacore.ms_deform_attn(*args)  # the worker threads now exist, without FTZ
+        for flush in (True, False):
+            if not torch.set_flush_denormal(flush):
+                print("unsupported"); raise SystemExit(0)
+            results = []
+            for threads in (1, 2):
+                msdacore.set_num_threads(threads)
+                results.append((msdacore.ms_deform_attn(*args),)
+                               + msdacore.ms_deform_attn_backward(*args, grad))
+            same = all(np.array_equal(a, b) for a, b in zip(*results))
+            flushed = not np.any(results[0][0])  # subnormal products flushed to zero
+            print("same" if same else "differ", "flushed" if flushed else "kept")
+    """)
+    assert res.returncode == 0, res.stderr[-2000:]
+    if "unsupported" in res.stdout:
+        pytest.skip("this CPU has no flush-to-zero mode (torch.set_flush_denormal)")
+    assert res.stdout.split() == ["same", "flushed", "same", "kept"], res.stdout

@@ -26,7 +26,9 @@
  *   grad_value          (N, S, M, D)          T, contiguous, written by msdacore_backward
  *   grad_sampling_locations (N, Lq, M, L, P, 2), grad_attention_weights (N, Lq, M, L, P)
  *                                             T, contiguous, written by msdacore_backward
- * Outputs are caller-provided and fully overwritten; inputs are never modified.
+ * Outputs are caller-provided and fully overwritten; inputs are never modified. Outputs
+ * that share memory with an input or with each other are refused
+ * (MSDACORE_ERROR_INVALID_ARGUMENT, naming both).
  *
  * Every function that returns msdacore_status catches every C++ exception: none ever
  * crosses this API. On failure nothing has been written to the outputs when the status

@@ -20,7 +20,10 @@ enum class DeviceType : int32_t { CPU, CUDA };
 struct Device {
   DeviceType type = DeviceType::CPU;
   int32_t index = 0;
-  bool operator==(const Device& o) const { return type == o.type && index == o.index; }
+  // The CPU is one device whatever index a caller gives it.
+  bool operator==(const Device& o) const {
+    return type == o.type && (type == DeviceType::CPU || index == o.index);
+  }
   bool operator!=(const Device& o) const { return !(*this == o); }
 };
 
