@@ -7,7 +7,7 @@
 // query order whatever the grouping, so the grouping may follow the thread count while
 // results stay bitwise identical. Within a task, queries are the outer loop and heads
 // the inner one: the heads of one token share its cache lines.
-#include "cpu_fp_mode.hpp"
+#include "cpu_parallel.hpp"
 #include "cpu_simd.hpp"
 #include "cpu_kernels.hpp"
 #include "msdacore/detail/bilinear.hpp"
@@ -78,14 +78,13 @@ void query_head_level(const BackwardArgs<T>& a, int64_t n, int64_t q, int64_t m,
 template <typename T>
 void backward_impl(const BackwardArgs<T>& a) {
   const Problem& p = a.p;
-  const int threads = get_num_threads();
-  const unsigned fp_mode = caller_fp_mode();
-  const Blocks groups(p.M, heads_per_task(p, threads));
+  const TaskRun run(p);
+  const Blocks groups(p.M, heads_per_task(p, run.threads));
   const int64_t tasks = p.N * p.L * groups.count;
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && parallel_worth_it(p))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(run.threads) if (run.parallel)
   for (int64_t task = 0; task < tasks; ++task) {
-    const ScopedFpMode same_as_caller(fp_mode);
+    const ScopedFpMode caller_mode(run.fp_mode);
     const int64_t n = task / (p.L * groups.count), l = (task / groups.count) % p.L;
     const int64_t group = task % groups.count;
     const int64_t m_begin = groups.begin(group), m_end = groups.end(group);

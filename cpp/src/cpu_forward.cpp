@@ -5,7 +5,7 @@
 // so this order reads value with the best locality (measured: 1.6x faster than one head
 // at a time on detr-enc, docs/benchmarks.md). For each (q, m) the D channels are
 // accumulated in register-sized chunks (kChunk channels) over all L*P points, then stored.
-#include "cpu_fp_mode.hpp"
+#include "cpu_parallel.hpp"
 #include "cpu_simd.hpp"
 #include "cpu_kernels.hpp"
 #include "msdacore/detail/bilinear.hpp"
@@ -80,16 +80,15 @@ void head_chunk(const ForwardArgs<T>& a, int64_t n, int64_t q, int64_t m, int64_
 template <typename T>
 void forward_impl(const ForwardArgs<T>& a) {
   const Problem& p = a.p;
-  const int threads = get_num_threads();
-  const unsigned fp_mode = caller_fp_mode();
-  const Blocks blocks(p.Lq, query_block(p, threads));
+  const TaskRun run(p);
+  const Blocks blocks(p.Lq, query_block(p, run.threads));
   const int64_t tasks = p.N * blocks.count;
   constexpr int64_t chunk = kChunk<T>;
   const bool unit = a.value.stride[3] == 1;
 
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && parallel_worth_it(p))
+#pragma omp parallel for schedule(static) num_threads(run.threads) if (run.parallel)
   for (int64_t task = 0; task < tasks; ++task) {
-    const ScopedFpMode same_as_caller(fp_mode);
+    const ScopedFpMode caller_mode(run.fp_mode);
     const int64_t n = task / blocks.count, block = task % blocks.count;
     const int64_t q_begin = blocks.begin(block), q_end = blocks.end(block);
     for (int64_t q = q_begin; q < q_end; ++q) {

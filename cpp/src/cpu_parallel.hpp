@@ -1,4 +1,5 @@
-// Internal: the caller's floating-point mode in every thread of a parallel region.
+// Internal: how the CPU kernels' tasks run: the thread count, whether a problem is worth
+// a parallel region, and the caller's floating-point mode in every thread of it.
 //
 // On x86 the flush-to-zero (FTZ) and denormals-are-zero (DAZ) bits of MXCSR decide how
 // subnormal numbers are treated, and they are per thread: a caller that set them (for
@@ -8,6 +9,9 @@
 // (CallerFpMode captured before the parallel region, ScopedFpMode in each task).
 // Elsewhere these are no-ops.
 #pragma once
+
+#include "cpu_simd.hpp"
+#include "msdacore/runtime.hpp"
 
 #if defined(__SSE__) || defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
@@ -43,6 +47,23 @@ class ScopedFpMode {
   explicit ScopedFpMode(unsigned) {}
 };
 #endif
+
+// The setup of one kernel's parallel loop, read once on the calling thread:
+//   const TaskRun run(p);
+//   #pragma omp parallel for num_threads(run.threads) if (run.parallel)
+//   for (task ...) { const ScopedFpMode caller_mode(run.fp_mode); ... }
+// One thread (a forked child, set_num_threads(1)) or a small problem: no parallel region.
+namespace MSDACORE_CPU_ISA {
+struct TaskRun {
+  int threads;
+  bool parallel;
+  unsigned fp_mode;
+  explicit TaskRun(const Problem& p)
+      : threads(get_num_threads()),
+        parallel(threads > 1 && parallel_worth_it(p)),
+        fp_mode(caller_fp_mode()) {}
+};
+}  // namespace MSDACORE_CPU_ISA
 
 }  // namespace cpu
 }  // namespace msdacore
