@@ -118,8 +118,9 @@ class _Call:
     def outputs(self, backward):
         a = self.arrays
         shapes = output_shapes(a[0], a[3], a[4], backward)
+        likes = (a[0], a[3], a[4]) if backward else (a[0],)  # each gradient in its input's dtype
         try:
-            return [self.fw.empty(s, a[0], self.stream) for s in shapes]
+            return [self.fw.empty(s, like, self.stream) for s, like in zip(shapes, likes)]
         except (MemoryError, ValueError) as error:  # NumPy: "array is too big"
             names = _GRADIENTS if backward else ("output",)
             sizes = ", ".join(f"{n} {s}" for n, s in zip(names, shapes))
