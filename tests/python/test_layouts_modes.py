@@ -564,10 +564,9 @@ def _apply_bad(x, kwargs_changes, array_changes):
     kw = dict(points_per_level=[2, 3], mode="bilinear", align_corners=False)
     kw.update(kwargs_changes)
     x = dict(x)
-    if array_changes == "uniform":  # counts [2, 3] have no uniform layout: (1, 2, 1, 2, 2, 2)
+    if array_changes == "uniform":  # counts [2, 3] have no uniform layout
         x["sampling_locations"] = np.zeros((1, 2, 1, 2, 2, 2), x["value"].dtype)
         x["attention_weights"] = np.zeros((1, 2, 1, 2, 2), x["value"].dtype)
-        kw["points_per_level"] = [2, 2]
     else:
         for k, shape in array_changes.items():
             x[k] = np.zeros(shape, x["value"].dtype)
