@@ -726,6 +726,31 @@ def test_border_points(mode):
 
 
 @needs_api
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_discrete_huge_finite_coordinates_are_clamped(dtype):
+    """SPEC: only a NaN or infinite coordinate skips a discrete sample; a finite one is
+    clamped, even where loc*size overflows the dtype (the largest finite numbers)."""
+    big = float(np.finfo(dtype).max)
+    H, W = 2, 3
+    value = np.arange(1.0, 1.0 + H * W).reshape(1, H * W, 1, 1)
+    pts = [(big, big), (-big, -big), (big, -big), (-big, big), (0.5, big), (big, 0.5)]
+    loc = np.array(pts).reshape(1, len(pts), 1, 1, 2)
+    attn = np.ones((1, len(pts), 1, 1))
+    x = dict(value=value, spatial_shapes=np.array([[H, W]]), level_start_index=np.array([0]),
+             sampling_locations=loc, attention_weights=attn,
+             grad_output=np.ones((1, len(pts), 1)))
+    x = {k: (v.astype(dtype) if v.dtype == np.float64 else v) for k, v in x.items()}
+    expected = ref_run(as64(x), [1], "discrete")
+    # pixels (1, 2), (0, 0), (0, 2), (1, 0), (1, 2), (1, 2): values 6, 1, 3, 4, 6, 6
+    # (x = 0.5: j = floor(2.0) = 2; y = 0.5: i = floor(1.5) = 1)
+    assert expected[0].ravel().tolist() == [6.0, 1.0, 3.0, 4.0, 6.0, 6.0]
+    got = lib_run(x, [1], "discrete")
+    for name, a, b in zip(RESULT_NAMES, got, expected):
+        np.testing.assert_array_equal(np.asarray(a, np.float64), np.reshape(b, np.shape(a)),
+                                      err_msg=name)
+
+
+@needs_api
 @pytest.mark.parametrize("N,Lq", [(0, 3), (2, 0), (0, 0)])
 @pytest.mark.parametrize("mode", ["bilinear", "discrete"])
 def test_empty(N, Lq, mode):
