@@ -641,6 +641,19 @@ def test_points_per_level_as_tuple(dtype):
 
 
 @needs_api
+@pytest.mark.parametrize("mode", ["bilinear", "discrete"])
+def test_strided_flattened_inputs(mode):
+    """Flattened arrays with doubled strides give the contiguous arrays' bits."""
+    case = LayoutCase(2, ((4, 3), (1, 1), (2, 5)), (3, 6, 3), False, 2, 5, 6, mode, False,
+                      np.float64, 12, 0.1, 0.05, 0.05)
+    x = make_layout_inputs(case)
+    strided = {k: (np.stack([v, v], -1)[..., 0] if v.dtype == np.float64 else v)
+               for k, v in x.items()}
+    assert not strided["sampling_locations"].flags.c_contiguous
+    assert_same_bits(lib_run(strided, [3, 6, 3], mode), lib_run(x, [3, 6, 3], mode), "strided")
+
+
+@needs_api
 @given(case=layout_cases(equal_counts=True, uniform=(False,)))
 def test_layouts_agree_bit_for_bit(case):
     """points_per_level=[P]*L on flattened arrays gives exactly the uniform layout's
