@@ -250,6 +250,7 @@ void backward(const Problem& p, const Options& options, const TensorView& value,
               const TensorView& grad_output, const TensorView& grad_value,
               const TensorView& grad_sampling_locations,
               const TensorView& grad_attention_weights, Workspace& workspace) {
+  check_layout_and_mode(p, kOp);
   DeviceGuard guard(p.device.index, kOp);
   check_input_pointers(kOp, value, sampling_locations, attention_weights);
   check_pointer(kOp, "grad_output", grad_output);

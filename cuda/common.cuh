@@ -57,6 +57,10 @@ class DeviceGuard {
   int previous_ = -1;
 };
 
+// DeviceError for what the CUDA kernels do not read yet: the flattened points-per-level
+// layout and discrete sampling (the CPU backend computes both).
+void check_layout_and_mode(const Problem& p, const char* op);
+
 // DeviceError unless `t` (when non-empty) is CUDA memory the device of `t` can read.
 void check_pointer(const char* op, const char* name, const TensorView& t);
 

@@ -127,6 +127,7 @@ int64_t forward_workspace_size(const Problem& p, const Options&) {
 void forward(const Problem& p, const Options& options, const TensorView& value,
              const TensorView& sampling_locations, const TensorView& attention_weights,
              const TensorView& output, Workspace& workspace) {
+  check_layout_and_mode(p, kOp);
   DeviceGuard guard(p.device.index, kOp);
   check_input_pointers(kOp, value, sampling_locations, attention_weights);
   check_pointer(kOp, "output", output);

@@ -51,6 +51,14 @@ DeviceGuard::~DeviceGuard() {
   if (previous_ >= 0) (void)cudaSetDevice(previous_);
 }
 
+void check_layout_and_mode(const Problem& p, const char* op) {
+  if (p.flattened || p.mode != SamplingMode::Bilinear) {
+    throw DeviceError(std::string("msdacore ") + op + ": the CUDA backend does not run " +
+                      (p.flattened ? "points_per_level (the flattened layout)" : "mode=discrete") +
+                      " in this build; run the call on CPU arrays");
+  }
+}
+
 void check_pointer(const char* op, const char* name, const TensorView& t) {
   if (t.numel() == 0) return;
   cudaPointerAttributes attr;

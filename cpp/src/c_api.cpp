@@ -129,6 +129,20 @@ msdacore::Options to_options(const msdacore_options* options) {
   if (options != nullptr) {
     out.align_corners = options->align_corners != 0;
     out.stream = options->stream;
+    out.deterministic = options->deterministic != 0;
+    if (options->mode != MSDACORE_MODE_BILINEAR && options->mode != MSDACORE_MODE_DISCRETE) {
+      throw msdacore::Error("options.mode must be MSDACORE_MODE_BILINEAR (0) or "
+                            "MSDACORE_MODE_DISCRETE (1), got " + std::to_string(options->mode));
+    }
+    out.mode = options->mode == MSDACORE_MODE_DISCRETE ? msdacore::SamplingMode::Discrete
+                                                       : msdacore::SamplingMode::Bilinear;
+    if (options->num_levels < 0 || (options->num_levels > 0 && !options->points_per_level)) {
+      throw msdacore::Error("options.points_per_level must point to num_levels >= 0 counts");
+    }
+    if (options->num_levels > 0) {
+      out.points_per_level.assign(options->points_per_level,
+                                  options->points_per_level + options->num_levels);
+    }
   }
   return out;
 }

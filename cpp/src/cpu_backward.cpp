@@ -23,8 +23,8 @@ template <typename T>
 struct BackwardArgs : InputArgs<T> {
   Strided<T, 3> grad_out;  // (N, Lq, M*D)
   T* grad_value;           // (N, S, M, D) contiguous
-  T* grad_loc;             // (N, Lq, M, L, P, 2) contiguous
-  T* grad_attn;            // (N, Lq, M, L, P) contiguous
+  T* grad_loc;             // (N, Lq, M, P_total, 2) contiguous (either layout)
+  T* grad_attn;            // (N, Lq, M, P_total) contiguous
 };
 
 // Heads per task: enough tasks for every thread (two per thread where the problem
@@ -41,25 +41,26 @@ int64_t heads_per_task(const Problem& p, int threads) {
 template <typename T>
 void query_head_level(const BackwardArgs<T>& a, int64_t n, int64_t q, int64_t m, int64_t l) {
   const Problem& p = a.p;
-  const detail::Level<T>& level = a.levels[l];
+  const LevelGeometry<T>& level = a.levels[l];
   const int64_t start = p.level_starts[l], D = p.D;
   const int64_t gs = a.grad_out.stride[2], vs = a.value.stride[3];
   const T* g = a.grad_out.data + n * a.grad_out.stride[0] + q * a.grad_out.stride[1] + m * D * gs;
   const T* value_level = a.value.data + n * a.value.stride[0] + start * a.value.stride[1] +
                          m * a.value.stride[2];
   T* gv_level = a.grad_value + ((n * p.S + start) * p.M + m) * D;
-  const int64_t sample0 = (((n * p.Lq + q) * p.M + m) * p.L + l) * p.P;  // index of point 0
+  // Index of the level's point 0 in the (contiguous) gradients, either layout.
+  const int64_t sample0 = ((n * p.Lq + q) * p.M + m) * p.P_total + level.first_point;
   const T* loc_point0 = a.loc.data + n * a.loc.stride[0] + q * a.loc.stride[1] +
-                        m * a.loc.stride[2] + l * a.loc.stride[3];
+                        m * a.loc.stride[2] + level.loc_offset;
   const T* attn_point0 = a.attn.data + n * a.attn.stride[0] + q * a.attn.stride[1] +
-                         m * a.attn.stride[2] + l * a.attn.stride[3];
+                         m * a.attn.stride[2] + level.attn_offset;
 
-  for (int64_t pt = 0; pt < p.P; ++pt) {
+  for (int64_t pt = 0; pt < level.points; ++pt) {
     T* grad_xy = a.grad_loc + (sample0 + pt) * 2;
     T* grad_a = a.grad_attn + sample0 + pt;
     const T* xy = loc_point0 + pt * a.loc.stride[4];
     detail::Corners<T> c;
-    if (!detail::sample_corners(level, xy[0], xy[a.loc.stride[5]], &c)) {
+    if (!detail::mode_corners<T>(level, a.discrete, xy[0], xy[a.loc.stride[5]], &c)) {
       grad_xy[0] = grad_xy[1] = *grad_a = T(0);
       continue;
     }

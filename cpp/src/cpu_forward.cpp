@@ -35,7 +35,7 @@ struct ForwardArgs : InputArgs<T> {
   T* out;  // (N, Lq, M*D) contiguous
 };
 
-// Sums A * B over the L*P points of (n, q, m) for channels d0 .. d0 + len of head m and
+// Sums A * B over the P_total points of (n, q, m) for channels d0 .. d0 + len of head m and
 // stores them in the output. kVector: unit-stride channels and len == kChunk<T>, summed in
 // registers; otherwise element by element, with the same arithmetic per element.
 template <typename T, bool kVector>
@@ -50,13 +50,13 @@ void head_chunk(const ForwardArgs<T>& a, int64_t n, int64_t q, int64_t m, int64_
   const T* attn_head =
       a.attn.data + n * a.attn.stride[0] + q * a.attn.stride[1] + m * a.attn.stride[2];
   for (int64_t l = 0; l < p.L; ++l) {
-    const detail::Level<T>& level = a.levels[l];
+    const LevelGeometry<T>& level = a.levels[l];
     const T* value_level = value_head + p.level_starts[l] * a.value.stride[1];
-    for (int64_t pt = 0; pt < p.P; ++pt) {
-      const T* xy = loc_head + l * a.loc.stride[3] + pt * a.loc.stride[4];
+    for (int64_t pt = 0; pt < level.points; ++pt) {
+      const T* xy = loc_head + level.loc_offset + pt * a.loc.stride[4];
       detail::Corners<T> c;
-      if (!detail::sample_corners(level, xy[0], xy[a.loc.stride[5]], &c)) continue;
-      const T A = attn_head[l * a.attn.stride[3] + pt * a.attn.stride[4]];
+      if (!detail::mode_corners<T>(level, a.discrete, xy[0], xy[a.loc.stride[5]], &c)) continue;
+      const T A = attn_head[level.attn_offset + pt * a.attn.stride[4]];
       for (int k = 0; k < 4; ++k) {
         if (!c.inside[k]) continue;
         const T weight = A * c.weight[k];

@@ -40,22 +40,46 @@ struct Strided {
   const T* data;
   int64_t stride[Rank];
 
+  // `t` of rank Rank; or, for the flattened point layout, of rank Rank - 1 without the
+  // level axis: viewed with a zero level stride (the levels' offsets are in
+  // LevelGeometry), so that the point axis is stride[Rank - 2] in both layouts.
   explicit Strided(const TensorView& t) : data(static_cast<const T*>(t.data)) {
-    for (int d = 0; d < Rank; ++d) stride[d] = t.strides[d];
+    if (t.ndim == Rank) {
+      for (int d = 0; d < Rank; ++d) stride[d] = t.strides[d];
+    } else {
+      for (int d = 0, from = 0; d < Rank; ++d) stride[d] = d == 3 ? 0 : t.strides[from++];
+    }
   }
 };
 
-// detail::Level as a type of this kernel build's own: the std::vector code that holds
-// it is then never shared between builds compiled for different instruction sets.
+// A level's geometry (detail::Level) and where its points are: a type of this kernel
+// build's own, so the std::vector code that holds it is never shared between builds
+// compiled for different instruction sets.
 template <typename T>
-struct LevelGeometry : detail::Level<T> {};
+struct LevelGeometry : detail::Level<T> {
+  int64_t points;       // P_l
+  int64_t first_point;  // index of its first point among a head's P_total (output layout)
+  int64_t loc_offset;   // element offset of its first point in sampling_locations[n, q, m]
+  int64_t attn_offset;  // the same in attention_weights[n, q, m]
+};
 
-// The geometry of every level of `p`.
+// The geometry of every level of `p`, for inputs with the (rank-6 view) strides of
+// `loc` and `attn` (see PointStrides).
 template <typename T>
-std::vector<LevelGeometry<T>> level_geometry(const Problem& p, bool align_corners) {
+std::vector<LevelGeometry<T>> level_geometry(const Problem& p, bool align_corners,
+                                             const int64_t* loc_strides,
+                                             const int64_t* attn_strides) {
   std::vector<LevelGeometry<T>> levels(p.L);
   for (int64_t l = 0; l < p.L; ++l) {
-    levels[l] = {detail::make_level<T>(p.heights[l], p.widths[l], align_corners)};
+    LevelGeometry<T>& g = levels[l];
+    static_cast<detail::Level<T>&>(g) =
+        detail::make_level<T>(p.heights[l], p.widths[l], align_corners);
+    g.points = p.points[l];
+    g.first_point = p.point_starts[l];
+    // Uniform layout: level l at l * stride[3]; flattened: its first point at
+    // point_starts[l] * (point stride).
+    g.loc_offset = p.flattened ? p.point_starts[l] * loc_strides[4] : l * loc_strides[3];
+    g.attn_offset = p.flattened ? p.point_starts[l] * attn_strides[4] : l * attn_strides[3];
   }
   return levels;
 }
@@ -66,9 +90,10 @@ template <typename T>
 struct InputArgs {
   const Problem& p;
   Strided<T, 4> value;  // (N, S, M, D)
-  Strided<T, 6> loc;    // (N, Lq, M, L, P, 2)
-  Strided<T, 5> attn;   // (N, Lq, M, L, P)
-  const LevelGeometry<T>* levels;  // L levels' geometry
+  Strided<T, 6> loc;    // (N, Lq, M, L, P, 2), or (N, Lq, M, P_total, 2) with level stride 0
+  Strided<T, 5> attn;   // (N, Lq, M, L, P), or (N, Lq, M, P_total) likewise
+  const LevelGeometry<T>* levels;  // L levels' geometry and point offsets
+  bool discrete;                   // mode=discrete: one clamped pixel per sample
 };
 
 // Calls f(TypeTag<T>{}, in) with T the kernels' element type for p.dtype (double for
@@ -80,9 +105,12 @@ void with_inputs(const Problem& p, const Options& options, const TensorView& val
                  const TensorView& loc, const TensorView& attn, F&& f) {
   const auto run = [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const std::vector<LevelGeometry<T>> levels = level_geometry<T>(p, options.align_corners);
-    f(tag, InputArgs<T>{p, Strided<T, 4>(value), Strided<T, 6>(loc), Strided<T, 5>(attn),
-                        levels.data()});
+    const Strided<T, 6> loc_view(loc);
+    const Strided<T, 5> attn_view(attn);
+    const std::vector<LevelGeometry<T>> levels =
+        level_geometry<T>(p, options.align_corners, loc_view.stride, attn_view.stride);
+    f(tag, InputArgs<T>{p, Strided<T, 4>(value), loc_view, attn_view, levels.data(),
+                        p.mode == SamplingMode::Discrete});
   };
   if (p.dtype == DType::Float64) {
     run(TypeTag<double>{});
@@ -108,8 +136,8 @@ struct Blocks {
 inline bool parallel_worth_it(const Problem& p) {
   // In double: the product of valid sizes may still pass 2^63.
   const double multiply_adds = static_cast<double>(p.N) * static_cast<double>(p.Lq) *
-                               static_cast<double>(p.M) * static_cast<double>(p.L) *
-                               static_cast<double>(p.P) * 4.0 * static_cast<double>(p.D);
+                               static_cast<double>(p.M) * static_cast<double>(p.P_total) *
+                               4.0 * static_cast<double>(p.D);
   return multiply_adds >= 65536.0;
 }
 

@@ -77,10 +77,18 @@ void check_backward_arguments(const Problem& p, const TensorView& grad_output,
   validate::check_float_input("grad_output", grad_output, p, "N, Lq, M*D",
                               {p.N, p.Lq, p.M * p.D});
   validate::check_output("grad_value", grad_value, p, "N, S, M, D", {p.N, p.S, p.M, p.D});
-  validate::check_output("grad_sampling_locations", grad_sampling_locations, p,
-                         "N, Lq, M, L, P, 2", {p.N, p.Lq, p.M, p.L, p.P, 2});
-  validate::check_output("grad_attention_weights", grad_attention_weights, p,
-                         "N, Lq, M, L, P", {p.N, p.Lq, p.M, p.L, p.P});
+  // In the layout of sampling_locations and attention_weights.
+  if (p.flattened) {
+    validate::check_output("grad_sampling_locations", grad_sampling_locations, p,
+                           "N, Lq, M, P_total, 2", {p.N, p.Lq, p.M, p.P_total, 2});
+    validate::check_output("grad_attention_weights", grad_attention_weights, p,
+                           "N, Lq, M, P_total", {p.N, p.Lq, p.M, p.P_total});
+  } else {
+    validate::check_output("grad_sampling_locations", grad_sampling_locations, p,
+                           "N, Lq, M, L, P, 2", {p.N, p.Lq, p.M, p.L, p.P, 2});
+    validate::check_output("grad_attention_weights", grad_attention_weights, p,
+                           "N, Lq, M, L, P", {p.N, p.Lq, p.M, p.L, p.P});
+  }
 }
 
 // Bytes of workspace a forward (backward = false) or backward call of a validated problem
@@ -102,7 +110,7 @@ int64_t workspace_size(const Problem& p, const Options& options, bool backward) 
                const TensorView& level_start_index, const TensorView& sampling_locations,  \
                const TensorView& attention_weights, const Options& options) {              \
     return workspace_size(check_inputs(value, spatial_shapes, level_start_index,            \
-                                       sampling_locations, attention_weights),              \
+                                       sampling_locations, attention_weights, options),     \
                           options, backward);                                               \
   }
 MSDACORE_DEFINE_WORKSPACE_SIZE(ms_deform_attn_forward_workspace_size, false)
@@ -115,7 +123,8 @@ void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_s
                             const TensorView& attention_weights, const TensorView& output,
                             const Options& options) {
   const Problem p =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                   options);
   validate::check_output("output", output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D});
   validate::check_no_overlap({{"output", &output}},
                              {{"value", &value},
@@ -136,7 +145,8 @@ void ms_deform_attn_backward(
     const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights,
     const Options& options) {
   const Problem p =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                   options);
   check_backward_arguments(p, grad_output, grad_value, grad_sampling_locations,
                            grad_attention_weights);
   validate::check_no_overlap({{"grad_value", &grad_value},

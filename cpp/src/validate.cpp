@@ -158,6 +158,39 @@ int64_t read_index(const TensorView& t, int64_t offset) {
   return static_cast<const int64_t*>(t.data)[offset];
 }
 
+// a * b, or INT64_MAX when it does not fit (for a, b >= 0).
+int64_t saturating_product(int64_t a, int64_t b) {
+  const int64_t big = std::numeric_limits<int64_t>::max();
+  return (a > 0 && b > big / a) ? big : a * b;
+}
+
+// Reads Options::points_per_level (one count >= 1 per level, adding up within int64) into
+// p->points, p->point_starts and p->P_total; p->L is known.
+void read_points(const std::vector<int64_t>& counts, Problem* p) {
+  if (static_cast<int64_t>(counts.size()) != p->L) {
+    throw ShapeError("points_per_level must have one count per level, L = " +
+                     std::to_string(p->L) + " (from spatial_shapes), got " +
+                     std::to_string(counts.size()) + ": " + list_string(counts));
+  }
+  const int64_t big = std::numeric_limits<int64_t>::max();
+  p->points = counts;
+  p->point_starts.resize(counts.size());
+  int64_t total = 0;
+  for (size_t l = 0; l < counts.size(); ++l) {
+    if (counts[l] < 1) {
+      throw ShapeError("points_per_level[" + std::to_string(l) + "] = " +
+                       std::to_string(counts[l]) + ": every level needs at least 1 point, got " +
+                       list_string(counts));
+    }
+    if (counts[l] > big - total) {
+      throw ShapeError("points_per_level adds up past 2^63 - 1 points: " + list_string(counts));
+    }
+    p->point_starts[l] = total;
+    total += counts[l];
+  }
+  p->P_total = total;
+}
+
 // Throws unless the product of `dims` (the sizes of a tensor the call reads or writes)
 // fits in int64. Zero sizes are left out, so that an empty tensor's other sizes are
 // checked too (their products are used in index arithmetic).
@@ -234,7 +267,7 @@ void read_levels(const TensorView& spatial_shapes, const TensorView& level_start
 Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
                      const TensorView& level_start_index,
                      const TensorView& sampling_locations,
-                     const TensorView& attention_weights) {
+                     const TensorView& attention_weights, const Options& options) {
   // 1. Devices: one supported device; index arrays are read on the host.
   check_device_supported("value", value.device);
   check_same_device("sampling_locations", sampling_locations.device, "value", value.device);
@@ -277,29 +310,58 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
   }
   expect_shape("level_start_index", level_start_index, "L", {p.L});
 
-  const bool loc_rank_ok = sampling_locations.ndim == 6;
-  const bool attn_rank_ok = attention_weights.ndim == 5;
-  p.Lq = loc_rank_ok ? sampling_locations.shape[1]
-                     : (attn_rank_ok ? attention_weights.shape[1] : kUnknown);
-  p.P = loc_rank_ok ? sampling_locations.shape[4]
-                    : (attn_rank_ok ? attention_weights.shape[4] : kUnknown);
-  expect_shape("sampling_locations", sampling_locations, "N, Lq, M, L, P, 2",
-               {p.N, p.Lq, p.M, p.L, p.P, 2});
-  expect_shape("attention_weights", attention_weights, "N, Lq, M, L, P",
-               {p.N, p.Lq, p.M, p.L, p.P});
-  if (p.P < 1) {
-    throw ShapeError("sampling_locations must have shape (N, Lq, M, L, P, 2) with P >= 1 "
-                     "points, got " +
-                     sampling_locations.shape_string());
+  if (options.mode != SamplingMode::Bilinear && options.mode != SamplingMode::Discrete) {
+    throw Error("mode must be bilinear or discrete, got the value " +
+                std::to_string(static_cast<int32_t>(options.mode)));
+  }
+  if (options.mode == SamplingMode::Discrete && options.align_corners) {
+    throw Error("align_corners=True does not apply to mode=discrete (it samples the pixel "
+                "floor(y*H + 0.5), clamped to the border): pass align_corners=False");
+  }
+  p.mode = options.mode;
+  p.flattened = !options.points_per_level.empty();
+  if (p.flattened) {
+    read_points(options.points_per_level, &p);
+    const int64_t rank = 5;
+    const bool loc_rank_ok = sampling_locations.ndim == rank;
+    p.Lq = loc_rank_ok ? sampling_locations.shape[1]
+                       : (attention_weights.ndim == rank - 1 ? attention_weights.shape[1]
+                                                              : kUnknown);
+    expect_shape("sampling_locations", sampling_locations, "N, Lq, M, P_total, 2",
+                 {p.N, p.Lq, p.M, p.P_total, 2});
+    expect_shape("attention_weights", attention_weights, "N, Lq, M, P_total",
+                 {p.N, p.Lq, p.M, p.P_total});
+  } else {
+    const bool loc_rank_ok = sampling_locations.ndim == 6;
+    const bool attn_rank_ok = attention_weights.ndim == 5;
+    p.Lq = loc_rank_ok ? sampling_locations.shape[1]
+                       : (attn_rank_ok ? attention_weights.shape[1] : kUnknown);
+    p.P = loc_rank_ok ? sampling_locations.shape[4]
+                      : (attn_rank_ok ? attention_weights.shape[4] : kUnknown);
+    expect_shape("sampling_locations", sampling_locations, "N, Lq, M, L, P, 2",
+                 {p.N, p.Lq, p.M, p.L, p.P, 2});
+    expect_shape("attention_weights", attention_weights, "N, Lq, M, L, P",
+                 {p.N, p.Lq, p.M, p.L, p.P});
+    if (p.P < 1) {
+      throw ShapeError("sampling_locations must have shape (N, Lq, M, L, P, 2) with P >= 1 "
+                       "points, got " +
+                       sampling_locations.shape_string());
+    }
+    p.points.assign(static_cast<size_t>(p.L), p.P);
+    p.point_starts.resize(static_cast<size_t>(p.L));
+    for (int64_t l = 0; l < p.L; ++l) p.point_starts[l] = saturating_product(l, p.P);
+    p.P_total = saturating_product(p.L, p.P);
   }
 
-  if (p.N < 0 || p.Lq < 0) {
-    throw ShapeError("sampling_locations must have shape (N, Lq, M, L, P, 2) with N, Lq >= 0, "
-                     "got " + sampling_locations.shape_string());
+  if (p.Lq < 0) {
+    throw ShapeError("sampling_locations must have Lq >= 0 queries, got " +
+                     sampling_locations.shape_string());
   }
   check_elements("value", "(N, S, M, D)", {p.N, p.S, p.M, p.D});
   check_elements("the output", "(N, Lq, M*D)", {p.N, p.Lq, p.M, p.D});
-  check_elements("sampling_locations", "(N, Lq, M, L, P, 2)", {p.N, p.Lq, p.M, p.L, p.P, 2});
+  check_elements("sampling_locations",
+                 p.flattened ? "(N, Lq, M, P_total, 2)" : "(N, Lq, M, L, P, 2)",
+                 {p.N, p.Lq, p.M, p.P_total, 2});
 
   // 4. Contents of the index arrays.
   check_has_data("value", value);

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <msdacore/msdacore_c.h>
 
@@ -31,7 +32,8 @@ int main(void) {
   const int64_t loc_shape[6] = {N, LQ, M, L, P, 2}, attn_shape[5] = {N, LQ, M, L, P};
   const int64_t out_shape[3] = {N, LQ, M * D}, bad_shape[3] = {N, LQ, D};
   msdacore_tensor v, ss, lsi, l, a, o, bad;
-  msdacore_options options = {0, NULL}; /* align_corners = 0, no stream */
+  msdacore_options options;
+  memset(&options, 0, sizeof options); /* align_corners = 0, no stream, bilinear, uniform */
   msdacore_status status;
   unsigned seed = 7;
   int64_t i, q, m, lv, p, d, start = 0;

@@ -32,7 +32,8 @@ __all__ = [
 
 
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
-                   attention_weights, *, align_corners=False, stream=None):
+                   attention_weights, *, align_corners=False, stream=None,
+                   points_per_level=None, mode="bilinear"):
     """Multi-scale deformable attention, forward.
 
     value               (N, S, M, D)        float32 | float64 (T); on CUDA also float16 |
@@ -42,6 +43,12 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     sampling_locations  (N, Lq, M, L, P, 2) T, (x, y) normalized to [0, 1]
     attention_weights   (N, Lq, M, L, P)    T
     align_corners       False: pixel = loc*size - 0.5; True: pixel = loc*(size - 1)
+    points_per_level    None: the uniform layout above; a sequence of L counts >= 1: the
+                        flattened layout, sampling_locations (N, Lq, M, P_total, 2) and
+                        attention_weights (N, Lq, M, P_total), level l's points at
+                        offsets sum_{j<l} P_j (RT-DETRv2, D-FINE)
+    mode                "bilinear", or "discrete": the nearest pixel, clamped to the
+                        border (RT-DETRv2's deployment variant; align_corners False)
     stream              CUDA inputs: the stream to run on (an int cudaStream_t, or a
                         torch / CuPy stream object); None: the framework's current stream
                         (torch, CuPy), else the default stream. Ignored on the CPU.
@@ -53,17 +60,21 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     """
     return _dispatch.forward(_frameworks.framework_of(value), value, spatial_shapes,
                              level_start_index, sampling_locations, attention_weights,
-                             align_corners=_arrays.as_flag(align_corners, "align_corners"),
+                             options=_dispatch.op_options(align_corners, False, mode,
+                                                          points_per_level),
                              stream=stream)
 
 
 def ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_locations,
                             attention_weights, grad_output, *, align_corners=False,
-                            deterministic=False, stream=None):
+                            deterministic=False, stream=None, points_per_level=None,
+                            mode="bilinear"):
     """Gradients of ms_deform_attn given grad_output (N, Lq, M*D) of dtype T.
 
     returns (grad_value (N, S, M, D), grad_sampling_locations (N, Lq, M, L, P, 2),
-             grad_attention_weights (N, Lq, M, L, P)), all T, of value's array kind.
+             grad_attention_weights (N, Lq, M, L, P)), all T, of value's array kind; in
+             the flattened layout (points_per_level) the gradients are in that layout.
+    In discrete mode grad_sampling_locations is zero.
     CPU: bitwise identical for any thread count (deterministic has no effect).
     CUDA: grad_sampling_locations and grad_attention_weights are reproducible; grad_value
     is summed with atomics unless deterministic=True, which sorts the samples and gathers
@@ -72,8 +83,8 @@ def ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_l
     return _dispatch.backward(_frameworks.framework_of(value), value, spatial_shapes,
                               level_start_index, sampling_locations, attention_weights,
                               grad_output,
-                              align_corners=_arrays.as_flag(align_corners, "align_corners"),
-                              deterministic=_arrays.as_flag(deterministic, "deterministic"),
+                              options=_dispatch.op_options(align_corners, deterministic,
+                                                           mode, points_per_level),
                               stream=stream)
 
 

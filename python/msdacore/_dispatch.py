@@ -12,6 +12,8 @@ results come back as the caller's array kind.
 
 from __future__ import annotations
 
+import math
+
 from . import _arrays, _core
 
 _INT64_MAX = 2**63 - 1
@@ -22,27 +24,46 @@ _GRADIENTS = ("grad_value", "grad_sampling_locations", "grad_attention_weights")
 
 
 def output_shapes(value, sampling_locations, attention_weights, backward):
-    """Shapes of the outputs (forward: [(N, Lq, M*D)]; backward: the three gradients) as
-    the inputs imply them. Where the inputs' shapes disagree or their sizes pass int64,
-    (0,) placeholders: the core validates the inputs before any output and raises its
-    error for them."""
+    """Shapes of the outputs (forward: [(N, Lq, M*D)]; backward: the three gradients, in the
+    layout of sampling_locations / attention_weights) as the inputs imply them. Where the
+    inputs' shapes disagree or their sizes pass int64, (0,) placeholders: the core
+    validates the inputs before any output and raises its error for them."""
     count = 3 if backward else 1
     try:
         N, S, M, D = value.shape
-        N2, Lq, M2, L, P, two = sampling_locations.shape
-        consistent = (N2 == N and M2 == M
-                      and tuple(attention_weights.shape) == (N, Lq, M, L, P))
+        loc = tuple(sampling_locations.shape)  # (N, Lq, M, [L,] P, 2)
+        consistent = (len(loc) in (5, 6) and loc[0] == N and loc[2] == M
+                      and tuple(attention_weights.shape) == loc[:-1])
     except (AttributeError, TypeError, ValueError):  # no shape, or the wrong rank
         return [(0,)] * count
     if not consistent:
         return [(0,)] * count
+    Lq = loc[1]
     if not backward:
         if M * D > _INT64_MAX or N * Lq * M * D > _INT64_MAX:
             return [(0,)]
         return [(N, Lq, M * D)]
-    if N * S * M * D > _INT64_MAX or N * Lq * M * L * P * two > _INT64_MAX:
+    if N * S * M * D > _INT64_MAX or math.prod(loc) > _INT64_MAX:
         return [(0,)] * 3
-    return [(N, S, M, D), (N, Lq, M, L, P, two), (N, Lq, M, L, P)]
+    return [(N, S, M, D), loc, loc[:-1]]
+
+
+_MODES = ("bilinear", "discrete")
+
+
+def op_options(align_corners, deterministic=False, mode="bilinear", points_per_level=None):
+    """The operator's options as the core takes them: (align_corners, deterministic, mode,
+    points_per_level as a list of ints or None), checked for their Python types."""
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be a str, \"bilinear\" or \"discrete\", got "
+                        f"{type(mode).__name__}")
+    if mode not in _MODES:
+        raise ValueError(f"mode must be \"bilinear\" or \"discrete\", got {mode!r}")
+    counts = None
+    if points_per_level is not None:
+        counts = _arrays.as_counts(points_per_level)
+    return (_arrays.as_flag(align_corners, "align_corners"),
+            _arrays.as_flag(deterministic, "deterministic"), mode, counts)
 
 
 class _Call:
@@ -81,14 +102,14 @@ class _Call:
         return [fw.capsule(a, n, export if _arrays.is_cuda(a) else None)
                 for a, n in zip(self.arrays[:count], self.names)]
 
-    def workspace(self, size_fn, **flags):
+    def workspace(self, size_fn, options):
         """(keep-alive, address, bytes) of caller-owned scratch, or (None, 0, 0).
 
         On CUDA the size query comes first, before anything is allocated: it validates
         the inputs as the call would (a bad CUDA call fails with the core's error, not an
         allocator's). Frameworks without an allocator leave the scratch to the core's
         default allocator."""
-        nbytes = size_fn(*self.capsules(5), **flags)
+        nbytes = size_fn(*self.capsules(5), options)
         if nbytes == 0 or not self.fw.owns_cuda_memory:
             return None, 0, 0
         buffer, address = self.fw.workspace(nbytes, self.arrays[0], self.stream)
@@ -116,35 +137,33 @@ class _Call:
 
 
 def forward(fw, value, spatial_shapes, level_start_index, sampling_locations,
-            attention_weights, *, align_corners, stream=None):
-    """output (N, Lq, M*D) of `fw`'s kind; arguments as msdacore.ms_deform_attn."""
+            attention_weights, *, options, stream=None):
+    """output (N, Lq, M*D) of `fw`'s kind; arguments as msdacore.ms_deform_attn, `options`
+    from op_options()."""
     call = _Call(fw, _FORWARD_INPUTS, (value, spatial_shapes, level_start_index,
                                        sampling_locations, attention_weights), stream)
-    keep, address, nbytes = (call.workspace(_core.forward_workspace_size,
-                                            align_corners=align_corners)
+    keep, address, nbytes = (call.workspace(_core.forward_workspace_size, options)
                              if call.cuda else (None, 0, 0))
     inputs = call.capsules(5)
     (out,) = call.outputs(backward=False)
-    _core.forward(*inputs, *fw.capsule_list((out,), ("output",)), align_corners, call.stream, address,
+    _core.forward(*inputs, *fw.capsule_list((out,), ("output",)), options, call.stream, address,
                   nbytes)
     del keep  # released on the framework's stream, after the work enqueued there
     return call.finish([out], value)[0] if call.cuda else fw.wrap(out, value)
 
 
 def backward(fw, value, spatial_shapes, level_start_index, sampling_locations,
-             attention_weights, grad_output, *, align_corners, deterministic, stream=None):
+             attention_weights, grad_output, *, options, stream=None):
     """(grad_value, grad_sampling_locations, grad_attention_weights) of `fw`'s kind;
-    arguments as msdacore.ms_deform_attn_backward."""
+    arguments as msdacore.ms_deform_attn_backward, `options` from op_options()."""
     call = _Call(fw, _BACKWARD_INPUTS, (value, spatial_shapes, level_start_index,
                                         sampling_locations, attention_weights, grad_output),
                  stream)
-    keep, address, nbytes = (call.workspace(_core.backward_workspace_size,
-                                            align_corners=align_corners,
-                                            deterministic=deterministic)
+    keep, address, nbytes = (call.workspace(_core.backward_workspace_size, options)
                              if call.cuda else (None, 0, 0))
     inputs = call.capsules(6)
     outs = call.outputs(backward=True)
     _core.backward(*inputs, *fw.capsule_list(outs, _GRADIENTS),
-                   align_corners, deterministic, call.stream, address, nbytes)
+                   options, call.stream, address, nbytes)
     del keep
     return tuple(call.finish(outs, value) if call.cuda else (fw.wrap(o, value) for o in outs))

@@ -8,12 +8,14 @@
 // For CUDA arrays of frameworks the Python package has no allocator for, `cuda_empty`
 // makes DeviceArray outputs from msdacore's default allocator (memory.hpp).
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "dlpack_input.hpp"
@@ -204,11 +206,25 @@ class Views {
   size_t count_ = 0;
 };
 
-msdacore::Options make_options(bool align_corners, bool deterministic, std::uintptr_t stream,
-                               std::uintptr_t workspace, int64_t workspace_bytes) {
+// The operator's options as the Python package passes them: (align_corners,
+// deterministic, mode ("bilinear" | "discrete"), points_per_level (a list, or None for the
+// uniform layout)).
+using OpOptions = std::tuple<bool, bool, std::string, std::optional<std::vector<int64_t>>>;
+
+msdacore::Options make_options(const OpOptions& op, std::uintptr_t stream = 0,
+                               std::uintptr_t workspace = 0, int64_t workspace_bytes = 0) {
   msdacore::Options options;
-  options.align_corners = align_corners;
-  options.deterministic = deterministic;
+  options.align_corners = std::get<0>(op);
+  options.deterministic = std::get<1>(op);
+  const std::string& mode = std::get<2>(op);
+  if (mode == "bilinear") {
+    options.mode = msdacore::SamplingMode::Bilinear;
+  } else if (mode == "discrete") {
+    options.mode = msdacore::SamplingMode::Discrete;
+  } else {
+    throw msdacore::Error("mode must be \"bilinear\" or \"discrete\", got \"" + mode + "\"");
+  }
+  if (std::get<3>(op)) options.points_per_level = *std::get<3>(op);
   options.stream = reinterpret_cast<void*>(stream);
   options.workspace = reinterpret_cast<void*>(workspace);
   options.workspace_bytes = workspace_bytes;
@@ -217,12 +233,11 @@ msdacore::Options make_options(bool align_corners, bool deterministic, std::uint
 
 void forward(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
              py::handle sampling_locations, py::handle attention_weights, py::handle output,
-             bool align_corners, std::uintptr_t stream, std::uintptr_t workspace,
+             const OpOptions& op, std::uintptr_t stream, std::uintptr_t workspace,
              int64_t workspace_bytes) {
+  const msdacore::Options options = make_options(op, stream, workspace, workspace_bytes);
   const Views v(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                 {{output, "output"}});
-  const msdacore::Options options =
-      make_options(align_corners, false, stream, workspace, workspace_bytes);
   py::gil_scoped_release release;
   msdacore::ms_deform_attn_forward(v[0], v[1], v[2], v[3], v[4], v[5], options);
 }
@@ -230,15 +245,14 @@ void forward(py::handle value, py::handle spatial_shapes, py::handle level_start
 void backward(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
               py::handle sampling_locations, py::handle attention_weights,
               py::handle grad_output, py::handle grad_value, py::handle grad_sampling_locations,
-              py::handle grad_attention_weights, bool align_corners, bool deterministic,
-              std::uintptr_t stream, std::uintptr_t workspace, int64_t workspace_bytes) {
+              py::handle grad_attention_weights, const OpOptions& op, std::uintptr_t stream,
+              std::uintptr_t workspace, int64_t workspace_bytes) {
+  const msdacore::Options options = make_options(op, stream, workspace, workspace_bytes);
   const Views v(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                 {{grad_output, "grad_output"},
                  {grad_value, "grad_value"},
                  {grad_sampling_locations, "grad_sampling_locations"},
                  {grad_attention_weights, "grad_attention_weights"}});
-  const msdacore::Options options =
-      make_options(align_corners, deterministic, stream, workspace, workspace_bytes);
   py::gil_scoped_release release;
   msdacore::ms_deform_attn_backward(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8],
                                     options);
@@ -246,9 +260,9 @@ void backward(py::handle value, py::handle spatial_shapes, py::handle level_star
 
 int64_t workspace_size(bool backward, py::handle value, py::handle spatial_shapes,
                        py::handle level_start_index, py::handle sampling_locations,
-                       py::handle attention_weights, bool align_corners, bool deterministic) {
+                       py::handle attention_weights, const OpOptions& op) {
+  const msdacore::Options options = make_options(op);
   const Views v(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  const msdacore::Options options = make_options(align_corners, deterministic, 0, 0, 0);
   return backward ? msdacore::ms_deform_attn_backward_workspace_size(v[0], v[1], v[2], v[3],
                                                                      v[4], options)
                   : msdacore::ms_deform_attn_forward_workspace_size(v[0], v[1], v[2], v[3],
@@ -295,37 +309,29 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("forward", &forward, py::arg("value"), py::arg("spatial_shapes"),
         py::arg("level_start_index"), py::arg("sampling_locations"),
-        py::arg("attention_weights"), py::arg("output"), py::arg("align_corners") = false,
+        py::arg("attention_weights"), py::arg("output"), py::arg("options"),
         py::arg("stream") = 0, py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
-        "Forward on DLPack capsules, into `output` (N, Lq, M*D). stream: the cudaStream_t "
-        "to run on; workspace: address and size of caller-owned device scratch (0: the "
-        "default allocator).");
+        "Forward on DLPack capsules, into `output`. options: (align_corners, deterministic, "
+        "mode, points_per_level or None); stream: the cudaStream_t to run on; workspace: "
+        "address and size of caller-owned device scratch (0: the default allocator).");
   m.def("backward", &backward, py::arg("value"), py::arg("spatial_shapes"),
         py::arg("level_start_index"), py::arg("sampling_locations"),
         py::arg("attention_weights"), py::arg("grad_output"), py::arg("grad_value"),
         py::arg("grad_sampling_locations"), py::arg("grad_attention_weights"),
-        py::arg("align_corners") = false, py::arg("deterministic") = false,
-        py::arg("stream") = 0, py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
+        py::arg("options"), py::arg("stream") = 0, py::arg("workspace") = 0,
+        py::arg("workspace_bytes") = 0,
         "Backward on DLPack capsules, into the three gradient capsules.");
-  m.def(
-      "forward_workspace_size",
-      [](py::handle v, py::handle ss, py::handle lsi, py::handle loc, py::handle attn,
-         bool align_corners) {
-        return workspace_size(false, v, ss, lsi, loc, attn, align_corners, false);
-      },
-      py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
-      py::arg("sampling_locations"), py::arg("attention_weights"),
-      py::arg("align_corners") = false, "Bytes of device scratch a forward call needs.");
-  m.def(
-      "backward_workspace_size",
-      [](py::handle v, py::handle ss, py::handle lsi, py::handle loc, py::handle attn,
-         bool align_corners, bool deterministic) {
-        return workspace_size(true, v, ss, lsi, loc, attn, align_corners, deterministic);
-      },
-      py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
-      py::arg("sampling_locations"), py::arg("attention_weights"),
-      py::arg("align_corners") = false, py::arg("deterministic") = false,
-      "Bytes of device scratch a backward call needs.");
+  for (const bool backward : {false, true}) {
+    m.def(
+        backward ? "backward_workspace_size" : "forward_workspace_size",
+        [backward](py::handle v, py::handle ss, py::handle lsi, py::handle loc, py::handle attn,
+                   const OpOptions& op) {
+          return workspace_size(backward, v, ss, lsi, loc, attn, op);
+        },
+        py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
+        py::arg("sampling_locations"), py::arg("attention_weights"), py::arg("options"),
+        "Bytes of device scratch a call with these inputs and options needs.");
+  }
   m.def(
       "describe",
       [](py::handle capsule, const char* name) {

@@ -74,8 +74,10 @@ static void test_forward_backward(void) {
   msdacore_tensor o, g, gv, gl, ga;
   const int64_t out_shape[3] = {1, 3, 1};
   msdacore_problem problem;
-  msdacore_options options = {0, NULL};
+  msdacore_options options;
   int i;
+
+  memset(&options, 0, sizeof options);
 
   CHECK(v.value.strides[0] == 6 && v.value.strides[1] == 1 && v.value.strides[3] == 1);
   CHECK(v.value.shape[5] == 0 && v.value.strides[7] == 0); /* unused entries zeroed */
@@ -233,8 +235,46 @@ static void test_overlap(void) {
   CHECK(strstr(msdacore_last_error(), "grad_sampling_locations overlaps grad_value") != NULL);
 }
 
+/* The flattened layout with one point per level equals the uniform layout; discrete mode
+ * reads the nearest pixel; a bad mode and discrete with align_corners are refused. */
+static void test_layouts_and_modes(void) {
+  views v = make_views();
+  double uniform[3], flat[3], discrete[3];
+  const int64_t out_shape[3] = {1, 3, 1}, flat_loc[5] = {1, 3, 1, 1, 2}, flat_attn[4] = {1, 3, 1, 1};
+  const int64_t counts[1] = {1};
+  msdacore_tensor o, fl, fa;
+  msdacore_options options;
+  memset(&options, 0, sizeof options);
+  CHECK_STATUS(msdacore_tensor_contiguous(&o, uniform, 3, out_shape, MSDACORE_FLOAT64), MSDACORE_OK);
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
+               MSDACORE_OK);
+  options.points_per_level = counts;
+  options.num_levels = 1;
+  CHECK_STATUS(msdacore_tensor_contiguous(&fl, loc, 5, flat_loc, MSDACORE_FLOAT64), MSDACORE_OK);
+  CHECK_STATUS(msdacore_tensor_contiguous(&fa, attn, 4, flat_attn, MSDACORE_FLOAT64), MSDACORE_OK);
+  o.data = flat;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
+               MSDACORE_OK);
+  CHECK(memcmp(uniform, flat, sizeof flat) == 0);
+  options.mode = MSDACORE_MODE_DISCRETE;
+  o.data = discrete;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
+               MSDACORE_OK);
+  /* query 0 at (x, y) = (2.5/3, 1.5/2) on the 2x3 level: pixel (floor(2), floor(3)) ->
+   * clamped (1, 2), value 5, times A = 2 */
+  CHECK(discrete[0] == 10.0);
+  options.align_corners = 1;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
+               MSDACORE_ERROR_INVALID_ARGUMENT);
+  options.align_corners = 0;
+  options.mode = 7;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
+               MSDACORE_ERROR_INVALID_ARGUMENT);
+}
+
 int main(void) {
   test_forward_backward();
+  test_layouts_and_modes();
   test_overlap();
   test_errors();
   test_misc();

@@ -90,10 +90,21 @@ typedef struct msdacore_tensor {
   int32_t device_index;               /* CUDA device ordinal; 0 for the CPU */
 } msdacore_tensor;
 
-/* Options of forward and backward; pass NULL for the defaults (all zero). */
+/* Sampling modes (msdacore_options.mode). */
+enum { MSDACORE_MODE_BILINEAR = 0, MSDACORE_MODE_DISCRETE = 1 };
+
+/* Options of forward and backward; pass NULL for the defaults (all zero). Fields added
+ * after the first two are zero in initializers that name only those. */
 typedef struct msdacore_options {
   int32_t align_corners; /* 0: h = y*H - 0.5 (Deformable DETR); 1: h = y*(H - 1) */
   void* stream;          /* device stream (cudaStream_t) for device backends; unused on CPU */
+  int32_t deterministic; /* CUDA backward: bitwise-reproducible grad_value (no atomics) */
+  int32_t mode;          /* MSDACORE_MODE_BILINEAR or MSDACORE_MODE_DISCRETE */
+  /* The flattened layout: num_levels counts, one per level (NULL / 0: the uniform
+   * layout). sampling_locations (N, Lq, M, P_total, 2), attention_weights
+   * (N, Lq, M, P_total), level l's points at offsets sum_{j<l} P_j. */
+  const int64_t* points_per_level;
+  int64_t num_levels;
 } msdacore_options;
 
 /* Sizes of a validated call (msdacore_check_inputs). */

@@ -1,7 +1,10 @@
 // msdacore/ops.hpp: multi-scale deformable attention, forward and backward.
 //
 // Shapes (docs/conventions.md): N batch, S = sum_l H_l*W_l value tokens, M heads, D channels per
-// head, Lq queries, L levels, P points per level.
+// head, Lq queries, L levels, P points per level (the uniform layout below; with
+// Options::points_per_level, the flattened layout: sampling_locations (N, Lq, M, P_total, 2)
+// and attention_weights (N, Lq, M, P_total), level l's P_l points at offsets
+// sum_{j<l} P_j, P_total = sum_l P_l).
 //   value               (N, S, M, D)          float32 | float64, and float16 | bfloat16 on
 //                                             CUDA (T)
 //   spatial_shapes      (L, 2) rows (H_l, W_l) int32 | int64, on the host
@@ -22,10 +25,22 @@
 
 namespace msdacore {
 
+// How a sample reads its level (docs/conventions.md, "Sampling modes").
+enum class SamplingMode : int32_t {
+  Bilinear,  // bilinear interpolation, zero padding (the default)
+  Discrete,  // the nearest pixel, clamped to the border (RT-DETRv2's deployment variant):
+             // i = clamp(floor(y*H + 0.5), 0, H-1), j likewise; zero location gradients
+};
+
 // How one call runs. Every backend takes the same Options; fields a backend has no use
 // for are ignored there (the CPU backend ignores stream, deterministic and workspace).
 struct Options {
   bool align_corners = false;  // False: h = y*H - 0.5 (Deformable DETR); True: h = y*(H-1)
+                               // (bilinear mode only: an error with Discrete)
+  SamplingMode mode = SamplingMode::Bilinear;
+  // Points per level, one count >= 1 per level: the flattened layout. Empty: the uniform
+  // layout (N, Lq, M, L, P, 2). Both give the same numbers for the same data.
+  std::vector<int64_t> points_per_level;
   bool deterministic = false;  // CUDA backward: bitwise-reproducible grad_value (sorted gather
                                // instead of atomics); the CPU backend is always deterministic
   void* stream = nullptr;      // device stream (cudaStream_t) for device backends; unused on CPU
@@ -39,20 +54,26 @@ struct Options {
 
 // The sizes of one call, read from validated inputs.
 struct Problem {
-  int64_t N = 0, S = 0, M = 0, D = 0, Lq = 0, L = 0, P = 0;
+  int64_t N = 0, S = 0, M = 0, D = 0, Lq = 0, L = 0;
+  int64_t P = 0;        // points per level of the uniform layout (0 in the flattened one)
+  int64_t P_total = 0;  // points per (query, head): L*P, or the sum of points_per_level
+  bool flattened = false;            // sampling_locations (N, Lq, M, P_total, 2)
+  SamplingMode mode = SamplingMode::Bilinear;
   DType dtype = DType::Float32;      // float dtype of value / locations / weights
   Device device{};                   // where value and the float inputs live
   std::vector<int64_t> heights;      // H_l, l < L
   std::vector<int64_t> widths;       // W_l
   std::vector<int64_t> level_starts; // level_start_index[l]
+  std::vector<int64_t> points;       // P_l (P for every level in the uniform layout)
+  std::vector<int64_t> point_starts; // index of level l's first point: sum_{j<l} P_j
 };
 
-// Validates the five inputs against each other and returns their sizes.
-// Throws ShapeError / DTypeError / DeviceError (see errors.hpp).
+// Validates the five inputs against each other (in the layout and mode `options` give)
+// and returns their sizes. Throws ShapeError / DTypeError / DeviceError / Error.
 Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
                      const TensorView& level_start_index,
                      const TensorView& sampling_locations,
-                     const TensorView& attention_weights);
+                     const TensorView& attention_weights, const Options& options = {});
 
 // Bytes of scratch memory a forward / backward call with these inputs and options needs
 // (Options::workspace). 0 on the CPU, whose kernels use none; on CUDA, the level table

@@ -15,7 +15,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
-from msdacore._arrays import as_flag
+from msdacore import _dispatch
 
 from .ops import _backward, _ms_deform_attn_backward_op, _ms_deform_attn_op
 
@@ -40,10 +40,10 @@ class _MSDeformAttnBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(value, spatial_shapes, level_start_index, sampling_locations,
-                attention_weights, grad_output, align_corners, deterministic):
+                attention_weights, grad_output, *options):
         return _ms_deform_attn_backward_op(value, spatial_shapes, level_start_index,
                                            sampling_locations, attention_weights, grad_output,
-                                           align_corners, deterministic)
+                                           *options)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -63,20 +63,16 @@ class _MSDeformAttn(torch.autograd.Function):
 
     @staticmethod
     def forward(value, spatial_shapes, level_start_index, sampling_locations,
-                attention_weights, align_corners, deterministic):
+                attention_weights, *options):
         return _ms_deform_attn_op(value, spatial_shapes, level_start_index, sampling_locations,
-                                  attention_weights, align_corners, deterministic)
+                                  attention_weights, *options)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, \
-            align_corners, deterministic = inputs
-        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
-                              attention_weights)
-        ctx.save_for_forward(value, spatial_shapes, level_start_index, sampling_locations,
-                             attention_weights)
-        ctx.align_corners = align_corners
-        ctx.deterministic = deterministic
+        tensors = inputs[:5]  # value, spatial_shapes, level_start_index, locations, weights
+        ctx.save_for_backward(*tensors)
+        ctx.save_for_forward(*tensors)
+        ctx.options = tuple(inputs[5:])  # align_corners, deterministic, mode, points_per_level
         ctx.set_materialize_grads(False)  # tangents of inputs without one stay None
 
     @staticmethod
@@ -84,7 +80,7 @@ class _MSDeformAttn(torch.autograd.Function):
         return _backward(ctx, grad_output, _MSDeformAttnBackward.apply)
 
     @staticmethod
-    def jvp(ctx, value_t, _spatial_t, _start_t, locations_t, weights_t, _a, _d):
+    def jvp(ctx, value_t, _spatial_t, _start_t, locations_t, weights_t, *_options_t):
         if locations_t is not None:
             raise RuntimeError(
                 "msdacore.torch.ms_deform_attn: forward-mode AD (torch.func.jvp, jacfwd, "
@@ -96,10 +92,10 @@ class _MSDeformAttn(torch.autograd.Function):
         out = None
         if value_t is not None:  # linear in value
             out = _ms_deform_attn_op(value_t, spatial_shapes, level_start_index,
-                                     sampling_locations, attention_weights, ctx.align_corners)
+                                     sampling_locations, attention_weights, *ctx.options)
         if weights_t is not None:  # linear in attention_weights
             term = _ms_deform_attn_op(value, spatial_shapes, level_start_index,
-                                      sampling_locations, weights_t, ctx.align_corners)
+                                      sampling_locations, weights_t, *ctx.options)
             out = term if out is None else out + term
         return out
 
@@ -155,7 +151,9 @@ def _apply_autocast(value: Tensor, *floats: Tensor) -> tuple:
 def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
                    level_start_index: Optional[Union[Tensor, Sequence[int]]],
                    sampling_locations: Tensor, attention_weights: Tensor, *,
-                   align_corners: bool = False, deterministic: bool = False) -> Tensor:
+                   align_corners: bool = False, deterministic: bool = False,
+                   points_per_level: Optional[Sequence[int]] = None,
+                   mode: str = "bilinear") -> Tensor:
     """Multi-scale deformable attention with autograd, ``torch.compile`` and autocast.
 
     value               (N, S, M, D)         float tensor (T)
@@ -165,6 +163,11 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
     attention_weights   (N, Lq, M, L, P)     T
     align_corners       False: pixel = loc*size - 0.5 (Deformable DETR);
                         True: pixel = loc*(size - 1) (DAT)
+    points_per_level    None (uniform layout), or L counts: the flattened layout,
+                        sampling_locations (N, Lq, M, P_total, 2), attention_weights
+                        (N, Lq, M, P_total) (RT-DETRv2, D-FINE)
+    mode                "bilinear" or "discrete" (nearest pixel, clamped; zero location
+                        gradients)
     deterministic       CUDA: the backward sums grad_value without atomics (bitwise
                         reproducible, slower); the CPU backward always is
     returns             (N, Lq, M*D)         T, contiguous, on value's device
@@ -191,8 +194,8 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
     value, sampling_locations, attention_weights = _apply_autocast(
         value, sampling_locations, attention_weights)
     args = (value, _as_index_tensor(spatial_shapes), _as_index_tensor(level_start_index),
-            sampling_locations, attention_weights, as_flag(align_corners, "align_corners"),
-            as_flag(deterministic, "deterministic"))
+            sampling_locations, attention_weights,
+            *_dispatch.op_options(align_corners, deterministic, mode, points_per_level))
     if torch.compiler.is_compiling() or not _transforms_active():
         # Plain calls and reverse-mode autograd: the operator with its registered
         # autograd (cheaper per call than an autograd.Function, and what Dynamo traces

@@ -11,11 +11,13 @@ Operator schemas (every tensor as in docs/conventions.md):
 
     msdacore::ms_deform_attn(Tensor value, Tensor spatial_shapes, Tensor level_start_index,
                              Tensor sampling_locations, Tensor attention_weights,
-                             bool align_corners=False, bool deterministic=False) -> Tensor
+                             bool align_corners=False, bool deterministic=False,
+                             str mode="bilinear", int[]? points_per_level=None) -> Tensor
     msdacore::ms_deform_attn_backward(Tensor value, Tensor spatial_shapes,
                              Tensor level_start_index, Tensor sampling_locations,
                              Tensor attention_weights, Tensor grad_output,
-                             bool align_corners=False, bool deterministic=False)
+                             bool align_corners=False, bool deterministic=False,
+                             str mode="bilinear", int[]? points_per_level=None)
                              -> (Tensor, Tensor, Tensor)
 
 ``deterministic`` has no effect on the forward; the forward carries it to its autograd
@@ -28,6 +30,8 @@ torch.func support.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
@@ -52,23 +56,27 @@ def _refuse_forward_ad(*tensors: Tensor) -> None:
                 "jacrev)")
 
 
-def _check_meta(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor) -> None:
+def _check_meta(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor,
+                points_per_level) -> None:
     """The checks the output shape depends on, in the core's words, so that tracing with
     fake tensors fails the way the real call would."""
     if value.dim() != 4:
         raise ValueError(f"value must have shape (N, S, M, D), got {tuple(value.shape)}")
     N, _, M, _ = value.shape
-    if sampling_locations.dim() != 6:
-        raise ValueError("sampling_locations must have shape (N, Lq, M, L, P, 2), got "
+    flat = points_per_level is not None
+    symbols = "N, Lq, M, P_total, 2" if flat else "N, Lq, M, L, P, 2"
+    if sampling_locations.dim() != (5 if flat else 6):
+        raise ValueError(f"sampling_locations must have shape ({symbols}), got "
                          f"{tuple(sampling_locations.shape)}")
-    _, Lq, _, L, P, _ = sampling_locations.shape
-    expected = (N, Lq, M, L, P, 2)
-    if tuple(sampling_locations.shape) != expected:
-        raise ValueError(f"sampling_locations must have shape (N, Lq, M, L, P, 2) = {expected}, "
-                         f"got {tuple(sampling_locations.shape)}")
-    if tuple(attention_weights.shape) != expected[:5]:
-        raise ValueError(f"attention_weights must have shape (N, Lq, M, L, P) = {expected[:5]}, "
-                         f"got {tuple(attention_weights.shape)}")
+    loc = tuple(sampling_locations.shape)
+    expected = (N, loc[1], M) + (sum(points_per_level),) + (2,) if flat else \
+        (N, loc[1], M, loc[3], loc[4], 2)
+    if loc != expected:
+        raise ValueError(f"sampling_locations must have shape ({symbols}) = {expected}, "
+                         f"got {loc}")
+    if tuple(attention_weights.shape) != expected[:-1]:
+        raise ValueError(f"attention_weights must have shape ({symbols[:-3]}) = "
+                         f"{expected[:-1]}, got {tuple(attention_weights.shape)}")
     dtypes = (value.dtype, sampling_locations.dtype, attention_weights.dtype)
     if len(set(dtypes)) != 1:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes[:2])
@@ -83,17 +91,20 @@ def _check_meta(value: Tensor, sampling_locations: Tensor, attention_weights: Te
 @torch.library.custom_op("msdacore::ms_deform_attn", mutates_args=())
 def _ms_deform_attn_op(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                        sampling_locations: Tensor, attention_weights: Tensor,
-                       align_corners: bool = False, deterministic: bool = False) -> Tensor:
+                       align_corners: bool = False, deterministic: bool = False,
+                       mode: str = "bilinear",
+                       points_per_level: Optional[list[int]] = None) -> Tensor:
     _refuse_forward_ad(value, sampling_locations, attention_weights)
     return _dispatch.forward(_frameworks.torch_framework(), value, spatial_shapes,
                              level_start_index, sampling_locations, attention_weights,
-                             align_corners=align_corners)
+                             options=_dispatch.op_options(align_corners, deterministic, mode,
+                                                          points_per_level))
 
 
 @_ms_deform_attn_op.register_fake
 def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-      align_corners=False, deterministic=False):
-    _check_meta(value, sampling_locations, attention_weights)
+      align_corners=False, deterministic=False, mode="bilinear", points_per_level=None):
+    _check_meta(value, sampling_locations, attention_weights, points_per_level)
     N, _, M, D = value.shape
     return value.new_empty((N, sampling_locations.shape[1], M * D))
 
@@ -107,18 +118,22 @@ def _ms_deform_attn_backward_op(value: Tensor, spatial_shapes: Tensor,
                                 level_start_index: Tensor, sampling_locations: Tensor,
                                 attention_weights: Tensor, grad_output: Tensor,
                                 align_corners: bool = False,
-                                deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                                deterministic: bool = False, mode: str = "bilinear",
+                                points_per_level: Optional[list[int]] = None
+                                ) -> tuple[Tensor, Tensor, Tensor]:
     _refuse_forward_ad(value, sampling_locations, attention_weights, grad_output)
     return _dispatch.backward(_frameworks.torch_framework(), value, spatial_shapes,
                               level_start_index, sampling_locations, attention_weights,
-                              grad_output, align_corners=align_corners,
-                              deterministic=deterministic)
+                              grad_output,
+                              options=_dispatch.op_options(align_corners, deterministic, mode,
+                                                           points_per_level))
 
 
 @_ms_deform_attn_backward_op.register_fake
 def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-      grad_output, align_corners=False, deterministic=False):
-    _check_meta(value, sampling_locations, attention_weights)
+      grad_output, align_corners=False, deterministic=False, mode="bilinear",
+      points_per_level=None):
+    _check_meta(value, sampling_locations, attention_weights, points_per_level)
     N, _, M, D = value.shape
     expected = (N, sampling_locations.shape[1], M * D)
     if tuple(grad_output.shape) != expected:
@@ -134,28 +149,26 @@ def _(value, spatial_shapes, level_start_index, sampling_locations, attention_we
 
 
 def _setup_context(ctx, inputs, output):
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, \
-        align_corners, deterministic = inputs
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = inputs[:5]
     ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
                           attention_weights)
-    ctx.align_corners = align_corners
-    ctx.deterministic = deterministic
+    ctx.options = tuple(inputs[5:])  # align_corners, deterministic, mode, points_per_level
 
 
 def _backward(ctx, grad_output, backward_op=None):
-    """The gradients of the forward operator's seven inputs; `backward_op` (default: the
+    """The gradients of the forward operator's nine inputs; `backward_op` (default: the
     backward operator) computes the three float ones."""
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights = \
         ctx.saved_tensors
     needs = ctx.needs_input_grad
     if grad_output is None or not (needs[0] or needs[3] or needs[4]):
-        return None, None, None, None, None, None, None
+        return (None,) * 9
     grad_value, grad_loc, grad_attn = (backward_op or _ms_deform_attn_backward_op)(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        grad_output.contiguous(), ctx.align_corners, ctx.deterministic)
+        grad_output.contiguous(), *ctx.options)
     return (grad_value if needs[0] else None, None, None,
             grad_loc if needs[3] else None,
-            grad_attn if needs[4] else None, None, None)
+            grad_attn if needs[4] else None) + (None,) * 4
 
 
 _ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)
@@ -192,23 +205,22 @@ def _unfold(x: Tensor, batch: int) -> Tensor:
 
 @torch.library.register_vmap("msdacore::ms_deform_attn")
 def _(info, in_dims, value, spatial_shapes, level_start_index, sampling_locations,
-      attention_weights, align_corners=False, deterministic=False):
+      attention_weights, *options):
     _check_index_dims(in_dims)
     B = info.batch_size
     out = _ms_deform_attn_op(_fold(value, in_dims[0], B), spatial_shapes, level_start_index,
                              _fold(sampling_locations, in_dims[3], B),
-                             _fold(attention_weights, in_dims[4], B), align_corners,
-                             deterministic)
+                             _fold(attention_weights, in_dims[4], B), *options)
     return _unfold(out, B), 0
 
 
 @torch.library.register_vmap("msdacore::ms_deform_attn_backward")
 def _(info, in_dims, value, spatial_shapes, level_start_index, sampling_locations,
-      attention_weights, grad_output, align_corners=False, deterministic=False):
+      attention_weights, grad_output, *options):
     _check_index_dims(in_dims)
     B = info.batch_size
     grads = _ms_deform_attn_backward_op(
         _fold(value, in_dims[0], B), spatial_shapes, level_start_index,
         _fold(sampling_locations, in_dims[3], B), _fold(attention_weights, in_dims[4], B),
-        _fold(grad_output, in_dims[5], B), align_corners, deterministic)
+        _fold(grad_output, in_dims[5], B), *options)
     return tuple(_unfold(g, B) for g in grads), (0, 0, 0)

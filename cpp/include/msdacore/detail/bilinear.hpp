@@ -9,6 +9,8 @@
 //   corners k = 0..3   (h0, w0), (h0, w0+1), (h0+1, w0), (h0+1, w0+1), h0 = floor(h)
 //   B        = sum_k weight[k] * v_k        (v_k = 0 for a corner outside the level)
 //   dB/dw    = sum_k d_dw[k]   * v_k,  dB/dh = sum_k d_dh[k] * v_k
+// Discrete mode (discrete_corners) reads one pixel, i = clamp(floor(y*H + 0.5), 0, H-1),
+// j = clamp(floor(x*W + 0.5), 0, W-1), as corner 0 with weight 1 and no derivative.
 #pragma once
 
 #include <cstdint>
@@ -63,6 +65,7 @@ struct Corners {
   T weight[4];        // bilinear weights hh*hw, hh*lw, lh*hw, lh*lw
   T d_dw[4];          // dB/dw coefficients -hh, hh, -lh, lh
   T d_dh[4];          // dB/dh coefficients -hw, -lw, hw, lw
+  bool discrete;      // one pixel, no interpolation: the location gradients are zero
 };
 
 // True when the sample at pixel (h, w) lies inside the skip bounds of a level,
@@ -110,6 +113,7 @@ MSDACORE_HD void make_corners(T h, T w, int64_t H, int64_t W, Corners<T>* c) {
   c->d_dh[1] = -lw;
   c->d_dh[2] = hw;
   c->d_dh[3] = lw;
+  c->discrete = false;
 }
 
 // The corners of the sample at normalized (x, y) on level `lv`; false (and `c` untouched)
@@ -121,6 +125,44 @@ MSDACORE_HD bool sample_corners(const Level<T>& lv, T x, T y, Corners<T>* c) {
   if (!sample_in_range(h, w, lv.height, lv.width)) return false;
   make_corners(h, w, lv.H, lv.W, c);
   return true;
+}
+
+// The pixel index of a discrete-mode sample along an axis of `size` pixels, from
+// t = loc*size + 0.5: clamp(floor(t), 0, size - 1), with t finite.
+template <typename T>
+MSDACORE_HD int64_t discrete_index(T t, T size_as_t, int64_t size) {
+  if (!(t >= static_cast<T>(1))) return 0;     // floor(t) <= 0
+  if (!(t < size_as_t)) return size - 1;       // floor(t) >= size (no int64 overflow)
+  return static_cast<int64_t>(t);              // t in [1, size): truncation is floor
+}
+
+// The corners of a discrete-mode sample at normalized (x, y) on level `lv` (corner 0 the
+// pixel, weight 1; the others unused); false (and `c` untouched) when a coordinate is
+// NaN or infinite, which skips the sample.
+template <typename T>
+MSDACORE_HD bool discrete_corners(const Level<T>& lv, T x, T y, Corners<T>* c) {
+  const T h = y * lv.height + static_cast<T>(0.5);
+  const T w = x * lv.width + static_cast<T>(0.5);
+  if (!(h - h == static_cast<T>(0)) || !(w - w == static_cast<T>(0))) return false;
+  const int64_t i = discrete_index(h, lv.height, lv.H);
+  const int64_t j = discrete_index(w, lv.width, lv.W);
+  c->h0 = i;
+  c->w0 = j;
+  for (int k = 0; k < 4; ++k) {
+    c->inside[k] = k == 0;
+    c->offset[k] = k == 0 ? i * lv.W + j : 0;
+    c->weight[k] = static_cast<T>(k == 0 ? 1 : 0);
+    c->d_dw[k] = static_cast<T>(0);
+    c->d_dh[k] = static_cast<T>(0);
+  }
+  c->discrete = true;
+  return true;
+}
+
+// The corners of the sample at normalized (x, y) in either mode; false when skipped.
+template <typename T>
+MSDACORE_HD bool mode_corners(const Level<T>& lv, bool discrete, T x, T y, Corners<T>* c) {
+  return discrete ? discrete_corners(lv, x, y, c) : sample_corners(lv, x, y, c);
 }
 
 // Gradients of one sample from the four dot products dots[k] = <g, v_k> (0 for corners
@@ -136,8 +178,8 @@ MSDACORE_HD void sample_gradients(const Corners<T>& c, const T dots[4], T A, T s
     gh += c.d_dh[k] * dots[k];
   }
   *grad_attention = gb;
-  *grad_x = A * sx * gw;
-  *grad_y = A * sy * gh;
+  *grad_x = c.discrete ? static_cast<T>(0) : A * sx * gw;
+  *grad_y = c.discrete ? static_cast<T>(0) : A * sy * gh;
 }
 
 }  // namespace detail
