@@ -16,6 +16,11 @@
 // with atomicAdd (into a float32 buffer for float16/bfloat16, cast at the end). Fast, but
 // the order of the additions varies from run to run, so the last bits do.
 // grad_value, deterministic: this kernel leaves it alone and deterministic.cu gathers it.
+//
+// Mixed precision: locations and weights are read, and their gradients written, in the
+// companion type C (common.cuh). When only one of the two inputs is float32, the other is
+// read from its float32 copy (widen_companions) and its gradient is written to a float32
+// buffer, then cast to its dtype.
 #include "common.cuh"
 
 namespace msdacore {
@@ -25,13 +30,13 @@ namespace {
 constexpr const char* kOp = "ms_deform_attn_backward";
 
 // The kernel's parameters: the shared part (common.cuh), grad_output and the gradients.
-template <typename T>
-struct BackwardParams : HeadParams<T> {
+template <typename T, typename C>
+struct BackwardParams : HeadParams<T, C> {
   const T* grad_out;       // (N, Lq, M*D)
   Strides<3> gs;
   acc_t<T>* grad_value;    // (N, S, M, D) contiguous accumulator, zeroed; null: not written
-  T* grad_loc;             // (N, Lq, M, P_total, 2) contiguous (either layout)
-  T* grad_attn;            // (N, Lq, M, P_total) contiguous
+  C* grad_loc;             // (N, Lq, M, P_total, 2) contiguous (either layout)
+  C* grad_attn;            // (N, Lq, M, P_total) contiguous
   int64_t S;
 };
 
@@ -46,8 +51,8 @@ struct BackwardPoint {
 
 // Fills the record of point `point` of head `head`, sampled in mode `Mode` (valid = 0 when
 // there is none, or the sample is skipped).
-template <typename Mode, typename T>
-__device__ void fill_point(Mode, const BackwardParams<T>& p, int64_t head, int64_t point,
+template <typename Mode, typename T, typename C>
+__device__ void fill_point(Mode, const BackwardParams<T, C>& p, int64_t head, int64_t point,
                            BackwardPoint<T>* rec) {
   rec->valid = 0;
   HeadSample<acc_t<T>> s;
@@ -60,8 +65,8 @@ __device__ void fill_point(Mode, const BackwardParams<T>& p, int64_t head, int64
   rec->valid = 1;
 }
 
-template <typename T, int V>
-__device__ __forceinline__ void load_grad(const BackwardParams<T>& p, const T* g_head,
+template <typename T, int V, typename C>
+__device__ __forceinline__ void load_grad(const BackwardParams<T, C>& p, const T* g_head,
                                           int64_t vec, acc_t<T> (&g)[V]) {
   if (V > 1) {
     load_vec<T, V>(g_head + vec * V, g);
@@ -70,9 +75,9 @@ __device__ __forceinline__ void load_grad(const BackwardParams<T>& p, const T* g
   }
 }
 
-template <typename T, int V, typename Mode>
+template <typename T, typename C, int V, typename Mode>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
-    backward_kernel(const BackwardParams<T> p) {
+    backward_kernel(const BackwardParams<T, C> p) {
   using A = acc_t<T>;
   const HeadThread<BackwardPoint<T>> t = head_thread<BackwardPoint<T>>(p);
   const BackwardPoint<T>* mine = t.records + static_cast<int64_t>(t.slot) * p.chunk;
@@ -142,16 +147,16 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
           if (rec.valid) {
             detail::sample_gradients(rec.c, dots, rec.a, rec.sx, rec.sy, &ga, &gx, &gy);
           }
-          p.grad_attn[index] = Convert<T>::from(ga);
-          p.grad_loc[2 * index] = Convert<T>::from(gx);
-          p.grad_loc[2 * index + 1] = Convert<T>::from(gy);
+          p.grad_attn[index] = Convert<C>::from(ga);
+          p.grad_loc[2 * index] = Convert<C>::from(gx);
+          p.grad_loc[2 * index + 1] = Convert<C>::from(gy);
         }
       }
     }
   }
 }
 
-// dst[i] = src[i] for i < count, from the float32 accumulator to the half type.
+// dst[i] = src[i] for i < count, from a float32 buffer to the half type.
 template <typename T>
 __global__ void cast_kernel(const float* __restrict__ src, T* __restrict__ dst, int64_t count) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -161,23 +166,49 @@ __global__ void cast_kernel(const float* __restrict__ src, T* __restrict__ dst, 
   }
 }
 
-// The scratch of one backward call, in the order it is taken from the workspace: the level
-// table (many levels only), then the float32 grad_value accumulator (half types, atomic
-// mode) or the gather's buffers (deterministic mode).
+// Enqueues cast_kernel<T> on `stream` for `count` elements.
+template <typename T>
+void launch_cast(const float* src, void* dst, int64_t count, cudaStream_t stream) {
+  if (count <= 0) return;
+  const int64_t blocks = (count + kBlockThreads - 1) / kBlockThreads;
+  const int64_t cap = static_cast<int64_t>(multiprocessors()) * 32;
+  cast_kernel<T><<<grid_for(blocks < cap ? blocks : cap), kBlockThreads, 0, stream>>>(
+      src, static_cast<T*>(dst), count);
+  check_launch(kOp, "cast_kernel", stream);
+}
+
+// The scratch of one backward call, in the order it is taken from the workspace: the
+// float32 copy of sampling_locations or attention_weights (mixed precision with only one
+// of them float32), the level table (many levels only), the float32 gradient of that copy,
+// then the float32 grad_value accumulator (half types, atomic mode) or the gather's buffers
+// (deterministic mode).
 struct BackwardBuffers {
+  Companions read;                // the views of loc and attn the kernels read
   Levels levels;
   int64_t cells = 0;
+  float* grad_loc = nullptr;      // float32 grad_sampling_locations of a widened loc
+  float* grad_attn = nullptr;     // float32 grad_attention_weights of a widened attn
   float* accumulator = nullptr;
   GatherBuffers gather;
 };
 
-// `ls` / `as`: the strides of sampling_locations / attention_weights (point_strides_of),
-// for the level table's point offsets (null when only sizing).
+// `loc` / `attn`: sampling_locations / attention_weights (views without data, of their
+// shapes and dtypes, when only sizing).
 BackwardBuffers take_backward_buffers(const Problem& p, const Options& options,
-                                      const Strides<6>* ls, const Strides<5>* as,
+                                      const TensorView& loc, const TensorView& attn,
                                       cudaStream_t stream, Workspace& workspace) {
   BackwardBuffers b;
-  b.cells = make_levels(p, ls, as, stream, kOp, &b.levels, workspace);
+  b.read = widen_companions(p, loc, attn, stream, kOp, workspace);
+  const Strides<6> ls = point_strides_of<6>(b.read.loc);
+  const Strides<5> as = point_strides_of<5>(b.read.attn);
+  b.cells = make_levels(p, &ls, &as, stream, kOp, &b.levels, workspace);
+  // A widened input (its dtype changed to float32) gets a float32 gradient.
+  if (b.read.loc.dtype != loc.dtype) {
+    b.grad_loc = workspace.take<float>(loc.numel(), "the float32 location gradients");
+  }
+  if (b.read.attn.dtype != attn.dtype) {
+    b.grad_attn = workspace.take<float>(attn.numel(), "the float32 weight gradients");
+  }
   const bool half = p.dtype == DType::Float16 || p.dtype == DType::BFloat16;
   if (options.deterministic) {
     b.gather = take_gather_buffers(p, b.cells, stream, workspace);
@@ -188,13 +219,14 @@ BackwardBuffers take_backward_buffers(const Problem& p, const Options& options,
   return b;
 }
 
-template <typename T>
+template <typename T, typename C>
 void launch_backward(const Problem& p, const Options& options, const TensorView& value,
                      const TensorView& loc, const TensorView& attn, const TensorView& grad_out,
                      const TensorView& grad_value, const TensorView& grad_loc,
                      const TensorView& grad_attn, Workspace& workspace) {
   using A = acc_t<T>;
   constexpr bool kHalf = !std::is_same<A, T>::value;
+  constexpr bool kMixed = !std::is_same<C, T>::value;  // C = float, T a half type
   const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
   const int64_t value_count = p.N * p.S * p.M * p.D;
 
@@ -204,10 +236,8 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
     return;
   }
 
-  BackwardParams<T> bp;
-  const Strides<6> ls = point_strides_of<6>(loc);
-  const Strides<5> as = point_strides_of<5>(attn);
-  const BackwardBuffers buffers = take_backward_buffers(p, options, &ls, &as, stream, workspace);
+  BackwardParams<T, C> bp;
+  const BackwardBuffers buffers = take_backward_buffers(p, options, loc, attn, stream, workspace);
   bp.levels = buffers.levels;
 
   // grad_value accumulator for the atomic mode: the output itself, or the float32 buffer.
@@ -221,29 +251,38 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
 
   bp.grad_out = static_cast<const T*>(grad_out.data);
   bp.gs = strides_of<3>(grad_out);
-  bp.grad_loc = static_cast<T*>(grad_loc.data);
-  bp.grad_attn = static_cast<T*>(grad_attn.data);
+  // Location and weight gradients in C: the outputs themselves, or the float32 buffers of
+  // a widened input (cast to its dtype below).
+  bp.grad_loc = buffers.grad_loc != nullptr ? reinterpret_cast<C*>(buffers.grad_loc)
+                                            : static_cast<C*>(grad_loc.data);
+  bp.grad_attn = buffers.grad_attn != nullptr ? reinterpret_cast<C*>(buffers.grad_attn)
+                                              : static_cast<C*>(grad_attn.data);
   bp.S = p.S;
   constexpr int V = kVec<T>;
   const bool vector = vector_ok(value, V, p.D) && vector_ok(grad_out, V, p.D);
-  const LaunchShape shape =
-      set_head_params<BackwardPoint<T>>(p, options, value, loc, attn, vector, &bp);
+  const LaunchShape shape = set_head_params<BackwardPoint<T>>(
+      p, options, value, buffers.read.loc, buffers.read.attn, vector, &bp);
   with_mode(p.mode, [&](auto mode) {
     using Mode = decltype(mode);
-    launch_head_kernel(backward_kernel<T, V, Mode>, backward_kernel<T, 1, Mode>, vector, shape,
-                       bp, stream, kOp, "backward_kernel");
+    launch_head_kernel(backward_kernel<T, C, V, Mode>, backward_kernel<T, C, 1, Mode>, vector,
+                       shape, bp, stream, kOp, "backward_kernel");
   });
+  if constexpr (kMixed) {
+    // The widened input is of value's type T.
+    if (buffers.grad_loc != nullptr) {
+      launch_cast<T>(buffers.grad_loc, grad_loc.data, grad_loc.numel(), stream);
+    }
+    if (buffers.grad_attn != nullptr) {
+      launch_cast<T>(buffers.grad_attn, grad_attn.data, grad_attn.numel(), stream);
+    }
+  }
 
   if (options.deterministic) {
-    gather_grad_value(p, options, bp.levels, buffers.cells, buffers.gather, loc, attn, grad_out,
-                      grad_value);
+    gather_grad_value(p, options, bp.levels, buffers.cells, buffers.gather, buffers.read.loc,
+                      buffers.read.attn, grad_out, grad_value);
   } else {
     if constexpr (kHalf) {
-      const int64_t blocks = (value_count + kBlockThreads - 1) / kBlockThreads;
-      const int64_t cap = static_cast<int64_t>(multiprocessors()) * 32;
-      cast_kernel<T><<<grid_for(blocks < cap ? blocks : cap), kBlockThreads, 0, stream>>>(
-          buffers.accumulator, static_cast<T*>(grad_value.data), value_count);
-      check_launch(kOp, "cast_kernel", stream);
+      launch_cast<T>(buffers.accumulator, grad_value.data, value_count, stream);
     }
   }
 }
@@ -254,7 +293,8 @@ int64_t backward_workspace_size(const Problem& p, const Options& options) {
   if (p.Lq == 0) return 0;
   DeviceGuard guard(p.device.index, kOp);  // the sort's sizing asks the device
   Workspace workspace = Workspace::counting();
-  take_backward_buffers(p, options, nullptr, nullptr, nullptr, workspace);
+  const Companions shapes = companion_shapes(p);
+  take_backward_buffers(p, options, shapes.loc, shapes.attn, nullptr, workspace);
   return workspace.used();
 }
 
@@ -269,10 +309,12 @@ void backward(const Problem& p, const Options& options, const TensorView& value,
   check_pointer(kOp, "grad_value", grad_value);
   check_pointer(kOp, "grad_sampling_locations", grad_sampling_locations);
   check_pointer(kOp, "grad_attention_weights", grad_attention_weights);
-  with_float_type(p.dtype, kOp, [&](auto tag) {
+  with_types(p, kOp, [&](auto tag, auto companion) {
     using T = typename decltype(tag)::type;
-    launch_backward<T>(p, options, value, sampling_locations, attention_weights, grad_output,
-                       grad_value, grad_sampling_locations, grad_attention_weights, workspace);
+    using C = typename decltype(companion)::type;
+    launch_backward<T, C>(p, options, value, sampling_locations, attention_weights, grad_output,
+                          grad_value, grad_sampling_locations, grad_attention_weights,
+                          workspace);
   });
 }
 

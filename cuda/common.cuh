@@ -9,6 +9,11 @@
 // split the head's D channels into channel vectors of V elements (V = 16 bytes / element
 // size where the layout allows, else 1), lane i taking vectors i, i + G, i + 2G, ...
 //
+// Mixed precision: the kernels read sampling_locations and attention_weights in a companion
+// type C next to value's T: C = T, or C = float with a float16 / bfloat16 T when either of
+// the two is float32 (with_types, widen_companions below); location and weight gradients
+// are written in C.
+//
 // Points: a head's P_total points, level l's P_l points first_point .. first_point + P_l - 1
 // (LevelDesc), in the uniform layout (P_l = P) and the flattened one alike; the level of a
 // point is found in the level table, its address from the level's offsets (as the CPU
@@ -135,6 +140,37 @@ void with_float_type(DType dtype, const char* op, F&& f) {
   }
 }
 
+// Mixed precision (ops.hpp): whether the kernels read sampling_locations and
+// attention_weights as float32 (C = float) under a float16 / bfloat16 value, i.e. whether
+// either of them is float32. When only one is, the other (of value's dtype) is first
+// widened into the workspace (widen_companions), so that the kernels see one type C.
+inline bool companion_is_float(const Problem& p) {
+  return (p.dtype == DType::Float16 || p.dtype == DType::BFloat16) &&
+         (p.loc_dtype == DType::Float32 || p.attn_dtype == DType::Float32);
+}
+
+// Calls f(TypeTag<T>{}, TypeTag<C>{}) with T value's element type (with_float_type) and C
+// the companion type of sampling_locations and attention_weights: float when
+// companion_is_float(p), else T. Only half T get a second instantiation (C = float).
+template <class F>
+void with_types(const Problem& p, const char* op, F&& f) {
+  with_float_type(p.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value) {
+      if (companion_is_float(p)) return f(tag, TypeTag<float>{});
+    }
+    f(tag, tag);
+  });
+}
+
+// The companion type C of a kernel for value type T: T itself, or float for a half T;
+// either way read into the same accumulator type.
+template <typename T, typename C>
+constexpr bool valid_companion() {
+  return std::is_same<C, T>::value ||
+         (std::is_same<C, float>::value && std::is_same<acc_t<T>, float>::value);
+}
+
 // Elements per 16-byte vector.
 template <typename T>
 constexpr int kVec = static_cast<int>(16 / sizeof(T));
@@ -245,6 +281,26 @@ struct Levels {
 int64_t make_levels(const Problem& p, const Strides<6>* ls, const Strides<5>* as,
                     cudaStream_t stream, const char* op, Levels* levels, Workspace& workspace);
 
+// ---- mixed precision ----------------------------------------------------------------
+
+// The views of sampling_locations and attention_weights the kernels read, of one
+// companion type C (with_types).
+struct Companions {
+  TensorView loc, attn;
+};
+
+// Mixed precision with only one of `loc` (sampling_locations) and `attn`
+// (attention_weights) float32: the other one, of value's half type, is widened into a
+// contiguous float32 copy of its shape taken from `workspace` (filled on `stream`) and its
+// view replaced by the copy's. Otherwise returns both as they are. On a counting Workspace
+// only the copy's room is taken (the views may be views without data, of the right shape).
+Companions widen_companions(const Problem& p, const TensorView& loc, const TensorView& attn,
+                            cudaStream_t stream, const char* op, Workspace& workspace);
+
+// Views without data of sampling_locations and attention_weights' shapes and dtypes in `p`
+// (for sizing the workspace).
+Companions companion_shapes(const Problem& p);
+
 // ---- thread layout ------------------------------------------------------------------
 
 constexpr int kBlockThreads = 256;
@@ -302,14 +358,15 @@ struct LaunchShape {
 // What the per-head kernels' parameters share (ForwardParams and BackwardParams derive
 // from it): the three sampling inputs, the sizes, align_corners, the lane / chunk
 // geometry and the level table. (The sampling mode is a template parameter of the
-// kernels, ModeTag.)
-template <typename T>
+// kernels, ModeTag.) T: value's element type; C: that of loc and attn (with_types).
+template <typename T, typename C>
 struct HeadParams {
+  static_assert(valid_companion<T, C>(), "C is T, or float for a half T");
   const T* value;        // (N, S, M, D)
   Strides<4> vs;         //   its element strides
-  const T* loc;          // (N, Lq, M, L, P, 2), or (N, Lq, M, P_total, 2) viewed with a
+  const C* loc;          // (N, Lq, M, L, P, 2), or (N, Lq, M, P_total, 2) viewed with a
   Strides<6> ls;         //   zero level stride (point_strides_of)
-  const T* attn;         // (N, Lq, M, L, P), or (N, Lq, M, P_total) likewise
+  const C* attn;         // (N, Lq, M, L, P), or (N, Lq, M, P_total) likewise
   Strides<5> as;
   int64_t M, D, Lq, L;
   int64_t P_total;       // points per head, sum_l P_l
@@ -325,15 +382,15 @@ struct HeadParams {
 // Fills the HeadParams part of a kernel's parameters except the level table: the three
 // sampling inputs, the sizes, align_corners, and the lane / chunk geometry for records of
 // `Point`, channel vectors of kVec<T> when `vector`; returns the launch shape.
-template <typename Point, typename T>
+template <typename Point, typename T, typename C>
 LaunchShape set_head_params(const Problem& p, const Options& options, const TensorView& value,
                             const TensorView& loc, const TensorView& attn, bool vector,
-                            HeadParams<T>* q) {
+                            HeadParams<T, C>* q) {
   q->value = static_cast<const T*>(value.data);
   q->vs = strides_of<4>(value);
-  q->loc = static_cast<const T*>(loc.data);
+  q->loc = static_cast<const C*>(loc.data);
   q->ls = point_strides_of<6>(loc);
-  q->attn = static_cast<const T*>(attn.data);
+  q->attn = static_cast<const C*>(attn.data);
   q->as = point_strides_of<5>(attn);
   q->M = p.M;
   q->D = p.D;
@@ -362,8 +419,8 @@ struct HeadThread {
 };
 
 // The HeadThread of the calling thread.
-template <typename Point, typename T>
-__device__ __forceinline__ HeadThread<Point> head_thread(const HeadParams<T>& p) {
+template <typename Point, typename T, typename C>
+__device__ __forceinline__ HeadThread<Point> head_thread(const HeadParams<T, C>& p) {
   extern __shared__ __align__(16) unsigned char shared_raw[];
   HeadThread<Point> t;
   t.lane = static_cast<int>(threadIdx.x) % p.group;
@@ -382,8 +439,8 @@ struct Head {
 };
 
 // The Head of slot `slot` in head block `hb`.
-template <typename T>
-__device__ __forceinline__ Head head_at(const HeadParams<T>& p, int64_t hb, int slot) {
+template <typename T, typename C>
+__device__ __forceinline__ Head head_at(const HeadParams<T, C>& p, int64_t hb, int slot) {
   Head h;
   h.head = hb * p.heads_per_block + slot;
   h.active = h.head < p.heads;
@@ -439,8 +496,8 @@ struct HeadSample {
 // Fills `s` for point `point` of head `head`, sampled in mode `Mode` (ModeTag); false (the
 // record stays empty) when the head is past the last one or the sample is skipped (then
 // only some of `s` is written).
-template <typename Mode, typename T>
-__device__ __forceinline__ bool head_sample(const HeadParams<T>& p, int64_t head,
+template <typename Mode, typename T, typename C>
+__device__ __forceinline__ bool head_sample(const HeadParams<T, C>& p, int64_t head,
                                             int64_t point, HeadSample<acc_t<T>>* s) {
   if (head >= p.heads) return false;
   const int64_t m = head % p.M;
@@ -451,15 +508,15 @@ __device__ __forceinline__ bool head_sample(const HeadParams<T>& p, int64_t head
   s->attn_index = n * p.as.s[0] + q * p.as.s[1] + m * p.as.s[2] + s->lv.attn_base +
                   point * p.as.s[4];
   s->level = detail::make_level<acc_t<T>>(s->lv.H, s->lv.W, p.align_corners);
-  const T* xy = p.loc + (n * p.ls.s[0] + q * p.ls.s[1] + m * p.ls.s[2] + s->lv.loc_base +
+  const C* xy = p.loc + (n * p.ls.s[0] + q * p.ls.s[1] + m * p.ls.s[2] + s->lv.loc_base +
                          point * p.ls.s[4]);
   return detail::mode_corners(s->level, Mode::discrete, to_acc(xy[0]), to_acc(xy[p.ls.s[5]]),
                               &s->c);
 }
 
 // The attention weight A of sample `s` (head_sample returned true).
-template <typename T>
-__device__ __forceinline__ acc_t<T> attention_weight(const HeadParams<T>& p,
+template <typename T, typename C>
+__device__ __forceinline__ acc_t<T> attention_weight(const HeadParams<T, C>& p,
                                                      const HeadSample<acc_t<T>>& s) {
   return to_acc(p.attn[s.attn_index]);
 }
@@ -502,7 +559,8 @@ GatherBuffers take_gather_buffers(const Problem& p, int64_t cells, cudaStream_t 
 // deterministic.cu: grad_value (N, S, M, D) of the deterministic backward, by a gather
 // over the samples sorted by the value cell they read (see there). Enqueued on
 // options.stream; `levels` and `cells` as returned by make_levels, `buffers` from
-// take_gather_buffers.
+// take_gather_buffers; sampling_locations and attention_weights are the kernels' views
+// (widen_companions), whose strides the level table's point offsets are for.
 void gather_grad_value(const Problem& p, const Options& options, const Levels& levels,
                        int64_t cells, const GatherBuffers& buffers,
                        const TensorView& sampling_locations,

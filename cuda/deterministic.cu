@@ -22,6 +22,10 @@
 // cost over the atomic backward is the sort (about 32 bytes of keys and ids per sample,
 // written and read a few times) and the recomputation of each sample's corners in the
 // gather; see docs/cuda.md.
+//
+// Mixed precision: sampling_locations and attention_weights are read in the companion
+// type C (common.cuh): SampleGeometry and keys_kernel depend on C only (a half value with
+// float32 companions reuses the float32 keys_kernel), gather_kernel on T and C.
 #include <cub/device/device_radix_sort.cuh>
 
 #include "common.cuh"
@@ -32,11 +36,13 @@ namespace {
 
 constexpr const char* kOp = "ms_deform_attn_backward (deterministic)";
 
-template <typename T>
+// C: the element type of loc and attn (computed in acc_t<C>, which is acc_t<T> for every
+// valid companion C of value's T).
+template <typename C>
 struct SampleGeometry {
-  const T* loc;       // (N, Lq, M, L, P, 2), or (N, Lq, M, P_total, 2) viewed with a zero
+  const C* loc;       // (N, Lq, M, L, P, 2), or (N, Lq, M, P_total, 2) viewed with a zero
   Strides<6> ls;      //   level stride (point_strides_of)
-  const T* attn;      // (N, Lq, M, L, P), or (N, Lq, M, P_total) likewise
+  const C* attn;      // (N, Lq, M, L, P), or (N, Lq, M, P_total) likewise
   Strides<5> as;
   int64_t Lq, M, L, P_total;
   bool align_corners;
@@ -62,13 +68,13 @@ __device__ __forceinline__ SampleIndex decode_sample(int64_t i, int64_t Lq, int6
 
 // The corners and attention weight of sample `s`, whose level is `lv`, in mode `Mode`
 // (ModeTag); false when the sample is skipped.
-template <typename Mode, typename T>
-__device__ __forceinline__ bool sample_of(const SampleGeometry<T>& g, const SampleIndex& s,
+template <typename Mode, typename C>
+__device__ __forceinline__ bool sample_of(const SampleGeometry<C>& g, const SampleIndex& s,
                                           const LevelDesc& lv,
-                                          detail::Corners<acc_t<T>>* c, acc_t<T>* a) {
-  using A = acc_t<T>;
+                                          detail::Corners<acc_t<C>>* c, acc_t<C>* a) {
+  using A = acc_t<C>;
   const detail::Level<A> level = detail::make_level<A>(lv.H, lv.W, g.align_corners);
-  const T* xy = g.loc + (s.n * g.ls.s[0] + s.q * g.ls.s[1] + s.m * g.ls.s[2] + lv.loc_base +
+  const C* xy = g.loc + (s.n * g.ls.s[0] + s.q * g.ls.s[1] + s.m * g.ls.s[2] + lv.loc_base +
                          s.point * g.ls.s[4]);
   if (!detail::mode_corners(level, Mode::discrete, to_acc(xy[0]), to_acc(xy[g.ls.s[5]]), c)) {
     return false;
@@ -78,11 +84,11 @@ __device__ __forceinline__ bool sample_of(const SampleGeometry<T>& g, const Samp
   return true;
 }
 
-template <typename T, typename Mode>
-__global__ void keys_kernel(const SampleGeometry<T> g, int64_t samples, int64_t cells,
+template <typename C, typename Mode>
+__global__ void keys_kernel(const SampleGeometry<C> g, int64_t samples, int64_t cells,
                             uint64_t sentinel, uint64_t* __restrict__ keys,
                             uint64_t* __restrict__ ids) {
-  using A = acc_t<T>;
+  using A = acc_t<C>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < samples;
        i += stride) {
@@ -120,9 +126,10 @@ __global__ void segment_kernel(const uint64_t* __restrict__ sorted_keys, int64_t
   }
 }
 
-template <typename T>
+template <typename T, typename C>
 struct GatherParams {
-  SampleGeometry<T> geo;
+  static_assert(valid_companion<T, C>(), "C is T, or float for a half T");
+  SampleGeometry<C> geo;
   const T* grad_out;         // (N, Lq, M*D)
   Strides<3> gs;
   T* grad_value;             // (N, S, M, D) contiguous
@@ -142,11 +149,11 @@ constexpr int gather_min_blocks() {
   return sizeof(T) == 8 && V > 1 ? 3 : kMinBlocks;
 }
 
-template <typename T, int V, typename Mode>
+template <typename T, typename C, int V, typename Mode>
 __global__ void __launch_bounds__(kBlockThreads, (gather_min_blocks<T, V>()))
-    gather_kernel(const GatherParams<T> p) {
+    gather_kernel(const GatherParams<T, C> p) {
   using A = acc_t<T>;
-  const SampleGeometry<T>& geo = p.geo;
+  const SampleGeometry<C>& geo = p.geo;
   const int lane = static_cast<int>(threadIdx.x) % p.group;
   const int slot = static_cast<int>(threadIdx.x) / p.group;
   const int64_t token_blocks = (p.tokens + p.tokens_per_block - 1) / p.tokens_per_block;
@@ -205,7 +212,7 @@ __global__ void __launch_bounds__(kBlockThreads, (gather_min_blocks<T, V>()))
   }
 }
 
-template <typename T, typename Mode>
+template <typename T, typename C, typename Mode>
 void run_gather(const Problem& p, const Options& options, const Levels& levels, int64_t cells,
                 const GatherBuffers& buffers, const TensorView& loc, const TensorView& attn, const TensorView& grad_output,
                 const TensorView& grad_value) {
@@ -218,10 +225,10 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
     return grid_for(blocks < cap ? blocks : cap);
   };
 
-  SampleGeometry<T> geo;
-  geo.loc = static_cast<const T*>(loc.data);
+  SampleGeometry<C> geo;
+  geo.loc = static_cast<const C*>(loc.data);
   geo.ls = point_strides_of<6>(loc);
-  geo.attn = static_cast<const T*>(attn.data);
+  geo.attn = static_cast<const C*>(attn.data);
   geo.as = point_strides_of<5>(attn);
   geo.Lq = p.Lq;
   geo.M = p.M;
@@ -231,7 +238,7 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
   geo.levels = levels;
 
   // 1. keys and ids.
-  keys_kernel<T, Mode><<<grid1d(samples), kBlockThreads, 0, stream>>>(
+  keys_kernel<C, Mode><<<grid1d(samples), kBlockThreads, 0, stream>>>(
       geo, samples, cells, static_cast<uint64_t>(count_keys), buffers.keys_in, buffers.ids_in);
   check_launch(kOp, "keys_kernel", stream);
 
@@ -249,7 +256,7 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
   check_launch(kOp, "segment_kernel", stream);
 
   // 4. the gather.
-  GatherParams<T> gp;
+  GatherParams<T, C> gp;
   gp.geo = geo;
   gp.grad_out = static_cast<const T*>(grad_output.data);
   gp.gs = strides_of<3>(grad_output);
@@ -267,9 +274,9 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
   gp.tokens_per_block = kBlockThreads / gp.group;
   const int64_t token_blocks = (gp.tokens + gp.tokens_per_block - 1) / gp.tokens_per_block;
   if (vector) {
-    gather_kernel<T, V, Mode><<<grid_for(token_blocks), kBlockThreads, 0, stream>>>(gp);
+    gather_kernel<T, C, V, Mode><<<grid_for(token_blocks), kBlockThreads, 0, stream>>>(gp);
   } else {
-    gather_kernel<T, 1, Mode><<<grid_for(token_blocks), kBlockThreads, 0, stream>>>(gp);
+    gather_kernel<T, C, 1, Mode><<<grid_for(token_blocks), kBlockThreads, 0, stream>>>(gp);
   }
   check_launch(kOp, "gather_kernel", stream);
 }
@@ -302,11 +309,12 @@ void gather_grad_value(const Problem& p, const Options& options, const Levels& l
                        const TensorView& sampling_locations,
                        const TensorView& attention_weights, const TensorView& grad_output,
                        const TensorView& grad_value) {
-  with_float_type(p.dtype, kOp, [&](auto tag) {
+  with_types(p, kOp, [&](auto tag, auto companion) {
     using T = typename decltype(tag)::type;
+    using C = typename decltype(companion)::type;
     with_mode(p.mode, [&](auto mode) {
-      run_gather<T, decltype(mode)>(p, options, levels, cells, buffers, sampling_locations,
-                                    attention_weights, grad_output, grad_value);
+      run_gather<T, C, decltype(mode)>(p, options, levels, cells, buffers, sampling_locations,
+                                       attention_weights, grad_output, grad_value);
     });
   });
 }

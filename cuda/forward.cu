@@ -6,7 +6,8 @@
 // first fills one record per (head, point) (the four token indexes and A * corner weight),
 // then every lane sums its channel vectors over the chunk's records. Each lane adds its
 // terms in (level, point, corner) order, as the CPU kernels do. A discrete-mode sample
-// (mode=discrete) is one corner of weight A.
+// (mode=discrete) is one corner of weight A. Mixed precision: locations and weights are
+// read in the companion type C (common.cuh), after widen_companions.
 #include "common.cuh"
 
 namespace msdacore {
@@ -16,8 +17,8 @@ namespace {
 constexpr const char* kOp = "ms_deform_attn_forward";
 
 // The kernel's parameters: the shared part (common.cuh) and the output.
-template <typename T>
-struct ForwardParams : HeadParams<T> {
+template <typename T, typename C>
+struct ForwardParams : HeadParams<T, C> {
   T* out;                // (N, Lq, M*D), contiguous
 };
 
@@ -31,8 +32,8 @@ struct ForwardPoint {
 
 // Fills the record of point `point` of head `head`, sampled in mode `Mode` (empty when
 // there is none, or the sample is skipped).
-template <typename Mode, typename T>
-__device__ void fill_point(Mode, const ForwardParams<T>& p, int64_t head, int64_t point,
+template <typename Mode, typename T, typename C>
+__device__ void fill_point(Mode, const ForwardParams<T, C>& p, int64_t head, int64_t point,
                            ForwardPoint<T>* rec) {
   using A = acc_t<T>;
 #pragma unroll
@@ -52,9 +53,9 @@ __device__ void fill_point(Mode, const ForwardParams<T>& p, int64_t head, int64_
   }
 }
 
-template <typename T, int V, typename Mode>
+template <typename T, typename C, int V, typename Mode>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
-    forward_kernel(const ForwardParams<T> p) {
+    forward_kernel(const ForwardParams<T, C> p) {
   using A = acc_t<T>;
   const HeadThread<ForwardPoint<T>> t = head_thread<ForwardPoint<T>>(p);
   const int64_t rounds = (p.vecs + p.group - 1) / p.group;
@@ -100,30 +101,36 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
   }
 }
 
-template <typename T>
+// The workspace, in the order it is taken: the float32 copy of sampling_locations or
+// attention_weights (mixed precision, widen_companions), then the level table (many levels).
+template <typename T, typename C>
 void launch_forward(const Problem& p, const Options& options, const TensorView& value,
                     const TensorView& loc, const TensorView& attn, const TensorView& output,
                     Workspace& workspace) {
   const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
-  ForwardParams<T> fp;
+  const Companions read = widen_companions(p, loc, attn, stream, kOp, workspace);
+  ForwardParams<T, C> fp;
   fp.out = static_cast<T*>(output.data);
   constexpr int V = kVec<T>;
   const bool vector = vector_ok(value, V, p.D) && vector_ok(output, V, p.D);
   const LaunchShape shape =
-      set_head_params<ForwardPoint<T>>(p, options, value, loc, attn, vector, &fp);
+      set_head_params<ForwardPoint<T>>(p, options, value, read.loc, read.attn, vector, &fp);
   make_levels(p, &fp.ls, &fp.as, stream, kOp, &fp.levels, workspace);
   with_mode(p.mode, [&](auto mode) {
     using Mode = decltype(mode);
-    launch_head_kernel(forward_kernel<T, V, Mode>, forward_kernel<T, 1, Mode>, vector, shape, fp,
-                       stream, kOp, "forward_kernel");
+    launch_head_kernel(forward_kernel<T, C, V, Mode>, forward_kernel<T, C, 1, Mode>, vector,
+                       shape, fp, stream, kOp, "forward_kernel");
   });
 }
 
 }  // namespace
 
-// Only the level table of problems with many levels.
+// The float32 copy of mixed-precision inputs and the level table of problems with many
+// levels (launch_forward's order).
 int64_t forward_workspace_size(const Problem& p, const Options&) {
   Workspace workspace = Workspace::counting();
+  const Companions shapes = companion_shapes(p);
+  widen_companions(p, shapes.loc, shapes.attn, nullptr, kOp, workspace);
   Levels levels;
   make_levels(p, nullptr, nullptr, nullptr, kOp, &levels, workspace);
   return workspace.used();
@@ -135,10 +142,11 @@ void forward(const Problem& p, const Options& options, const TensorView& value,
   DeviceGuard guard(p.device.index, kOp);
   check_input_pointers(kOp, value, sampling_locations, attention_weights);
   check_pointer(kOp, "output", output);
-  with_float_type(p.dtype, kOp, [&](auto tag) {
+  with_types(p, kOp, [&](auto tag, auto companion) {
     using T = typename decltype(tag)::type;
-    launch_forward<T>(p, options, value, sampling_locations, attention_weights, output,
-                      workspace);
+    using C = typename decltype(companion)::type;
+    launch_forward<T, C>(p, options, value, sampling_locations, attention_weights, output,
+                         workspace);
   });
 }
 

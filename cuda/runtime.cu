@@ -1,6 +1,6 @@
 // Host-side helpers of the CUDA backend (common.cuh, backend.hpp): errors, device guard,
-// pointer checks, the level table, the default allocator's stream-ordered pool, and the
-// stream services of runtime.hpp.
+// pointer checks, the level table, the widening of mixed-precision inputs, the default
+// allocator's stream-ordered pool, and the stream services of runtime.hpp.
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -124,6 +124,108 @@ int64_t make_levels(const Problem& p, const Strides<6>* ls, const Strides<5>* as
     levels->table = device_table;
   }
   return cells;
+}
+
+// ---- mixed precision --------------------------------------------------------------------
+
+namespace {
+
+// A strided view of up to kWidenDims dimensions (sampling_locations has the most), for
+// widen_kernel: the shape padded in front with dimensions of size 1 (stride 0).
+constexpr int kWidenDims = 6;
+struct WidenSource {
+  int64_t shape[kWidenDims];
+  int64_t strides[kWidenDims];
+};
+
+// dst[i] = src[element i in row-major order over src's shape] as float32, i < count.
+template <typename T>
+__global__ void widen_kernel(const T* __restrict__ src, const WidenSource shape,
+                             float* __restrict__ dst, int64_t count) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    int64_t offset = 0, rest = i;
+#pragma unroll
+    for (int d = kWidenDims - 1; d >= 0; --d) {
+      offset += (rest % shape.shape[d]) * shape.strides[d];
+      rest /= shape.shape[d];
+    }
+    dst[i] = to_acc(src[offset]);
+  }
+}
+
+// A contiguous view of `t`'s shape (and device) over the float32 data `data`.
+TensorView contiguous_float_view(const TensorView& t, float* data) {
+  TensorView v = t;
+  v.data = data;
+  v.dtype = DType::Float32;
+  int64_t stride = 1;
+  for (int d = t.ndim - 1; d >= 0; --d) {
+    v.strides[d] = stride;
+    stride *= t.shape[d];
+  }
+  return v;
+}
+
+// The float32 copy of `t` (value's half dtype) for widen_companions.
+TensorView widen(const TensorView& t, cudaStream_t stream, const char* op, Workspace& workspace,
+                 const char* what) {
+  const int64_t count = t.numel();
+  float* copy = workspace.take<float>(count, what);
+  if (workspace.counting_only() || count == 0) return contiguous_float_view(t, copy);
+  if (t.ndim > kWidenDims) {
+    throw RuntimeError(std::string("msdacore ") + op + ": unexpected rank of " + what);
+  }
+  WidenSource shape{};
+  const int pad = kWidenDims - t.ndim;
+  for (int d = 0; d < kWidenDims; ++d) {
+    shape.shape[d] = d < pad ? 1 : t.shape[d - pad];
+    shape.strides[d] = d < pad ? 0 : t.strides[d - pad];
+  }
+  const int64_t blocks = (count + kBlockThreads - 1) / kBlockThreads;
+  const int64_t cap = static_cast<int64_t>(multiprocessors()) * 32;
+  const unsigned int grid = grid_for(blocks < cap ? blocks : cap);
+  if (t.dtype == DType::Float16) {
+    widen_kernel<__half><<<grid, kBlockThreads, 0, stream>>>(static_cast<const __half*>(t.data),
+                                                            shape, copy, count);
+  } else if (t.dtype == DType::BFloat16) {
+    widen_kernel<__nv_bfloat16><<<grid, kBlockThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(t.data), shape, copy, count);
+  } else {
+    throw DTypeError(std::string("msdacore ") + op + ": unexpected dtype " +
+                     dtype_name(t.dtype) + " to widen");
+  }
+  check_launch(op, "widen_kernel", stream);
+  return contiguous_float_view(t, copy);
+}
+
+}  // namespace
+
+Companions widen_companions(const Problem& p, const TensorView& loc, const TensorView& attn,
+                            cudaStream_t stream, const char* op, Workspace& workspace) {
+  Companions c{loc, attn};
+  if (companion_is_float(p)) {
+    if (p.loc_dtype != DType::Float32) {
+      c.loc = widen(loc, stream, op, workspace, "the float32 sampling_locations");
+    }
+    if (p.attn_dtype != DType::Float32) {
+      c.attn = widen(attn, stream, op, workspace, "the float32 attention_weights");
+    }
+  }
+  return c;
+}
+
+Companions companion_shapes(const Problem& p) {
+  Companions c;
+  if (p.flattened) {
+    c.loc = TensorView(nullptr, {p.N, p.Lq, p.M, p.P_total, 2}, p.loc_dtype, p.device);
+    c.attn = TensorView(nullptr, {p.N, p.Lq, p.M, p.P_total}, p.attn_dtype, p.device);
+  } else {
+    c.loc = TensorView(nullptr, {p.N, p.Lq, p.M, p.L, p.P, 2}, p.loc_dtype, p.device);
+    c.attn = TensorView(nullptr, {p.N, p.Lq, p.M, p.L, p.P}, p.attn_dtype, p.device);
+  }
+  return c;
 }
 
 // ---- the default allocator's pool (memory.hpp) ------------------------------------------

@@ -31,11 +31,6 @@ const Backend& backend_for(const Problem& p) {
   static const Backend cpu_backend{cpu::forward_workspace_size, cpu::backward_workspace_size,
                                    cpu::forward, cpu::backward};
 #ifdef MSDACORE_WITH_CUDA
-  if (p.device.type == DeviceType::CUDA && (p.loc_dtype != p.dtype || p.attn_dtype != p.dtype)) {
-    throw DeviceError("msdacore: the CUDA backend takes sampling_locations and "
-                      "attention_weights of value's dtype in this build (float32 ones with a "
-                      "half value run on the CPU backend)");
-  }
   static const Backend cuda_backend{cuda::forward_workspace_size, cuda::backward_workspace_size,
                                     cuda::forward, cuda::backward};
   if (p.device.type == DeviceType::CUDA) return cuda_backend;
