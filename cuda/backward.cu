@@ -289,7 +289,7 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
 
 }  // namespace
 
-int64_t backward_workspace_size(const Problem& p, const Options& options) {
+int64_t backward_workspace_size(const Problem& p, const Options& options, const TensorView&) {
   if (p.Lq == 0) return 0;
   DeviceGuard guard(p.device.index, kOp);  // the sort's sizing asks the device
   Workspace workspace = Workspace::counting();

@@ -127,7 +127,7 @@ void launch_forward(const Problem& p, const Options& options, const TensorView& 
 
 // The float32 copy of mixed-precision inputs and the level table of problems with many
 // levels (launch_forward's order).
-int64_t forward_workspace_size(const Problem& p, const Options&) {
+int64_t forward_workspace_size(const Problem& p, const Options&, const TensorView&) {
   Workspace workspace = Workspace::counting();
   const Companions shapes = companion_shapes(p);
   widen_companions(p, shapes.loc, shapes.attn, nullptr, kOp, workspace);

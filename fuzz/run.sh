@@ -59,7 +59,7 @@ cmake -S fuzz -B "$build" "${generator[@]}" -DCMAKE_CXX_COMPILER="$cxx" >/dev/nu
 cmake --build "$build" --parallel 2
 
 mkdir -p "$build/corpus" "$build/artifacts"
-export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:allocator_may_return_null=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 common=(-timeout=10 -rss_limit_mb=2048 -max_len=1024 -print_final_stats=1
         -artifact_prefix="$build/artifacts/")

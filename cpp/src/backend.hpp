@@ -5,7 +5,8 @@
 // and ops.cpp calls the one of the problem's device. Shapes and dtypes are those of
 // msdacore/ops.hpp; outputs are contiguous and fully overwritten.
 //
-//   forward_workspace_size / backward_workspace_size: bytes of scratch the call needs;
+//   forward_workspace_size / backward_workspace_size: bytes of scratch the call needs (the
+//             value view too: a copy of a broadcast value holds its distinct elements);
 //   forward:  output (N, Lq, M*D) from value, sampling_locations, attention_weights;
 //   backward: grad_value, grad_sampling_locations, grad_attention_weights from the
 //             same inputs and grad_output.
@@ -19,8 +20,10 @@
 #include "workspace.hpp"
 
 #define MSDACORE_DECLARE_BACKEND                                                             \
-  int64_t forward_workspace_size(const Problem& p, const Options& options);                  \
-  int64_t backward_workspace_size(const Problem& p, const Options& options);                 \
+  int64_t forward_workspace_size(const Problem& p, const Options& options,                   \
+                                 const TensorView& value);                                   \
+  int64_t backward_workspace_size(const Problem& p, const Options& options,                  \
+                                  const TensorView& value);                                  \
   void forward(const Problem& p, const Options& options, const TensorView& value,            \
                const TensorView& sampling_locations, const TensorView& attention_weights,    \
                const TensorView& output, Workspace& workspace);                              \

@@ -70,11 +70,11 @@ void isa_backward(const Problem& p, const Options& options, const TensorView& va
 // ---- the CPU backend (backend.hpp) ----------------------------------------------------
 
 // The float32 / float64 kernels work in place; half types need float32 copies.
-int64_t forward_workspace_size(const Problem& p, const Options&) {
-  return needs_widening(p) ? widened_workspace_size(p, false) : 0;
+int64_t forward_workspace_size(const Problem& p, const Options&, const TensorView& value) {
+  return needs_widening(p) ? widened_workspace_size(p, false, value) : 0;
 }
-int64_t backward_workspace_size(const Problem& p, const Options&) {
-  return needs_widening(p) ? widened_workspace_size(p, true) : 0;
+int64_t backward_workspace_size(const Problem& p, const Options&, const TensorView& value) {
+  return needs_widening(p) ? widened_workspace_size(p, true, value) : 0;
 }
 
 void forward(const Problem& p, const Options& options, const TensorView& value,

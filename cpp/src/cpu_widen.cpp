@@ -26,6 +26,16 @@ float read_as_float(const TensorView& t, int64_t offset) {
   }
 }
 
+// `t`'s shape with the dimensions it broadcasts (stride 0) cut to 1: the elements that
+// are distinct, which is all a widened copy needs to hold.
+TensorView compact(const TensorView& t) {
+  TensorView c = t;
+  for (int d = 0; d < t.ndim; ++d) {
+    if (t.strides[d] == 0 && t.shape[d] > 1) c.shape[d] = 1;
+  }
+  return c;
+}
+
 // dst[i] = t[i] as float32, i in row-major order over t's shape (any strides).
 void widen(const TensorView& t, float* dst) {
   const int64_t total = t.numel();
@@ -57,25 +67,29 @@ void narrow(const float* src, const TensorView& out, int64_t count) {
   }
 }
 
-// A contiguous float32 view of `t`'s shape over `data`.
+// A float32 view of `t`'s shape over `data`, which holds compact(t) row-major: the
+// dimensions `t` broadcasts keep stride 0.
 TensorView float_view(const TensorView& t, float* data) {
   TensorView v = t;
   v.data = data;
   v.dtype = DType::Float32;
   int64_t stride = 1;
   for (int d = t.ndim - 1; d >= 0; --d) {
-    v.strides[d] = stride;
-    stride *= t.shape[d];
+    const bool broadcast = t.strides[d] == 0 && t.shape[d] > 1;
+    v.strides[d] = broadcast ? 0 : stride;
+    if (!broadcast) stride *= t.shape[d];
   }
   return v;
 }
 
-// The float32 stand-in of an argument: `t` itself when it is float32, else a contiguous
-// float32 buffer from the workspace (filled from `t` when `fill`).
+// The float32 stand-in of an argument: `t` itself when it is float32, else a float32
+// buffer from the workspace holding its distinct elements (filled from `t` when `fill`;
+// outputs are contiguous, so theirs is the whole tensor).
 TensorView as_float32(const TensorView& t, Workspace& workspace, const char* what, bool fill) {
   if (t.dtype == DType::Float32) return t;
-  float* buffer = workspace.take<float>(t.numel(), what);
-  if (fill && !workspace.counting_only()) widen(t, buffer);
+  const TensorView distinct = compact(t);
+  float* buffer = workspace.take<float>(distinct.numel(), what);
+  if (fill && !workspace.counting_only()) widen(distinct, buffer);
   return float_view(t, buffer);
 }
 
@@ -93,8 +107,7 @@ TensorView shape_only(std::initializer_list<int64_t> shape, DType dtype) {
 
 }  // namespace
 
-int64_t widened_workspace_size(const Problem& p, bool backward) {
-  const TensorView value = shape_only({p.N, p.S, p.M, p.D}, p.dtype);
+int64_t widened_workspace_size(const Problem& p, bool backward, const TensorView& value) {
   const TensorView loc =
       p.flattened ? shape_only({p.N, p.Lq, p.M, p.P_total, 2}, p.loc_dtype)
                   : shape_only({p.N, p.Lq, p.M, p.L, p.P, 2}, p.loc_dtype);
@@ -104,7 +117,9 @@ int64_t widened_workspace_size(const Problem& p, bool backward) {
   Workspace counting = Workspace::counting();
   const FloatKernels none{nullptr, nullptr};
   if (backward) {
-    widened_backward(p, Options{}, value, loc, attn, out, value, loc, attn, counting, none);
+    const TensorView grad_value = shape_only({p.N, p.S, p.M, p.D}, p.dtype);
+    widened_backward(p, Options{}, value, loc, attn, out, grad_value, loc, attn, counting,
+                     none);
   } else {
     widened_forward(p, Options{}, value, loc, attn, out, counting, none);
   }

@@ -23,7 +23,8 @@ struct FloatKernels {
 bool needs_widening(const Problem& p);
 
 // Bytes of workspace the forward (backward = false) or backward of such a problem needs.
-int64_t widened_workspace_size(const Problem& p, bool backward);
+// `value` is the call's (its broadcast dimensions are not copied).
+int64_t widened_workspace_size(const Problem& p, bool backward, const TensorView& value);
 
 // Forward / backward of such a problem. Run on a counting Workspace, they only take their
 // buffers from it (sizing); the shapes and dtypes are those of msdacore/ops.hpp, the

@@ -16,8 +16,8 @@ namespace {
 
 // The four functions of one backend.
 struct Backend {
-  int64_t (*forward_workspace_size)(const Problem&, const Options&);
-  int64_t (*backward_workspace_size)(const Problem&, const Options&);
+  int64_t (*forward_workspace_size)(const Problem&, const Options&, const TensorView&);
+  int64_t (*backward_workspace_size)(const Problem&, const Options&, const TensorView&);
   void (*forward)(const Problem&, const Options&, const TensorView&, const TensorView&,
                   const TensorView&, const TensorView&, Workspace&);
   void (*backward)(const Problem&, const Options&, const TensorView&, const TensorView&,
@@ -99,11 +99,12 @@ void check_backward_arguments(const Problem& p, const TensorView& grad_output,
 // Bytes of workspace a forward (backward = false) or backward call of a validated problem
 // needs: 0 when the call computes nothing (N == 0, and for a forward Lq == 0), else what
 // the problem's backend says.
-int64_t workspace_size(const Problem& p, const Options& options, bool backward) {
+int64_t workspace_size(const Problem& p, const Options& options, const TensorView& value,
+                       bool backward) {
   if (p.N == 0 || (!backward && p.Lq == 0)) return 0;
   const Backend& backend = backend_for(p);
-  return backward ? backend.backward_workspace_size(p, options)
-                  : backend.forward_workspace_size(p, options);
+  return backward ? backend.backward_workspace_size(p, options, value)
+                  : backend.forward_workspace_size(p, options, value);
 }
 
 }  // namespace
@@ -116,7 +117,7 @@ int64_t workspace_size(const Problem& p, const Options& options, bool backward) 
                const TensorView& attention_weights, const Options& options) {              \
     return workspace_size(check_inputs(value, spatial_shapes, level_start_index,            \
                                        sampling_locations, attention_weights, options),     \
-                          options, backward);                                               \
+                          options, value, backward);                                        \
   }
 MSDACORE_DEFINE_WORKSPACE_SIZE(ms_deform_attn_forward_workspace_size, false)
 MSDACORE_DEFINE_WORKSPACE_SIZE(ms_deform_attn_backward_workspace_size, true)
@@ -138,7 +139,7 @@ void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_s
                               {"sampling_locations", &sampling_locations},
                               {"attention_weights", &attention_weights}});
   if (p.N == 0 || p.Lq == 0) return;
-  CallWorkspace workspace(p, options, workspace_size(p, options, /*backward=*/false));
+  CallWorkspace workspace(p, options, workspace_size(p, options, value, /*backward=*/false));
   backend_for(p).forward(p, options, value, sampling_locations, attention_weights, output,
                          workspace.get());
 }
@@ -164,7 +165,7 @@ void ms_deform_attn_backward(
                               {"attention_weights", &attention_weights},
                               {"grad_output", &grad_output}});
   if (p.N == 0) return;
-  CallWorkspace workspace(p, options, workspace_size(p, options, /*backward=*/true));
+  CallWorkspace workspace(p, options, workspace_size(p, options, value, /*backward=*/true));
   backend_for(p).backward(p, options, value, sampling_locations, attention_weights, grad_output,
                           grad_value, grad_sampling_locations, grad_attention_weights,
                           workspace.get());
