@@ -1,5 +1,7 @@
 // CUDA backward: grad_value (N, S, M, D), grad_sampling_locations (N, Lq, M, L, P, 2),
-// grad_attention_weights (N, Lq, M, L, P).
+// grad_attention_weights (N, Lq, M, L, P) (in the flattened layout (N, Lq, M, P_total, 2)
+// and (N, Lq, M, P_total): either way, contiguous, point `point` of head `head` at
+// head * P_total + point).
 //
 // Same layout as the forward (common.cuh, forward.cu): one group of G lanes per head
 // (n, q, m), one lane per channel vector, and the corners of each (head, point) computed
@@ -7,6 +9,8 @@
 // dot products <g, v_k> over its channels; the group sums them with a fixed butterfly of
 // warp shuffles, and the group's first lane turns them into the location and attention
 // gradients (detail::sample_gradients). Those two are therefore reproducible bit for bit.
+// A discrete-mode sample (mode=discrete) is one corner of weight 1 and has zero location
+// gradients (sample_gradients).
 //
 // grad_value, default: every lane adds A * corner weight * g to the four corner tokens
 // with atomicAdd (into a float32 buffer for float16/bfloat16, cast at the end). Fast, but
@@ -26,8 +30,8 @@ struct BackwardParams : HeadParams<T> {
   const T* grad_out;       // (N, Lq, M*D)
   Strides<3> gs;
   acc_t<T>* grad_value;    // (N, S, M, D) contiguous accumulator, zeroed; null: not written
-  T* grad_loc;             // (N, Lq, M, L, P, 2) contiguous
-  T* grad_attn;            // (N, Lq, M, L, P) contiguous
+  T* grad_loc;             // (N, Lq, M, P_total, 2) contiguous (either layout)
+  T* grad_attn;            // (N, Lq, M, P_total) contiguous
   int64_t S;
 };
 
@@ -40,14 +44,14 @@ struct BackwardPoint {
   int valid;            // 0: skipped sample (every gradient of it is 0)
 };
 
-// Fills the record of point `point` of head `head` (valid = 0 when there is none, or the
-// sample is skipped).
-template <typename T>
-__device__ void fill_point(const BackwardParams<T>& p, int64_t head, int64_t point,
+// Fills the record of point `point` of head `head`, sampled in mode `Mode` (valid = 0 when
+// there is none, or the sample is skipped).
+template <typename Mode, typename T>
+__device__ void fill_point(Mode, const BackwardParams<T>& p, int64_t head, int64_t point,
                            BackwardPoint<T>* rec) {
   rec->valid = 0;
   HeadSample<acc_t<T>> s;
-  if (!head_sample(p, head, point, &s)) return;
+  if (!head_sample<Mode>(p, head, point, &s)) return;
   rec->c = s.c;
   rec->start = s.lv.start;
   rec->a = attention_weight(p, s);
@@ -66,8 +70,9 @@ __device__ __forceinline__ void load_grad(const BackwardParams<T>& p, const T* g
   }
 }
 
-template <typename T, int V>
-__global__ void __launch_bounds__(kBlockThreads) backward_kernel(const BackwardParams<T> p) {
+template <typename T, int V, typename Mode>
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
+    backward_kernel(const BackwardParams<T> p) {
   using A = acc_t<T>;
   const HeadThread<BackwardPoint<T>> t = head_thread<BackwardPoint<T>>(p);
   const BackwardPoint<T>* mine = t.records + static_cast<int64_t>(t.slot) * p.chunk;
@@ -87,8 +92,8 @@ __global__ void __launch_bounds__(kBlockThreads) backward_kernel(const BackwardP
     for (int e = 0; e < V; ++e) g_first[e] = A(0);
     if (h.active && t.lane < p.vecs) load_grad<T, V>(p, g_head, t.lane, g_first);
 
-    for (int64_t c0 = 0; c0 < p.LP; c0 += p.chunk) {
-      const int count = fill_chunk(p, hb, c0, t.records);
+    for (int64_t c0 = 0; c0 < p.P_total; c0 += p.chunk) {
+      const int count = fill_chunk<Mode>(p, hb, c0, t.records);
 
       for (int j = 0; j < count; ++j) {
         const BackwardPoint<T>& rec = mine[j];
@@ -132,7 +137,7 @@ __global__ void __launch_bounds__(kBlockThreads) backward_kernel(const BackwardP
           for (int k = 0; k < 4; ++k) dots[k] += __shfl_xor_sync(0xffffffffu, dots[k], offset);
         }
         if (t.lane == 0 && h.active) {
-          const int64_t index = h.head * p.LP + c0 + j;
+          const int64_t index = h.head * p.P_total + c0 + j;
           A ga = A(0), gx = A(0), gy = A(0);
           if (rec.valid) {
             detail::sample_gradients(rec.c, dots, rec.a, rec.sx, rec.sy, &ga, &gx, &gy);
@@ -166,10 +171,13 @@ struct BackwardBuffers {
   GatherBuffers gather;
 };
 
+// `ls` / `as`: the strides of sampling_locations / attention_weights (point_strides_of),
+// for the level table's point offsets (null when only sizing).
 BackwardBuffers take_backward_buffers(const Problem& p, const Options& options,
+                                      const Strides<6>* ls, const Strides<5>* as,
                                       cudaStream_t stream, Workspace& workspace) {
   BackwardBuffers b;
-  b.cells = make_levels(p, stream, kOp, &b.levels, workspace);
+  b.cells = make_levels(p, ls, as, stream, kOp, &b.levels, workspace);
   const bool half = p.dtype == DType::Float16 || p.dtype == DType::BFloat16;
   if (options.deterministic) {
     b.gather = take_gather_buffers(p, b.cells, stream, workspace);
@@ -197,7 +205,9 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
   }
 
   BackwardParams<T> bp;
-  const BackwardBuffers buffers = take_backward_buffers(p, options, stream, workspace);
+  const Strides<6> ls = point_strides_of<6>(loc);
+  const Strides<5> as = point_strides_of<5>(attn);
+  const BackwardBuffers buffers = take_backward_buffers(p, options, &ls, &as, stream, workspace);
   bp.levels = buffers.levels;
 
   // grad_value accumulator for the atomic mode: the output itself, or the float32 buffer.
@@ -218,8 +228,11 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
   const bool vector = vector_ok(value, V, p.D) && vector_ok(grad_out, V, p.D);
   const LaunchShape shape =
       set_head_params<BackwardPoint<T>>(p, options, value, loc, attn, vector, &bp);
-  launch_head_kernel(backward_kernel<T, V>, backward_kernel<T, 1>, vector, shape, bp, stream,
-                     kOp, "backward_kernel");
+  with_mode(p.mode, [&](auto mode) {
+    using Mode = decltype(mode);
+    launch_head_kernel(backward_kernel<T, V, Mode>, backward_kernel<T, 1, Mode>, vector, shape,
+                       bp, stream, kOp, "backward_kernel");
+  });
 
   if (options.deterministic) {
     gather_grad_value(p, options, bp.levels, buffers.cells, buffers.gather, loc, attn, grad_out,
@@ -241,7 +254,7 @@ int64_t backward_workspace_size(const Problem& p, const Options& options) {
   if (p.Lq == 0) return 0;
   DeviceGuard guard(p.device.index, kOp);  // the sort's sizing asks the device
   Workspace workspace = Workspace::counting();
-  take_backward_buffers(p, options, nullptr, workspace);
+  take_backward_buffers(p, options, nullptr, nullptr, nullptr, workspace);
   return workspace.used();
 }
 
@@ -250,7 +263,6 @@ void backward(const Problem& p, const Options& options, const TensorView& value,
               const TensorView& grad_output, const TensorView& grad_value,
               const TensorView& grad_sampling_locations,
               const TensorView& grad_attention_weights, Workspace& workspace) {
-  check_layout_and_mode(p, kOp);
   DeviceGuard guard(p.device.index, kOp);
   check_input_pointers(kOp, value, sampling_locations, attention_weights);
   check_pointer(kOp, "grad_output", grad_output);

@@ -8,6 +8,11 @@
 // warp); each group owns one head (n, q, m) (or one value token (n, s, m)) and its lanes
 // split the head's D channels into channel vectors of V elements (V = 16 bytes / element
 // size where the layout allows, else 1), lane i taking vectors i, i + G, i + 2G, ...
+//
+// Points: a head's P_total points, level l's P_l points first_point .. first_point + P_l - 1
+// (LevelDesc), in the uniform layout (P_l = P) and the flattened one alike; the level of a
+// point is found in the level table, its address from the level's offsets (as the CPU
+// kernels' LevelGeometry, LevelDesc::loc_base).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -56,10 +61,6 @@ class DeviceGuard {
  private:
   int previous_ = -1;
 };
-
-// DeviceError for what the CUDA kernels do not read yet: the flattened points-per-level
-// layout and discrete sampling (the CPU backend computes both).
-void check_layout_and_mode(const Problem& p, const char* op);
 
 // DeviceError unless `t` (when non-empty) is CUDA memory the device of `t` can read.
 void check_pointer(const char* op, const char* name, const TensorView& t);
@@ -169,33 +170,7 @@ __device__ __forceinline__ void store_vec(T* p, const acc_t<T> (&v)[V]) {
   }
 }
 
-// ---- levels -------------------------------------------------------------------------
-
-struct LevelDesc {
-  int64_t H, W;        // size in pixels
-  int64_t start;       // level_start_index[l]: first token of the level
-  int64_t cell_start;  // first cell key of the level (deterministic backward): sum over
-                       // earlier levels of (H + 1) * (W + 1)
-};
-
-// The level table, passed by value in the kernel parameters for up to kInlineLevels
-// levels, else in device memory (`table`).
-constexpr int kInlineLevels = 8;
-struct Levels {
-  LevelDesc inline_levels[kInlineLevels];
-  const LevelDesc* table;  // all L levels in device memory, or null (inline_levels)
-  __device__ __forceinline__ LevelDesc get(int64_t l) const {
-    return table != nullptr ? table[l] : inline_levels[l];
-  }
-};
-
-// Fills a Levels for `p`; when L > kInlineLevels the table goes to device memory taken
-// from `workspace` (copied on `stream`; nothing is copied on a counting Workspace).
-// Returns the number of cell keys per (n, m) head, sum of (H + 1) * (W + 1).
-int64_t make_levels(const Problem& p, cudaStream_t stream, const char* op, Levels* levels,
-                    Workspace& workspace);
-
-// ---- strides and layout -------------------------------------------------------------
+// ---- strides -----------------------------------------------------------------------
 
 template <int K>
 struct Strides {
@@ -209,7 +184,76 @@ Strides<K> strides_of(const TensorView& t) {
   return out;
 }
 
+// The strides of sampling_locations (K = 6) or attention_weights (K = 5) as a view of the
+// uniform layout: `t` itself when it has rank K; in the flattened layout (rank K - 1, no
+// level axis) with a zero level stride at axis 3, so that axis 4 is the point axis in both
+// layouts (the levels' offsets are in LevelDesc::loc_base / attn_base).
+template <int K>
+Strides<K> point_strides_of(const TensorView& t) {
+  Strides<K> out;
+  if (t.ndim == K) {
+    for (int i = 0; i < K; ++i) out.s[i] = t.strides[i];
+  } else {
+    for (int i = 0, from = 0; i < K; ++i) out.s[i] = i == 3 ? 0 : t.strides[from++];
+  }
+  return out;
+}
+
+// ---- levels -------------------------------------------------------------------------
+
+struct LevelDesc {
+  int64_t H, W;         // size in pixels
+  int64_t start;        // level_start_index[l]: first token of the level
+  int64_t cell_start;   // first cell key of the level (deterministic backward): sum over
+                        // earlier levels of (H + 1) * (W + 1)
+  int64_t first_point;  // index of its first point among a head's P_total: sum_{j<l} P_j
+  int64_t points;       // P_l
+  // Where its points are: point `point` of a head (first_point <= point < first_point +
+  // points) is element loc_base + point * stride[4] of sampling_locations[n, q, m] (strides
+  // of point_strides_of), i.e. loc_base is the offset of the level's first point (uniform
+  // layout l * stride[3], flattened first_point * stride[4]) less first_point * stride[4].
+  int64_t loc_base;
+  int64_t attn_base;    // the same in attention_weights[n, q, m]
+};
+
+// The level table, passed by value in the kernel parameters for up to kInlineLevels
+// levels, else in device memory (`table`).
+constexpr int kInlineLevels = 8;
+struct Levels {
+  LevelDesc inline_levels[kInlineLevels];
+  const LevelDesc* table;  // all L levels in device memory, or null (inline_levels)
+  __device__ __forceinline__ LevelDesc get(int64_t l) const {
+    return table != nullptr ? table[l] : inline_levels[l];
+  }
+  __device__ __forceinline__ int64_t first_point(int64_t l) const {
+    return table != nullptr ? table[l].first_point : inline_levels[l].first_point;
+  }
+  // The level of point `point` (0 <= point < P_total) of a head, among L levels: the last
+  // level whose first point is <= point (first points strictly increase, P_l >= 1).
+  __device__ __forceinline__ int64_t level_of_point(int64_t point, int64_t L) const {
+    int64_t l = 0;
+    while (l + 1 < L && first_point(l + 1) <= point) ++l;
+    return l;
+  }
+};
+
+// Fills a Levels for `p`, with the levels' point offsets for inputs of the strides `ls`
+// (sampling_locations) and `as` (attention_weights), as point_strides_of gives them (null:
+// offsets 0, for sizing only); when L > kInlineLevels the table goes to device memory
+// taken from `workspace` (copied on `stream`; nothing is copied on a counting Workspace).
+// Returns the number of cell keys per (n, m) head, sum of (H + 1) * (W + 1).
+int64_t make_levels(const Problem& p, const Strides<6>* ls, const Strides<5>* as,
+                    cudaStream_t stream, const char* op, Levels* levels, Workspace& workspace);
+
+// ---- thread layout ------------------------------------------------------------------
+
 constexpr int kBlockThreads = 256;
+
+// Blocks per multiprocessor the per-head and gather kernels are compiled for
+// (__launch_bounds__): 4 blocks of kBlockThreads, at most 64 registers a thread. Without it
+// ptxas may take 48 registers and spill to fit a fifth block, and which kernels it does
+// that for changes with small edits of their code.
+constexpr int kMinBlocks = 4;
 
 // Lanes per group for `vecs` channel vectors: the smallest power of two >= vecs, at most 32.
 inline int group_size(int64_t vecs) {
@@ -240,13 +284,13 @@ inline unsigned int grid_for(int64_t work_blocks) {
 
 // Points per chunk of the per-head kernels: as many (head, point) records of
 // `record_bytes` as fit a shared-memory budget for `heads_per_block` heads, at least 1 and
-// at most L*P. The budget keeps several blocks resident per multiprocessor, and far under
-// the 48 KB a block may use without opting in (256 records of <= 192 bytes at worst).
-inline int chunk_points(int64_t LP, int heads_per_block, size_t record_bytes) {
+// at most P_total. The budget keeps several blocks resident per multiprocessor, and far
+// under the 48 KB a block may use without opting in (256 records of <= 192 bytes at worst).
+inline int chunk_points(int64_t P_total, int heads_per_block, size_t record_bytes) {
   constexpr size_t kBudget = 24 * 1024;
   int64_t chunk = static_cast<int64_t>(kBudget / (record_bytes * heads_per_block));
   if (chunk < 1) chunk = 1;
-  return static_cast<int>(chunk < LP ? chunk : LP);
+  return static_cast<int>(chunk < P_total ? chunk : P_total);
 }
 
 // Launch shape of a per-head kernel: blocks and dynamic shared memory.
@@ -256,17 +300,19 @@ struct LaunchShape {
 };
 
 // What the per-head kernels' parameters share (ForwardParams and BackwardParams derive
-// from it): the three sampling inputs, the sizes, align_corners, the lane / chunk geometry
-// and the level table.
+// from it): the three sampling inputs, the sizes, align_corners, the lane / chunk
+// geometry and the level table. (The sampling mode is a template parameter of the
+// kernels, ModeTag.)
 template <typename T>
 struct HeadParams {
   const T* value;        // (N, S, M, D)
   Strides<4> vs;         //   its element strides
-  const T* loc;          // (N, Lq, M, L, P, 2)
-  Strides<6> ls;
-  const T* attn;         // (N, Lq, M, L, P)
+  const T* loc;          // (N, Lq, M, L, P, 2), or (N, Lq, M, P_total, 2) viewed with a
+  Strides<6> ls;         //   zero level stride (point_strides_of)
+  const T* attn;         // (N, Lq, M, L, P), or (N, Lq, M, P_total) likewise
   Strides<5> as;
-  int64_t M, D, Lq, P, LP;
+  int64_t M, D, Lq, L;
+  int64_t P_total;       // points per head, sum_l P_l
   int64_t heads;         // N * Lq * M
   int64_t vecs;          // channel vectors per head: D / V
   int group;             // lanes per head (G)
@@ -286,20 +332,20 @@ LaunchShape set_head_params(const Problem& p, const Options& options, const Tens
   q->value = static_cast<const T*>(value.data);
   q->vs = strides_of<4>(value);
   q->loc = static_cast<const T*>(loc.data);
-  q->ls = strides_of<6>(loc);
+  q->ls = point_strides_of<6>(loc);
   q->attn = static_cast<const T*>(attn.data);
-  q->as = strides_of<5>(attn);
+  q->as = point_strides_of<5>(attn);
   q->M = p.M;
   q->D = p.D;
   q->Lq = p.Lq;
-  q->P = p.P;
-  q->LP = p.L * p.P;
+  q->L = p.L;
+  q->P_total = p.P_total;
   q->heads = p.N * p.Lq * p.M;
   q->align_corners = options.align_corners;
   q->vecs = vector ? p.D / kVec<T> : p.D;
   q->group = group_size(q->vecs);
   q->heads_per_block = kBlockThreads / q->group;
-  q->chunk = chunk_points(q->LP, q->heads_per_block, sizeof(Point));
+  q->chunk = chunk_points(q->P_total, q->heads_per_block, sizeof(Point));
   const int64_t head_blocks = (q->heads + q->heads_per_block - 1) / q->heads_per_block;
   return LaunchShape{grid_for(head_blocks),
                      sizeof(Point) * static_cast<size_t>(q->heads_per_block) * q->chunk};
@@ -348,6 +394,26 @@ __device__ __forceinline__ Head head_at(const HeadParams<T>& p, int64_t hb, int 
   return h;
 }
 
+// The sampling mode (SamplingMode) as a compile-time constant: every kernel that samples
+// is compiled once per mode, so that the bilinear kernels carry no code of the discrete
+// mode (registers and spills stay those of the bilinear-only kernels).
+template <bool kDiscrete>
+struct ModeTag {
+  static constexpr bool discrete = kDiscrete;
+};
+using BilinearMode = ModeTag<false>;
+using DiscreteMode = ModeTag<true>;
+
+// Calls f(ModeTag<...>{}) for `mode`.
+template <class F>
+void with_mode(SamplingMode mode, F&& f) {
+  if (mode == SamplingMode::Discrete) {
+    f(DiscreteMode{});
+  } else {
+    f(BilinearMode{});
+  }
+}
+
 // Launches a per-head kernel on `stream` with the grid and shared memory of `shape`:
 // `vector_kernel` (16-byte channel vectors) when `vector`, else `scalar_kernel` (single
 // elements); then check_launch(op, name, stream).
@@ -360,57 +426,59 @@ void launch_head_kernel(void (*vector_kernel)(Params), void (*scalar_kernel)(Par
   check_launch(op, name, stream);
 }
 
-// One sample of a per-head kernel: point `point` = l * P + pt of head `head` =
-// (n * Lq + q) * M + m, as its shared-memory record is filled.
+// One sample of a per-head kernel: point `point` (of the head's P_total, over all levels)
+// of head `head` = (n * Lq + q) * M + m, as its shared-memory record is filled.
 template <typename A>
 struct HeadSample {
-  int64_t n, q, m, l, pt;
-  LevelDesc lv;            // level l
+  LevelDesc lv;            // the point's level
   detail::Level<A> level;  //   and its geometry
   detail::Corners<A> c;
+  int64_t attn_index;      // element index of its attention weight in attn
 };
 
-// Fills `s` for point `point` of head `head`; false (the record stays empty) when the
-// head is past the last one or the sample is skipped (then only some of `s` is written).
-template <typename T>
+// Fills `s` for point `point` of head `head`, sampled in mode `Mode` (ModeTag); false (the
+// record stays empty) when the head is past the last one or the sample is skipped (then
+// only some of `s` is written).
+template <typename Mode, typename T>
 __device__ __forceinline__ bool head_sample(const HeadParams<T>& p, int64_t head,
                                             int64_t point, HeadSample<acc_t<T>>* s) {
   if (head >= p.heads) return false;
-  s->m = head % p.M;
+  const int64_t m = head % p.M;
   const int64_t nq = head / p.M;
-  s->q = nq % p.Lq;
-  s->n = nq / p.Lq;
-  s->l = point / p.P;
-  s->pt = point % p.P;
-  s->lv = p.levels.get(s->l);
+  const int64_t q = nq % p.Lq;
+  const int64_t n = nq / p.Lq;
+  s->lv = p.levels.get(p.levels.level_of_point(point, p.L));
+  s->attn_index = n * p.as.s[0] + q * p.as.s[1] + m * p.as.s[2] + s->lv.attn_base +
+                  point * p.as.s[4];
   s->level = detail::make_level<acc_t<T>>(s->lv.H, s->lv.W, p.align_corners);
-  const T* xy = p.loc + s->n * p.ls.s[0] + s->q * p.ls.s[1] + s->m * p.ls.s[2] +
-                s->l * p.ls.s[3] + s->pt * p.ls.s[4];
-  return detail::sample_corners(s->level, to_acc(xy[0]), to_acc(xy[p.ls.s[5]]), &s->c);
+  const T* xy = p.loc + (n * p.ls.s[0] + q * p.ls.s[1] + m * p.ls.s[2] + s->lv.loc_base +
+                         point * p.ls.s[4]);
+  return detail::mode_corners(s->level, Mode::discrete, to_acc(xy[0]), to_acc(xy[p.ls.s[5]]),
+                              &s->c);
 }
 
 // The attention weight A of sample `s` (head_sample returned true).
 template <typename T>
 __device__ __forceinline__ acc_t<T> attention_weight(const HeadParams<T>& p,
                                                      const HeadSample<acc_t<T>>& s) {
-  return to_acc(p.attn[s.n * p.as.s[0] + s.q * p.as.s[1] + s.m * p.as.s[2] +
-                       s.l * p.as.s[3] + s.pt * p.as.s[4]]);
+  return to_acc(p.attn[s.attn_index]);
 }
 
 // One chunk of a per-head kernel's records: waits until the previous chunk's are no longer
 // read, fills record (s, j) = (head hb * heads_per_block + s, point c0 + j) at
-// records[s * chunk + j] with the kernel file's fill_point (found by argument-dependent
-// lookup on Params), spread over the block's threads, and waits until all are written.
-// Returns the chunk's points: min(chunk, LP - c0). Every thread of the block must call it.
-template <typename Params, typename Point>
+// records[s * chunk + j] with the kernel file's fill_point for mode `Mode` (found by
+// argument-dependent lookup on Params), spread over the block's threads, and waits until
+// all are written. Returns the chunk's points: min(chunk, P_total - c0). Every thread of
+// the block must call it.
+template <typename Mode, typename Params, typename Point>
 __device__ __forceinline__ int fill_chunk(const Params& p, int64_t hb, int64_t c0,
                                           Point* records) {
-  const int count = static_cast<int>(p.LP - c0 < p.chunk ? p.LP - c0 : p.chunk);
+  const int count = static_cast<int>(p.P_total - c0 < p.chunk ? p.P_total - c0 : p.chunk);
   __syncthreads();  // the previous chunk's records are no longer read
   for (int i = static_cast<int>(threadIdx.x); i < p.heads_per_block * count;
        i += static_cast<int>(blockDim.x)) {
     const int s = i / count, j = i % count;
-    fill_point(p, hb * p.heads_per_block + s, c0 + j,
+    fill_point(Mode{}, p, hb * p.heads_per_block + s, c0 + j,
                &records[static_cast<int64_t>(s) * p.chunk + j]);
   }
   __syncthreads();

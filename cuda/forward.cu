@@ -5,7 +5,8 @@
 // memory: the block's heads' points are processed in chunks; for each chunk the block
 // first fills one record per (head, point) (the four token indexes and A * corner weight),
 // then every lane sums its channel vectors over the chunk's records. Each lane adds its
-// terms in (level, point, corner) order, as the CPU kernels do.
+// terms in (level, point, corner) order, as the CPU kernels do. A discrete-mode sample
+// (mode=discrete) is one corner of weight A.
 #include "common.cuh"
 
 namespace msdacore {
@@ -28,10 +29,10 @@ struct ForwardPoint {
   acc_t<T> weight[4];
 };
 
-// Fills the record of point `point` of head `head` (empty when there is none, or the
-// sample is skipped).
-template <typename T>
-__device__ void fill_point(const ForwardParams<T>& p, int64_t head, int64_t point,
+// Fills the record of point `point` of head `head`, sampled in mode `Mode` (empty when
+// there is none, or the sample is skipped).
+template <typename Mode, typename T>
+__device__ void fill_point(Mode, const ForwardParams<T>& p, int64_t head, int64_t point,
                            ForwardPoint<T>* rec) {
   using A = acc_t<T>;
 #pragma unroll
@@ -40,7 +41,7 @@ __device__ void fill_point(const ForwardParams<T>& p, int64_t head, int64_t poin
     rec->weight[k] = A(0);
   }
   HeadSample<A> s;
-  if (!head_sample(p, head, point, &s)) return;
+  if (!head_sample<Mode>(p, head, point, &s)) return;
   const A a = attention_weight(p, s);
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
@@ -51,8 +52,9 @@ __device__ void fill_point(const ForwardParams<T>& p, int64_t head, int64_t poin
   }
 }
 
-template <typename T, int V>
-__global__ void __launch_bounds__(kBlockThreads) forward_kernel(const ForwardParams<T> p) {
+template <typename T, int V, typename Mode>
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
+    forward_kernel(const ForwardParams<T> p) {
   using A = acc_t<T>;
   const HeadThread<ForwardPoint<T>> t = head_thread<ForwardPoint<T>>(p);
   const int64_t rounds = (p.vecs + p.group - 1) / p.group;
@@ -72,8 +74,8 @@ __global__ void __launch_bounds__(kBlockThreads) forward_kernel(const ForwardPar
 #pragma unroll
       for (int e = 0; e < V; ++e) acc[e] = A(0);
 
-      for (int64_t c0 = 0; c0 < p.LP; c0 += p.chunk) {
-        const int count = fill_chunk(p, hb, c0, t.records);
+      for (int64_t c0 = 0; c0 < p.P_total; c0 += p.chunk) {
+        const int count = fill_chunk<Mode>(p, hb, c0, t.records);
         if (has_vec) {
           for (int j = 0; j < count; ++j) {
             const ForwardPoint<T>& rec = mine[j];
@@ -104,14 +106,17 @@ void launch_forward(const Problem& p, const Options& options, const TensorView& 
                     Workspace& workspace) {
   const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
   ForwardParams<T> fp;
-  make_levels(p, stream, kOp, &fp.levels, workspace);
   fp.out = static_cast<T*>(output.data);
   constexpr int V = kVec<T>;
   const bool vector = vector_ok(value, V, p.D) && vector_ok(output, V, p.D);
   const LaunchShape shape =
       set_head_params<ForwardPoint<T>>(p, options, value, loc, attn, vector, &fp);
-  launch_head_kernel(forward_kernel<T, V>, forward_kernel<T, 1>, vector, shape, fp, stream, kOp,
-                     "forward_kernel");
+  make_levels(p, &fp.ls, &fp.as, stream, kOp, &fp.levels, workspace);
+  with_mode(p.mode, [&](auto mode) {
+    using Mode = decltype(mode);
+    launch_head_kernel(forward_kernel<T, V, Mode>, forward_kernel<T, 1, Mode>, vector, shape, fp,
+                       stream, kOp, "forward_kernel");
+  });
 }
 
 }  // namespace
@@ -120,14 +125,13 @@ void launch_forward(const Problem& p, const Options& options, const TensorView& 
 int64_t forward_workspace_size(const Problem& p, const Options&) {
   Workspace workspace = Workspace::counting();
   Levels levels;
-  make_levels(p, nullptr, kOp, &levels, workspace);
+  make_levels(p, nullptr, nullptr, nullptr, kOp, &levels, workspace);
   return workspace.used();
 }
 
 void forward(const Problem& p, const Options& options, const TensorView& value,
              const TensorView& sampling_locations, const TensorView& attention_weights,
              const TensorView& output, Workspace& workspace) {
-  check_layout_and_mode(p, kOp);
   DeviceGuard guard(p.device.index, kOp);
   check_input_pointers(kOp, value, sampling_locations, attention_weights);
   check_pointer(kOp, "output", output);

@@ -51,14 +51,6 @@ DeviceGuard::~DeviceGuard() {
   if (previous_ >= 0) (void)cudaSetDevice(previous_);
 }
 
-void check_layout_and_mode(const Problem& p, const char* op) {
-  if (p.flattened || p.mode != SamplingMode::Bilinear) {
-    throw DeviceError(std::string("msdacore ") + op + ": the CUDA backend does not run " +
-                      (p.flattened ? "points_per_level (the flattened layout)" : "mode=discrete") +
-                      " in this build; run the call on CPU arrays");
-  }
-}
-
 void check_pointer(const char* op, const char* name, const TensorView& t) {
   if (t.numel() == 0) return;
   cudaPointerAttributes attr;
@@ -92,8 +84,8 @@ int multiprocessors() {
   return count > 0 ? count : 80;
 }
 
-int64_t make_levels(const Problem& p, cudaStream_t stream, const char* op, Levels* levels,
-                    Workspace& workspace) {
+int64_t make_levels(const Problem& p, const Strides<6>* ls, const Strides<5>* as,
+                    cudaStream_t stream, const char* op, Levels* levels, Workspace& workspace) {
   std::vector<LevelDesc> table(static_cast<size_t>(p.L));
   int64_t cells = 0;
   for (int64_t l = 0; l < p.L; ++l) {
@@ -103,6 +95,18 @@ int64_t make_levels(const Problem& p, cudaStream_t stream, const char* op, Level
     d.start = p.level_starts[l];
     d.cell_start = cells;
     cells += (d.H + 1) * (d.W + 1);
+    d.first_point = p.point_starts[l];
+    d.points = p.points[l];
+    // As the CPU's level_geometry, the level's first point is at l * stride[3] (uniform
+    // layout) or point_starts[l] * stride[4] (flattened); the kernels address point
+    // `point` = point_starts[l] + pt of a head as base + point * stride[4] (so the base is 0
+    // in the flattened layout).
+    const auto base = [&](const int64_t* s) {
+      const int64_t first = p.flattened ? p.point_starts[l] * s[4] : l * s[3];
+      return first - p.point_starts[l] * s[4];
+    };
+    if (ls != nullptr) d.loc_base = base(ls->s);
+    if (as != nullptr) d.attn_base = base(as->s);
   }
   *levels = Levels{};
   levels->table = nullptr;

@@ -5,6 +5,7 @@
 
 #include "backend.hpp"
 #include "cpu_kernels.hpp"
+#include "cpu_widen.hpp"
 
 namespace msdacore {
 namespace cpu {
@@ -37,15 +38,10 @@ Isa isa() {
 
 }  // namespace
 
-// ---- the CPU backend (backend.hpp) ----------------------------------------------------
-
-// The kernels work in place: no temporaries, so no workspace.
-int64_t forward_workspace_size(const Problem&, const Options&) { return 0; }
-int64_t backward_workspace_size(const Problem&, const Options&) { return 0; }
-
-void forward(const Problem& p, const Options& options, const TensorView& value,
-             const TensorView& sampling_locations, const TensorView& attention_weights,
-             const TensorView& output, Workspace&) {
+// The float32 / float64 kernels of the instruction set in use.
+void isa_forward(const Problem& p, const Options& options, const TensorView& value,
+                 const TensorView& sampling_locations, const TensorView& attention_weights,
+                 const TensorView& output) {
 #if defined(MSDACORE_HAVE_AVX2_KERNELS)
   if (isa() == Isa::Avx2) {
     avx2::forward(p, options, value, sampling_locations, attention_weights, output);
@@ -55,12 +51,11 @@ void forward(const Problem& p, const Options& options, const TensorView& value,
   generic::forward(p, options, value, sampling_locations, attention_weights, output);
 }
 
-// Deterministic whatever options.deterministic says.
-void backward(const Problem& p, const Options& options, const TensorView& value,
-              const TensorView& sampling_locations, const TensorView& attention_weights,
-              const TensorView& grad_output, const TensorView& grad_value,
-              const TensorView& grad_sampling_locations,
-              const TensorView& grad_attention_weights, Workspace&) {
+void isa_backward(const Problem& p, const Options& options, const TensorView& value,
+                  const TensorView& sampling_locations, const TensorView& attention_weights,
+                  const TensorView& grad_output, const TensorView& grad_value,
+                  const TensorView& grad_sampling_locations,
+                  const TensorView& grad_attention_weights) {
 #if defined(MSDACORE_HAVE_AVX2_KERNELS)
   if (isa() == Isa::Avx2) {
     avx2::backward(p, options, value, sampling_locations, attention_weights, grad_output,
@@ -70,6 +65,43 @@ void backward(const Problem& p, const Options& options, const TensorView& value,
 #endif
   generic::backward(p, options, value, sampling_locations, attention_weights, grad_output,
                     grad_value, grad_sampling_locations, grad_attention_weights);
+}
+
+// ---- the CPU backend (backend.hpp) ----------------------------------------------------
+
+// The float32 / float64 kernels work in place; half types need float32 copies.
+int64_t forward_workspace_size(const Problem& p, const Options&) {
+  return needs_widening(p) ? widened_workspace_size(p, false) : 0;
+}
+int64_t backward_workspace_size(const Problem& p, const Options&) {
+  return needs_widening(p) ? widened_workspace_size(p, true) : 0;
+}
+
+void forward(const Problem& p, const Options& options, const TensorView& value,
+             const TensorView& sampling_locations, const TensorView& attention_weights,
+             const TensorView& output, Workspace& workspace) {
+  if (needs_widening(p)) {
+    widened_forward(p, options, value, sampling_locations, attention_weights, output,
+                    workspace, FloatKernels{isa_forward, isa_backward});
+    return;
+  }
+  isa_forward(p, options, value, sampling_locations, attention_weights, output);
+}
+
+// Deterministic whatever options.deterministic says.
+void backward(const Problem& p, const Options& options, const TensorView& value,
+              const TensorView& sampling_locations, const TensorView& attention_weights,
+              const TensorView& grad_output, const TensorView& grad_value,
+              const TensorView& grad_sampling_locations,
+              const TensorView& grad_attention_weights, Workspace& workspace) {
+  if (needs_widening(p)) {
+    widened_backward(p, options, value, sampling_locations, attention_weights, grad_output,
+                     grad_value, grad_sampling_locations, grad_attention_weights, workspace,
+                     FloatKernels{isa_forward, isa_backward});
+    return;
+  }
+  isa_backward(p, options, value, sampling_locations, attention_weights, grad_output,
+               grad_value, grad_sampling_locations, grad_attention_weights);
 }
 
 std::string selected_isa() { return isa() == Isa::Avx2 ? "avx2" : "generic"; }

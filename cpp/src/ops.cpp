@@ -31,6 +31,11 @@ const Backend& backend_for(const Problem& p) {
   static const Backend cpu_backend{cpu::forward_workspace_size, cpu::backward_workspace_size,
                                    cpu::forward, cpu::backward};
 #ifdef MSDACORE_WITH_CUDA
+  if (p.device.type == DeviceType::CUDA && (p.loc_dtype != p.dtype || p.attn_dtype != p.dtype)) {
+    throw DeviceError("msdacore: the CUDA backend takes sampling_locations and "
+                      "attention_weights of value's dtype in this build (float32 ones with a "
+                      "half value run on the CPU backend)");
+  }
   static const Backend cuda_backend{cuda::forward_workspace_size, cuda::backward_workspace_size,
                                     cuda::forward, cuda::backward};
   if (p.device.type == DeviceType::CUDA) return cuda_backend;
@@ -75,19 +80,24 @@ void check_backward_arguments(const Problem& p, const TensorView& grad_output,
                               const TensorView& grad_sampling_locations,
                               const TensorView& grad_attention_weights) {
   validate::check_float_input("grad_output", grad_output, p, "N, Lq, M*D",
-                              {p.N, p.Lq, p.M * p.D});
-  validate::check_output("grad_value", grad_value, p, "N, S, M, D", {p.N, p.S, p.M, p.D});
+                              {p.N, p.Lq, p.M * p.D}, p.dtype);
+  validate::check_output("grad_value", grad_value, p, "N, S, M, D", {p.N, p.S, p.M, p.D},
+                         p.dtype);
   // In the layout of sampling_locations and attention_weights.
   if (p.flattened) {
     validate::check_output("grad_sampling_locations", grad_sampling_locations, p,
-                           "N, Lq, M, P_total, 2", {p.N, p.Lq, p.M, p.P_total, 2});
+                           "N, Lq, M, P_total, 2", {p.N, p.Lq, p.M, p.P_total, 2},
+                           p.loc_dtype, "sampling_locations");
     validate::check_output("grad_attention_weights", grad_attention_weights, p,
-                           "N, Lq, M, P_total", {p.N, p.Lq, p.M, p.P_total});
+                           "N, Lq, M, P_total", {p.N, p.Lq, p.M, p.P_total}, p.attn_dtype,
+                           "attention_weights");
   } else {
     validate::check_output("grad_sampling_locations", grad_sampling_locations, p,
-                           "N, Lq, M, L, P, 2", {p.N, p.Lq, p.M, p.L, p.P, 2});
+                           "N, Lq, M, L, P, 2", {p.N, p.Lq, p.M, p.L, p.P, 2}, p.loc_dtype,
+                           "sampling_locations");
     validate::check_output("grad_attention_weights", grad_attention_weights, p,
-                           "N, Lq, M, L, P", {p.N, p.Lq, p.M, p.L, p.P});
+                           "N, Lq, M, L, P", {p.N, p.Lq, p.M, p.L, p.P}, p.attn_dtype,
+                           "attention_weights");
   }
 }
 
@@ -125,7 +135,7 @@ void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_s
   const Problem p =
       check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                    options);
-  validate::check_output("output", output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D});
+  validate::check_output("output", output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D}, p.dtype);
   validate::check_no_overlap({{"output", &output}},
                              {{"value", &value},
                               {"spatial_shapes", &spatial_shapes},

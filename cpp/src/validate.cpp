@@ -131,20 +131,16 @@ void check_on_host(const char* name, Device d) {
   }
 }
 
-// float32 / float64 everywhere; float16 / bfloat16 on CUDA only.
-void check_float_dtype(const char* name, DType t, Device d) {
-  const bool cuda = d.type == DeviceType::CUDA;
+// A floating-point dtype: float32, float64, float16 or bfloat16 (every backend).
+void check_float_dtype(const char* name, DType t) {
   if (!is_float(t)) {
-    throw DTypeError(std::string(name) + " must be a floating-point array (" +
-                     (cuda ? "float32, float64, float16 or bfloat16" : "float32 or float64") +
-                     "), got " + dtype_name(t));
-  }
-  if (!cuda && (t == DType::Float16 || t == DType::BFloat16)) {
-    throw DTypeError(std::string(name) + " has dtype " + dtype_name(t) +
-                     ", which the CPU backend does not support: use float32 or float64 "
-                     "(float16 and bfloat16 need the CUDA backend)");
+    throw DTypeError(std::string(name) +
+                     " must be a floating-point array (float32, float64, float16 or bfloat16), "
+                     "got " + dtype_name(t));
   }
 }
+
+bool is_half(DType t) { return t == DType::Float16 || t == DType::BFloat16; }
 
 void check_index_dtype(const char* name, DType t) {
   if (t != DType::Int32 && t != DType::Int64) {
@@ -276,14 +272,22 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
   check_on_host("level_start_index", level_start_index.device);
 
   // 2. Dtypes.
-  check_float_dtype("value", value.dtype, value.device);
-  check_float_dtype("sampling_locations", sampling_locations.dtype, value.device);
-  check_float_dtype("attention_weights", attention_weights.dtype, value.device);
-  if (sampling_locations.dtype != value.dtype || attention_weights.dtype != value.dtype) {
+  check_float_dtype("value", value.dtype);
+  check_float_dtype("sampling_locations", sampling_locations.dtype);
+  check_float_dtype("attention_weights", attention_weights.dtype);
+  // Mixed precision: with a half value, locations and weights may be float32.
+  const auto companion_ok = [&](DType t) {
+    return t == value.dtype || (is_half(value.dtype) && t == DType::Float32);
+  };
+  if (!companion_ok(sampling_locations.dtype) || !companion_ok(attention_weights.dtype)) {
     throw DTypeError(std::string("value, sampling_locations and attention_weights must have "
-                                 "the same dtype, got ") +
-                     dtype_name(value.dtype) + ", " + dtype_name(sampling_locations.dtype) +
-                     " and " + dtype_name(attention_weights.dtype));
+                                 "the same dtype") +
+                     (is_half(value.dtype) ? " (or float32 sampling_locations and "
+                                             "attention_weights with a half value)"
+                                           : "") +
+                     ", got " + dtype_name(value.dtype) + ", " +
+                     dtype_name(sampling_locations.dtype) + " and " +
+                     dtype_name(attention_weights.dtype));
   }
   check_index_dtype("spatial_shapes", spatial_shapes.dtype);
   check_index_dtype("level_start_index", level_start_index.dtype);
@@ -292,6 +296,8 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
   // sampling_locations (or attention_weights when sampling_locations is malformed).
   Problem p;
   p.dtype = value.dtype;
+  p.loc_dtype = sampling_locations.dtype;
+  p.attn_dtype = attention_weights.dtype;
   p.device = value.device;
   expect_shape("value", value, "N, S, M, D", {kUnknown, kUnknown, kUnknown, kUnknown});
   p.N = value.shape[0];
@@ -376,19 +382,20 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
 namespace validate {
 
 void check_float_input(const char* name, const TensorView& t, const Problem& p,
-                       const char* symbols, std::initializer_list<int64_t> dims) {
+                       const char* symbols, std::initializer_list<int64_t> dims, DType dtype,
+                       const char* dtype_of) {
   check_same_device(name, t.device, "value", p.device);
-  if (t.dtype != p.dtype) {
-    throw DTypeError(std::string(name) + " must have the dtype of value (" +
-                     dtype_name(p.dtype) + "), got " + dtype_name(t.dtype));
+  if (t.dtype != dtype) {
+    throw DTypeError(std::string(name) + " must have the dtype of " + dtype_of + " (" +
+                     dtype_name(dtype) + "), got " + dtype_name(t.dtype));
   }
   expect_shape(name, t, symbols, std::vector<int64_t>(dims));
   check_has_data(name, t);
 }
 
 void check_output(const char* name, const TensorView& t, const Problem& p, const char* symbols,
-                  std::initializer_list<int64_t> dims) {
-  check_float_input(name, t, p, symbols, dims);
+                  std::initializer_list<int64_t> dims, DType dtype, const char* dtype_of) {
+  check_float_input(name, t, p, symbols, dims, dtype, dtype_of);
   if (!t.is_contiguous()) {
     throw ShapeError(std::string(name) + " must be a contiguous (row-major) output buffer");
   }

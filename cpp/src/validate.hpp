@@ -9,14 +9,17 @@
 namespace msdacore {
 namespace validate {
 
-// A float input that must match the problem's device and dtype, with shape `dims` given
-// symbolically (`symbols`, e.g. "N, Lq, M*D") and numerically.
+// A float input that must be on the problem's device with `dtype` (that of the input
+// named `dtype_of`), with shape `dims` given symbolically (`symbols`, e.g.
+// "N, Lq, M*D") and numerically.
 void check_float_input(const char* name, const TensorView& t, const Problem& p,
-                       const char* symbols, std::initializer_list<int64_t> dims);
+                       const char* symbols, std::initializer_list<int64_t> dims, DType dtype,
+                       const char* dtype_of = "value");
 
 // A caller-provided output: device, dtype, shape as above, contiguous, non-null.
 void check_output(const char* name, const TensorView& t, const Problem& p, const char* symbols,
-                  std::initializer_list<int64_t> dims);
+                  std::initializer_list<int64_t> dims, DType dtype,
+                  const char* dtype_of = "value");
 
 // An argument's name and view, for check_no_overlap.
 struct NamedView {

@@ -49,11 +49,15 @@ def output_shapes(value, sampling_locations, attention_weights, backward):
 
 
 _MODES = ("bilinear", "discrete")
+_DEFAULT_OPTIONS = (False, False, "bilinear", None)
 
 
 def op_options(align_corners, deterministic=False, mode="bilinear", points_per_level=None):
     """The operator's options as the core takes them: (align_corners, deterministic, mode,
     points_per_level as a list of ints or None), checked for their Python types."""
+    if (align_corners is False and deterministic is False and mode == "bilinear"
+            and points_per_level is None):
+        return _DEFAULT_OPTIONS  # the common case, without the checks below
     if not isinstance(mode, str):
         raise TypeError(f"mode must be a str, \"bilinear\" or \"discrete\", got "
                         f"{type(mode).__name__}")
@@ -118,8 +122,9 @@ class _Call:
     def outputs(self, backward):
         a = self.arrays
         shapes = output_shapes(a[0], a[3], a[4], backward)
+        likes = (a[0], a[3], a[4]) if backward else (a[0],)  # each gradient in its input's dtype
         try:
-            return [self.fw.empty(s, a[0], self.stream) for s in shapes]
+            return [self.fw.empty(s, like, self.stream) for s, like in zip(shapes, likes)]
         except (MemoryError, ValueError) as error:  # NumPy: "array is too big"
             names = _GRADIENTS if backward else ("output",)
             sizes = ", ".join(f"{n} {s}" for n, s in zip(names, shapes))

@@ -5,12 +5,12 @@
 // Options::points_per_level, the flattened layout: sampling_locations (N, Lq, M, P_total, 2)
 // and attention_weights (N, Lq, M, P_total), level l's P_l points at offsets
 // sum_{j<l} P_j, P_total = sum_l P_l).
-//   value               (N, S, M, D)          float32 | float64, and float16 | bfloat16 on
-//                                             CUDA (T)
+//   value               (N, S, M, D)          float32 | float64 | float16 | bfloat16 (T)
 //   spatial_shapes      (L, 2) rows (H_l, W_l) int32 | int64, on the host
 //   level_start_index   (L,) prefix sums       int32 | int64, on the host
 //   sampling_locations  (N, Lq, M, L, P, 2)   T, last axis (x, y) normalized to [0, 1]
-//   attention_weights   (N, Lq, M, L, P)      T
+//                                             (or float32 with a half T: mixed precision)
+//   attention_weights   (N, Lq, M, L, P)      T (or float32 with a half T)
 //   output              (N, Lq, M*D)          T, contiguous, written by the call
 // Inputs may be strided (element strides, zero or negative allowed); outputs are
 // caller-provided, contiguous, and fully overwritten. Inputs are never modified.
@@ -59,7 +59,10 @@ struct Problem {
   int64_t P_total = 0;  // points per (query, head): L*P, or the sum of points_per_level
   bool flattened = false;            // sampling_locations (N, Lq, M, P_total, 2)
   SamplingMode mode = SamplingMode::Bilinear;
-  DType dtype = DType::Float32;      // float dtype of value / locations / weights
+  DType dtype = DType::Float32;      // float dtype of value (and of output, grad_output,
+                                     // grad_value)
+  DType loc_dtype = DType::Float32;  // of sampling_locations: dtype, or float32 with a half
+  DType attn_dtype = DType::Float32; // value (mixed precision); likewise attention_weights
   Device device{};                   // where value and the float inputs live
   std::vector<int64_t> heights;      // H_l, l < L
   std::vector<int64_t> widths;       // W_l

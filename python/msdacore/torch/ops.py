@@ -77,11 +77,16 @@ def _check_meta(value: Tensor, sampling_locations: Tensor, attention_weights: Te
     if tuple(attention_weights.shape) != expected[:-1]:
         raise ValueError(f"attention_weights must have shape ({symbols[:-3]}) = "
                          f"{expected[:-1]}, got {tuple(attention_weights.shape)}")
-    dtypes = (value.dtype, sampling_locations.dtype, attention_weights.dtype)
-    if len(set(dtypes)) != 1:
-        names = ", ".join(str(d).replace("torch.", "") for d in dtypes[:2])
-        raise TypeError("value, sampling_locations and attention_weights must have the same "
-                        f"dtype, got {names} and {str(dtypes[2]).replace('torch.', '')}")
+    half = value.dtype in (torch.float16, torch.bfloat16)
+    for t in (sampling_locations, attention_weights):
+        if t.dtype != value.dtype and not (half and t.dtype == torch.float32):
+            names = [str(x.dtype).replace("torch.", "")
+                     for x in (value, sampling_locations, attention_weights)]
+            raise TypeError("value, sampling_locations and attention_weights must have the "
+                            "same dtype" + (" (or float32 sampling_locations and "
+                                            "attention_weights with a half value)" if half
+                                            else "") +
+                            f", got {names[0]}, {names[1]} and {names[2]}")
 
 
 # ---------------------------------------------------------------------------

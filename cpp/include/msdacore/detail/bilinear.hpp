@@ -128,7 +128,7 @@ MSDACORE_HD bool sample_corners(const Level<T>& lv, T x, T y, Corners<T>* c) {
 }
 
 // The pixel index of a discrete-mode sample along an axis of `size` pixels, from
-// t = loc*size + 0.5: clamp(floor(t), 0, size - 1), with t finite.
+// t = loc*size + 0.5: clamp(floor(t), 0, size - 1), with t not NaN (+-inf clamp).
 template <typename T>
 MSDACORE_HD int64_t discrete_index(T t, T size_as_t, int64_t size) {
   if (!(t >= static_cast<T>(1))) return 0;     // floor(t) <= 0
@@ -141,9 +141,10 @@ MSDACORE_HD int64_t discrete_index(T t, T size_as_t, int64_t size) {
 // NaN or infinite, which skips the sample.
 template <typename T>
 MSDACORE_HD bool discrete_corners(const Level<T>& lv, T x, T y, Corners<T>* c) {
+  // Only a NaN or infinite coordinate skips: a finite one whose product overflows clamps.
+  if (!(x - x == static_cast<T>(0)) || !(y - y == static_cast<T>(0))) return false;
   const T h = y * lv.height + static_cast<T>(0.5);
   const T w = x * lv.width + static_cast<T>(0.5);
-  if (!(h - h == static_cast<T>(0)) || !(w - w == static_cast<T>(0))) return false;
   const int64_t i = discrete_index(h, lv.height, lv.H);
   const int64_t j = discrete_index(w, lv.width, lv.W);
   c->h0 = i;

@@ -1,0 +1,148 @@
+// The CPU backend's half types and mixed precision (docs/conventions.md, "Numerics"):
+// float16 / bfloat16 inputs are widened to float32 in the workspace, the float32 kernels
+// compute, and the outputs are rounded once to their dtypes. grad_value is therefore
+// reduced in a float32 buffer before its final cast, and results stay bitwise identical
+// for any thread count (every step is element-wise or one of the float32 kernels).
+#include <cstdint>
+#include <initializer_list>
+
+#include "cpu_widen.hpp"
+#include "half_convert.hpp"
+#include "msdacore/errors.hpp"
+#include "msdacore/runtime.hpp"
+
+namespace msdacore {
+namespace cpu {
+namespace {
+
+// Element (i) of a row-major walk over `t`'s shape, as float32.
+float read_as_float(const TensorView& t, int64_t offset) {
+  switch (t.dtype) {
+    case DType::Float32: return static_cast<const float*>(t.data)[offset];
+    case DType::Float16: return half_to_float(static_cast<const uint16_t*>(t.data)[offset]);
+    case DType::BFloat16:
+      return bfloat16_to_float(static_cast<const uint16_t*>(t.data)[offset]);
+    default: throw DTypeError("msdacore: unexpected dtype in the half-type path");
+  }
+}
+
+// dst[i] = t[i] as float32, i in row-major order over t's shape (any strides).
+void widen(const TensorView& t, float* dst) {
+  const int64_t total = t.numel();
+  if (total <= 0) return;
+  const int last = t.ndim - 1;
+  const int64_t inner = t.ndim > 0 ? t.shape[last] : 1;
+  const int64_t inner_stride = t.ndim > 0 ? t.strides[last] : 0;
+  const int64_t rows = total / inner;
+#pragma omp parallel for schedule(static) num_threads(get_num_threads()) if (rows > 64)
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t offset = 0, rest = r;
+    for (int d = last - 1; d >= 0; --d) {
+      offset += (rest % t.shape[d]) * t.strides[d];
+      rest /= t.shape[d];
+    }
+    float* out = dst + r * inner;
+    for (int64_t i = 0; i < inner; ++i) out[i] = read_as_float(t, offset + i * inner_stride);
+  }
+}
+
+// out[i] = src[i] rounded to out's dtype (out contiguous, `count` elements).
+void narrow(const float* src, const TensorView& out, int64_t count) {
+  if (out.dtype == DType::Float32) return;  // the kernels wrote it directly
+  uint16_t* dst = static_cast<uint16_t*>(out.data);
+  const bool bf16 = out.dtype == DType::BFloat16;
+#pragma omp parallel for schedule(static) num_threads(get_num_threads()) if (count > 65536)
+  for (int64_t i = 0; i < count; ++i) {
+    dst[i] = bf16 ? float_to_bfloat16(src[i]) : float_to_half(src[i]);
+  }
+}
+
+// A contiguous float32 view of `t`'s shape over `data`.
+TensorView float_view(const TensorView& t, float* data) {
+  TensorView v = t;
+  v.data = data;
+  v.dtype = DType::Float32;
+  int64_t stride = 1;
+  for (int d = t.ndim - 1; d >= 0; --d) {
+    v.strides[d] = stride;
+    stride *= t.shape[d];
+  }
+  return v;
+}
+
+// The float32 stand-in of an argument: `t` itself when it is float32, else a contiguous
+// float32 buffer from the workspace (filled from `t` when `fill`).
+TensorView as_float32(const TensorView& t, Workspace& workspace, const char* what, bool fill) {
+  if (t.dtype == DType::Float32) return t;
+  float* buffer = workspace.take<float>(t.numel(), what);
+  if (fill && !workspace.counting_only()) widen(t, buffer);
+  return float_view(t, buffer);
+}
+
+// The problem as the float32 kernels see it.
+Problem float32_problem(const Problem& p) {
+  Problem q = p;
+  q.dtype = q.loc_dtype = q.attn_dtype = DType::Float32;
+  return q;
+}
+
+// A view of `shape` and `dtype` without data (for sizing).
+TensorView shape_only(std::initializer_list<int64_t> shape, DType dtype) {
+  return TensorView(nullptr, shape, dtype);
+}
+
+}  // namespace
+
+int64_t widened_workspace_size(const Problem& p, bool backward) {
+  const TensorView value = shape_only({p.N, p.S, p.M, p.D}, p.dtype);
+  const TensorView loc =
+      p.flattened ? shape_only({p.N, p.Lq, p.M, p.P_total, 2}, p.loc_dtype)
+                  : shape_only({p.N, p.Lq, p.M, p.L, p.P, 2}, p.loc_dtype);
+  const TensorView attn = p.flattened ? shape_only({p.N, p.Lq, p.M, p.P_total}, p.attn_dtype)
+                                      : shape_only({p.N, p.Lq, p.M, p.L, p.P}, p.attn_dtype);
+  const TensorView out = shape_only({p.N, p.Lq, p.M * p.D}, p.dtype);
+  Workspace counting = Workspace::counting();
+  const FloatKernels none{nullptr, nullptr};
+  if (backward) {
+    widened_backward(p, Options{}, value, loc, attn, out, value, loc, attn, counting, none);
+  } else {
+    widened_forward(p, Options{}, value, loc, attn, out, counting, none);
+  }
+  return counting.used();
+}
+
+bool needs_widening(const Problem& p) { return p.dtype != DType::Float32 && p.dtype != DType::Float64; }
+
+void widened_forward(const Problem& p, const Options& options, const TensorView& value,
+                     const TensorView& loc, const TensorView& attn, const TensorView& output,
+                     Workspace& workspace, const FloatKernels& kernels) {
+  const TensorView v = as_float32(value, workspace, "the float32 value", true);
+  const TensorView l = as_float32(loc, workspace, "the float32 sampling_locations", true);
+  const TensorView a = as_float32(attn, workspace, "the float32 attention_weights", true);
+  const TensorView out = as_float32(output, workspace, "the float32 output", false);
+  if (workspace.counting_only()) return;
+  kernels.forward(float32_problem(p), options, v, l, a, out);
+  narrow(static_cast<const float*>(out.data), output, output.numel());
+}
+
+void widened_backward(const Problem& p, const Options& options, const TensorView& value,
+                      const TensorView& loc, const TensorView& attn,
+                      const TensorView& grad_output, const TensorView& grad_value,
+                      const TensorView& grad_loc, const TensorView& grad_attn,
+                      Workspace& workspace, const FloatKernels& kernels) {
+  const TensorView v = as_float32(value, workspace, "the float32 value", true);
+  const TensorView l = as_float32(loc, workspace, "the float32 sampling_locations", true);
+  const TensorView a = as_float32(attn, workspace, "the float32 attention_weights", true);
+  const TensorView g = as_float32(grad_output, workspace, "the float32 grad_output", true);
+  const TensorView gv = as_float32(grad_value, workspace, "the float32 grad_value", false);
+  const TensorView gl = as_float32(grad_loc, workspace, "the float32 location gradients", false);
+  const TensorView ga = as_float32(grad_attn, workspace, "the float32 weight gradients", false);
+  if (workspace.counting_only()) return;
+  kernels.backward(float32_problem(p), options, v, l, a, g, gv, gl, ga);
+  narrow(static_cast<const float*>(gv.data), grad_value, grad_value.numel());
+  narrow(static_cast<const float*>(gl.data), grad_loc, grad_loc.numel());
+  narrow(static_cast<const float*>(ga.data), grad_attn, grad_attn.numel());
+}
+
+}  // namespace cpu
+}  // namespace msdacore
