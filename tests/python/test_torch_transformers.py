@@ -29,9 +29,12 @@ import transformers_families as F  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
-# max|a - b| / max|ref| per tensor (SPEC "Numerics"), per call and per model
-CALL_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+# max|a - b| / max|ref| per tensor (SPEC "Numerics"), per call and per model; half-type
+# calls are measured against transformers' code in float64
+CALL_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2,
+            torch.bfloat16: 5e-2}
 MODEL_TOL = {torch.float64: 1e-9, torch.float32: 1e-3}
+HALVES = (torch.float16, torch.bfloat16)
 
 
 def rel_err(a, b, floor=1e-30) -> float:
@@ -54,31 +57,60 @@ def _float_tensor(x):
     return isinstance(x, torch.Tensor) and x.is_floating_point()
 
 
-def check_call(ours, reference, args, kwargs, tol, seed):
-    def copies():
-        a = [x.detach().clone().requires_grad_(True) if _float_tensor(x) else x for x in args]
-        k = {n: (x.detach().clone().requires_grad_(True) if _float_tensor(x) else x)
-             for n, x in kwargs.items()}
-        return a, k
+def _call(fn, args, kwargs, seed, widen):
+    """fn's output on copies of the arguments (float ones widened to float64 if `widen`)
+    and the gradients of its float arguments (value, sampling_locations,
+    attention_weights, in this order) for a random cotangent."""
+    def copy_of(x):
+        if not _float_tensor(x):
+            return x
+        return x.detach().to(torch.float64 if widen else x.dtype).requires_grad_(True)
 
-    results = []
-    for fn in (reference, ours):
-        a, k = copies()
-        out = fn(*a, **k)
-        leaves = [x for x in list(a) + list(k.values()) if _float_tensor(x)]
-        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
-                        dtype=out.dtype)
-        grads = torch.autograd.grad(out, leaves, g, allow_unused=True)
-        results.append((out, grads, leaves))
-    (ref, ref_grads, leaves), (got, got_grads, _) = results
-    assert got.dtype == ref.dtype and got.shape == ref.shape
-    assert rel_err(got, ref) <= tol, f"output: {rel_err(got, ref):.3g}"
+    a = [copy_of(x) for x in args]
+    k = {n: copy_of(x) for n, x in kwargs.items()}
+    out = fn(*a, **k)
+    leaves = [x for x in list(a) + list(k.values()) if _float_tensor(x)]
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64).to(out.dtype)
+    grads = torch.autograd.grad(out, leaves, g, allow_unused=True)
+    return out, grads, leaves
+
+
+def _compare(what, got, ref, tol, where=None):
+    got = got.to(ref.dtype)
+    if where is not None:
+        got, ref = got[where], ref[where]
+    err = rel_err(got, ref) if ref.numel() else 0.0
+    assert err <= tol, f"{what}: {err:.3g}"
+
+
+def check_call(ours, reference, args, kwargs, tol, seed):
+    """Same arguments to msdacore's function and transformers' own: outputs and the
+    gradients of value, sampling_locations and attention_weights agree.
+
+    Half types: transformers' code runs on the arguments widened to float64. Two
+    deliberate differences are then left out: where transformers' output is NaN because
+    a location or weight is (a model overflowing in float16), msdacore skips the sample
+    (SPEC: non-finite locations are skipped); and location gradients, which are one-sided
+    where a coordinate falls on a pixel boundary (common with half-type coordinates,
+    and grid_sample's float64 arithmetic lands on either side of it), are checked
+    against msdacore's own float64 computation instead."""
+    half = any(_float_tensor(x) and x.dtype in HALVES for x in list(args) + list(kwargs.values()))
+    ref, ref_grads, leaves = _call(reference, args, kwargs, seed, widen=half)
+    got, got_grads, _ = _call(ours, args, kwargs, seed, widen=False)
+    assert got.shape == ref.shape and (half or got.dtype == ref.dtype)
+    finite_ref = torch.isfinite(ref) if half else None
+    _compare("output", got, ref, tol, finite_ref)
+    if half:
+        _, own_grads, _ = _call(ours, args, kwargs, seed, widen=True)
+        ref_grads = (ref_grads[0], own_grads[1]) + tuple(ref_grads[2:])
     for i, (a, b, leaf) in enumerate(zip(got_grads, ref_grads, leaves)):
         if b is None:  # no gradient path in transformers' code (discrete locations)
             assert a is None or not a.any(), f"gradient {i}: transformers has none"
             continue
         assert a is not None, f"gradient {i}: msdacore has none"
-        assert rel_err(a, b) <= tol, f"gradient {i} {tuple(leaf.shape)}: {rel_err(a, b):.3g}"
+        where = torch.isfinite(b) if half else None
+        _compare(f"gradient {i} {tuple(leaf.shape)}", a, b, tol, where)
 
 
 @pytest.fixture
@@ -189,6 +221,27 @@ def test_family_matches_stock(spec, dtype, checked_calls):
             checked += 1
     if spec.method == "default":
         assert checked > 0  # location gradients reach the offsets
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("spec", F.FAMILIES, ids=[f.name for f in F.FAMILIES])
+def test_family_half_precision(spec, dtype, checked_calls):
+    """A patched model cast to float16/bfloat16 runs on the CPU, each call within the
+    SPEC's half-type tolerance of transformers' code in float64."""
+    if not mt.api._mixed_precision_supported(torch.device("cpu"), dtype):
+        pytest.skip(f"msdacore's CPU backend does not take {dtype} yet")
+    install, calls = checked_calls
+    model = F.tiny_model(spec, torch.float32)
+    patch_quietly(model)
+    model = model.to(dtype)
+    install(spec, dtype)
+    try:
+        out, grads = run(model, spec, dtype)
+    except (RuntimeError, NotImplementedError) as error:
+        if "msdacore" in str(error) or not calls:
+            raise
+        pytest.skip(f"transformers' {spec.family} does not run in {dtype} on the CPU: {error}")
+    assert len(calls) == sum(spec.report.values())
 
 
 def test_every_sampling_family_is_covered():

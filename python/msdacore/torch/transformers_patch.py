@@ -264,6 +264,15 @@ def _core_function(module) -> Optional[str]:
     return None
 
 
+def _targets(model: nn.Module):
+    """The modules :func:`patch_transformers` switches (or has switched) in `model`."""
+    for module in model.modules():
+        cls = type(module)
+        if _is_patched_class(cls) or _core_function(module) is not None or (
+                "forward" not in module.__dict__ and _class_kind(cls) is not None):
+            yield module
+
+
 def _why_not(module) -> str:
     cls = type(module)
     if "forward" in module.__dict__:
