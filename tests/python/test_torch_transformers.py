@@ -37,6 +37,21 @@ MODEL_TOL = {torch.float64: 1e-9, torch.float32: 1e-3}
 HALVES = (torch.float16, torch.bfloat16)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and OpenMP workers spin-waiting between
+    the many small ops make these tests several times slower on a busy 2-core machine;
+    msdacore's results do not depend on its thread count (SPEC)."""
+    import msdacore
+
+    before = msdacore.get_num_threads(), torch.get_num_threads()
+    msdacore.set_num_threads(1)
+    torch.set_num_threads(1)
+    yield
+    msdacore.set_num_threads(before[0])
+    torch.set_num_threads(before[1])
+
+
 def rel_err(a, b, floor=1e-30) -> float:
     """max|a - b| / max|b|, the scale no less than `floor`."""
     scale = b.abs().max().item()
