@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import msdacore.torch as mt  # noqa: E402
-from msdacore.torch import transformers_functions, transformers_patch  # noqa: E402
+from msdacore.torch import transformers_functions  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import transformers_families as F  # noqa: E402
