@@ -198,25 +198,32 @@ def test_compile_inductor_matches_eager():
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
-def test_cpu_autocast_computes_in_float32(half):
+def test_cpu_autocast_mixed_precision(half):
+    """value follows the autocast dtype, locations and weights are computed in float32;
+    gradients come back in each input's dtype (test_torch_autocast.py has the rest)."""
     value, loc, attn = make_problem(seed=8, dtype=half, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = mt.ms_deform_attn(value, LEVELS, None, loc, attn)
-    assert out.dtype == torch.float32
-    expected = mt.ms_deform_attn(value.float(), LEVELS, None, loc.float(), attn.float())
+    assert out.dtype == torch.bfloat16
+    expected = mt.ms_deform_attn(value.bfloat16(), LEVELS, None, loc.float(), attn.float())
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     grads = torch.autograd.grad(out.sum(), (value, loc, attn))
     assert all(g.dtype == half for g in grads)
 
 
-def test_cpu_autocast_leaves_float32_and_float64():
-    for dtype in (torch.float32, torch.float64):
-        value, loc, attn = make_problem(seed=9, dtype=dtype)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = mt.ms_deform_attn(value, LEVELS, None, loc, attn)
-        assert out.dtype == dtype
-        torch.testing.assert_close(out, mt.ms_deform_attn(value, LEVELS, None, loc, attn),
-                                   rtol=0, atol=0)
+def test_cpu_autocast_casts_float32_value_and_leaves_float64():
+    value, loc, attn = make_problem(seed=9, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mt.ms_deform_attn(value, LEVELS, None, loc, attn)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, mt.ms_deform_attn(value.bfloat16(), LEVELS, None, loc, attn),
+                               rtol=0, atol=0)
+    value, loc, attn = make_problem(seed=9, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mt.ms_deform_attn(value, LEVELS, None, loc, attn)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, mt.ms_deform_attn(value, LEVELS, None, loc, attn),
+                               rtol=0, atol=0)
 
 
 def test_only_requested_gradients_and_no_grad():

@@ -65,7 +65,7 @@ def run_model_bench(height: int, width: int, repeats: int) -> dict:
 
     original = build_model()
     patched = copy.deepcopy(original)
-    n = patch_transformers(patched)
+    n = patch_transformers(patched).total
     models = {"grid_sample": original, "msdacore": patched}
     timers = {name: AttentionTimer(model) for name, model in models.items()}
     pixel_values = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1))

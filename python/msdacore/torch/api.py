@@ -120,32 +120,67 @@ def _as_index_tensor(x) -> Tensor:
     return torch.tensor(x, dtype=torch.int64)
 
 
+# (device type, half dtype) -> whether the core takes float32 sampling locations and
+# attention weights with a value of that half dtype (SPEC "Numerics", mixed precision),
+# found by a trial call on first use.
+_MIXED_PRECISION: dict = {}
+
+
+def _probe_mixed_precision(device: torch.device, dtype: torch.dtype) -> bool:
+    """One tiny forward and backward with a `dtype` value and float32 locations and
+    weights: True when the core accepts them."""
+    value = torch.ones(1, 1, 1, 1, dtype=dtype, device=device)
+    loc = torch.full((1, 1, 1, 1, 1, 2), 0.5, dtype=torch.float32, device=device)
+    weights = torch.ones(1, 1, 1, 1, 1, dtype=torch.float32, device=device)
+    shapes, starts = torch.ones(1, 2, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
+    options = _dispatch.op_options(False)
+    try:
+        out = _ms_deform_attn_op(value, shapes, starts, loc, weights, *options)
+        grads = _ms_deform_attn_backward_op(value, shapes, starts, loc, weights,
+                                            torch.ones_like(out), *options)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return out.dtype == dtype and [g.dtype for g in grads] == [dtype, torch.float32,
+                                                               torch.float32]
+
+
+def _mixed_precision_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    key = (device.type, dtype)
+    supported = _MIXED_PRECISION.get(key)
+    if supported is None:
+        if torch.compiler.is_compiling():
+            return False  # no trial call while tracing; an eager call settles it
+        supported = _MIXED_PRECISION[key] = _probe_mixed_precision(device, dtype)
+    return supported
+
+
 def _autocast_dtype(device_type: str, dtype: torch.dtype) -> Optional[torch.dtype]:
-    """The dtype a floating input of `dtype` is cast to under autocast, or None.
-
-    CPU: the core computes float32 and float64, so float16/bfloat16 inputs run in float32.
-    CUDA: the autocast dtype (float16 or bfloat16) runs natively; float32 inputs are cast
-    to it. float64 is never cast, as torch's own autocast leaves it alone.
-    """
-    if dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+    """The dtype `value` of `dtype` is computed in under autocast, or None (no autocast
+    on this device, or float64, which torch's own autocast never casts either)."""
+    if device_type not in ("cpu", "cuda") or dtype == torch.float64 \
+            or not torch.is_autocast_enabled(device_type):
         return None
-    if device_type == "cpu":
-        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
-    if device_type == "cuda":
-        target = torch.get_autocast_dtype("cuda")
-        return target if dtype != target else None
-    return None
+    return torch.get_autocast_dtype(device_type)
 
 
-def _apply_autocast(value: Tensor, *floats: Tensor) -> tuple:
-    device_type = value.device.type
-    if device_type not in ("cpu", "cuda"):
-        return (value,) + floats
-    out = []
-    for t in (value,) + floats:
-        target = _autocast_dtype(device_type, t.dtype)
-        out.append(t if target is None else t.to(target))
-    return tuple(out)
+def _apply_autocast(value: Tensor, sampling_locations: Tensor,
+                    attention_weights: Tensor) -> tuple:
+    """Under autocast, `value` follows the autocast dtype while the sampling locations
+    and attention weights are computed in float32 (a bfloat16 location on a 167-pixel
+    level is off by up to 0.33 pixel: SPEC "Numerics"). Where the core does not take
+    that mix (found by a trial call), everything is computed in float32 instead."""
+    target = _autocast_dtype(value.device.type, value.dtype)
+    if target is None:
+        return value, sampling_locations, attention_weights
+    if target in (torch.float16, torch.bfloat16) and \
+            not _mixed_precision_supported(value.device, target):
+        target = torch.float32
+
+    def to(t: Tensor, dtype: torch.dtype) -> Tensor:
+        return t if t.dtype == dtype or t.dtype == torch.float64 else t.to(dtype)
+
+    return (to(value, target), to(sampling_locations, torch.float32),
+            to(attention_weights, torch.float32))
 
 
 def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
@@ -175,8 +210,10 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
     The index arrays are read on the host: given as lists (or CPU tensors) they cost
     nothing; given as GPU tensors they are copied to the host, which waits for the GPU.
 
-    Autocast: under CPU autocast, float16/bfloat16 inputs are computed in float32; under
-    CUDA autocast, the inputs run natively in the autocast dtype. float64 is never cast.
+    Autocast (CPU and CUDA): value is cast to the autocast dtype, sampling_locations and
+    attention_weights are computed in float32 (mixed precision; the output has the
+    autocast dtype). Where the core does not take that mix yet, all three are computed
+    in float32. float64 inputs are never cast.
 
     Raises ValueError (shapes, devices, index arrays) or TypeError (dtypes), as the core.
     """
