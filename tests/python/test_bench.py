@@ -156,15 +156,21 @@ def test_cuda_min_bytes_reads_inputs_and_writes_outputs_once():
     assert nbytes["forward_backward_deterministic"] == nbytes["forward_backward"]
 
 
-def test_transformers_model_bench_runs():
+@pytest.mark.parametrize("model,modules,size", [("deformable-detr", 12, ("64", "96")),
+                                                ("d-fine", 0, ("320", "320"))])
+def test_transformers_model_bench_runs(model, modules, size):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     res = subprocess.run([sys.executable, "-m", "msdacore.bench.transformers_model",
-                          "--height", "64", "--width", "96", "--repeats", "1"],
+                          "--model", model, "--height", size[0], "--width", size[1],
+                          "--repeats", "1"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "12 attention modules switched" in res.stdout
-    assert "ratio grid_sample / msdacore: forward" in res.stdout
+    switched = int(res.stdout.split(" attention modules switched")[0].rsplit(" ", 1)[-1])
+    assert switched == modules if modules else switched > 0
+    assert "ratio stock / msdacore: forward" in res.stdout
+    difference = float(res.stdout.split("max |difference| of last_hidden_state: ")[1].split()[0])
+    assert difference < 1e-3
 
 
 def test_time_call_bounds():
