@@ -14,13 +14,13 @@ namespace msdacore {
 namespace cuda {
 namespace {
 
-constexpr const char* kOp = "ms_deform_attn_forward";
-
 // The kernel's parameters: the shared part (common.cuh) and the output.
 template <typename T, typename C>
 struct ForwardParams : HeadParams<T, C> {
   T* out;                // (N, Lq, M*D), contiguous
 };
+
+constexpr const char* kOp = "ms_deform_attn_forward";
 
 // One (head, point) record: tokens of the four corners (-1: contributes nothing) and their
 // weights A * bilinear weight.

@@ -155,16 +155,6 @@ __global__ void widen_kernel(const T* __restrict__ src, const WidenSource shape,
   }
 }
 
-// A contiguous view of `t`'s shape (and device) over the float32 data `data`.
-TensorView contiguous_float_view(const TensorView& t, float* data) {
-  TensorView v = t;
-  v.data = data;
-  v.dtype = DType::Float32;
-  int64_t stride = 1;
-  for (int d = t.ndim - 1; d >= 0; --d) {
-    v.strides[d] = stride;
-    stride *= t.shape[d];
-  }
   return v;
 }
 
@@ -173,7 +163,7 @@ TensorView widen(const TensorView& t, cudaStream_t stream, const char* op, Works
                  const char* what) {
   const int64_t count = t.numel();
   float* copy = workspace.take<float>(count, what);
-  if (workspace.counting_only() || count == 0) return contiguous_float_view(t, copy);
+  if (workspace.counting_only() || count == 0) return dense_like(t, copy, DType::Float32);
   if (t.ndim > kWidenDims) {
     throw RuntimeError(std::string("msdacore ") + op + ": unexpected rank of " + what);
   }
@@ -197,7 +187,7 @@ TensorView widen(const TensorView& t, cudaStream_t stream, const char* op, Works
                      dtype_name(t.dtype) + " to widen");
   }
   check_launch(op, "widen_kernel", stream);
-  return contiguous_float_view(t, copy);
+  return dense_like(t, copy, DType::Float32);
 }
 
 }  // namespace

@@ -67,21 +67,6 @@ void narrow(const float* src, const TensorView& out, int64_t count) {
   }
 }
 
-// A float32 view of `t`'s shape over `data`, which holds compact(t) row-major: the
-// dimensions `t` broadcasts keep stride 0.
-TensorView float_view(const TensorView& t, float* data) {
-  TensorView v = t;
-  v.data = data;
-  v.dtype = DType::Float32;
-  int64_t stride = 1;
-  for (int d = t.ndim - 1; d >= 0; --d) {
-    const bool broadcast = t.strides[d] == 0 && t.shape[d] > 1;
-    v.strides[d] = broadcast ? 0 : stride;
-    if (!broadcast) stride *= t.shape[d];
-  }
-  return v;
-}
-
 // The float32 stand-in of an argument: `t` itself when it is float32, else a float32
 // buffer from the workspace holding its distinct elements (filled from `t` when `fill`;
 // outputs are contiguous, so theirs is the whole tensor).
@@ -90,7 +75,7 @@ TensorView as_float32(const TensorView& t, Workspace& workspace, const char* wha
   const TensorView distinct = compact(t);
   float* buffer = workspace.take<float>(distinct.numel(), what);
   if (fill && !workspace.counting_only()) widen(distinct, buffer);
-  return float_view(t, buffer);
+  return dense_like(t, buffer, DType::Float32, /*keep_broadcast=*/true);
 }
 
 // The problem as the float32 kernels see it.

@@ -118,4 +118,17 @@ std::string TensorView::shape_string() const {
   return os.str();
 }
 
+TensorView dense_like(const TensorView& t, void* data, DType dtype, bool keep_broadcast) {
+  TensorView v = t;
+  v.data = data;
+  v.dtype = dtype;
+  int64_t stride = 1;
+  for (int d = t.ndim - 1; d >= 0; --d) {
+    const bool broadcast = keep_broadcast && t.strides[d] == 0 && t.shape[d] > 1;
+    v.strides[d] = broadcast ? 0 : stride;
+    if (!broadcast) stride *= t.shape[d];
+  }
+  return v;
+}
+
 }  // namespace msdacore

@@ -56,4 +56,9 @@ struct TensorView {
   std::string shape_string() const;  // "(2, 100, 8)"
 };
 
+// A row-major view of `t`'s shape (and device) over `data`, of `dtype`. With
+// keep_broadcast, the dimensions `t` broadcasts (stride 0, size > 1) keep stride 0 and
+// take no room in `data` (it then holds t's distinct elements).
+TensorView dense_like(const TensorView& t, void* data, DType dtype, bool keep_broadcast = false);
+
 }  // namespace msdacore
