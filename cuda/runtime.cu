@@ -155,9 +155,6 @@ __global__ void widen_kernel(const T* __restrict__ src, const WidenSource shape,
   }
 }
 
-  return v;
-}
-
 // The float32 copy of `t` (value's half dtype) for widen_companions.
 TensorView widen(const TensorView& t, cudaStream_t stream, const char* op, Workspace& workspace,
                  const char* what) {
