@@ -136,8 +136,9 @@ msdacore::Options to_options(const msdacore_options* options) {
     }
     out.mode = options->mode == MSDACORE_MODE_DISCRETE ? msdacore::SamplingMode::Discrete
                                                        : msdacore::SamplingMode::Bilinear;
-    if (options->num_levels < 0 || (options->num_levels > 0 && !options->points_per_level)) {
-      throw msdacore::Error("options.points_per_level must point to num_levels >= 0 counts");
+    if (options->num_levels < 0 || (options->num_levels > 0) != (options->points_per_level != nullptr)) {
+      throw msdacore::Error("options.points_per_level and options.num_levels: both set (one "
+                            "count per level) or both zero (the uniform layout)");
     }
     if (options->num_levels > 0) {
       out.points_per_level.assign(options->points_per_level,

@@ -47,7 +47,7 @@ class CallWorkspace {
  public:
   CallWorkspace(const Problem& p, const Options& options, int64_t needed)
       : view_(nullptr, 0) {
-    if (options.workspace != nullptr) {
+    if (options.workspace != nullptr && needed > 0) {  // unused (and unchecked) otherwise
       if (options.workspace_bytes < needed) {
         throw Error("workspace: " + std::to_string(options.workspace_bytes) +
                     " bytes given, but this call needs " + std::to_string(needed) +

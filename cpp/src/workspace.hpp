@@ -28,10 +28,13 @@ class Workspace {
   // Room for `count` elements of T, kAlign-aligned; RuntimeError past the end.
   template <typename T>
   T* take(int64_t count, const char* what) {
-    return static_cast<T*>(take_bytes(count * static_cast<int64_t>(sizeof(T)), what));
+    constexpr int64_t size = static_cast<int64_t>(sizeof(T));
+    if (count > (kLimit - kAlign) / size) too_large(what);
+    return static_cast<T*>(take_bytes(count * size, what));
   }
   void* take_bytes(int64_t bytes, const char* what) {
     const int64_t start = (used_ + kAlign - 1) / kAlign * kAlign;
+    if (bytes > kLimit - start) too_large(what);
     const int64_t end = start + (bytes > 0 ? bytes : 0);
     if (!counting_ && end > bytes_) {
       throw RuntimeError("msdacore: the workspace is too small for " + std::string(what) +
@@ -42,10 +45,16 @@ class Workspace {
     return reinterpret_cast<void*>(base_ + static_cast<uintptr_t>(start));
   }
   int64_t used() const { return used_; }
+
+  // No workspace is larger than this (far below INT64_MAX, so sums cannot overflow).
+  static constexpr int64_t kLimit = int64_t{1} << 62;
   bool counting_only() const { return counting_; }
 
  private:
   Workspace() : base_(0), bytes_(0), counting_(true) {}
+  [[noreturn]] static void too_large(const char* what) {
+    throw RuntimeError(std::string("msdacore: ") + what + " would need more than 2^62 bytes");
+  }
   uintptr_t base_;
   int64_t bytes_;
   bool counting_;

@@ -184,4 +184,7 @@ def as_counts(points_per_level) -> list:
         if not -2**63 <= int(c) < 2**63:
             raise ValueError(f"points_per_level holds {int(c)}, past int64")
         counts.append(int(c))
+    if not counts:
+        raise ValueError("points_per_level must have one count per level, got an empty "
+                         "sequence (pass None for the uniform layout)")
     return counts

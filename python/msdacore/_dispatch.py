@@ -153,8 +153,9 @@ def forward(fw, value, spatial_shapes, level_start_index, sampling_locations,
     (out,) = call.outputs(backward=False)
     _core.forward(*inputs, *fw.capsule_list((out,), ("output",)), options, call.stream, address,
                   nbytes)
-    del keep  # released on the framework's stream, after the work enqueued there
-    return call.finish([out], value)[0] if call.cuda else fw.wrap(out, value)
+    result = call.finish([out], value)[0] if call.cuda else fw.wrap(out, value)
+    del keep  # after finish(): the framework's stream has been made to wait for the call
+    return result
 
 
 def backward(fw, value, spatial_shapes, level_start_index, sampling_locations,
@@ -170,5 +171,6 @@ def backward(fw, value, spatial_shapes, level_start_index, sampling_locations,
     outs = call.outputs(backward=True)
     _core.backward(*inputs, *fw.capsule_list(outs, _GRADIENTS),
                    options, call.stream, address, nbytes)
-    del keep
-    return tuple(call.finish(outs, value) if call.cuda else (fw.wrap(o, value) for o in outs))
+    result = tuple(call.finish(outs, value) if call.cuda else (fw.wrap(o, value) for o in outs))
+    del keep  # after finish(), as in forward()
+    return result

@@ -108,7 +108,7 @@ class NumPyFramework(DLPackFramework):
         return _arrays.as_array(array, name)
 
     def empty(self, shape, like, stream):
-        return np.empty(shape, dtype=like.dtype)
+        return np.empty(shape, dtype=_numpy_dtype(like))  # `like` may be another framework's
 
     def capsule_list(self, arrays, names):
         # The common case in one go: NumPy arrays that export as they are.
@@ -134,7 +134,11 @@ class TorchFramework(DLPackFramework):
         self._to_dlpack = to_dlpack
 
     def empty(self, shape, like, stream):
-        return self._torch.empty(shape, dtype=like.dtype, device=like.device)
+        if isinstance(like, self._torch.Tensor):
+            return self._torch.empty(shape, dtype=like.dtype, device=like.device)
+        # A gradient of an input from another framework (a NumPy array: on the CPU).
+        dtype = getattr(self._torch, _numpy_dtype(like).name, self._torch.float32)
+        return self._torch.empty(shape, dtype=dtype)
 
     def workspace(self, nbytes, like, stream):
         buffer = self._torch.empty(nbytes, dtype=self._torch.uint8, device=like.device)

@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -92,12 +93,19 @@ class DeviceArray {
   DeviceArray(int device, std::vector<int64_t> shape, msdacore::DType dtype, void* stream)
       : device_(device), shape_(std::move(shape)), dtype_(dtype) {
     strides_ = contiguous_strides(shape_);
-    int64_t count = 1;
+    // Bytes, checked: a wrapped product would allocate too little for the kernels' writes.
+    const int64_t big = std::numeric_limits<int64_t>::max();
+    int64_t bytes = msdacore::dtype_size(dtype);
     for (int64_t d : shape_) {
       if (d < 0) throw msdacore::ShapeError("cuda_empty: sizes must be >= 0");
-      count *= d;
+      if (d > 0 && bytes > big / d) {
+        throw msdacore::ShapeError("cuda_empty: an output of shape " +
+                                   py::str(py::cast(shape_)).cast<std::string>() +
+                                   " would have more than 2^63 - 1 bytes");
+      }
+      bytes *= d;
     }
-    buffer_ = std::make_shared<DeviceBuffer>(device, count * msdacore::dtype_size(dtype), stream);
+    buffer_ = std::make_shared<DeviceBuffer>(device, bytes, stream);
   }
 
   py::object dlpack(py::object stream, py::object max_version, py::object dl_device,

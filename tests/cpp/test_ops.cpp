@@ -490,12 +490,29 @@ void test_workspace_and_memory() {
                                    TensorView(out2.data(), {N, Lq, M * D}, DType::Float32),
                                    with_workspace);
   CHECK(out == out2);
+  // A float32 call needs none: a misaligned workspace is not even looked at.
   with_workspace.workspace = static_cast<char*>(p256) + 8;
+  msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
+                                   TensorView(out2.data(), {N, Lq, M * D}, DType::Float32),
+                                   with_workspace);
+  CHECK(out == out2);
+  // A float16 call needs float32 copies: its workspace must be aligned and large enough.
+  std::vector<uint16_t> value16(value.size(), 0x3c00), out16(out.size());  // 1.0 in float16
+  const TensorView v16(value16.data(), {N, S, M, D}, DType::Float16),
+      l32 = l, a32 = a, o16(out16.data(), {N, Lq, M * D}, DType::Float16);
+  const int64_t need = msdacore::ms_deform_attn_forward_workspace_size(v16, ss, lsi, l32, a32);
+  CHECK(need > 0 && need <= 1024);
   CHECK(message_of<msdacore::Error>([&] {
-          msdacore::ms_deform_attn_forward(
-              v, ss, lsi, l, a, TensorView(out2.data(), {N, Lq, M * D}, DType::Float32),
-              with_workspace);
+          msdacore::ms_deform_attn_forward(v16, ss, lsi, l32, a32, o16, with_workspace);
         }).find("256-byte aligned") != std::string::npos);
+  with_workspace.workspace = p256;
+  with_workspace.workspace_bytes = need - 1;
+  CHECK(message_of<msdacore::Error>([&] {
+          msdacore::ms_deform_attn_forward(v16, ss, lsi, l32, a32, o16, with_workspace);
+        }).find("bytes given, but this call needs") != std::string::npos);
+  with_workspace.workspace_bytes = need;
+  msdacore::ms_deform_attn_forward(v16, ss, lsi, l32, a32, o16, with_workspace);
+  CHECK(out16[0] != 0);  // the caller's workspace was used and the output written
 
   // The default allocator: host memory, moved and released once; devices of this build.
   msdacore::Buffer empty(msdacore::Device{}, 0);

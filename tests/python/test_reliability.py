@@ -252,3 +252,24 @@ def test_flush_to_zero_of_the_caller_holds_in_every_thread():
     if "unsupported" in res.stdout:
         pytest.skip("this CPU has no flush-to-zero mode (torch.set_flush_denormal)")
     assert res.stdout.split() == ["same", "flushed", "same", "kept"], res.stdout
+
+
+def test_inputs_of_two_frameworks_in_one_call():
+    """NumPy value with torch locations and the reverse: forward and backward allocate
+    each output with the value's framework, in each input's dtype."""
+    torch = pytest.importorskip("torch")
+    value, shapes, starts, loc, attn = _small(np.float64)
+    grad = np.ones((1, 3, 8))
+    expected = msdacore.ms_deform_attn_backward(value, shapes, starts, loc, attn, grad)
+    for args in ((value, torch.from_numpy(loc), attn, grad),
+                 (torch.from_numpy(value), loc, torch.from_numpy(attn), torch.from_numpy(grad))):
+        grads = msdacore.ms_deform_attn_backward(args[0], shapes, starts, args[1], args[2],
+                                                 args[3])
+        for g, e in zip(grads, expected):
+            assert type(g) is type(args[0])
+            assert np.array_equal(np.asarray(g), e)
+
+
+def test_empty_points_per_level_is_refused():
+    with pytest.raises(ValueError, match="one count per level, got an empty"):
+        msdacore.ms_deform_attn(*_small(), points_per_level=[])

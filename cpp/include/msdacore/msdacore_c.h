@@ -93,8 +93,9 @@ typedef struct msdacore_tensor {
 /* Sampling modes (msdacore_options.mode). */
 enum { MSDACORE_MODE_BILINEAR = 0, MSDACORE_MODE_DISCRETE = 1 };
 
-/* Options of forward and backward; pass NULL for the defaults (all zero). Fields added
- * after the first two are zero in initializers that name only those. */
+/* Options of forward and backward; pass NULL for the defaults (all zero). Zero the whole
+ * struct before setting fields (memset, or an initializer: fields an initializer does not
+ * name are zero); fields may be added at the end in later versions. */
 typedef struct msdacore_options {
   int32_t align_corners; /* 0: h = y*H - 0.5 (Deformable DETR); 1: h = y*(H - 1) */
   void* stream;          /* device stream (cudaStream_t) for device backends; unused on CPU */

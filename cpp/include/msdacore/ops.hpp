@@ -33,7 +33,8 @@ enum class SamplingMode : int32_t {
 };
 
 // How one call runs. Every backend takes the same Options; fields a backend has no use
-// for are ignored there (the CPU backend ignores stream, deterministic and workspace).
+// for are ignored there (the CPU backend ignores stream and deterministic, and uses a
+// workspace only for half types).
 struct Options {
   bool align_corners = false;  // False: h = y*H - 0.5 (Deformable DETR); True: h = y*(H-1)
                                // (bilinear mode only: an error with Discrete)
@@ -79,9 +80,10 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
                      const TensorView& attention_weights, const Options& options = {});
 
 // Bytes of scratch memory a forward / backward call with these inputs and options needs
-// (Options::workspace). 0 on the CPU, whose kernels use none; on CUDA, the level table
-// for many levels, the float32 grad_value accumulator of half types and the buffers of
-// the deterministic backward. Validates the inputs as the op does.
+// (Options::workspace). On the CPU 0, except for half types (their float32 copies); on
+// CUDA, the level table for many levels, the float32 grad_value accumulator of half
+// types, float32 copies for mixed precision and the buffers of the deterministic
+// backward. Validates the inputs as the op does.
 int64_t ms_deform_attn_forward_workspace_size(
     const TensorView& value, const TensorView& spatial_shapes,
     const TensorView& level_start_index, const TensorView& sampling_locations,
