@@ -185,12 +185,24 @@ msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
                                       const msdacore_tensor* sampling_locations,
                                       const msdacore_tensor* attention_weights,
                                       msdacore_problem* problem) {
+  return msdacore_check_inputs_with_options(value, spatial_shapes, level_start_index,
+                                            sampling_locations, attention_weights, nullptr,
+                                            problem);
+}
+
+msdacore_status msdacore_check_inputs_with_options(const msdacore_tensor* value,
+                                                   const msdacore_tensor* spatial_shapes,
+                                                   const msdacore_tensor* level_start_index,
+                                                   const msdacore_tensor* sampling_locations,
+                                                   const msdacore_tensor* attention_weights,
+                                                   const msdacore_options* options,
+                                                   msdacore_problem* problem) {
   return guarded([&] {
     const Inputs in =
         to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-    const msdacore::Problem p =
-        msdacore::check_inputs(in.value, in.spatial_shapes, in.level_start_index,
-                               in.sampling_locations, in.attention_weights);
+    const msdacore::Problem p = msdacore::check_inputs(
+        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
+        in.attention_weights, to_options(options));
     if (problem != nullptr) {
       problem->N = p.N;
       problem->S = p.S;
@@ -200,6 +212,9 @@ msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
       problem->L = p.L;
       problem->P = p.P;
       problem->dtype = value->dtype;
+      problem->P_total = p.P_total;
+      problem->loc_dtype = sampling_locations->dtype;
+      problem->attn_dtype = attention_weights->dtype;
     }
   });
 }

@@ -256,6 +256,16 @@ static void test_layouts_and_modes(void) {
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
                MSDACORE_OK);
   CHECK(memcmp(uniform, flat, sizeof flat) == 0);
+  {
+    msdacore_problem problem;
+    CHECK_STATUS(msdacore_check_inputs_with_options(&v.value, &v.shapes, &v.starts, &fl, &fa,
+                                                    &options, &problem),
+                 MSDACORE_OK);
+    CHECK(problem.P_total == 1 && problem.P == 0 && problem.L == 1);
+    CHECK(problem.loc_dtype == MSDACORE_FLOAT64 && problem.attn_dtype == MSDACORE_FLOAT64);
+    CHECK_STATUS(msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &fl, &fa, &problem),
+                 MSDACORE_ERROR_SHAPE); /* the uniform layout wants rank 6 */
+  }
   options.mode = MSDACORE_MODE_DISCRETE;
   o.data = discrete;
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
