@@ -179,24 +179,11 @@ msdacore_status msdacore_tensor_contiguous(msdacore_tensor* t, void* data, int32
   });
 }
 
-msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
-                                      const msdacore_tensor* spatial_shapes,
-                                      const msdacore_tensor* level_start_index,
-                                      const msdacore_tensor* sampling_locations,
-                                      const msdacore_tensor* attention_weights,
-                                      msdacore_problem* problem) {
-  return msdacore_check_inputs_with_options(value, spatial_shapes, level_start_index,
-                                            sampling_locations, attention_weights, nullptr,
-                                            problem);
-}
-
-msdacore_status msdacore_check_inputs_with_options(const msdacore_tensor* value,
-                                                   const msdacore_tensor* spatial_shapes,
-                                                   const msdacore_tensor* level_start_index,
-                                                   const msdacore_tensor* sampling_locations,
-                                                   const msdacore_tensor* attention_weights,
-                                                   const msdacore_options* options,
-                                                   msdacore_problem* problem) {
+msdacore_status msdacore_check_inputs(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_options* options,
+    msdacore_problem* problem) {
   return guarded([&] {
     const Inputs in =
         to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);

@@ -15,17 +15,6 @@ namespace msdacore {
 namespace cpu {
 namespace {
 
-// Element (i) of a row-major walk over `t`'s shape, as float32.
-float read_as_float(const TensorView& t, int64_t offset) {
-  switch (t.dtype) {
-    case DType::Float32: return static_cast<const float*>(t.data)[offset];
-    case DType::Float16: return half_to_float(static_cast<const uint16_t*>(t.data)[offset]);
-    case DType::BFloat16:
-      return bfloat16_to_float(static_cast<const uint16_t*>(t.data)[offset]);
-    default: throw DTypeError("msdacore: unexpected dtype in the half-type path");
-  }
-}
-
 // `t`'s shape with the dimensions it broadcasts (stride 0) cut to 1: the elements that
 // are distinct, which is all a widened copy needs to hold.
 TensorView compact(const TensorView& t) {
@@ -36,8 +25,11 @@ TensorView compact(const TensorView& t) {
   return c;
 }
 
-// dst[i] = t[i] as float32, i in row-major order over t's shape (any strides).
-void widen(const TensorView& t, float* dst) {
+// dst[i] = t[i] as float32, i in row-major order over t's shape (any strides); `read`
+// turns one stored element of type T into float32.
+template <typename T, typename Read>
+void widen_as(const TensorView& t, float* dst, Read read) {
+  const T* src = static_cast<const T*>(t.data);
   const int64_t total = t.numel();
   if (total <= 0) return;
   const int last = t.ndim - 1;
@@ -52,7 +44,19 @@ void widen(const TensorView& t, float* dst) {
       rest /= t.shape[d];
     }
     float* out = dst + r * inner;
-    for (int64_t i = 0; i < inner; ++i) out[i] = read_as_float(t, offset + i * inner_stride);
+    for (int64_t i = 0; i < inner; ++i) out[i] = read(src[offset + i * inner_stride]);
+  }
+}
+
+// widen_as for t's half dtype (decided once, outside the element loop; float32 inputs are
+// never copied).
+void widen(const TensorView& t, float* dst) {
+  if (t.dtype == DType::Float16) {
+    widen_as<uint16_t>(t, dst, [](uint16_t x) { return half_to_float(x); });
+  } else if (t.dtype == DType::BFloat16) {
+    widen_as<uint16_t>(t, dst, [](uint16_t x) { return bfloat16_to_float(x); });
+  } else {
+    throw DTypeError("msdacore: unexpected dtype in the half-type path");
   }
 }
 

@@ -82,8 +82,12 @@ class DLPackFramework:
         """An index array on the host (CUDA arrays copied)."""
         return _arrays.host_index(array)
 
+    returns_own_arrays = False  # adapters whose empty() already makes the caller's kind
+
     def wrap(self, out, like):
         """The result as the caller's array kind."""
+        if self.returns_own_arrays:
+            return out
         if isinstance(out, np.ndarray) or type(out).__name__ == "DeviceArray":
             top = type(like).__module__.split(".")[0]
             if top in ("jax", "jaxlib"):
@@ -98,6 +102,7 @@ class DLPackFramework:
 
 class NumPyFramework(DLPackFramework):
     name = "numpy"
+    returns_own_arrays = True
 
     def prepare(self, array, name):
         # The common case first: an array the core reads as it is.
@@ -117,14 +122,12 @@ class NumPyFramework(DLPackFramework):
         except Exception:  # noqa: BLE001 - lists, read-only arrays, ...: one by one
             return super().capsule_list(arrays, names)
 
-    def wrap(self, out, like):
-        return out
-
 
 class TorchFramework(DLPackFramework):
     """torch tensors: torch.empty (torch's caching allocator, on its current stream)."""
 
     name = "torch"
+    returns_own_arrays = True
     owns_cuda_memory = True
 
     def __init__(self):
@@ -173,14 +176,12 @@ class TorchFramework(DLPackFramework):
             return array.cpu() if array.device.type == "cuda" else array
         return array
 
-    def wrap(self, out, like):
-        return out
-
 
 class CupyFramework(DLPackFramework):
     """CuPy arrays: cupy.empty (CuPy's memory pool, on its current stream)."""
 
     name = "cupy"
+    returns_own_arrays = True
     owns_cuda_memory = True
 
     def __init__(self):
@@ -201,9 +202,6 @@ class CupyFramework(DLPackFramework):
     def current_stream(self, device):
         with self._cupy.cuda.Device(device):
             return _arrays.stream_handle(self._cupy.cuda.get_current_stream().ptr)
-
-    def wrap(self, out, like):
-        return out
 
 
 NUMPY = NumPyFramework()

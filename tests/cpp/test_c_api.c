@@ -91,7 +91,8 @@ static void test_forward_backward(void) {
   ga = v.attn;
   ga.data = grad_attn;
 
-  CHECK_STATUS(msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &problem),
+  CHECK_STATUS(msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL,
+                                     &problem),
                MSDACORE_OK);
   CHECK(problem.N == 1 && problem.S == 6 && problem.M == 1 && problem.D == 1);
   CHECK(problem.Lq == 3 && problem.L == 1 && problem.P == 1 && problem.dtype == MSDACORE_FLOAT64);
@@ -258,12 +259,12 @@ static void test_layouts_and_modes(void) {
   CHECK(memcmp(uniform, flat, sizeof flat) == 0);
   {
     msdacore_problem problem;
-    CHECK_STATUS(msdacore_check_inputs_with_options(&v.value, &v.shapes, &v.starts, &fl, &fa,
-                                                    &options, &problem),
+    CHECK_STATUS(msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &fl, &fa, &options,
+                                       &problem),
                  MSDACORE_OK);
     CHECK(problem.P_total == 1 && problem.P == 0 && problem.L == 1);
     CHECK(problem.loc_dtype == MSDACORE_FLOAT64 && problem.attn_dtype == MSDACORE_FLOAT64);
-    CHECK_STATUS(msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &fl, &fa, &problem),
+    CHECK_STATUS(msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &fl, &fa, NULL, &problem),
                  MSDACORE_ERROR_SHAPE); /* the uniform layout wants rank 6 */
   }
   options.mode = MSDACORE_MODE_DISCRETE;

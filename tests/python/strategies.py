@@ -42,8 +42,20 @@ def load_reference():
     return reference
 
 
+class LevelSizes:
+    """L and S of a case's `levels` ((H, W), ...) (mixed into the case classes)."""
+
+    @property
+    def L(self):
+        return len(self.levels)
+
+    @property
+    def S(self):
+        return sum(h * w for h, w in self.levels)
+
+
 @dataclass(frozen=True)
-class Case:
+class Case(LevelSizes):
     N: int
     levels: tuple  # ((H, W), ...)
     M: int
@@ -55,14 +67,6 @@ class Case:
     seed: int
     special_fraction: float  # share of coordinates replaced by borders / integer pixels
     nonfinite_fraction: float  # share of points given a NaN or infinite coordinate
-
-    @property
-    def L(self):
-        return len(self.levels)
-
-    @property
-    def S(self):
-        return sum(h * w for h, w in self.levels)
 
 
 def _size_or_empty(draw, low, high):

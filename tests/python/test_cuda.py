@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 
 import msdacore
+from dlpack_ctypes import DLDataType, DLDevice, DLManagedTensor, legacy_capsule
 from conftest import NO_CUDA_ENV, cuda_device_count, cuda_verdict
 from devices import (
     FLOATS,
@@ -256,29 +257,6 @@ def test_stream_handles():
 # A DLPack producer that claims CUDA memory: a legacy "dltensor" capsule built with ctypes,
 # whose data pointer is a host address nothing may read.
 
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class _DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
-                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
-
-
-class _DLManagedTensor(ctypes.Structure):
-    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p),
-                ("deleter", ctypes.c_void_p)]
-
-
-_capsule_new = ctypes.pythonapi.PyCapsule_New
-_capsule_new.restype = ctypes.py_object
-_capsule_new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-
 _DL_CODES = {np.dtype(np.float32): (2, 32), np.dtype(np.float64): (2, 64),
              np.dtype(np.float16): (2, 16), np.dtype(np.int64): (0, 64)}
 
@@ -296,13 +274,13 @@ class FakeCudaArray:
         self.streams = []
         self._host = np.zeros(max(int(np.prod(shape)), 1), dtype=dtype)
         self._shape = (ctypes.c_int64 * max(len(shape), 1))(*shape)
-        self._managed = _DLManagedTensor()
+        self._managed = DLManagedTensor()
         t = self._managed.dl_tensor
         t.data = self._host.ctypes.data
-        t.device = _DLDevice(2, device)  # kDLCUDA
+        t.device = DLDevice(2, device)  # kDLCUDA
         t.ndim = len(shape)
         code, bits = _DL_CODES[dtype]
-        t.dtype = _DLDataType(code, bits, 1)
+        t.dtype = DLDataType(code, bits, 1)
         t.shape = ctypes.cast(self._shape, ctypes.POINTER(ctypes.c_int64))
         t.strides = None
         t.byte_offset = 0
@@ -316,7 +294,7 @@ class FakeCudaArray:
         if dl_device is not None or copy:
             raise BufferError("FakeCudaArray: no copies")
         self.streams.append(stream)
-        return _capsule_new(ctypes.addressof(self._managed), b"dltensor", None)
+        return legacy_capsule(self._managed)
 
 
 def _fake_inputs(device=0, dtype=np.float32):

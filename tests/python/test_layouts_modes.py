@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 from strategies import (
     INTEGER_MARGIN,
+    LevelSizes,
     assert_close,
     central_difference,
     comparison_floors,
@@ -93,7 +94,7 @@ needs_torch = pytest.mark.skipif(_NO_TORCH is not None, reason=_NO_TORCH or "")
 
 
 @dataclass(frozen=True)
-class LayoutCase:
+class LayoutCase(LevelSizes):
     N: int
     levels: tuple  # ((H, W), ...)
     counts: tuple  # points per level, each >= 1
@@ -108,14 +109,6 @@ class LayoutCase:
     special_fraction: float  # borders, integer pixel coordinates (rounding boundaries)
     nonfinite_fraction: float  # NaN / +-inf coordinates
     far_fraction: float  # coordinates far outside: -5, 7, +-1e20
-
-    @property
-    def L(self):
-        return len(self.levels)
-
-    @property
-    def S(self):
-        return sum(h * w for h, w in self.levels)
 
     @property
     def P_total(self):

@@ -5,7 +5,7 @@ call (plain fork and torch DataLoader workers)."""
 
 from __future__ import annotations
 
-import ctypes
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -21,6 +21,9 @@ def _small(dtype=np.float32):
     return (rng.standard_normal((1, 12, 2, 4)).astype(dtype), [[3, 4]], [0],
             rng.uniform(0, 1, (1, 3, 2, 1, 2, 2)).astype(dtype),
             rng.uniform(0, 1, (1, 3, 2, 1, 2)).astype(dtype))
+
+
+TESTS_DIR = str(pathlib.Path(__file__).resolve().parent)
 
 
 def _run(code: str, timeout=120) -> subprocess.CompletedProcess:
@@ -109,38 +112,24 @@ def test_producer_whose_dlpack_raises_gives_type_error(error):
 def test_null_shape_pointer_is_refused_not_a_crash():
     """A legacy DLPack capsule whose DLTensor has ndim 4 and shape NULL (in a child: a
     crash must not take the test run down)."""
-    res = _run("""
-        import ctypes, numpy as np, msdacore
-        from msdacore import _core
-
-        class DLDevice(ctypes.Structure):
-            _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-        class DLDataType(ctypes.Structure):
-            _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-        class DLTensor(ctypes.Structure):
-            _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice), ("ndim", ctypes.c_int32),
-                        ("dtype", DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                        ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
-        class DLManagedTensor(ctypes.Structure):
-            _fields_ = [("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p),
-                        ("deleter", ctypes.c_void_p)]
+    res = _run(f"""
+        import sys
+        import numpy as np, msdacore
+        sys.path.insert(0, {TESTS_DIR!r})
+        from dlpack_ctypes import DLDataType, DLDevice, DLManagedTensor, legacy_capsule
         buf = np.zeros(96, np.float32)
         m = DLManagedTensor()
         m.dl_tensor.data = buf.ctypes.data
         m.dl_tensor.device = DLDevice(1, 0)
         m.dl_tensor.ndim = 4
         m.dl_tensor.dtype = DLDataType(2, 32, 1)
-        new = ctypes.pythonapi.PyCapsule_New
-        new.restype = ctypes.py_object
-        new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-
         class Broken:
             def __dlpack_device__(self):
                 return (1, 0)
             def __dlpack__(self, **kwargs):
                 if "max_version" in kwargs:
                     raise TypeError("legacy producer")
-                return new(ctypes.addressof(m), b"dltensor", None)
+                return legacy_capsule(m)
 
         rng = np.random.default_rng(0)
         loc = rng.uniform(0, 1, (1, 3, 2, 1, 2, 2)).astype(np.float32)

@@ -9,7 +9,6 @@
  *   msdacore_forward()              output (N, Lq, M*D) of multi-scale deformable attention
  *   msdacore_backward()             grad_value, grad_sampling_locations, grad_attention_weights
  *   msdacore_check_inputs()         validates the five inputs and reports their sizes
- *   msdacore_check_inputs_with_options()   the same in a layout and mode
  *   msdacore_last_error()           the message of this thread's last call ("" after success)
  *   msdacore_status_name()          "MSDACORE_ERROR_SHAPE", ...
  *   msdacore_version()              "0.1.0" (the library's; MSDACORE_VERSION_* are the headers')
@@ -124,24 +123,16 @@ typedef struct msdacore_problem {
 msdacore_status msdacore_tensor_contiguous(msdacore_tensor* t, void* data, int32_t ndim,
                                            const int64_t* shape, int32_t dtype);
 
-/* Validates the five inputs against each other (uniform layout, bilinear mode); on
- * success writes their sizes to *problem when it is not NULL. */
+/* Validates the five inputs against each other in the layout and mode of `options`
+ * (NULL: the defaults), as forward and backward do; on success writes their sizes to
+ * *problem when it is not NULL. */
 msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
                                       const msdacore_tensor* spatial_shapes,
                                       const msdacore_tensor* level_start_index,
                                       const msdacore_tensor* sampling_locations,
                                       const msdacore_tensor* attention_weights,
+                                      const msdacore_options* options,
                                       msdacore_problem* problem);
-
-/* The same in the layout and mode of `options` (NULL: the defaults), as forward and
- * backward validate with those options. */
-msdacore_status msdacore_check_inputs_with_options(const msdacore_tensor* value,
-                                                   const msdacore_tensor* spatial_shapes,
-                                                   const msdacore_tensor* level_start_index,
-                                                   const msdacore_tensor* sampling_locations,
-                                                   const msdacore_tensor* attention_weights,
-                                                   const msdacore_options* options,
-                                                   msdacore_problem* problem);
 
 /* output (N, Lq, M*D) = sum_l sum_p A * bilinear(value_l, location). */
 msdacore_status msdacore_forward(const msdacore_tensor* value,
