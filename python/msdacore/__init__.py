@@ -36,12 +36,12 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
                    points_per_level=None, mode="bilinear"):
     """Multi-scale deformable attention, forward.
 
-    value               (N, S, M, D)        float32 | float64 (T); on CUDA also float16 |
-                                            bfloat16
+    value               (N, S, M, D)        float32 | float64 | float16 | bfloat16 (T)
     spatial_shapes      (L, 2) rows (H, W)  int32 | int64 (or a list of pairs)
     level_start_index   (L,)                int32 | int64 (or a list), prefix sums of H*W
-    sampling_locations  (N, Lq, M, L, P, 2) T, (x, y) normalized to [0, 1]
-    attention_weights   (N, Lq, M, L, P)    T
+    sampling_locations  (N, Lq, M, L, P, 2) T, (x, y) normalized to [0, 1] (float32 with a
+                                            half T: mixed precision)
+    attention_weights   (N, Lq, M, L, P)    T (or float32 with a half T)
     align_corners       False: pixel = loc*size - 0.5; True: pixel = loc*(size - 1)
     points_per_level    None: the uniform layout above; a sequence of L counts >= 1: the
                         flattened layout, sampling_locations (N, Lq, M, P_total, 2) and
