@@ -144,8 +144,33 @@ msdacore::Options to_options(const msdacore_options* options) {
       out.points_per_level.assign(options->points_per_level,
                                   options->points_per_level + options->num_levels);
     }
+    if (options->workspace_bytes < 0 ||
+        (options->workspace_bytes > 0 && options->workspace == nullptr)) {
+      throw msdacore::Error("options.workspace_bytes must be >= 0, and 0 when options.workspace "
+                            "is NULL, got " + std::to_string(options->workspace_bytes));
+    }
+    out.workspace = options->workspace;
+    out.workspace_bytes = options->workspace_bytes;
   }
   return out;
+}
+
+// Writes the workspace size of a forward (backward == false) or backward call to *bytes.
+msdacore_status workspace_size(bool backward, const msdacore_tensor* value,
+                               const msdacore_tensor* spatial_shapes,
+                               const msdacore_tensor* level_start_index,
+                               const msdacore_tensor* sampling_locations,
+                               const msdacore_tensor* attention_weights,
+                               const msdacore_options* options, int64_t* bytes) {
+  return guarded([&] {
+    if (bytes == nullptr) throw msdacore::Error("bytes is a NULL pointer");
+    const Inputs in =
+        to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+    const auto size = backward ? msdacore::ms_deform_attn_backward_workspace_size
+                               : msdacore::ms_deform_attn_forward_workspace_size;
+    *bytes = size(in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
+                  in.attention_weights, to_options(options));
+  });
 }
 
 }  // namespace
@@ -204,6 +229,22 @@ msdacore_status msdacore_check_inputs(
       problem->attn_dtype = attention_weights->dtype;
     }
   });
+}
+
+msdacore_status msdacore_forward_workspace_size(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_options* options, int64_t* bytes) {
+  return workspace_size(false, value, spatial_shapes, level_start_index, sampling_locations,
+                        attention_weights, options, bytes);
+}
+
+msdacore_status msdacore_backward_workspace_size(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_options* options, int64_t* bytes) {
+  return workspace_size(true, value, spatial_shapes, level_start_index, sampling_locations,
+                        attention_weights, options, bytes);
 }
 
 msdacore_status msdacore_forward(const msdacore_tensor* value,
@@ -275,6 +316,21 @@ int msdacore_get_num_threads(void) {
   } catch (...) {
     return 1;
   }
+}
+
+const msdacore_c_api_table* msdacore_c_api(void) {
+  static const msdacore_c_api_table table = {
+      static_cast<int64_t>(sizeof(msdacore_c_api_table)),
+      &msdacore_version,
+      &msdacore_check_inputs,
+      &msdacore_forward_workspace_size,
+      &msdacore_backward_workspace_size,
+      &msdacore_forward,
+      &msdacore_backward,
+      &msdacore_last_error,
+      &msdacore_status_name,
+  };
+  return &table;
 }
 
 }  // extern "C"

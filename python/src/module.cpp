@@ -21,6 +21,7 @@
 
 #include "dlpack_input.hpp"
 #include "msdacore/msdacore.hpp"
+#include "msdacore/msdacore_c.h"
 
 namespace py = pybind11;
 using msdacore::python::DLPackInput;
@@ -396,4 +397,8 @@ PYBIND11_MODULE(_core, m) {
         "Threads used by the CPU kernels (n >= 1).");
   m.attr("MAX_NUM_THREADS") = msdacore::kMaxNumThreads;
   m.def("get_num_threads", &msdacore::get_num_threads, "Threads used by the CPU kernels.");
+  // The C API as a table of function pointers (msdacore_c.h), for native plugins that run
+  // this module's kernels without linking it (the XLA FFI handlers of msdacore.jax).
+  m.attr("c_api") = py::capsule(const_cast<msdacore_c_api_table*>(msdacore_c_api()),
+                                "msdacore.c_api");
 }

@@ -283,8 +283,101 @@ static void test_layouts_and_modes(void) {
                MSDACORE_ERROR_INVALID_ARGUMENT);
 }
 
+/* Workspace sizes, a caller-provided workspace (float16 value with float32 locations and
+ * weights: the CPU widens them into the workspace), and the function table. */
+static void test_workspace(void) {
+  views v = make_views();
+  /* value 0..5 and the expected outputs 10, 2, 0 as float16 bit patterns */
+  static uint16_t value16[6] = {0x0000, 0x3C00, 0x4000, 0x4200, 0x4400, 0x4500};
+  float loc32[6], attn32[3];
+  uint16_t out16[3] = {0xFFFF, 0xFFFF, 0xFFFF};
+  uint16_t out16_default[3] = {0xFFFF, 0xFFFF, 0xFFFF};
+  uint16_t grad_out16[3] = {0x3C00, 0, 0};
+  uint16_t grad_value16[6];
+  float grad_loc32[6], grad_attn32[3];
+  double workspace_storage[4096]; /* 32 KiB, aligned below to 256 bytes */
+  unsigned char* aligned = (unsigned char*)workspace_storage;
+  const int64_t value_shape[4] = {1, 6, 1, 1};
+  const int64_t loc_shape[6] = {1, 3, 1, 1, 1, 2};
+  const int64_t attn_shape[5] = {1, 3, 1, 1, 1};
+  const int64_t out_shape[3] = {1, 3, 1};
+  msdacore_tensor o, o_default, g, gv, gl, ga;
+  msdacore_options options;
+  int64_t bytes = -1, backward_bytes = -1;
+  const msdacore_c_api_table* table = msdacore_c_api();
+  int i;
+
+  /* float64 on the CPU: no scratch. */
+  CHECK_STATUS(msdacore_forward_workspace_size(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn,
+                                               NULL, &bytes),
+               MSDACORE_OK);
+  CHECK(bytes == 0);
+
+  for (i = 0; i < 6; ++i) loc32[i] = (float)loc[i];
+  for (i = 0; i < 3; ++i) attn32[i] = (float)attn[i];
+  msdacore_tensor_contiguous(&v.value, value16, 4, value_shape, MSDACORE_FLOAT16);
+  msdacore_tensor_contiguous(&v.loc, loc32, 6, loc_shape, MSDACORE_FLOAT32);
+  msdacore_tensor_contiguous(&v.attn, attn32, 5, attn_shape, MSDACORE_FLOAT32);
+  msdacore_tensor_contiguous(&o, out16, 3, out_shape, MSDACORE_FLOAT16);
+  msdacore_tensor_contiguous(&o_default, out16_default, 3, out_shape, MSDACORE_FLOAT16);
+  msdacore_tensor_contiguous(&g, grad_out16, 3, out_shape, MSDACORE_FLOAT16);
+  msdacore_tensor_contiguous(&gv, grad_value16, 4, value_shape, MSDACORE_FLOAT16);
+  msdacore_tensor_contiguous(&gl, grad_loc32, 6, loc_shape, MSDACORE_FLOAT32);
+  msdacore_tensor_contiguous(&ga, grad_attn32, 5, attn_shape, MSDACORE_FLOAT32);
+
+  CHECK_STATUS(msdacore_forward_workspace_size(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn,
+                                               NULL, &bytes),
+               MSDACORE_OK);
+  CHECK(bytes > 0 && bytes <= 16384);
+  CHECK_STATUS(msdacore_backward_workspace_size(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn,
+                                                NULL, &backward_bytes),
+               MSDACORE_OK);
+  CHECK(backward_bytes > 0 && backward_bytes <= 16384);
+  CHECK_STATUS(msdacore_forward_workspace_size(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn,
+                                               NULL, NULL),
+               MSDACORE_ERROR_INVALID_ARGUMENT);
+
+  while (((uintptr_t)aligned) % 256 != 0) ++aligned;
+  memset(&options, 0, sizeof options);
+  options.workspace = aligned;
+  options.workspace_bytes = 16384;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
+               MSDACORE_OK);
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o_default,
+                                NULL),
+               MSDACORE_OK);
+  CHECK(out16[0] == 0x4900 && out16[1] == 0x4000 && out16[2] == 0x0000); /* 10, 2, 0 */
+  CHECK(memcmp(out16, out16_default, sizeof out16) == 0);
+  CHECK_STATUS(msdacore_backward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl,
+                                 &ga, &options),
+               MSDACORE_OK);
+  CHECK(grad_value16[5] == 0x4000); /* 2 */
+  CHECK(grad_attn32[0] == 5.0f);
+
+  /* Too small, and a size without an address. */
+  options.workspace_bytes = bytes - 1;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
+               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK(strstr(msdacore_last_error(), "workspace") != NULL);
+  options.workspace = NULL;
+  options.workspace_bytes = 64;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
+               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK(strstr(msdacore_last_error(), "options.workspace_bytes") != NULL);
+
+  /* The table holds the functions themselves. */
+  CHECK(table != NULL && table->struct_size == (int64_t)sizeof(msdacore_c_api_table));
+  CHECK(table->forward == msdacore_forward && table->backward == msdacore_backward);
+  CHECK(table->check_inputs == msdacore_check_inputs);
+  CHECK(table->forward_workspace_size == msdacore_forward_workspace_size);
+  CHECK(table->backward_workspace_size == msdacore_backward_workspace_size);
+  CHECK(table->last_error == msdacore_last_error && table->version == msdacore_version);
+  CHECK(table->status_name == msdacore_status_name);
+}
+
 int main(void) {
   test_forward_backward();
+  test_workspace();
   test_layouts_and_modes();
   test_overlap();
   test_errors();

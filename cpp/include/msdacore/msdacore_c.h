@@ -9,6 +9,10 @@
  *   msdacore_forward()              output (N, Lq, M*D) of multi-scale deformable attention
  *   msdacore_backward()             grad_value, grad_sampling_locations, grad_attention_weights
  *   msdacore_check_inputs()         validates the five inputs and reports their sizes
+ *   msdacore_forward_workspace_size() / msdacore_backward_workspace_size()
+ *                                   bytes of caller-owned scratch (msdacore_options.workspace)
+ *   msdacore_c_api()                a table of these functions (for plugins that reach the
+ *                                   library through a pointer, e.g. msdacore's XLA handlers)
  *   msdacore_last_error()           the message of this thread's last call ("" after success)
  *   msdacore_status_name()          "MSDACORE_ERROR_SHAPE", ...
  *   msdacore_version()              "0.1.0" (the library's; MSDACORE_VERSION_* are the headers')
@@ -106,6 +110,11 @@ typedef struct msdacore_options {
    * (N, Lq, M, P_total), level l's points at offsets sum_{j<l} P_j. */
   const int64_t* points_per_level;
   int64_t num_levels;
+  /* Scratch memory owned by the caller: at least msdacore_{forward,backward}_workspace_size()
+   * bytes on the problem's device, usable by work on `stream`, 256-byte aligned. NULL / 0:
+   * the call takes what it needs from msdacore's default allocator (added in 0.1.0). */
+  void* workspace;
+  int64_t workspace_bytes;
 } msdacore_options;
 
 /* Sizes of a validated call (msdacore_check_inputs). */
@@ -133,6 +142,23 @@ msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
                                       const msdacore_tensor* attention_weights,
                                       const msdacore_options* options,
                                       msdacore_problem* problem);
+
+/* Bytes of scratch a forward / backward call with these inputs and options needs (its
+ * msdacore_options.workspace): on the CPU 0 except for half types, on CUDA the buffers of
+ * half types, mixed precision, many levels and the deterministic backward. Validates the
+ * inputs as the op does; writes *bytes on success. */
+msdacore_status msdacore_forward_workspace_size(const msdacore_tensor* value,
+                                                const msdacore_tensor* spatial_shapes,
+                                                const msdacore_tensor* level_start_index,
+                                                const msdacore_tensor* sampling_locations,
+                                                const msdacore_tensor* attention_weights,
+                                                const msdacore_options* options, int64_t* bytes);
+msdacore_status msdacore_backward_workspace_size(const msdacore_tensor* value,
+                                                 const msdacore_tensor* spatial_shapes,
+                                                 const msdacore_tensor* level_start_index,
+                                                 const msdacore_tensor* sampling_locations,
+                                                 const msdacore_tensor* attention_weights,
+                                                 const msdacore_options* options, int64_t* bytes);
 
 /* output (N, Lq, M*D) = sum_l sum_p A * bilinear(value_l, location). */
 msdacore_status msdacore_forward(const msdacore_tensor* value,
@@ -169,6 +195,42 @@ const char* msdacore_version(void);
  * MSDACORE_ERROR_INVALID_ARGUMENT. Results do not depend on it. */
 msdacore_status msdacore_set_num_threads(int n);
 int msdacore_get_num_threads(void);
+
+/* The functions above as a table of pointers, for a plugin that is handed the library at
+ * run time instead of linking it (msdacore's Python module exports this table as the
+ * PyCapsule `msdacore._core.c_api`, named "msdacore.c_api"). struct_size is
+ * sizeof(msdacore_c_api_table) of the library: members are only ever added at the end, so
+ * a plugin may use every member that lies below struct_size. */
+typedef struct msdacore_c_api_table {
+  int64_t struct_size;
+  const char* (*version)(void);
+  msdacore_status (*check_inputs)(const msdacore_tensor*, const msdacore_tensor*,
+                                  const msdacore_tensor*, const msdacore_tensor*,
+                                  const msdacore_tensor*, const msdacore_options*,
+                                  msdacore_problem*);
+  msdacore_status (*forward_workspace_size)(const msdacore_tensor*, const msdacore_tensor*,
+                                            const msdacore_tensor*, const msdacore_tensor*,
+                                            const msdacore_tensor*, const msdacore_options*,
+                                            int64_t*);
+  msdacore_status (*backward_workspace_size)(const msdacore_tensor*, const msdacore_tensor*,
+                                             const msdacore_tensor*, const msdacore_tensor*,
+                                             const msdacore_tensor*, const msdacore_options*,
+                                             int64_t*);
+  msdacore_status (*forward)(const msdacore_tensor*, const msdacore_tensor*,
+                             const msdacore_tensor*, const msdacore_tensor*,
+                             const msdacore_tensor*, const msdacore_tensor*,
+                             const msdacore_options*);
+  msdacore_status (*backward)(const msdacore_tensor*, const msdacore_tensor*,
+                              const msdacore_tensor*, const msdacore_tensor*,
+                              const msdacore_tensor*, const msdacore_tensor*,
+                              const msdacore_tensor*, const msdacore_tensor*,
+                              const msdacore_tensor*, const msdacore_options*);
+  const char* (*last_error)(void);
+  const char* (*status_name)(msdacore_status);
+} msdacore_c_api_table;
+
+/* The library's table (static storage, never NULL). */
+const msdacore_c_api_table* msdacore_c_api(void);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -1,0 +1,366 @@
+// XLA FFI handlers of msdacore's forward and backward (CPU and CUDA platforms), and the
+// shape-only check msdacore.jax runs at trace time. Every call goes through the table of
+// msdacore's C API (msdacore_c.h) that msdacore._core exports; this file only turns XLA
+// buffers and attributes into msdacore_tensor views.
+//
+// Operands, as msdacore.jax passes them (always the flattened layout; any leading vmap
+// dimensions in front of N are folded into N, the buffers being row-major):
+//   value (..., N, S, M, D), sampling_locations (..., N, Lq, M, P_total, 2),
+//   attention_weights (..., N, Lq, M, P_total), grad_output (..., N, Lq, M*D)
+// Attributes: spatial_shapes (2L int64, rows H, W), level_start_index (L int64),
+//   points_per_level (L int64), align_corners (int32 0/1), mode (int32, MSDACORE_MODE_*).
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "msdacore/msdacore_c.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+#define MSDACORE_JAX_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+std::atomic<const msdacore_c_api_table*> g_api{nullptr};
+
+// The last member of the table this file calls: a table shorter than that is refused.
+constexpr size_t kTableNeeds =
+    offsetof(msdacore_c_api_table, status_name) + sizeof(msdacore_c_api_table::status_name);
+
+// A row-major view of a buffer whose leading dimensions in front of the last `rank - 1`
+// are folded into the first one (vmap's batch dimensions times N).
+msdacore_tensor folded_view(void* data, ffi::Span<const int64_t> dims, int32_t rank,
+                            int32_t dtype, int32_t device_type, int32_t device_index) {
+  msdacore_tensor t;
+  std::memset(&t, 0, sizeof t);
+  t.data = data;
+  t.ndim = rank;
+  const int64_t lead = static_cast<int64_t>(dims.size()) - rank;  // dimensions folded into N
+  int64_t first = 1;
+  for (int64_t d = 0; d <= lead; ++d) first *= dims[d];
+  t.shape[0] = first;
+  for (int32_t d = 1; d < rank; ++d) t.shape[d] = dims[lead + d];
+  int64_t stride = 1;
+  for (int32_t d = rank - 1; d >= 0; --d) {
+    t.strides[d] = stride;
+    stride *= t.shape[d] > 1 ? t.shape[d] : 1;
+  }
+  t.dtype = dtype;
+  t.device_type = device_type;
+  t.device_index = device_index;
+  return t;
+}
+
+// msdacore's dtype code of an XLA element type (-1: none).
+int32_t dtype_code(ffi::DataType type) {
+  switch (type) {
+    case ffi::DataType::F16: return MSDACORE_FLOAT16;
+    case ffi::DataType::BF16: return MSDACORE_BFLOAT16;
+    case ffi::DataType::F32: return MSDACORE_FLOAT32;
+    case ffi::DataType::F64: return MSDACORE_FLOAT64;
+    default: return -1;
+  }
+}
+
+// The host-side arguments every call shares: the index arrays and the options.
+struct Common {
+  msdacore_tensor spatial_shapes, level_start_index;
+  msdacore_options options;
+};
+
+Common make_common(ffi::Span<const int64_t> spatial_shapes,
+                   ffi::Span<const int64_t> level_start_index,
+                   ffi::Span<const int64_t> points_per_level, int32_t align_corners,
+                   int32_t mode) {
+  Common c;
+  std::memset(&c, 0, sizeof c);
+  const int64_t ss_shape[2] = {static_cast<int64_t>(spatial_shapes.size()) / 2, 2};
+  const int64_t lsi_shape[1] = {static_cast<int64_t>(level_start_index.size())};
+  c.spatial_shapes = folded_view(const_cast<int64_t*>(spatial_shapes.begin()),
+                                 ffi::Span<const int64_t>(ss_shape, 2), 2, MSDACORE_INT64,
+                                 MSDACORE_DEVICE_CPU, 0);
+  c.level_start_index = folded_view(const_cast<int64_t*>(level_start_index.begin()),
+                                    ffi::Span<const int64_t>(lsi_shape, 1), 1, MSDACORE_INT64,
+                                    MSDACORE_DEVICE_CPU, 0);
+  c.options.align_corners = align_corners;
+  c.options.mode = mode;
+  c.options.points_per_level = points_per_level.begin();
+  c.options.num_levels = static_cast<int64_t>(points_per_level.size());
+  return c;
+}
+
+// The error XLA reports for a failed msdacore call: msdacore's own message.
+ffi::Error failure(const msdacore_c_api_table* api, msdacore_status status) {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                    std::string("msdacore: ") + api->status_name(status) + ": " +
+                        api->last_error());
+}
+
+const msdacore_c_api_table* api_or_null() { return g_api.load(std::memory_order_acquire); }
+
+ffi::Error no_api() {
+  return ffi::Error(ffi::ErrorCode::kFailedPrecondition,
+                    "msdacore: the XLA handlers were called before msdacore.jax handed them "
+                    "the C API table (import msdacore.jax first)");
+}
+
+// Floating-point view of a buffer, or an error naming it.
+ffi::ErrorOr<msdacore_tensor> float_view(const char* name, void* data, ffi::DataType type,
+                                         ffi::Span<const int64_t> dims, int32_t rank,
+                                         int32_t device_type, int32_t device_index) {
+  const int32_t code = dtype_code(type);
+  if (code < 0 || static_cast<int32_t>(dims.size()) < rank) {
+    return ffi::Unexpected(ffi::Error(
+        ffi::ErrorCode::kInvalidArgument,
+        std::string("msdacore: ") + name + " must be a float16, bfloat16, float32 or float64 "
+        "array of rank >= " + std::to_string(rank)));
+  }
+  return folded_view(data, dims, rank, code, device_type, device_index);
+}
+
+// Scratch for a call: XLA's scratch allocator on CUDA, msdacore's default allocator (NULL)
+// on the CPU, where only half types need any.
+template <typename SizeFn>
+ffi::Error take_workspace(SizeFn size_fn, ffi::ScratchAllocator* scratch,
+                          const msdacore_c_api_table* api, const msdacore_tensor* in,
+                          msdacore_options* options) {
+  if (scratch == nullptr) return ffi::Error::Success();
+  int64_t bytes = 0;
+  const msdacore_status s = size_fn(&in[0], &in[1], &in[2], &in[3], &in[4], options, &bytes);
+  if (s != MSDACORE_OK) return failure(api, s);
+  if (bytes == 0) return ffi::Error::Success();
+  std::optional<void*> memory = scratch->Allocate(static_cast<size_t>(bytes), 256);
+  if (!memory.has_value()) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "msdacore: XLA's scratch allocator could not provide " +
+                          std::to_string(bytes) + " bytes of workspace");
+  }
+  options->workspace = *memory;
+  options->workspace_bytes = bytes;
+  return ffi::Error::Success();
+}
+
+ffi::Error forward(void* stream, ffi::ScratchAllocator* scratch, int32_t device_type,
+                   int32_t device_index, ffi::AnyBuffer value, ffi::AnyBuffer loc,
+                   ffi::AnyBuffer attn, ffi::Result<ffi::AnyBuffer> out,
+                   ffi::Span<const int64_t> spatial_shapes,
+                   ffi::Span<const int64_t> level_start_index,
+                   ffi::Span<const int64_t> points_per_level, int32_t align_corners,
+                   int32_t mode) {
+  const msdacore_c_api_table* api = api_or_null();
+  if (api == nullptr) return no_api();
+  Common c = make_common(spatial_shapes, level_start_index, points_per_level, align_corners, mode);
+  c.options.stream = stream;
+  auto v = float_view("value", value.untyped_data(), value.element_type(), value.dimensions(), 4,
+                      device_type, device_index);
+  auto l = float_view("sampling_locations", loc.untyped_data(), loc.element_type(),
+                      loc.dimensions(), 5, device_type, device_index);
+  auto a = float_view("attention_weights", attn.untyped_data(), attn.element_type(),
+                      attn.dimensions(), 4, device_type, device_index);
+  auto o = float_view("output", out->untyped_data(), out->element_type(), out->dimensions(), 3,
+                      device_type, device_index);
+  for (const auto* view : {&v, &l, &a, &o}) {
+    if (view->has_error()) return view->error();
+  }
+  const msdacore_tensor in[5] = {*v, c.spatial_shapes, c.level_start_index, *l, *a};
+  if (ffi::Error e = take_workspace(api->forward_workspace_size, scratch, api, in, &c.options);
+      e.failure()) {
+    return e;
+  }
+  const msdacore_status s = api->forward(&in[0], &in[1], &in[2], &in[3], &in[4], &*o, &c.options);
+  return s == MSDACORE_OK ? ffi::Error::Success() : failure(api, s);
+}
+
+ffi::Error backward(void* stream, ffi::ScratchAllocator* scratch, int32_t device_type,
+                    int32_t device_index, ffi::AnyBuffer value, ffi::AnyBuffer loc,
+                    ffi::AnyBuffer attn, ffi::AnyBuffer grad_output,
+                    ffi::Result<ffi::AnyBuffer> grad_value, ffi::Result<ffi::AnyBuffer> grad_loc,
+                    ffi::Result<ffi::AnyBuffer> grad_attn,
+                    ffi::Span<const int64_t> spatial_shapes,
+                    ffi::Span<const int64_t> level_start_index,
+                    ffi::Span<const int64_t> points_per_level, int32_t align_corners,
+                    int32_t mode) {
+  const msdacore_c_api_table* api = api_or_null();
+  if (api == nullptr) return no_api();
+  Common c = make_common(spatial_shapes, level_start_index, points_per_level, align_corners, mode);
+  c.options.stream = stream;
+  auto v = float_view("value", value.untyped_data(), value.element_type(), value.dimensions(), 4,
+                      device_type, device_index);
+  auto l = float_view("sampling_locations", loc.untyped_data(), loc.element_type(),
+                      loc.dimensions(), 5, device_type, device_index);
+  auto a = float_view("attention_weights", attn.untyped_data(), attn.element_type(),
+                      attn.dimensions(), 4, device_type, device_index);
+  auto g = float_view("grad_output", grad_output.untyped_data(), grad_output.element_type(),
+                      grad_output.dimensions(), 3, device_type, device_index);
+  auto gv = float_view("grad_value", grad_value->untyped_data(), grad_value->element_type(),
+                       grad_value->dimensions(), 4, device_type, device_index);
+  auto gl = float_view("grad_sampling_locations", grad_loc->untyped_data(),
+                       grad_loc->element_type(), grad_loc->dimensions(), 5, device_type,
+                       device_index);
+  auto ga = float_view("grad_attention_weights", grad_attn->untyped_data(),
+                       grad_attn->element_type(), grad_attn->dimensions(), 4, device_type,
+                       device_index);
+  for (const auto* view : {&v, &l, &a, &g, &gv, &gl, &ga}) {
+    if (view->has_error()) return view->error();
+  }
+  const msdacore_tensor in[5] = {*v, c.spatial_shapes, c.level_start_index, *l, *a};
+  if (ffi::Error e = take_workspace(api->backward_workspace_size, scratch, api, in, &c.options);
+      e.failure()) {
+    return e;
+  }
+  const msdacore_status s = api->backward(&in[0], &in[1], &in[2], &in[3], &in[4], &*g, &*gv,
+                                          &*gl, &*ga, &c.options);
+  return s == MSDACORE_OK ? ffi::Error::Success() : failure(api, s);
+}
+
+ffi::Error forward_cpu(ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
+                       ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> ss,
+                       ffi::Span<const int64_t> lsi, ffi::Span<const int64_t> ppl,
+                       int32_t align_corners, int32_t mode) {
+  return forward(nullptr, nullptr, MSDACORE_DEVICE_CPU, 0, value, loc, attn, out, ss, lsi, ppl,
+                 align_corners, mode);
+}
+
+ffi::Error backward_cpu(ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
+                        ffi::AnyBuffer grad_output, ffi::Result<ffi::AnyBuffer> gv,
+                        ffi::Result<ffi::AnyBuffer> gl, ffi::Result<ffi::AnyBuffer> ga,
+                        ffi::Span<const int64_t> ss, ffi::Span<const int64_t> lsi,
+                        ffi::Span<const int64_t> ppl, int32_t align_corners, int32_t mode) {
+  return backward(nullptr, nullptr, MSDACORE_DEVICE_CPU, 0, value, loc, attn, grad_output, gv, gl,
+                  ga, ss, lsi, ppl, align_corners, mode);
+}
+
+ffi::Error forward_cuda(void* stream, ffi::ScratchAllocator scratch, int32_t device,
+                        ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
+                        ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> ss,
+                        ffi::Span<const int64_t> lsi, ffi::Span<const int64_t> ppl,
+                        int32_t align_corners, int32_t mode) {
+  return forward(stream, &scratch, MSDACORE_DEVICE_CUDA, device, value, loc, attn, out, ss, lsi,
+                 ppl, align_corners, mode);
+}
+
+ffi::Error backward_cuda(void* stream, ffi::ScratchAllocator scratch, int32_t device,
+                         ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
+                         ffi::AnyBuffer grad_output, ffi::Result<ffi::AnyBuffer> gv,
+                         ffi::Result<ffi::AnyBuffer> gl, ffi::Result<ffi::AnyBuffer> ga,
+                         ffi::Span<const int64_t> ss, ffi::Span<const int64_t> lsi,
+                         ffi::Span<const int64_t> ppl, int32_t align_corners, int32_t mode) {
+  return backward(stream, &scratch, MSDACORE_DEVICE_CUDA, device, value, loc, attn, grad_output,
+                  gv, gl, ga, ss, lsi, ppl, align_corners, mode);
+}
+
+}  // namespace
+
+// The handlers, exported (the library is built with hidden visibility).
+MSDACORE_JAX_EXPORT XLA_FFI_Error* msdacore_jax_forward_cpu(XLA_FFI_CallFrame* call_frame);
+MSDACORE_JAX_EXPORT XLA_FFI_Error* msdacore_jax_backward_cpu(XLA_FFI_CallFrame* call_frame);
+MSDACORE_JAX_EXPORT XLA_FFI_Error* msdacore_jax_forward_cuda(XLA_FFI_CallFrame* call_frame);
+MSDACORE_JAX_EXPORT XLA_FFI_Error* msdacore_jax_backward_cuda(XLA_FFI_CallFrame* call_frame);
+
+// The attributes shared by every handler, after its buffers.
+#define MSDACORE_JAX_ATTRS                               \
+  .Attr<ffi::Span<const int64_t>>("spatial_shapes")      \
+      .Attr<ffi::Span<const int64_t>>("level_start_index") \
+      .Attr<ffi::Span<const int64_t>>("points_per_level")  \
+      .Attr<int32_t>("align_corners")                      \
+      .Attr<int32_t>("mode")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_forward_cpu, forward_cpu,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() MSDACORE_JAX_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_backward_cpu, backward_cpu,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() MSDACORE_JAX_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_forward_cuda, forward_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<void*>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() MSDACORE_JAX_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_backward_cuda, backward_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<void*>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() MSDACORE_JAX_ATTRS);
+
+// Hands the handlers msdacore._core's C API table (the pointer of the PyCapsule
+// "msdacore.c_api"). Returns 0, or -1 for a NULL or too short table.
+MSDACORE_JAX_EXPORT int32_t msdacore_jax_set_api(const void* table) {
+  const auto* api = static_cast<const msdacore_c_api_table*>(table);
+  if (api == nullptr || api->struct_size < static_cast<int64_t>(kTableNeeds)) return -1;
+  g_api.store(api, std::memory_order_release);
+  return 0;
+}
+
+// The shape-only validation msdacore.jax runs at trace time: the core's check_inputs on
+// views whose float arrays have shapes and dtypes but no data (a placeholder address: the
+// check reads only the index arrays). shapes: 5 x MSDACORE_MAX_DIMS extents of value,
+// spatial_shapes, level_start_index, sampling_locations, attention_weights; ndims, dtypes:
+// 5 each; index_data: the two index arrays (host, contiguous). Returns the status and
+// copies the core's message into message (message_size bytes, NUL-terminated).
+MSDACORE_JAX_EXPORT int32_t msdacore_jax_check(const int64_t* shapes, const int32_t* ndims,
+                                               const int32_t* dtypes,
+                                               const void* spatial_shapes_data,
+                                               const void* level_start_index_data,
+                                               const int64_t* points_per_level,
+                                               int64_t num_levels, int32_t align_corners,
+                                               int32_t mode, char* message,
+                                               int64_t message_size) {
+  const msdacore_c_api_table* api = api_or_null();
+  if (api == nullptr || message == nullptr || message_size < 1) return -1;
+  alignas(256) static const unsigned char placeholder[256] = {};
+  msdacore_tensor t[5];
+  const void* data[5] = {placeholder, spatial_shapes_data, level_start_index_data, placeholder,
+                         placeholder};
+  for (int i = 0; i < 5; ++i) {
+    std::memset(&t[i], 0, sizeof t[i]);
+    if (ndims[i] < 0 || ndims[i] > MSDACORE_MAX_DIMS) {
+      std::snprintf(message, static_cast<size_t>(message_size), "rank %d out of range",
+                    static_cast<int>(ndims[i]));
+      return MSDACORE_ERROR_SHAPE;
+    }
+    t[i].data = const_cast<void*>(data[i]);
+    t[i].ndim = ndims[i];
+    int64_t stride = 1;
+    for (int32_t d = ndims[i] - 1; d >= 0; --d) {
+      t[i].shape[d] = shapes[i * MSDACORE_MAX_DIMS + d];
+      t[i].strides[d] = stride;
+      stride *= t[i].shape[d] > 1 ? t[i].shape[d] : 1;
+    }
+    t[i].dtype = dtypes[i];
+    t[i].device_type = MSDACORE_DEVICE_CPU;
+  }
+  msdacore_options options;
+  std::memset(&options, 0, sizeof options);
+  options.align_corners = align_corners;
+  options.mode = mode;
+  options.points_per_level = points_per_level;
+  options.num_levels = num_levels;
+  const msdacore_status s = api->check_inputs(&t[0], &t[1], &t[2], &t[3], &t[4], &options, nullptr);
+  std::snprintf(message, static_cast<size_t>(message_size), "%s", api->last_error());
+  return s;
+}
