@@ -88,7 +88,8 @@ def dtype_code(dtype, name: str) -> int:
     """msdacore's code of an array dtype, else TypeError naming the argument."""
     code = DTYPE_CODES.get(np.dtype(dtype).name)
     if code is None:
-        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got "
+        raise TypeError(f"{name} must be a floating-point array (float32, float64, float16 or "
+                        f"bfloat16), got "
                         f"{np.dtype(dtype).name}")
     return code
 

@@ -37,7 +37,7 @@ def _static_index(obj, name: str) -> np.ndarray:
     if array.dtype.kind in "iu":
         return np.ascontiguousarray(array, dtype=np.int64)
     if array.dtype.name not in _ffi.DTYPE_CODES:
-        raise TypeError(f"{name} must hold integers (int32 or int64), got {array.dtype.name}")
+        raise TypeError(f"{name} must be an int32 or int64 array, got {array.dtype.name}")
     return np.ascontiguousarray(array)
 
 
