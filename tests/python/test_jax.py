@@ -223,6 +223,23 @@ def test_bad_inputs_raise_clear_errors_at_trace_time():
                        attn.reshape(N, Lq, M, L * P), points_per_level=[6])
 
 
+def test_handler_errors_come_back_as_xla_errors_with_msdacore_message():
+    from msdacore.jax import _ffi
+
+    _ffi.library()
+    value, loc, attn = make("float64")
+    # the custom call itself, past ms_deform_attn's trace-time check
+    call = jax.ffi.ffi_call(_ffi.FORWARD, jax.ShapeDtypeStruct((N, Lq, M * D), value.dtype))
+    with pytest.raises(jax.errors.JaxRuntimeError,
+                       match=r"msdacore: MSDACORE_ERROR_SHAPE: level_start_index must hold the "
+                             r"prefix sums of H_l\*W_l from spatial_shapes: expected \[0, 42\], "
+                             r"got \[0, 41\]"):
+        jax.block_until_ready(call(
+            value, loc.reshape(N, Lq, M, L * P, 2), attn.reshape(N, Lq, M, L * P),
+            spatial_shapes=SHAPES.reshape(-1), level_start_index=np.array([0, 41]),
+            points_per_level=np.array([P, P]), align_corners=np.int32(0), mode=np.int32(0)))
+
+
 def test_composition_matches_reference_with_autodiff():
     value, loc, attn = make("float64", seed=11)
     g = grad_output_for("float64")
