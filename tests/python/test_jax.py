@@ -72,10 +72,13 @@ def test_jit_grad_matches_numpy_backward(dtype, align_corners):
     got = jax_grads(value, loc, attn, g, align_corners=align_corners)
     want = numpy_grads(value, loc, attn, g, align_corners=align_corners)
     ref = reference.ms_deform_attn_backward(value, SHAPES, STARTS, loc, attn, g, align_corners)
-    for name, a, b, r, like in zip(("value", "sampling_locations", "attention_weights"),
-                                   got, want, ref, (value, loc, attn)):
+    # deterministic=True reaches the core; the CPU backward is deterministic either way
+    got_det = jax_grads(value, loc, attn, g, align_corners=align_corners, deterministic=True)
+    for name, a, b, r, like, d in zip(("value", "sampling_locations", "attention_weights"),
+                                      got, want, ref, (value, loc, attn), got_det):
         assert a.dtype == like.dtype and a.shape == like.shape, name
         np.testing.assert_array_equal(np.asarray(a), b, err_msg=name)
+        np.testing.assert_array_equal(np.asarray(d), b, err_msg=name)
         assert relative_error(a, r) <= TOLERANCE[dtype], name
 
 
@@ -210,6 +213,8 @@ def test_bad_inputs_raise_clear_errors_at_trace_time():
         jax.jit(lambda s: ms_deform_attn(value, s, STARTS, loc, attn))(SHAPES)
     with pytest.raises(TypeError, match="spatial_shapes must be an int32 or int64 array, got float32"):
         ms_deform_attn(value, SHAPES.astype(np.float32), STARTS, loc, attn)
+    with pytest.raises(TypeError, match="deterministic must be a bool, got str"):
+        ms_deform_attn(value, SHAPES, STARTS, loc, attn, deterministic="yes")
     with pytest.raises(ValueError, match='mode must be "bilinear" or "discrete"'):
         ms_deform_attn(value, SHAPES, STARTS, loc, attn, mode="nearest")
     with pytest.raises(ValueError, match="align_corners"):
@@ -237,7 +242,8 @@ def test_handler_errors_come_back_as_xla_errors_with_msdacore_message():
         jax.block_until_ready(call(
             value, loc.reshape(N, Lq, M, L * P, 2), attn.reshape(N, Lq, M, L * P),
             spatial_shapes=SHAPES.reshape(-1), level_start_index=np.array([0, 41]),
-            points_per_level=np.array([P, P]), align_corners=np.int32(0), mode=np.int32(0)))
+            points_per_level=np.array([P, P]), align_corners=np.int32(0), mode=np.int32(0),
+            deterministic=np.int32(0)))
 
 
 def test_composition_matches_reference_with_autodiff():

@@ -21,6 +21,7 @@ class _Static(NamedTuple):
     points_per_level: tuple    # P_l per level ((P,) * L for the uniform layout)
     align_corners: bool
     mode: str
+    deterministic: bool
 
 
 def _static_index(obj, name: str) -> np.ndarray:
@@ -46,7 +47,8 @@ def _attributes(static: _Static) -> dict:
             "level_start_index": np.asarray(static.level_start_index, np.int64),
             "points_per_level": np.asarray(static.points_per_level, np.int64),
             "align_corners": np.int32(static.align_corners),
-            "mode": np.int32(_ffi.MODE_CODES[static.mode])}
+            "mode": np.int32(_ffi.MODE_CODES[static.mode]),
+            "deterministic": np.int32(static.deterministic)}
 
 
 def _flattened(static: _Static, loc, attn):
@@ -86,7 +88,7 @@ _ms_deform_attn.defvjp(_forward_with_residuals, _backward)
 
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
                    attention_weights, *, align_corners=False, points_per_level=None,
-                   mode="bilinear"):
+                   mode="bilinear", deterministic=False):
     """Multi-scale deformable attention in JAX: an XLA custom call running msdacore's
     kernels (CPU; CUDA where msdacore was built with it), differentiable (jax.grad, through
     msdacore's backward), and usable under jit, vmap and jax.checkpoint.
@@ -102,14 +104,17 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
                         sampling_locations (N, Lq, M, P_total, 2), attention_weights
                         (N, Lq, M, P_total)
     mode                "bilinear" or "discrete", static
+    deterministic       bool, static: on CUDA, a bitwise-reproducible backward (grad_value
+                        gathered instead of summed with atomics; slower). The CPU backward
+                        is always deterministic.
     returns             (N, Lq, M*D) of dtype T
 
     Gradients flow to value, sampling_locations and attention_weights, each in its own
     dtype. Under vmap the batch axes are folded into N (one kernel call). Bad shapes and
     dtypes raise ValueError / TypeError when the call is traced, with msdacore's messages.
     """
-    align_corners, _, mode, counts = _dispatch.op_options(align_corners, False, mode,
-                                                          points_per_level)
+    align_corners, deterministic, mode, counts = _dispatch.op_options(
+        align_corners, deterministic, mode, points_per_level)
     ss = _static_index(spatial_shapes, "spatial_shapes")
     lsi = _static_index(level_start_index, "level_start_index")
     value, loc, attn = (jnp.asarray(x) for x in (value, sampling_locations, attention_weights))
@@ -117,5 +122,5 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     if counts is None:  # the uniform layout (N, Lq, M, L, P, 2), checked above
         counts = [loc.shape[4]] * loc.shape[3]
     static = _Static(tuple(int(x) for x in ss.reshape(-1)), tuple(int(x) for x in lsi),
-                     tuple(counts), align_corners, mode)
+                     tuple(counts), align_corners, mode, deterministic)
     return _ms_deform_attn(static, value, loc, attn)

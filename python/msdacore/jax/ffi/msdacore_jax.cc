@@ -8,7 +8,8 @@
 //   value (..., N, S, M, D), sampling_locations (..., N, Lq, M, P_total, 2),
 //   attention_weights (..., N, Lq, M, P_total), grad_output (..., N, Lq, M*D)
 // Attributes: spatial_shapes (2L int64, rows H, W), level_start_index (L int64),
-//   points_per_level (L int64), align_corners (int32 0/1), mode (int32, MSDACORE_MODE_*).
+//   points_per_level (L int64), align_corners (int32 0/1), mode (int32, MSDACORE_MODE_*),
+//   deterministic (int32 0/1: the CUDA backward without atomics).
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -76,7 +77,7 @@ struct Common {
 Common make_common(ffi::Span<const int64_t> spatial_shapes,
                    ffi::Span<const int64_t> level_start_index,
                    ffi::Span<const int64_t> points_per_level, int32_t align_corners,
-                   int32_t mode) {
+                   int32_t mode, int32_t deterministic) {
   Common c;
   std::memset(&c, 0, sizeof c);
   const int64_t ss_shape[2] = {static_cast<int64_t>(spatial_shapes.size()) / 2, 2};
@@ -89,6 +90,7 @@ Common make_common(ffi::Span<const int64_t> spatial_shapes,
                                     MSDACORE_DEVICE_CPU, 0);
   c.options.align_corners = align_corners;
   c.options.mode = mode;
+  c.options.deterministic = deterministic;
   c.options.points_per_level = points_per_level.begin();
   c.options.num_levels = static_cast<int64_t>(points_per_level.size());
   return c;
@@ -151,10 +153,11 @@ ffi::Error forward(void* stream, ffi::ScratchAllocator* scratch, int32_t device_
                    ffi::Span<const int64_t> spatial_shapes,
                    ffi::Span<const int64_t> level_start_index,
                    ffi::Span<const int64_t> points_per_level, int32_t align_corners,
-                   int32_t mode) {
+                   int32_t mode, int32_t deterministic) {
   const msdacore_c_api_table* api = api_or_null();
   if (api == nullptr) return no_api();
-  Common c = make_common(spatial_shapes, level_start_index, points_per_level, align_corners, mode);
+  Common c = make_common(spatial_shapes, level_start_index, points_per_level, align_corners, mode,
+                         deterministic);
   c.options.stream = stream;
   auto v = float_view("value", value.untyped_data(), value.element_type(), value.dimensions(), 4,
                       device_type, device_index);
@@ -184,10 +187,11 @@ ffi::Error backward(void* stream, ffi::ScratchAllocator* scratch, int32_t device
                     ffi::Span<const int64_t> spatial_shapes,
                     ffi::Span<const int64_t> level_start_index,
                     ffi::Span<const int64_t> points_per_level, int32_t align_corners,
-                    int32_t mode) {
+                    int32_t mode, int32_t deterministic) {
   const msdacore_c_api_table* api = api_or_null();
   if (api == nullptr) return no_api();
-  Common c = make_common(spatial_shapes, level_start_index, points_per_level, align_corners, mode);
+  Common c = make_common(spatial_shapes, level_start_index, points_per_level, align_corners, mode,
+                         deterministic);
   c.options.stream = stream;
   auto v = float_view("value", value.untyped_data(), value.element_type(), value.dimensions(), 4,
                       device_type, device_index);
@@ -221,27 +225,28 @@ ffi::Error backward(void* stream, ffi::ScratchAllocator* scratch, int32_t device
 ffi::Error forward_cpu(ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
                        ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> ss,
                        ffi::Span<const int64_t> lsi, ffi::Span<const int64_t> ppl,
-                       int32_t align_corners, int32_t mode) {
+                       int32_t align_corners, int32_t mode, int32_t deterministic) {
   return forward(nullptr, nullptr, MSDACORE_DEVICE_CPU, 0, value, loc, attn, out, ss, lsi, ppl,
-                 align_corners, mode);
+                 align_corners, mode, deterministic);
 }
 
 ffi::Error backward_cpu(ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
                         ffi::AnyBuffer grad_output, ffi::Result<ffi::AnyBuffer> gv,
                         ffi::Result<ffi::AnyBuffer> gl, ffi::Result<ffi::AnyBuffer> ga,
                         ffi::Span<const int64_t> ss, ffi::Span<const int64_t> lsi,
-                        ffi::Span<const int64_t> ppl, int32_t align_corners, int32_t mode) {
+                        ffi::Span<const int64_t> ppl, int32_t align_corners, int32_t mode,
+                        int32_t deterministic) {
   return backward(nullptr, nullptr, MSDACORE_DEVICE_CPU, 0, value, loc, attn, grad_output, gv, gl,
-                  ga, ss, lsi, ppl, align_corners, mode);
+                  ga, ss, lsi, ppl, align_corners, mode, deterministic);
 }
 
 ffi::Error forward_cuda(void* stream, ffi::ScratchAllocator scratch, int32_t device,
                         ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
                         ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> ss,
                         ffi::Span<const int64_t> lsi, ffi::Span<const int64_t> ppl,
-                        int32_t align_corners, int32_t mode) {
+                        int32_t align_corners, int32_t mode, int32_t deterministic) {
   return forward(stream, &scratch, MSDACORE_DEVICE_CUDA, device, value, loc, attn, out, ss, lsi,
-                 ppl, align_corners, mode);
+                 ppl, align_corners, mode, deterministic);
 }
 
 ffi::Error backward_cuda(void* stream, ffi::ScratchAllocator scratch, int32_t device,
@@ -249,9 +254,10 @@ ffi::Error backward_cuda(void* stream, ffi::ScratchAllocator scratch, int32_t de
                          ffi::AnyBuffer grad_output, ffi::Result<ffi::AnyBuffer> gv,
                          ffi::Result<ffi::AnyBuffer> gl, ffi::Result<ffi::AnyBuffer> ga,
                          ffi::Span<const int64_t> ss, ffi::Span<const int64_t> lsi,
-                         ffi::Span<const int64_t> ppl, int32_t align_corners, int32_t mode) {
+                         ffi::Span<const int64_t> ppl, int32_t align_corners, int32_t mode,
+                         int32_t deterministic) {
   return backward(stream, &scratch, MSDACORE_DEVICE_CUDA, device, value, loc, attn, grad_output,
-                  gv, gl, ga, ss, lsi, ppl, align_corners, mode);
+                  gv, gl, ga, ss, lsi, ppl, align_corners, mode, deterministic);
 }
 
 }  // namespace
@@ -268,7 +274,8 @@ MSDACORE_JAX_EXPORT XLA_FFI_Error* msdacore_jax_backward_cuda(XLA_FFI_CallFrame*
       .Attr<ffi::Span<const int64_t>>("level_start_index") \
       .Attr<ffi::Span<const int64_t>>("points_per_level")  \
       .Attr<int32_t>("align_corners")                      \
-      .Attr<int32_t>("mode")
+      .Attr<int32_t>("mode")                               \
+      .Attr<int32_t>("deterministic")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_forward_cpu, forward_cpu,
                               ffi::Ffi::Bind()
