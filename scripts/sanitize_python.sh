@@ -38,6 +38,10 @@ cp -r python/msdacore "$stage/msdacore"
 find "$stage/msdacore" -name '_core*.so' -delete
 find "$stage/msdacore" -name '__pycache__' -prune -exec rm -rf {} +
 cp "$build"/cmake/_core*.so "$stage/msdacore/"
+# The C API headers the package ships for plugins built on first use (msdacore.jax).
+mkdir -p "$stage/msdacore/include/msdacore"
+cp cpp/include/msdacore/msdacore_c.h "$build"/cmake/include/msdacore/version.hpp \
+  "$stage/msdacore/include/msdacore/"
 # An editable install of msdacore puts an import hook before the path: drop every
 # meta-path finder that would resolve msdacore somewhere other than the stage.
 cat >"$stage/sitecustomize.py" <<'EOF'
