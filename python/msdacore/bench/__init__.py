@@ -11,6 +11,8 @@ One harness for every timing msdacore does, each module with one job:
 - ``cpu``: ``python -m msdacore bench`` (CPU) and the timings of ``python -m msdacore demo``;
 - ``cuda``: ``python -m msdacore bench --device cuda``;
 - ``command``: the options of ``bench`` and the command itself;
+- ``jax``: ``python -m msdacore.bench.jax``, msdacore.jax against the plain-JAX gather
+  composition under jax.jit (docs/jax.md);
 - ``transformers_model``: ``python -m msdacore.bench.transformers_model``, a transformers
   Deformable DETR forward with and without msdacore.
 

@@ -50,26 +50,22 @@ def _calls(impl, inputs: dict, grad_output, align_corners: bool) -> dict:
             "forward_backward": lambda: jax.block_until_ready(forward_backward(*args, g))}
 
 
-def run_jax_bench(configs=JAX_CONFIGS, dtypes=("float32",), *, threads: int = 2,
-                  repeats: int = JAX_REPEATS, warmup: int = 1, seed: int = 0,
-                  out=sys.stdout, command: str | None = None) -> dict:
-    """Runs the comparison; prints a table to out and returns the results (a dict)."""
+def _run_rows(configs, dtypes, repeats: int, warmup: int, seed: int, out) -> list:
+    """The measurements of run_jax_bench: one row per configuration, dtype and pass, each
+    printed to out as it comes."""
     import numpy as np
 
     import jax
 
-    import msdacore
     from ..jax import ms_deform_attn
     from ..jax.composition import ms_deform_attn_composition
 
-    if "float64" in dtypes:
-        jax.config.update("jax_enable_x64", True)
-    msdacore.set_num_threads(threads)
     rows = []
     print(f"{'config':<10} {'dtype':<8} {'pass':<17} {'msdacore':>10} {'JAX gather':>11} "
           f"{'ratio':>7}  max rel diff", file=out)
-    for name in configs:
-        cfg = CONFIGS[name]
+    for cfg in configs:
+        cfg = CONFIGS[cfg] if isinstance(cfg, str) else cfg
+        name = cfg.name
         for dtype in dtypes:
             inputs = make_inputs(cfg, np.dtype(dtype), seed=seed)
             rng = np.random.default_rng(seed + 1)
@@ -91,6 +87,26 @@ def run_jax_bench(configs=JAX_CONFIGS, dtypes=("float32",), *, threads: int = 2,
                 print(f"{name:<10} {dtype:<8} {PASS_LABELS[key]:<17} {fmt_ms(t_ours):>10} "
                       f"{fmt_ms(t_theirs):>11} {fmt_ratio(t_theirs / t_ours):>7}  {diff:.1e}",
                       file=out, flush=True)
+    return rows
+
+
+def run_jax_bench(configs=JAX_CONFIGS, dtypes=("float32",), *, threads: int = 2,
+                  repeats: int = JAX_REPEATS, warmup: int = 1, seed: int = 0,
+                  out=sys.stdout, command: str | None = None) -> dict:
+    """Runs the comparison (configs: names in CONFIGS, or Config objects); prints a table to
+    out and returns the results (a dict, "results": one row per config, dtype and pass)."""
+    import jax
+
+    import msdacore
+
+    if "float64" in dtypes:
+        jax.config.update("jax_enable_x64", True)
+    previous_threads = msdacore.get_num_threads()
+    msdacore.set_num_threads(threads)
+    try:
+        rows = _run_rows(configs, dtypes, repeats, warmup, seed, out)
+    finally:
+        msdacore.set_num_threads(previous_threads)
     return {"schema": SCHEMA, "command": "bench.jax", "command_line": command,
             "machine": machine_info(), "load_average": load_average(),
             "threads": threads, "jax": jax.__version__,
