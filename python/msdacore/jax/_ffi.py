@@ -32,8 +32,8 @@ _SOURCES = Path(__file__).resolve().parent / "ffi"
 
 
 def _include_dir() -> Path:
-    """The folder holding msdacore/msdacore_c.h: the installed package's copy, else the
-    source tree's (a build in place), which needs the generated version.hpp too."""
+    """The folder holding msdacore/msdacore_c.h and the generated msdacore/version.hpp:
+    msdacore/include in the installed package (CMakeLists.txt installs them there)."""
     package = Path(__file__).resolve().parent.parent / "include"
     if (package / "msdacore" / "msdacore_c.h").is_file():
         return package
