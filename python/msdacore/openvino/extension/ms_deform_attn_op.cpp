@@ -173,28 +173,30 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
     return flat ? std::vector<ov::Dimension>{N, Lq, M, P, 2}
                 : std::vector<ov::Dimension>{N, Lq, M, L, P, 2};
   };
+  // What value and the index arrays imply, before sampling_locations adds its own sizes.
+  const std::string loc_message = expected_shape(loc_symbols, loc_expected());
   NODE_VALIDATION_CHECK(this, loc.rank().compatible(loc_rank), "sampling_locations must have shape ",
-                        expected_shape(loc_symbols, loc_expected()), ", got ", loc);
+                        loc_message, ", got ", loc);
   if (loc.rank().is_static()) {
     bool ok = merge_into(N, loc[0]) && merge_into(Lq, loc[1]) && merge_into(M, loc[2]) &&
               loc[loc_rank - 1].compatible(2);
     ok = ok && (flat ? merge_into(P, loc[3]) : merge_into(L, loc[3]) && merge_into(P, loc[4]));
-    NODE_VALIDATION_CHECK(this, ok, "sampling_locations must have shape ",
-                          expected_shape(loc_symbols, loc_expected()), ", got ", loc);
+    NODE_VALIDATION_CHECK(this, ok, "sampling_locations must have shape ", loc_message,
+                          ", got ", loc);
   }
   auto attn_expected = [&]() {
     std::vector<ov::Dimension> dims = loc_expected();
     dims.pop_back();
     return dims;
   };
+  const std::string attn_message = expected_shape(attn_symbols, attn_expected());
   NODE_VALIDATION_CHECK(this, attn.rank().compatible(loc_rank - 1),
-                        "attention_weights must have shape ",
-                        expected_shape(attn_symbols, attn_expected()), ", got ", attn);
+                        "attention_weights must have shape ", attn_message, ", got ", attn);
   if (attn.rank().is_static()) {
     bool ok = merge_into(N, attn[0]) && merge_into(Lq, attn[1]) && merge_into(M, attn[2]);
     ok = ok && (flat ? merge_into(P, attn[3]) : merge_into(L, attn[3]) && merge_into(P, attn[4]));
-    NODE_VALIDATION_CHECK(this, ok, "attention_weights must have shape ",
-                          expected_shape(attn_symbols, attn_expected()), ", got ", attn);
+    NODE_VALIDATION_CHECK(this, ok, "attention_weights must have shape ", attn_message,
+                          ", got ", attn);
   }
   (void)S;  // S is checked against spatial_shapes' values by msdacore at run time
 
