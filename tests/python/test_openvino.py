@@ -298,6 +298,32 @@ def test_convert_model_of_a_torch_call(extension, case):
     assert rel_err(got, expected) <= TOL[np.float32]
 
 
+@pytest.mark.parametrize("case", ["discrete", "align_corners"])
+def test_convert_model_of_torch_export(extension, case):
+    """torch.export programs name the call msdacore.ms_deform_attn.default and hand over
+    the string argument as bytes."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    import msdacore.torch as mt
+
+    kwargs, ppl = torch_cases[case]
+
+    class OneCall(torch.nn.Module):
+        def forward(self, value, sampling_locations, attention_weights):
+            return mt.ms_deform_attn(value, LEVELS, None, sampling_locations, attention_weights,
+                                     **kwargs)
+
+    value, _, _, loc, attn = problem(Lq=6, D=4, ppl=ppl, seed=3)
+    args = tuple(torch.from_numpy(x) for x in (value, loc, attn))
+    program = torch.export.export(OneCall(), args)
+    converted = ov.convert_model(program, extension=extension)
+    assert op_types(converted).count(OP) == 1
+    compiled = ov.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = compiled([a.numpy() for a in args])[0]
+    with torch.no_grad():
+        expected = OneCall()(*args).numpy()
+    assert rel_err(got, expected) <= TOL[np.float32]
+
+
 def test_convert_model_of_patched_deformable_detr(extension):
     torch = pytest.importorskip("torch", reason="torch is not installed")
     pytest.importorskip("transformers", reason="transformers is not installed")

@@ -65,6 +65,26 @@ T torch_constant(const ov::frontend::NodeContext& context, int index, const char
   return any.as<T>();
 }
 
+// A constant string argument. TorchScript gives a std::string; torch.export's decoder
+// gives its bytes (a u8 constant) or its characters (a list of strings).
+std::string torch_string(const ov::frontend::NodeContext& context, int index, const char* name) {
+  ov::Any any = context.get_values_from_const_input(index);
+  FRONT_END_GENERAL_CHECK(!any.empty(), "msdacore::ms_deform_attn: argument ", name,
+                          " must be a constant of the traced call");
+  if (any.is<std::vector<std::string>>()) {
+    std::string joined;
+    for (const std::string& part : any.as<std::vector<std::string>>()) joined += part;
+    return joined;
+  }
+  if (any.is<std::vector<uint8_t>>()) {  // the bytes of the string, as a u8 constant
+    const auto bytes = any.as<std::vector<uint8_t>>();
+    return std::string(bytes.begin(), bytes.end());
+  }
+  FRONT_END_GENERAL_CHECK(any.is<std::string>(), "msdacore::ms_deform_attn: argument ", name,
+                          " must be a string, got ", any.type_info().name());
+  return any.as<std::string>();
+}
+
 // PyTorch: msdacore::ms_deform_attn(value, spatial_shapes, level_start_index,
 // sampling_locations, attention_weights, align_corners=False, deterministic=False,
 // mode="bilinear", points_per_level=None) (python/msdacore/torch/ops.py).
@@ -77,8 +97,7 @@ ov::OutputVector convert_pytorch(const ov::frontend::NodeContext& context) {
     align_corners = torch_constant<bool>(context, 5, "align_corners");
   // argument 6, deterministic, concerns the CUDA backward only.
   std::string mode = "bilinear";
-  if (count > 7 && !context.input_is_none(7))
-    mode = torch_constant<std::string>(context, 7, "mode");
+  if (count > 7 && !context.input_is_none(7)) mode = torch_string(context, 7, "mode");
   std::vector<int64_t> points_per_level;
   if (count > 8 && !context.input_is_none(8))
     points_per_level = torch_constant<std::vector<int64_t>>(context, 8, "points_per_level");
