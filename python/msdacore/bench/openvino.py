@@ -7,10 +7,11 @@ inputs (configs.make_inputs), float32, CPU, in one process with one thread count
 - OpenVINO running msdacore's operation (a torch call of msdacore.torch.ms_deform_attn
   converted with the msdacore.openvino extension: one MultiScaleDeformableAttention node);
 - msdacore's NumPy API.
-Both OpenVINO models are compiled for the CPU with INFERENCE_NUM_THREADS = threads and a
-float32 precision hint (the CPU plugin's default is bfloat16 on CPUs that have it, which
+Both OpenVINO models are reshaped to the inputs' static shapes and compiled for the CPU
+with INFERENCE_NUM_THREADS = threads and a float32 precision hint (the CPU plugin's default is bfloat16 on CPUs that have it, which
 would time the composition in another precision). Outputs are checked against msdacore's.
-Needs openvino and torch.
+Needs openvino and torch. msdacore's kernel inside OpenVINO runs OMP_NUM_THREADS OpenMP
+threads (default: the cores): set OMP_NUM_THREADS to the thread count measured.
 """
 
 from __future__ import annotations
@@ -86,13 +87,18 @@ def openvino_per_call(configs=CONFIG_NAMES, threads: int = 2, repeats: int = 5,
             with torch.no_grad():
                 model = ov.convert_model(module, example_input=example,
                                          **({"extension": ext} if ext else {}))
+            # static shapes, as a deployment of one image size compiles them
+            model.reshape({model.input(i): ov.PartialShape(list(x.shape))
+                           for i, x in enumerate(floats)})
             types = [op.get_type_name() for op in model.get_ops()]
             row[key + "_ops"] = {"GridSample": types.count("GridSample"),
                                  "MultiScaleDeformableAttention":
                                      types.count("MultiScaleDeformableAttention")}
             request = ov.compile_model(model, "CPU", properties).create_infer_request()
-            seconds, _, result = time_call(lambda: request.infer(floats), repeats,
-                                           min_seconds=min_seconds)
+            # inputs and outputs shared with NumPy (no copies), as msdacore's call has none
+            seconds, _, result = time_call(
+                lambda: request.infer(floats, share_inputs=True, share_outputs=True), repeats,
+                min_seconds=min_seconds)
             row[key] = seconds
             row[key + "_error"] = rel_error(result[0], expected)
         row["numpy"], _, _ = time_call(
