@@ -324,17 +324,18 @@ def test_convert_model_of_torch_export(extension, case):
     assert rel_err(got, expected) <= TOL[np.float32]
 
 
-def test_convert_model_of_patched_deformable_detr(extension):
+def tiny_model(name):
+    """(model, inputs, wrapped): a tiny transformers model of transformers_families.py
+    (random weights moved off their initialisation), its float32 inputs, and a module
+    returning the family's compared outputs as a tuple (what convert_model traces)."""
     torch = pytest.importorskip("torch", reason="torch is not installed")
     pytest.importorskip("transformers", reason="transformers is not installed")
     import pathlib
 
-    import msdacore.torch as mt
-
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
     import transformers_families as F
 
-    spec = F.BY_NAME["deformable_detr"]
+    spec = F.BY_NAME[name]
     torch.manual_seed(0)
     model = spec.build().eval()
     F.perturb_sampling(model)
@@ -345,14 +346,47 @@ def test_convert_model_of_patched_deformable_detr(extension):
             super().__init__()
             self.model = model
 
-        def forward(self, pixel_values, pixel_mask):
-            out = self.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        def forward(self, pixel_values, pixel_mask=None):
+            extra = {} if pixel_mask is None else {"pixel_mask": pixel_mask}
+            out = self.model(pixel_values=pixel_values, **extra)
             return tuple(getattr(out, name) for name in spec.outputs)
+
+    return model, inputs, Outputs(), spec
+
+
+def test_convert_model_of_patched_d_fine(extension):
+    """D-FINE samples an uneven number of points per level (the flattened layout).
+    OpenVINO's conversion of this tiny model differs from torch with and without
+    msdacore (its query selection meets ties that OpenVINO's TopK orders differently),
+    so the patched model is compared with the stock one, both converted by OpenVINO."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    import msdacore.torch as mt
+
+    model, inputs, wrapped, spec = tiny_model("d_fine")
+    feed = {k: v.numpy() for k, v in inputs.items()}
+    properties = {"INFERENCE_PRECISION_HINT": "f32"}
+    with torch.no_grad():
+        stock = ov.convert_model(wrapped, example_input=inputs)
+        assert mt.patch_transformers(model)
+        patched = ov.convert_model(wrapped, example_input=inputs, extension=extension)
+    assert op_types(stock).count("GridSample") > 0
+    types = op_types(patched)
+    assert types.count(OP) == 2 and "GridSample" not in types
+    expected = ov.compile_model(stock, "CPU", properties)(feed)
+    got = ov.compile_model(patched, "CPU", properties)(feed)
+    for i, name in enumerate(spec.outputs):
+        assert rel_err(got[i], expected[i]) <= 1e-4, name
+
+
+def test_convert_model_of_patched_deformable_detr(extension):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    import msdacore.torch as mt
+
+    model, inputs, wrapped, spec = tiny_model("deformable_detr")
 
     calls = []
     hooks = [m.register_forward_hook(lambda *args: calls.append(1))
              for m in model.modules() if type(m).__name__ == "MultiScaleDeformableAttention"]
-    wrapped = Outputs()
     with torch.no_grad():
         stock = wrapped(**inputs)  # transformers' own grid_sample composition
     for h in hooks:
