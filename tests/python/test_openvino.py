@@ -170,6 +170,30 @@ def test_op_evaluate_in_the_model_dtype(core, dtype):
     assert rel_err(out.data, expected) <= TOL[dtype]
 
 
+def test_op_evaluate_bfloat16_with_float32_locations(core):
+    """Model.evaluate with a bfloat16 value and float32 locations and weights (SPEC's mixed
+    precision): msdacore's bfloat16 kernel, within bfloat16 tolerance."""
+    value, shapes, starts, loc, attn = problem()
+    value_bits = (value.view(np.uint32) >> 16).astype(np.uint16)  # bfloat16, truncated
+    value_bf16 = (value_bits.astype(np.uint32) << 16).view(np.float32)  # its exact values
+    declared = [["N", *value.shape[1:]], list(shapes.shape), list(starts.shape),
+                ["N", *loc.shape[1:]], ["N", *attn.shape[1:]]]
+    model = onnx.load_from_string(onnx_model([value, shapes, starts, loc, attn],
+                                             shapes=declared))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.BFLOAT16
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.BFLOAT16
+    ov_model = core.read_model(model.SerializeToString())
+    assert ov_model.output(0).get_element_type() == ov.Type.bf16
+    value_tensor = ov.Tensor(ov.Type.bf16, list(value.shape))
+    value_tensor.data.view(np.uint16)[...] = value_bits
+    out = ov.Tensor(ov.Type.bf16, [value.shape[0], loc.shape[1], value.shape[2] * value.shape[3]])
+    assert ov_model.evaluate([out], [value_tensor] + [ov.Tensor(x) for x in
+                                                     (shapes, starts, loc, attn)])
+    got = (out.data.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    expected = msdacore.ms_deform_attn(value_bf16, shapes, starts, loc, attn)
+    assert rel_err(got, expected) <= 5e-2  # SPEC: bfloat16
+
+
 def test_bf16_inference_precision_hint(core):
     """With a bfloat16 hint (the CPU plugin's default where the CPU has bfloat16), the
     op still runs in float32."""

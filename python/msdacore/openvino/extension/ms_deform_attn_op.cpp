@@ -146,10 +146,10 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
   NODE_VALIDATION_CHECK(this, starts.rank().compatible(1),
                         "level_start_index must have shape (L,), got ", starts);
 
-  ov::Dimension N, S, M, D, Lq, L, P;
+  // S (value.shape[1]) is checked against spatial_shapes' values by msdacore at run time.
+  ov::Dimension N, M, D, Lq, L, P;
   if (value.rank().is_static()) {
     N = value[0];
-    S = value[1];
     M = value[2];
     D = value[3];
   }
@@ -198,8 +198,6 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
     NODE_VALIDATION_CHECK(this, ok, "attention_weights must have shape ", attn_message,
                           ", got ", attn);
   }
-  (void)S;  // S is checked against spatial_shapes' values by msdacore at run time
-
   ov::element::Type out_type = get_input_element_type(0);
   set_output_type(0, out_type, ov::PartialShape{N, Lq, M * D});
 }
