@@ -58,20 +58,23 @@ def _run(step: str, name: str, command: list[str], log: Path) -> None:
 
 
 def build_plugin(name: str, source_dir: Path, product: str, *, runtime_version: str,
-                 cmake_args: list[str] = ()) -> Path:
+                 cmake_args: list[str] = (), extra_source_dirs: list[Path] = ()) -> Path:
     """Builds the CMake project in source_dir (once per key) and returns the path of the
     built file named `product` (e.g. "libmsdacore_openvino.so").
 
     name             the plugin's name in messages and in the cache folder ("openvino")
     runtime_version  the version of the runtime built against ("2026.4.1")
     cmake_args       extra -D arguments (paths of the runtime's headers or CMake package)
+    extra_source_dirs  other folders the build compiles (msdacore's own C++ sources, for a
+                     plugin that compiles the core into itself): part of the cache key
     Raises PluginBuildError (with the build log's tail) when CMake or the compiler fails.
     """
     from . import __version__
 
     key = {"plugin": name, "msdacore": __version__, "runtime": runtime_version,
            "python": sys.version.split()[0], "cmake_args": list(cmake_args),
-           "sources": _sources_digest(Path(source_dir))}
+           "sources": _sources_digest(Path(source_dir)),
+           "extra_sources": [_sources_digest(Path(d)) for d in extra_source_dirs]}
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     root = cache_dir() / f"{name}-{runtime_version}-{key_hash}"
     built = root / "lib" / product
