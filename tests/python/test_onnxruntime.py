@@ -1,0 +1,122 @@
+"""msdacore.onnxruntime.session: exported msdacore nodes run in ONNX Runtime on msdacore's
+kernel, in every layout and mode, at another batch size than the export's, equal to the
+float64 reference (direct calls) and to torch (whole detectors) within float32
+tolerance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the models are exported from torch")
+onnx = pytest.importorskip("onnx", reason="msdacore.onnxruntime needs onnx "
+                           "(pip install msdacore[onnx])")
+pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript")
+pytest.importorskip("onnxruntime", reason="msdacore.onnxruntime needs onnxruntime")
+pytest.importorskip("onnxruntime_extensions",
+                    reason="msdacore.onnxruntime runs its nodes as onnxruntime-extensions "
+                           "Python operators")
+pytest.importorskip("transformers", reason="the detector tests build transformers models")
+
+from msdacore import configs, reference  # noqa: E402
+import msdacore.onnxruntime as mort  # noqa: E402
+import onnx_models as om  # noqa: E402
+
+FLOAT32 = 5e-5  # SPEC "Numerics": max|a-b| / max|ref| against float64
+NETWORK = 1e-4  # a whole float32 network: ONNX Runtime's and torch's layers differ in rounding
+
+
+def rel_error(a, ref) -> float:
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(a - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def direct_reference(name, value, queries) -> np.ndarray:
+    """The direct-call module's output with the float64 reference in place of msdacore."""
+    model = om.direct_model(name, torch.float64)
+    with torch.no_grad():
+        locations, weights = model.sampling(queries.double())
+    out = reference.ms_deform_attn(value.double().numpy(), list(om.LEVELS),
+                                   configs.level_start_index(om.LEVELS),
+                                   locations.numpy(), weights.numpy(),
+                                   model.call.align_corners,
+                                   points_per_level=model.call.points_per_level,
+                                   mode=model.call.mode)
+    return 2.0 * out
+
+
+def run(sess, *arrays):
+    return sess.run(None, {i.name: a for i, a in zip(sess.get_inputs(), arrays)})
+
+
+@pytest.mark.parametrize("name", [c.name for c in om.CALLS])
+def test_direct_call_matches_the_reference_at_another_batch(name):
+    sess = mort.session(om.export_direct(name))
+    value, queries = om.direct_inputs(3, seed=4)  # exported at batch 2
+    [out] = run(sess, value.numpy(), queries.numpy())
+    assert out.shape == (3, om.QUERIES, om.HEADS * om.CHANNELS) and out.dtype == np.float32
+    assert rel_error(out, direct_reference(name, value, queries)) < FLOAT32
+    with torch.no_grad():  # and torch with msdacore, on the same float32 inputs
+        assert rel_error(out, om.direct_model(name)(value, queries)) < FLOAT32
+
+
+def test_float64_model_runs_in_float64():
+    model = om.export_direct("discrete_flattened", dtype=torch.float64)
+    sess = mort.session(model)
+    value, queries = om.direct_inputs(1, torch.float64, seed=2)
+    [out] = run(sess, value.numpy(), queries.numpy())
+    assert out.dtype == np.float64
+    assert rel_error(out, direct_reference("discrete_flattened", value, queries)) < 1e-12
+
+
+def test_session_takes_a_path_bytes_or_a_model_and_leaves_it_unchanged(tmp_path):
+    model = om.export_direct("flattened")
+    before = model.SerializeToString()
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    value, queries = om.direct_inputs(2, seed=1)
+    outputs = [run(mort.session(m), value.numpy(), queries.numpy())[0]
+               for m in (model, before, str(path), path)]
+    assert model.SerializeToString() == before
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out, outputs[0])
+
+
+def test_session_keeps_given_options_and_providers():
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    sess = mort.session(om.export_direct("bilinear"), sess_options=options,
+                        providers=["CPUExecutionProvider"])
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+    assert sess.get_session_options().intra_op_num_threads == 1
+
+
+def test_session_errors():
+    with pytest.raises(TypeError, match="model must be a path, bytes or an onnx.ModelProto, "
+                                        "got int"):
+        mort.session(3)
+    half = onnx.ModelProto()
+    half.CopyFrom(om.export_direct("bilinear"))
+    for info in list(half.graph.input) + list(half.graph.value_info) + list(half.graph.output):
+        info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    with pytest.raises(TypeError, match="float16 value; ONNX Runtime runs msdacore nodes in "
+                                        "float32 or float64"):
+        mort.session(half)
+
+
+@pytest.mark.parametrize("name, batch", [("deformable_detr", 3), ("d_fine", 2)])
+def test_detector_matches_torch(name, batch):
+    """The whole patched detector in ONNX Runtime against torch (with msdacore), output by
+    output; Deformable DETR at another batch size than exported."""
+    sess = mort.session(om.export_detector(name))
+    pixels = om.detector_pixels(batch, seed=3)
+    outputs = run(sess, pixels.numpy())
+    with torch.no_grad():
+        expected = torch.utils._pytree.tree_leaves(om.detector(name)(pixel_values=pixels)
+                                                   .to_tuple())
+    assert len(outputs) == len(expected)
+    for got, want in zip(outputs, expected):
+        assert got.shape == tuple(want.shape)
+        assert rel_error(got, want.numpy()) < NETWORK
