@@ -8,6 +8,6 @@ see docs/deploy.md).
 
 from __future__ import annotations
 
-from .session import CONTRIB_DOMAIN, OP_TYPES, session
+from .python_ops import CONTRIB_DOMAIN, OP_TYPES, session
 
 __all__ = ["session", "CONTRIB_DOMAIN", "OP_TYPES"]
