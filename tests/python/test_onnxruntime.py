@@ -120,3 +120,67 @@ def test_detector_matches_torch(name, batch):
     for got, want in zip(outputs, expected):
         assert got.shape == tuple(want.shape)
         assert rel_error(got, want.numpy()) < NETWORK
+
+
+class _MSDeformAttnOnLevels(torch.nn.Module):
+    """msdacore.torch.MSDeformAttn on the levels of onnx_models, with a padding mask."""
+
+    def __init__(self):
+        super().__init__()
+        import msdacore.torch as mt
+        self.attention = mt.MSDeformAttn(d_model=8, n_levels=len(om.LEVELS), n_heads=2,
+                                         n_points=3)
+
+    def forward(self, query, reference_points, features, mask):
+        return self.attention(query, reference_points, features, list(om.LEVELS), None, mask)
+
+
+def _perturbed(module):
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return module.eval()
+
+
+@pytest.mark.parametrize("kind", ["MSDeformAttn", "DeformableAttention2d"])
+def test_msdacore_modules_export_and_run(kind):
+    """msdacore's own modules: one node per call (DAT samples twice, the features and
+    the relative position bias, both with align_corners=True), ONNX Runtime equal to
+    torch at another batch size than exported."""
+    import msdacore.onnx
+    import msdacore.torch as mt
+
+    torch.manual_seed(0)
+    batch = torch.export.Dim("batch", min=1, max=16)
+    g = torch.Generator().manual_seed(1)
+    if kind == "MSDeformAttn":
+        module = _perturbed(_MSDeformAttnOnLevels())
+
+        def inputs(n):
+            mask = torch.zeros(n, om.S, dtype=torch.bool)
+            mask[-1, -3:] = True
+            return (torch.randn(n, 5, 8, generator=g), torch.rand(n, 5, len(om.LEVELS), 2,
+                                                                   generator=g),
+                    torch.randn(n, om.S, 8, generator=g), mask)
+        dynamic = ({0: batch},) * 4
+        calls = [0]  # align_corners of each call
+    else:
+        module = _perturbed(mt.DeformableAttention2d(16, n_heads=2, n_groups=2, stride=2,
+                                                     q_size=(8, 8)))
+
+        def inputs(n):
+            return (torch.randn(n, 16, 8, 8, generator=g),)
+        dynamic = ({0: batch},)
+        calls = [1, 1]
+    model = msdacore.onnx.export(module, inputs(2), dynamic_shapes=dynamic).model_proto
+    found = om.nodes(model, "msdacore", "MultiScaleDeformableAttention")
+    assert sorted(om.attributes(n)["align_corners"] for n in found) == calls
+    assert "GridSample" not in om.op_types(model)
+    args = inputs(3)
+    [got] = run(mort.session(model), *(a.numpy() for a in args))[:1]
+    with torch.no_grad():
+        want = module(*args)
+    want = want[0] if isinstance(want, tuple) else want
+    assert got.shape == tuple(want.shape)
+    assert rel_error(got, want.numpy()) < NETWORK
