@@ -13,7 +13,9 @@ copy of the model (the caller's model is not changed) in which each msdacore nod
   points_per_level as a string ("" for the uniform layout, "3,6,3" for the flattened
   one), since PyOp attributes are ints, floats or strings only.
 
-The operator body calls msdacore's NumPy API; the numbers are msdacore's.
+The operator body calls msdacore's NumPy API; the numbers are msdacore's. Its output goes
+back to ONNX Runtime as an array, not as the Python list onnxruntime-extensions makes of
+it (_install_array_results).
 """
 
 from __future__ import annotations
