@@ -184,3 +184,51 @@ def test_msdacore_modules_export_and_run(kind):
     want = want[0] if isinstance(want, tuple) else want
     assert got.shape == tuple(want.shape)
     assert rel_error(got, want.numpy()) < NETWORK
+
+
+class _FromImage(torch.nn.Module):
+    """Levels taken from the image size (a conv feature map and a pooled one): with
+    dynamic height and width, the level sizes are symbolic while tracing."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.queries = torch.nn.Linear(8, 2 * 2 * 3 * 2 + 2 * 2 * 3)
+
+    def forward(self, image):
+        import msdacore.torch as mt
+
+        fine = self.conv(image)
+        coarse = torch.nn.functional.avg_pool2d(fine, 2)
+        n = image.shape[0]
+        value = torch.cat([f.flatten(2) for f in (fine, coarse)], 2).transpose(1, 2)
+        q = self.queries(fine.mean((2, 3)))[:, None].expand(n, 5, -1)
+        locations = (torch.sigmoid(q[..., :24]) * 1.2 - 0.1).reshape(n, 5, 2, 2, 3, 2)
+        weights = torch.softmax(q[..., 24:].reshape(n, 5, 2, 6), -1).reshape(n, 5, 2, 2, 3)
+        levels = [tuple(f.shape[2:]) for f in (fine, coarse)]
+        return mt.ms_deform_attn(value.reshape(n, -1, 2, 4), levels, None, locations,
+                                 weights)
+
+
+def test_dynamic_image_size():
+    """An export with dynamic height and width runs at other image sizes (level sizes
+    from the image, not fixed at the example's)."""
+    import msdacore.onnx
+
+    torch.manual_seed(0)
+    module = _perturbed(_FromImage())
+    batch = torch.export.Dim("batch", min=1, max=8)
+    h, w = torch.export.Dim("h", min=2, max=64), torch.export.Dim("w", min=2, max=64)
+    model = msdacore.onnx.export(module, (torch.randn(2, 3, 16, 20),),
+                                 dynamic_shapes=({0: batch, 2: 4 * h, 3: 4 * w},)).model_proto
+    dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[2] and dims[3] and not dims[2].isdigit()
+    sess = mort.session(model)
+    g = torch.Generator().manual_seed(2)
+    for shape in [(2, 3, 16, 20), (3, 3, 24, 12), (1, 3, 8, 32)]:
+        image = torch.randn(*shape, generator=g)
+        [got] = run(sess, image.numpy())
+        with torch.no_grad():
+            want = module(image)
+        assert got.shape == tuple(want.shape)
+        assert rel_error(got, want.numpy()) < NETWORK
