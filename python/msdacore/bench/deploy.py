@@ -83,12 +83,14 @@ def _export(model, args: tuple, kwargs: dict, path: str, with_msdacore: bool) ->
     return path
 
 
-def _onnxruntime(path: str, with_msdacore: bool, threads: int):
+def _onnxruntime(path: str, with_msdacore: bool, threads: int, spinning: bool = True):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spinning:  # idle ONNX Runtime workers then leave the cores to msdacore's threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if with_msdacore:
         from ..onnxruntime import session
         sess = session(path, sess_options=options)
@@ -98,7 +100,8 @@ def _onnxruntime(path: str, with_msdacore: bool, threads: int):
     return lambda feeds: sess.run(None, feeds)[0]
 
 
-def _openvino(path: str, with_msdacore: bool, threads: int):
+def _openvino(path: str, with_msdacore: bool, threads: int, spinning: bool = True):
+    """spinning is ONNX Runtime's option: OpenVINO ignores it."""
     import openvino
 
     core = openvino.Core()
@@ -126,7 +129,7 @@ def _torch(model):
 
 
 def _measure(workload: str, models: dict, args: tuple, kwargs: dict, feeds: dict,
-             folder: str, threads: int, repeats: int, say) -> list:
+             folder: str, threads: int, repeats: int, say, spinning: bool = True) -> list:
     """Times every runtime and variant on one workload. models: {variant: torch module}.
     Returns rows {workload, runtime, variant, median_s | skipped, rel_error}."""
     paths = {}
@@ -148,7 +151,7 @@ def _measure(workload: str, models: dict, args: tuple, kwargs: dict, feeds: dict
                     raise RuntimeError(f"export failed: {paths[variant]}")
                 else:
                     make = _onnxruntime if runtime == "onnxruntime" else _openvino
-                    run = make(paths[variant], variant == "msdacore", threads)
+                    run = make(paths[variant], variant == "msdacore", threads, spinning)
                 median, _, out = time_call(lambda: run(feeds), repeats, warmup=1)
                 row.update(median_s=median, rel_error=rel_error(out, reference))
             except Exception as e:  # noqa: BLE001 (a runtime that cannot run it: a row)
@@ -165,7 +168,8 @@ def _format_row(row: dict) -> str:
     return f"{head} {row['median_s'] * 1e3:10.2f} ms   rel. error {row['rel_error']:.1e}"
 
 
-def _call_workload(name: str, threads: int, repeats: int, folder: str, say) -> list:
+def _call_workload(name: str, threads: int, repeats: int, folder: str, say,
+                   spinning: bool) -> list:
     cfg = CONFIGS[name]
     inputs = make_inputs(cfg, dtype=np.float32, seed=0)
     feeds = {k: inputs[k] for k in ("value", "sampling_locations", "attention_weights")}
@@ -175,10 +179,11 @@ def _call_workload(name: str, threads: int, repeats: int, folder: str, say) -> l
     models = {v: _call_module(cfg.levels, cfg.align_corners, v == "msdacore")
               for v in VARIANTS}
     say(f"\n{cfg.describe()}")
-    return _measure(name, models, args, {}, feeds, folder, threads, repeats, say)
+    return _measure(name, models, args, {}, feeds, folder, threads, repeats, say, spinning)
 
 
-def _model_workload(name: str, threads: int, repeats: int, folder: str, say) -> list:
+def _model_workload(name: str, threads: int, repeats: int, folder: str, say,
+                    spinning: bool) -> list:
     import torch
 
     from ..torch import patch_transformers
@@ -192,7 +197,7 @@ def _model_workload(name: str, threads: int, repeats: int, folder: str, say) -> 
     say(f"\n{MODELS[name][0]} (default config, random weights), 1 x 3 x {height} x {width}")
     return _measure(name, {"composition": stock, "msdacore": patched}, (),
                     {"pixel_values": pixels}, {"pixel_values": pixels.numpy()}, folder,
-                    threads, repeats, say)
+                    threads, repeats, say, spinning)
 
 
 def ratios(rows: list) -> dict:
@@ -209,9 +214,10 @@ def ratios(rows: list) -> dict:
 
 
 def run_deploy_bench(configs=DEFAULT_CONFIGS, models=DEFAULT_MODELS, threads: int = 2,
-                     repeats: int = 5, say=print) -> dict:
-    """Runs the benchmark (see the module doc); returns {"machine", "threads", "versions",
-    "rows", "ratios"}."""
+                     repeats: int = 5, say=print, spinning: bool = True) -> dict:
+    """Runs the benchmark (see the module doc); returns {"machine", "threads",
+    "ort_spinning", "versions", "rows", "ratios"}. spinning: ONNX Runtime's idle
+    intra-op workers spin (its default) or sleep."""
     import torch
 
     import msdacore
@@ -225,19 +231,22 @@ def run_deploy_bench(configs=DEFAULT_CONFIGS, models=DEFAULT_MODELS, threads: in
             versions[module] = __import__(module).__version__
         except ImportError:
             versions[module] = None
-    say(f"{machine_info()['cpu']}; {threads} threads; " +
+    say(f"{machine_info()['cpu']}; {threads} threads; ONNX Runtime spinning "
+        f"{'on' if spinning else 'off'}; " +
         ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     rows = []
     with tempfile.TemporaryDirectory(prefix="msdacore-deploy-") as folder:
         for name in configs:
-            rows += _call_workload(name, threads, repeats, folder, say)
+            rows += _call_workload(name, threads, repeats, folder, say, spinning)
         for name in models:
-            rows += _model_workload(name, threads, max(1, repeats // 2), folder, say)
+            rows += _model_workload(name, threads, max(1, repeats // 2), folder, say,
+                                    spinning)
     found = ratios(rows)
     say("\ncomposition / msdacore, per runtime:")
     for (workload, runtime), r in found.items():
         say(f"{workload:18} {runtime:12} {r:6.1f}x")
-    return {"machine": machine_info(), "threads": threads, "versions": versions,
+    return {"machine": machine_info(), "threads": threads, "ort_spinning": spinning,
+            "versions": versions,
             "rows": rows, "ratios": {f"{w} {r}": x for (w, r), x in found.items()}}
 
 
@@ -257,11 +266,16 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=bounded(int, 1), default=2)
     parser.add_argument("--repeats", type=bounded(int, 1), default=5,
                         help="timed runs per single call (half as many per detector)")
+    parser.add_argument("--ort-no-spinning", action="store_true",
+                        help="ONNX Runtime's idle intra-op workers sleep instead of "
+                             "spinning (session.intra_op.allow_spinning=0), leaving the "
+                             "cores to msdacore's threads between nodes")
     parser.add_argument("--json", metavar="PATH", default=None)
     args = parser.parse_args(argv)
     configs = [] if args.no_calls else list(dict.fromkeys(args.config or DEFAULT_CONFIGS))
     models = [] if args.no_models else list(dict.fromkeys(args.model or DEFAULT_MODELS))
-    results = run_deploy_bench(configs, models, args.threads, args.repeats)
+    results = run_deploy_bench(configs, models, args.threads, args.repeats,
+                               spinning=not args.ort_no_spinning)
     if args.json:
         write_json(results, args.json)
 
