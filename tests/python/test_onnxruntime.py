@@ -232,3 +232,24 @@ def test_dynamic_image_size():
             want = module(image)
         assert got.shape == tuple(want.shape)
         assert rel_error(got, want.numpy()) < NETWORK
+
+
+def test_msdacore_node_in_a_subgraph_is_refused():
+    """A model whose msdacore node sits in an If branch: a clear error, not a session
+    that fails later."""
+    inner = onnx.ModelProto()
+    inner.CopyFrom(om.export_direct("bilinear"))
+    graph = inner.graph
+    [node] = om.nodes(inner, "msdacore", "MultiScaleDeformableAttention")
+    branch = onnx.helper.make_graph([node], "branch", [], [onnx.helper.make_tensor_value_info(
+        node.output[0], onnx.TensorProto.FLOAT, None)])
+    condition = onnx.helper.make_tensor("condition", onnx.TensorProto.BOOL, [], [True])
+    graph.initializer.append(condition)
+    switch = onnx.helper.make_node("If", ["condition"], [node.output[0]], name="switch",
+                                   then_branch=branch, else_branch=branch)
+    position = list(graph.node).index(node)
+    graph.node.remove(node)
+    graph.node.insert(position, switch)
+    with pytest.raises(ValueError, match=r"msdacore nodes \['node_ms_deform_attn', "
+                                         r"'node_ms_deform_attn'\] are in subgraphs"):
+        mort.session(inner)

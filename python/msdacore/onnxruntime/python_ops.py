@@ -120,21 +120,34 @@ def _element_types(model) -> dict:
     return types
 
 
+def _nested_nodes(graph, domain: str) -> list:
+    """Names of the nodes of domain inside graph's subgraphs (any depth)."""
+    import onnx
+
+    found = []
+    for node in graph.node:
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else \
+                list(attribute.graphs)
+            for sub in subgraphs:
+                found += [n.name for n in sub.node if n.domain == domain]
+                found += _nested_nodes(sub, domain)
+    return found
+
+
 def _rewrite(model) -> int:
     """Rewrites model's msdacore nodes in place (see the module doc). Returns their
-    count. Raises TypeError for a dtype PyOp cannot run, ValueError for a node in a
-    subgraph or an element type that cannot be found."""
+    count. Raises TypeError for a dtype PyOp cannot run, ValueError for a msdacore node
+    in a subgraph or an element type that cannot be found."""
     import onnx
 
     from msdacore.onnx.schema import DOMAIN, OP_TYPE, register_schemas
 
     nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                raise ValueError(f"msdacore.onnxruntime.session: node {node.name!r} "
-                                 f"({node.op_type}) has subgraphs; msdacore nodes are "
-                                 "rewritten in the main graph only")
+    nested = _nested_nodes(model.graph, DOMAIN)
+    if nested:
+        raise ValueError(f"msdacore.onnxruntime.session: msdacore nodes {nested} are in "
+                         "subgraphs (If, Loop, Scan); they are run from the main graph only")
     types = _element_types(model)
     if any(node.input[0] not in types for node in nodes):
         register_schemas()
