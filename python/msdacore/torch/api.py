@@ -110,8 +110,15 @@ def level_start_index_of(spatial_shapes: SpatialShapes) -> Union[Tensor, list]:
     starts, total = [], 0
     for h, w in spatial_shapes:
         starts.append(total)
-        total = total + int(h) * int(w)  # Python ints: no overflow of NumPy int32 scalars
+        total = total + _size(h) * _size(w)
     return starts
+
+
+def _size(x):
+    """A level size as a Python int (no overflow of NumPy int32 scalars), or the
+    torch.SymInt it is while tracing with dynamic shapes (int() would fix it to the
+    example's value: an export with a dynamic image size would silently keep it)."""
+    return x if isinstance(x, torch.SymInt) else int(x)
 
 
 def _as_index_tensor(x) -> Tensor:
