@@ -61,6 +61,7 @@ struct LevelGeometry : detail::Level<T> {
   int64_t first_point;  // index of its first point among a head's P_total (output layout)
   int64_t loc_offset;   // element offset of its first point in sampling_locations[n, q, m]
   int64_t attn_offset;  // the same in attention_weights[n, q, m]
+  int64_t token_start;  // index of its first token in value's S axis
 };
 
 // The geometry of every level of `p`, for inputs with the (rank-6 view) strides of
@@ -80,6 +81,7 @@ std::vector<LevelGeometry<T>> level_geometry(const Problem& p, bool align_corner
     // point_starts[l] * (point stride).
     g.loc_offset = p.flattened ? p.point_starts[l] * loc_strides[4] : l * loc_strides[3];
     g.attn_offset = p.flattened ? p.point_starts[l] * attn_strides[4] : l * attn_strides[3];
+    g.token_start = p.level_starts[l];
   }
   return levels;
 }
