@@ -8,6 +8,7 @@
 // results stay bitwise identical. Within a task, queries are the outer loop and heads
 // the inner one: the heads of one token share its cache lines.
 #include "cpu_parallel.hpp"
+#include "cpu_points.hpp"
 #include "cpu_simd.hpp"
 #include "cpu_kernels.hpp"
 #include "msdacore/detail/bilinear.hpp"
@@ -37,42 +38,84 @@ int64_t heads_per_task(const Problem& p, int threads) {
   return (p.M + groups - 1) / groups;
 }
 
-// All gradients of the points of (n, q, m) on level l.
+// 32 zero bytes of T: the row a GradRow reads when it is not used.
 template <typename T>
-void query_head_level(const BackwardArgs<T>& a, int64_t n, int64_t q, int64_t m, int64_t l) {
+const T* zero_row() {
+  static const T zeros[32 / sizeof(T)] = {};
+  return zeros;
+}
+
+// All gradients of the points of (n, q, m) on level l, planned by plan_points from `run`
+// (level l's points) into `plan`. kRowBytes: D * sizeof(T) when the channels are unit
+// stride and GradRow takes that row size, else 0 (dot_axpy on any strides).
+template <typename T, int kRowBytes>
+void query_head_level(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan,
+                      int64_t n, int64_t q, int64_t m, int64_t l) {
   const Problem& p = a.p;
   const LevelGeometry<T>& level = a.levels[l];
-  const int64_t start = p.level_starts[l], D = p.D;
+  const int64_t D = p.D;
   const int64_t gs = a.grad_out.stride[2], vs = a.value.stride[3];
+  const int64_t token_stride = a.value.stride[1], grad_token_stride = p.M * D;
   const T* g = a.grad_out.data + n * a.grad_out.stride[0] + q * a.grad_out.stride[1] + m * D * gs;
-  const T* value_level = a.value.data + n * a.value.stride[0] + start * a.value.stride[1] +
-                         m * a.value.stride[2];
-  T* gv_level = a.grad_value + ((n * p.S + start) * p.M + m) * D;
+  const T* value_head = a.value.data + n * a.value.stride[0] + m * a.value.stride[2];
+  T* gv_head = a.grad_value + (n * p.S * p.M + m) * D;
   // Index of the level's point 0 in the (contiguous) gradients, either layout.
   const int64_t sample0 = ((n * p.Lq + q) * p.M + m) * p.P_total + level.first_point;
   const T* loc_point0 = a.loc.data + n * a.loc.stride[0] + q * a.loc.stride[1] +
                         m * a.loc.stride[2] + level.loc_offset;
   const T* attn_point0 = a.attn.data + n * a.attn.stride[0] + q * a.attn.stride[1] +
                          m * a.attn.stride[2] + level.attn_offset;
+  plan_points<T, true>(run, a.discrete, loc_point0, attn_point0, &plan);
+  const GradRow<T, kRowBytes == 0 ? 32 : kRowBytes> row(kRowBytes > 0 ? g : zero_row<T>());
 
-  for (int64_t pt = 0; pt < level.points; ++pt) {
-    T* grad_xy = a.grad_loc + (sample0 + pt) * 2;
-    T* grad_a = a.grad_attn + sample0 + pt;
-    const T* xy = loc_point0 + pt * a.loc.stride[4];
-    detail::Corners<T> c;
-    if (!detail::mode_corners<T>(level, a.discrete, xy[0], xy[a.loc.stride[5]], &c)) {
-      grad_xy[0] = grad_xy[1] = *grad_a = T(0);
-      continue;
+  for (size_t bi = 0; bi < plan.blocks.size(); ++bi) {
+    const PlanBlock<T>& b = plan.blocks[bi];
+    const int64_t count = plan.block_count(bi);
+    const int64_t first = static_cast<int64_t>(bi) * PlanBlock<T>::kBlock;
+    for (int64_t j = 0; j < count; ++j) {
+      T* grad_xy = a.grad_loc + (sample0 + first + j) * 2;
+      T* grad_a = a.grad_attn + sample0 + first + j;
+      if (b.sampled[j] == 0) {
+        grad_xy[0] = grad_xy[1] = *grad_a = T(0);
+        continue;
+      }
+      T dots[4];
+      for (int k = 0; k < 4; ++k) {
+        const int64_t token = b.token[k][j];
+        if (!(b.corners[j] & (1 << k))) {
+          dots[k] = T(0);
+        } else if (kRowBytes > 0) {
+          T lanes[kDotLanes<T>];
+          row.dot_axpy(value_head + token * token_stride, b.scaled[k][j],
+                       gv_head + token * grad_token_stride, lanes);
+          dots[k] = fold_lanes(lanes);
+        } else {
+          dots[k] = dot_axpy(D, g, gs, value_head + token * token_stride, vs, b.scaled[k][j],
+                             gv_head + token * grad_token_stride);
+        }
+      }
+      detail::Corners<T> c;
+      corners_of(b, j, &c);
+      detail::sample_gradients(c, dots, b.attention[j], level.scale_x, level.scale_y, grad_a,
+                               &grad_xy[0], &grad_xy[1]);
     }
-    const T A = attn_point0[pt * a.attn.stride[4]];
-    T dots[4];
-    for (int k = 0; k < 4; ++k) {
-      dots[k] = c.inside[k] ? dot_axpy(D, g, gs, value_level + c.offset[k] * a.value.stride[1], vs,
-                                       A * c.weight[k], gv_level + c.offset[k] * p.M * D)
-                            : T(0);
-    }
-    detail::sample_gradients(c, dots, A, level.scale_x, level.scale_y, grad_a, &grad_xy[0],
-                             &grad_xy[1]);
+  }
+}
+
+// query_head_level for the row size of `a`.
+template <typename T>
+void head_level(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan,
+                int64_t n, int64_t q, int64_t m, int64_t l) {
+  const bool unit = a.value.stride[3] == 1 && a.grad_out.stride[2] == 1;
+  const int64_t bytes = unit ? a.p.D * static_cast<int64_t>(sizeof(T)) : 0;
+  if (bytes == 64) {
+    query_head_level<T, 64>(a, run, plan, n, q, m, l);
+  } else if (bytes == 128) {
+    query_head_level<T, 128>(a, run, plan, n, q, m, l);
+  } else if (bytes == 256) {
+    query_head_level<T, 256>(a, run, plan, n, q, m, l);
+  } else {
+    query_head_level<T, 0>(a, run, plan, n, q, m, l);
   }
 }
 
@@ -82,6 +125,8 @@ void backward_impl(const BackwardArgs<T>& a) {
   const TaskRun run(p);
   const Blocks groups(p.M, heads_per_task(p, run.threads));
   const int64_t tasks = p.N * p.L * groups.count;
+  std::vector<PointRun<T>> runs;  // level l's points
+  for (int64_t l = 0; l < p.L; ++l) runs.emplace_back(a, l, l + 1);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(run.threads) if (run.parallel)
   for (int64_t task = 0; task < tasks; ++task) {
@@ -96,8 +141,10 @@ void backward_impl(const BackwardArgs<T>& a) {
       T* row = a.grad_value + ((n * p.S + s) * p.M + m_begin) * p.D;
       for (int64_t i = 0; i < (m_end - m_begin) * p.D; ++i) row[i] = T(0);
     }
+    PointPlan<T> plan;
+    plan.resize(runs[l].count());
     for (int64_t q = 0; q < p.Lq; ++q) {
-      for (int64_t m = m_begin; m < m_end; ++m) query_head_level(a, n, q, m, l);
+      for (int64_t m = m_begin; m < m_end; ++m) head_level(a, runs[l], plan, n, q, m, l);
     }
   }
 }

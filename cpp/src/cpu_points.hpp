@@ -299,12 +299,21 @@ void plan_points(const PointRun<T>& run, bool discrete, const T* loc, const T* a
       deinterleave<T>(loc + 2 * j0, &x, &y);
       std::memcpy(&A, attn + j0, sizeof(Vec));
     } else {
-      for (int k = 0; k < kLanes; ++k) {
-        const int64_t j = j0 + k;
-        x[k] = j < count ? loc[offsets.loc_offset[j]] : T(0);
-        y[k] = j < count ? loc[offsets.loc_offset[j] + offsets.y_stride] : T(0);
-        A[k] = j < count ? attn[offsets.attn_offset[j]] : T(0);
+      // A partial group or strided inputs: copied to zero-padded buffers first.
+      T xy[2 * kLanes] = {}, weights[kLanes] = {};
+      const int64_t live = count - j0 < kLanes ? count - j0 : kLanes;
+      if (offsets.dense) {
+        for (int64_t k = 0; k < 2 * live; ++k) xy[k] = loc[2 * j0 + k];
+        for (int64_t k = 0; k < live; ++k) weights[k] = attn[j0 + k];
+      } else {
+        for (int64_t k = 0; k < live; ++k) {
+          xy[2 * k] = loc[offsets.loc_offset[j0 + k]];
+          xy[2 * k + 1] = loc[offsets.loc_offset[j0 + k] + offsets.y_stride];
+          weights[k] = attn[offsets.attn_offset[j0 + k]];
+        }
       }
+      deinterleave<T>(xy, &x, &y);
+      std::memcpy(&A, weights, sizeof(Vec));
     }
     GroupCorners<T> c;
     group_corners<T>(groups[gi], x, y, &c);
@@ -325,6 +334,25 @@ void plan_points(const PointRun<T>& run, bool discrete, const T* loc, const T* a
       std::memcpy(&b.sampled[i0], &sampled, sizeof(IVec));
     }
   }
+}
+
+// The detail::Corners of planned point j of block `b` (planned with kGradients), for
+// detail::sample_gradients: the weights, and the derivative coefficients as
+// make_corners writes them.
+template <typename T>
+inline void corners_of(const PlanBlock<T>& b, int64_t j, detail::Corners<T>* c) {
+  const T lh = b.lh[j], lw = b.lw[j];
+  const T hh = static_cast<T>(1) - lh, hw = static_cast<T>(1) - lw;
+  for (int k = 0; k < 4; ++k) c->weight[k] = b.weight[k][j];
+  c->d_dw[0] = -hh;
+  c->d_dw[1] = hh;
+  c->d_dw[2] = -lh;
+  c->d_dw[3] = lh;
+  c->d_dh[0] = -hw;
+  c->d_dh[1] = -lw;
+  c->d_dh[2] = hw;
+  c->d_dh[3] = lw;
+  c->discrete = b.sampled[j] == 2;
 }
 
 }  // namespace MSDACORE_CPU_ISA

@@ -233,6 +233,32 @@ inline T dot_axpy(int64_t D, const T* g, int64_t g_stride, const T* v, int64_t v
   return fold_lanes(lanes);
 }
 
+// dot_axpy for a unit-stride row of kRowBytes / sizeof(T) channels (kRowBytes a multiple
+// of 32) with grad_output's row held in registers across the corners of all points of a
+// (query, head): the same operations in the same order as dot_axpy, so the same bits.
+// The partial sums are returned unfolded (kDotLanes<T> values in `lanes`).
+template <typename T, int kRowBytes>
+struct GradRow {
+  using S = Simd<T>;
+  static constexpr int kVecs = kRowBytes / S::kBytes;
+  static constexpr int kParts = kDotLanes<T> / S::kLanes;  // dot_axpy's part[]
+  static_assert(kRowBytes % 32 == 0 && kParts >= 1, "rows of whole 32-byte lane groups");
+  typename S::Vec g[kVecs];
+
+  explicit GradRow(const T* row) {
+    for (int b = 0; b < kVecs; ++b) g[b] = S::load(row + b * S::kLanes);
+  }
+  void dot_axpy(const T* v, T a, T* y, T* lanes) const {
+    typename S::Vec part[kParts] = {};
+    const typename S::Vec va = S::splat(a);
+    for (int b = 0; b < kVecs; ++b) {
+      part[b % kParts] += g[b] * S::load(v + b * S::kLanes);
+      S::store(y + b * S::kLanes, S::load(y + b * S::kLanes) + va * g[b]);
+    }
+    std::memcpy(lanes, part, sizeof(part));
+  }
+};
+
 }  // namespace MSDACORE_CPU_ISA
 }  // namespace cpu
 }  // namespace msdacore
