@@ -68,36 +68,51 @@ void query_head_level(const BackwardArgs<T>& a, const PointRun<T>& run, PointPla
   plan_points<T, true>(run, a.discrete, loc_point0, attn_point0, &plan);
   const GradRow<T, kRowBytes == 0 ? 32 : kRowBytes> row(kRowBytes > 0 ? g : zero_row<T>());
 
+  constexpr int kBlock = PlanBlock<T>::kBlock, kLanes = PointLanes<T>::kLanes;
   for (size_t bi = 0; bi < plan.blocks.size(); ++bi) {
     const PlanBlock<T>& b = plan.blocks[bi];
     const int64_t count = plan.block_count(bi);
-    const int64_t first = static_cast<int64_t>(bi) * PlanBlock<T>::kBlock;
+    const int64_t first = static_cast<int64_t>(bi) * kBlock;
+    // The four corners' dot products <g, v_k> of each point (0 for corners not read).
+    alignas(64) T dots[4][kBlock];
     for (int64_t j = 0; j < count; ++j) {
-      T* grad_xy = a.grad_loc + (sample0 + first + j) * 2;
-      T* grad_a = a.grad_attn + sample0 + first + j;
       if (b.sampled[j] == 0) {
-        grad_xy[0] = grad_xy[1] = *grad_a = T(0);
+        for (int k = 0; k < 4; ++k) dots[k][j] = T(0);
         continue;
       }
-      T dots[4];
-      for (int k = 0; k < 4; ++k) {
-        const int64_t token = b.token[k][j];
-        if (!(b.corners[j] & (1 << k))) {
-          dots[k] = T(0);
-        } else if (kRowBytes > 0) {
-          T lanes[kDotLanes<T>];
-          row.dot_axpy(value_head + token * token_stride, b.scaled[k][j],
-                       gv_head + token * grad_token_stride, lanes);
-          dots[k] = fold_lanes(lanes);
-        } else {
-          dots[k] = dot_axpy(D, g, gs, value_head + token * token_stride, vs, b.scaled[k][j],
-                             gv_head + token * grad_token_stride);
+      T dot[4];
+      if (kRowBytes > 0) {
+        typename DotLanes<T>::Vec lanes[4];
+        for (int k = 0; k < 4; ++k) {
+          const int64_t token = b.token[k][j];
+          lanes[k] = (b.corners[j] & (1 << k))
+                         ? row.dot_axpy(value_head + token * token_stride, b.scaled[k][j],
+                                        gv_head + token * grad_token_stride)
+                         : typename DotLanes<T>::Vec{};
+        }
+        DotLanes<T>::fold4(lanes, dot);
+      } else {
+        for (int k = 0; k < 4; ++k) {
+          const int64_t token = b.token[k][j];
+          dot[k] = (b.corners[j] & (1 << k))
+                       ? dot_axpy(D, g, gs, value_head + token * token_stride, vs,
+                                  b.scaled[k][j], gv_head + token * grad_token_stride)
+                       : T(0);
         }
       }
-      detail::Corners<T> c;
-      corners_of(b, j, &c);
-      detail::sample_gradients(c, dots, b.attention[j], level.scale_x, level.scale_y, grad_a,
-                               &grad_xy[0], &grad_xy[1]);
+      for (int k = 0; k < 4; ++k) dots[k][j] = dot[k];
+    }
+    for (int64_t i0 = 0; i0 < count; i0 += kLanes) {
+      typename PointLanes<T>::Vec ga, gx, gy;
+      group_gradients(b, dots, i0, level.scale_x, level.scale_y, &ga, &gx, &gy);
+      const int64_t live = count - i0 < kLanes ? count - i0 : kLanes;
+      T* grad_xy = a.grad_loc + (sample0 + first + i0) * 2;
+      T* grad_a = a.grad_attn + sample0 + first + i0;
+      for (int64_t i = 0; i < live; ++i) {
+        grad_a[i] = ga[i];
+        grad_xy[2 * i] = gx[i];
+        grad_xy[2 * i + 1] = gy[i];
+      }
     }
   }
 }

@@ -355,6 +355,43 @@ inline void corners_of(const PlanBlock<T>& b, int64_t j, detail::Corners<T>* c) 
   c->discrete = b.sampled[j] == 2;
 }
 
+// detail::sample_gradients for the points i0 .. i0 + kLanes - 1 of block `b` (planned with
+// kGradients) from their dot products dots[k][i] (0 for corners not read), on a level of
+// scales sx, sy: grad_attention, grad_x and grad_y per lane, +0 for a skipped point and
+// the location gradients +0 in discrete mode, as the scalar form writes them.
+template <typename T>
+inline void group_gradients(const PlanBlock<T>& b, const T (*dots)[PlanBlock<T>::kBlock],
+                            int64_t i0, T sx, T sy, typename PointLanes<T>::Vec* grad_attention,
+                            typename PointLanes<T>::Vec* grad_x,
+                            typename PointLanes<T>::Vec* grad_y) {
+  using PL = PointLanes<T>;
+  using Vec = typename PL::Vec;
+  using IVec = typename PL::IVec;
+  Vec lh, lw, A, w[4], d[4];
+  IVec sampled;
+  std::memcpy(&lh, &b.lh[i0], sizeof(Vec));
+  std::memcpy(&lw, &b.lw[i0], sizeof(Vec));
+  std::memcpy(&A, &b.attention[i0], sizeof(Vec));
+  std::memcpy(&sampled, &b.sampled[i0], sizeof(IVec));
+  for (int k = 0; k < 4; ++k) {
+    std::memcpy(&w[k], &b.weight[k][i0], sizeof(Vec));
+    std::memcpy(&d[k], &dots[k][i0], sizeof(Vec));
+  }
+  const Vec hh = static_cast<T>(1) - lh, hw = static_cast<T>(1) - lw;
+  const Vec d_dw[4] = {-hh, hh, -lh, lh};  // make_corners' coefficients
+  const Vec d_dh[4] = {-hw, -lw, hw, lw};
+  Vec gb = Vec{} * static_cast<T>(0), gw = gb, gh = gb;
+  for (int k = 0; k < 4; ++k) {
+    gb += w[k] * d[k];
+    gw += d_dw[k] * d[k];
+    gh += d_dh[k] * d[k];
+  }
+  const IVec bilinear = sampled == 1;
+  *grad_attention = PL::select(sampled != 0, gb);
+  *grad_x = PL::select(bilinear, A * sx * gw);
+  *grad_y = PL::select(bilinear, A * sy * gh);
+}
+
 }  // namespace MSDACORE_CPU_ISA
 }  // namespace cpu
 }  // namespace msdacore
