@@ -22,10 +22,15 @@ namespace msdacore {
 namespace cpu {
 namespace MSDACORE_CPU_ISA {
 
-// Vector types of one group of points: kLanes values of T, and kLanes int32 lanes.
+// Vector types of one group of points: kLanes values of T, and kLanes int32 lanes. The
+// default width is the build's vector width; kNarrowLanes<T> (16 bytes) serves runs of
+// fewer points (a level's 4 points in the backward).
 template <typename T>
+constexpr int kNarrowLanes = 16 / static_cast<int>(sizeof(T));
+
+template <typename T, int N = Simd<T>::kLanes>
 struct PointLanes {
-  static constexpr int kLanes = Simd<T>::kLanes;
+  static constexpr int kLanes = N;
   typedef T Vec __attribute__((vector_size(kLanes * sizeof(T))));
   typedef int32_t IVec __attribute__((vector_size(kLanes * 4)));
   // A comparison of two Vec: one integer lane of sizeof(T) bytes per point.
@@ -44,9 +49,9 @@ struct PointLanes {
 };
 
 // The level geometry of each lane of a group (lanes may belong to different levels).
-template <typename T>
+template <typename T, int N = Simd<T>::kLanes>
 struct GroupGeometry {
-  using PL = PointLanes<T>;
+  using PL = PointLanes<T, N>;
   typename PL::Vec scale_x, scale_y, shift, height, width;
   typename PL::IVec H, W, start, live;  // start: the level's first token; live: -1 or 0
 };
@@ -56,9 +61,9 @@ struct GroupGeometry {
 // (level start + i*W + j; 0 where not inside); and per lane the fractions
 // lh = h - h0, lw = w - w0 (the derivative coefficients are -hh, hh, -lh, lh and
 // -hw, -lw, hw, lw with hh = 1 - lh, hw = 1 - lw). `sampled`: the lanes not skipped.
-template <typename T>
+template <typename T, int N = Simd<T>::kLanes>
 struct GroupCorners {
-  using PL = PointLanes<T>;
+  using PL = PointLanes<T, N>;
   typename PL::IVec sampled;
   typename PL::IVec inside[4];
   typename PL::IVec token[4];
@@ -68,10 +73,10 @@ struct GroupCorners {
 
 // detail::sample_corners for every lane: x, y the normalized locations.
 // Requires every level's H*W and level start + H*W to fit in int32 (the plan checks).
-template <typename T>
-inline void group_corners(const GroupGeometry<T>& g, typename PointLanes<T>::Vec x,
-                          typename PointLanes<T>::Vec y, GroupCorners<T>* c) {
-  using PL = PointLanes<T>;
+template <typename T, int N>
+inline void group_corners(const GroupGeometry<T, N>& g, typename PointLanes<T, N>::Vec x,
+                          typename PointLanes<T, N>::Vec y, GroupCorners<T, N>* c) {
+  using PL = PointLanes<T, N>;
   using Vec = typename PL::Vec;
   using IVec = typename PL::IVec;
   const Vec h = y * g.scale_y - g.shift;  // detail::pixel_coord
@@ -108,15 +113,15 @@ inline void group_corners(const GroupGeometry<T>& g, typename PointLanes<T>::Vec
 }
 
 // The geometry of the groups of a run of `count` points, point j on level
-// *point_level[j]: groups of PointLanes<T>::kLanes, the lanes past `count` not live.
-template <typename T>
-std::vector<GroupGeometry<T>> group_geometry(const LevelGeometry<T>* const* point_level,
-                                             int64_t count) {
-  constexpr int kLanes = PointLanes<T>::kLanes;
-  std::vector<GroupGeometry<T>> groups((count + kLanes - 1) / kLanes);
+// *point_level[j]: groups of N lanes, the lanes past `count` not live.
+template <typename T, int N>
+std::vector<GroupGeometry<T, N>> group_geometry(const LevelGeometry<T>* const* point_level,
+                                                int64_t count) {
+  constexpr int kLanes = N;
+  std::vector<GroupGeometry<T, N>> groups((count + kLanes - 1) / kLanes);
   for (auto& g : groups) std::memset(&g, 0, sizeof(g));
   for (int64_t j = 0; j < count; ++j) {
-    GroupGeometry<T>& g = groups[j / kLanes];
+    GroupGeometry<T, N>& g = groups[j / kLanes];
     const int k = static_cast<int>(j % kLanes);
     const LevelGeometry<T>& lv = *point_level[j];
     g.scale_x[k] = lv.scale_x;
@@ -134,11 +139,11 @@ std::vector<GroupGeometry<T>> group_geometry(const LevelGeometry<T>* const* poin
 
 
 // Splits `src[0 .. 2*kLanes)` = (x0, y0, x1, y1, ...) into x and y.
-template <typename T>
-inline void deinterleave(const T* src, typename PointLanes<T>::Vec* x,
-                         typename PointLanes<T>::Vec* y) {
-  using Vec = typename PointLanes<T>::Vec;
-  constexpr int kLanes = PointLanes<T>::kLanes;
+template <typename T, int N>
+inline void deinterleave(const T* src, typename PointLanes<T, N>::Vec* x,
+                         typename PointLanes<T, N>::Vec* y) {
+  using Vec = typename PointLanes<T, N>::Vec;
+  constexpr int kLanes = N;
   Vec lo, hi;
   std::memcpy(&lo, src, sizeof(Vec));
   std::memcpy(&hi, src + kLanes, sizeof(Vec));
@@ -150,7 +155,7 @@ inline void deinterleave(const T* src, typename PointLanes<T>::Vec* x,
     (*y)[k + kLanes / 2] = hi[2 * k + 1];
   }
 #else
-  using Mask = typename PointLanes<T>::Mask;
+  using Mask = typename PointLanes<T, N>::Mask;
   Mask even, odd;
   for (int k = 0; k < kLanes; ++k) {
     even[k] = 2 * k;
@@ -171,7 +176,7 @@ inline void deinterleave(const T* src, typename PointLanes<T>::Vec* x,
 // pointer in the channel loops.
 template <typename T>
 struct PlanBlock {
-  static constexpr int kBlock = 64;  // a multiple of every PointLanes<T>::kLanes
+  static constexpr int kBlock = 64;  // a multiple of every lane count
   T scaled[4][kBlock];
   int64_t token[4][kBlock];
   int32_t corners[kBlock];
@@ -223,8 +228,10 @@ template <typename T>
 struct PointRun {
   std::vector<const LevelGeometry<T>*> level;  // per point
   PointOffsets offsets;
-  std::vector<GroupGeometry<T>> groups;
+  std::vector<GroupGeometry<T>> groups;                       // the build's width
+  std::vector<GroupGeometry<T, kNarrowLanes<T>>> narrow_groups;  // 16 bytes
   bool vector = false;  // plan in SIMD lanes (bilinear mode, token indices fit in int32)
+  bool narrow = false;  // with narrow_groups: fewer points than the build's lanes
 
   PointRun(const InputArgs<T>& a, int64_t first, int64_t last) {
     for (int64_t l = first; l < last; ++l) {
@@ -242,12 +249,72 @@ struct PointRun {
     for (auto& o : offsets.attn_offset) o -= attn0;
     offsets.y_stride = a.loc.stride[5];
     offsets.finish();
-    groups = group_geometry<T>(level.data(), static_cast<int64_t>(level.size()));
+    const int64_t points = static_cast<int64_t>(level.size());
+    groups = group_geometry<T, Simd<T>::kLanes>(level.data(), points);
+    narrow_groups = group_geometry<T, kNarrowLanes<T>>(level.data(), points);
+    narrow = points <= kNarrowLanes<T> && kNarrowLanes<T> < Simd<T>::kLanes;
     vector = !a.discrete &&
              a.p.S < static_cast<int64_t>(std::numeric_limits<int32_t>::max());
   }
   int64_t count() const { return static_cast<int64_t>(level.size()); }
 };
+
+// plan_points' vector form with groups of N lanes.
+template <typename T, bool kGradients, int N>
+void plan_groups(const std::vector<GroupGeometry<T, N>>& group_list,
+                 const PointOffsets& offsets, const T* loc, const T* attn, PointPlan<T>* plan) {
+  using PL = PointLanes<T, N>;
+  using Vec = typename PL::Vec;
+  using IVec = typename PL::IVec;
+  constexpr int kLanes = N, kBlock = PlanBlock<T>::kBlock;
+  const int64_t count = plan->count;
+  const GroupGeometry<T, N>* groups = group_list.data();
+  const int64_t group_count = static_cast<int64_t>(group_list.size());
+  for (int64_t gi = 0; gi < group_count; ++gi) {
+    const int64_t j0 = gi * kLanes;
+    PlanBlock<T>& b = plan->blocks[j0 / kBlock];
+    const int64_t i0 = j0 % kBlock;
+    Vec x, y, A;
+    if (offsets.dense && j0 + kLanes <= count) {
+      deinterleave<T, N>(loc + 2 * j0, &x, &y);
+      std::memcpy(&A, attn + j0, sizeof(Vec));
+    } else {
+      // A partial group or strided inputs: copied to zero-padded buffers first.
+      T xy[2 * kLanes] = {}, weights[kLanes] = {};
+      const int64_t live = count - j0 < kLanes ? count - j0 : kLanes;
+      if (offsets.dense) {
+        for (int64_t k = 0; k < 2 * live; ++k) xy[k] = loc[2 * j0 + k];
+        for (int64_t k = 0; k < live; ++k) weights[k] = attn[j0 + k];
+      } else {
+        for (int64_t k = 0; k < live; ++k) {
+          xy[2 * k] = loc[offsets.loc_offset[j0 + k]];
+          xy[2 * k + 1] = loc[offsets.loc_offset[j0 + k] + offsets.y_stride];
+          weights[k] = attn[offsets.attn_offset[j0 + k]];
+        }
+      }
+      deinterleave<T, N>(xy, &x, &y);
+      std::memcpy(&A, weights, sizeof(Vec));
+    }
+    GroupCorners<T, N> c;
+    group_corners<T>(groups[gi], x, y, &c);
+    const IVec bits =
+        (c.inside[0] & 1) | (c.inside[1] & 2) | (c.inside[2] & 4) | (c.inside[3] & 8);
+    std::memcpy(&b.corners[i0], &bits, sizeof(IVec));
+    for (int k = 0; k < 4; ++k) {
+      const Vec scaled = A * c.weight[k];
+      std::memcpy(&b.scaled[k][i0], &scaled, sizeof(Vec));
+      for (int i = 0; i < kLanes; ++i) b.token[k][i0 + i] = c.token[k][i];
+      if (kGradients) std::memcpy(&b.weight[k][i0], &c.weight[k], sizeof(Vec));
+    }
+    if (kGradients) {
+      std::memcpy(&b.lh[i0], &c.lh, sizeof(Vec));
+      std::memcpy(&b.lw[i0], &c.lw, sizeof(Vec));
+      std::memcpy(&b.attention[i0], &A, sizeof(Vec));
+      const IVec sampled = c.sampled & 1;
+      std::memcpy(&b.sampled[i0], &sampled, sizeof(IVec));
+    }
+  }
+}
 
 // Fills `plan` (resized for run.count() points) for the points of `run` whose first
 // location and weight are at loc, attn: the vector form when run.vector, otherwise
@@ -255,10 +322,7 @@ struct PointRun {
 template <typename T, bool kGradients>
 void plan_points(const PointRun<T>& run, bool discrete, const T* loc, const T* attn,
                  PointPlan<T>* plan) {
-  using PL = PointLanes<T>;
-  using Vec = typename PL::Vec;
-  using IVec = typename PL::IVec;
-  constexpr int kLanes = PL::kLanes, kBlock = PlanBlock<T>::kBlock;
+  constexpr int kBlock = PlanBlock<T>::kBlock;
   const int64_t count = plan->count;
   const PointOffsets& offsets = run.offsets;
   if (!run.vector) {
@@ -288,51 +352,10 @@ void plan_points(const PointRun<T>& run, bool discrete, const T* loc, const T* a
     }
     return;
   }
-  const GroupGeometry<T>* groups = run.groups.data();
-  const int64_t group_count = static_cast<int64_t>(run.groups.size());
-  for (int64_t gi = 0; gi < group_count; ++gi) {
-    const int64_t j0 = gi * kLanes;
-    PlanBlock<T>& b = plan->blocks[j0 / kBlock];
-    const int64_t i0 = j0 % kBlock;
-    Vec x, y, A;
-    if (offsets.dense && j0 + kLanes <= count) {
-      deinterleave<T>(loc + 2 * j0, &x, &y);
-      std::memcpy(&A, attn + j0, sizeof(Vec));
-    } else {
-      // A partial group or strided inputs: copied to zero-padded buffers first.
-      T xy[2 * kLanes] = {}, weights[kLanes] = {};
-      const int64_t live = count - j0 < kLanes ? count - j0 : kLanes;
-      if (offsets.dense) {
-        for (int64_t k = 0; k < 2 * live; ++k) xy[k] = loc[2 * j0 + k];
-        for (int64_t k = 0; k < live; ++k) weights[k] = attn[j0 + k];
-      } else {
-        for (int64_t k = 0; k < live; ++k) {
-          xy[2 * k] = loc[offsets.loc_offset[j0 + k]];
-          xy[2 * k + 1] = loc[offsets.loc_offset[j0 + k] + offsets.y_stride];
-          weights[k] = attn[offsets.attn_offset[j0 + k]];
-        }
-      }
-      deinterleave<T>(xy, &x, &y);
-      std::memcpy(&A, weights, sizeof(Vec));
-    }
-    GroupCorners<T> c;
-    group_corners<T>(groups[gi], x, y, &c);
-    const IVec bits =
-        (c.inside[0] & 1) | (c.inside[1] & 2) | (c.inside[2] & 4) | (c.inside[3] & 8);
-    std::memcpy(&b.corners[i0], &bits, sizeof(IVec));
-    for (int k = 0; k < 4; ++k) {
-      const Vec scaled = A * c.weight[k];
-      std::memcpy(&b.scaled[k][i0], &scaled, sizeof(Vec));
-      for (int i = 0; i < kLanes; ++i) b.token[k][i0 + i] = c.token[k][i];
-      if (kGradients) std::memcpy(&b.weight[k][i0], &c.weight[k], sizeof(Vec));
-    }
-    if (kGradients) {
-      std::memcpy(&b.lh[i0], &c.lh, sizeof(Vec));
-      std::memcpy(&b.lw[i0], &c.lw, sizeof(Vec));
-      std::memcpy(&b.attention[i0], &A, sizeof(Vec));
-      const IVec sampled = c.sampled & 1;
-      std::memcpy(&b.sampled[i0], &sampled, sizeof(IVec));
-    }
+  if (run.narrow) {
+    plan_groups<T, kGradients>(run.narrow_groups, offsets, loc, attn, plan);
+  } else {
+    plan_groups<T, kGradients>(run.groups, offsets, loc, attn, plan);
   }
 }
 
