@@ -2,7 +2,7 @@
 // level geometry, the common part of their arguments and the dtype dispatch, the task
 // blocks, and the channel loops (over D), written once on GCC/Clang vector types of
 // MSDACORE_VEC_BYTES bytes (16 by default: SSE2 / NEON; 32 when the file is compiled
-// for AVX2).
+// for AVX2, 64 for AVX-512).
 //
 // Every loop gives bitwise the same result whatever the vector width and whatever the
 // strides: element-wise updates (the forward's chunk accumulation, the backward's
@@ -149,9 +149,10 @@ inline bool parallel_worth_it(const Problem& p) {
   return multiply_adds >= 65536.0;
 }
 
-template <typename T>
+// Vectors of kBytes bytes of T.
+template <typename T, int kBytesOf = MSDACORE_VEC_BYTES>
 struct Simd {
-  static constexpr int kBytes = MSDACORE_VEC_BYTES;
+  static constexpr int kBytes = kBytesOf;
   static constexpr int kLanes = kBytes / static_cast<int>(sizeof(T));
   typedef T Vec __attribute__((vector_size(kBytes)));
 
@@ -172,6 +173,12 @@ constexpr int kChunk = 128 / static_cast<int>(sizeof(T));
 // vector width used).
 template <typename T>
 constexpr int kDotLanes = 32 / static_cast<int>(sizeof(T));
+
+// The vectors of the dot products: the build's width up to 32 bytes, so that the lanes
+// of the partial sums are the same in every build (the AVX-512 build's dot products
+// run on 32-byte vectors).
+template <typename T>
+using DotSimd = Simd<T, (MSDACORE_VEC_BYTES < 32 ? MSDACORE_VEC_BYTES : 32)>;
 
 // acc[0..kChunk) += a * x[0..kChunk) on unit-stride x, in registers.
 template <typename T>
@@ -205,7 +212,7 @@ inline T fold_lanes(T* lanes) {
 template <typename T>
 inline T dot_axpy(int64_t D, const T* g, int64_t g_stride, const T* v, int64_t v_stride, T a,
                   T* y) {
-  using S = Simd<T>;
+  using S = DotSimd<T>;
   constexpr int kLanes = kDotLanes<T>;
   constexpr int kVecs = kLanes / S::kLanes;
   T lanes[kLanes];
@@ -290,7 +297,7 @@ struct DotLanes {
 // The partial sums are returned unfolded (kDotLanes<T> lanes, see DotLanes::fold4).
 template <typename T, int kRowBytes>
 struct GradRow {
-  using S = Simd<T>;
+  using S = DotSimd<T>;
   static constexpr int kVecs = kRowBytes / S::kBytes;
   static constexpr int kParts = kDotLanes<T> / S::kLanes;  // dot_axpy's part[]
   static_assert(kRowBytes % 32 == 0 && kParts >= 1, "rows of whole 32-byte lane groups");
