@@ -1,4 +1,10 @@
-// The memory-access floor of multi-scale deformable attention on the CPU.
+// The floor of multi-scale deformable attention on the CPU.
+//
+// The floor proper is the lean one (class Lean below, "lean floor" in the output,
+// `*_lean_ms` in the JSON): the least work of a kernel that computes the op from its
+// inputs, with the per-point arithmetic in 16-float lanes and no precomputed indices.
+// The two older variants described next only move data (one from precomputed corner
+// indices, which a real kernel never reads); they stay for comparison.
 //
 // Times only the data movement that any kernel for the op has to do, with the
 // access pattern of a real problem (the sampling locations of a SPEC configuration,

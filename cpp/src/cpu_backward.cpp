@@ -6,7 +6,10 @@
 // race free without atomics. Each head's grad_value is accumulated by its own samples in
 // query order whatever the grouping, so the grouping may follow the thread count while
 // results stay bitwise identical. Within a task, queries are the outer loop and heads
-// the inner one: the heads of one token share its cache lines.
+// the inner one: the heads of one token share its cache lines. For each (q, m) the
+// level's points are planned in SIMD lanes (cpu_points.hpp); grad_output's row stays in
+// registers over their corners (GradRow), the four corners' dot products are folded at
+// once and the location and attention gradients computed in lanes.
 #include "cpu_parallel.hpp"
 #include "cpu_points.hpp"
 #include "cpu_simd.hpp"

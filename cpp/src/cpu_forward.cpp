@@ -3,8 +3,9 @@
 // One OpenMP task per (n, block of queries); a task computes every head of its queries.
 // Nearby queries sample nearby tokens, and the heads of one token share its cache lines,
 // so this order reads value with the best locality (measured: 1.6x faster than one head
-// at a time on detr-enc, docs/benchmarks.md). For each (q, m) the D channels are
-// accumulated in register-sized chunks (kChunk channels) over all L*P points, then stored.
+// at a time on detr-enc, docs/benchmarks.md). For each (q, m) the P_total points are
+// planned in SIMD lanes (cpu_points.hpp), then the D channels are accumulated in
+// register-sized chunks (kChunk channels) over the planned corners, then stored.
 #include "cpu_parallel.hpp"
 #include "cpu_points.hpp"
 #include "cpu_simd.hpp"
