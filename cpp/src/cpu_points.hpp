@@ -12,7 +12,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "cpu_simd.hpp"
@@ -72,7 +71,7 @@ struct GroupCorners {
 };
 
 // detail::sample_corners for every lane: x, y the normalized locations.
-// Requires every level's H*W and level start + H*W to fit in int32 (the plan checks).
+// Requires level start + H*W + W + 1 to fit in int32 (PointRun checks S < 2^30).
 template <typename T, int N>
 inline void group_corners(const GroupGeometry<T, N>& g, typename PointLanes<T, N>::Vec x,
                           typename PointLanes<T, N>::Vec y, GroupCorners<T, N>* c) {
@@ -253,8 +252,8 @@ struct PointRun {
     groups = group_geometry<T, Simd<T>::kLanes>(level.data(), points);
     narrow_groups = group_geometry<T, kNarrowLanes<T>>(level.data(), points);
     narrow = points <= kNarrowLanes<T> && kNarrowLanes<T> < Simd<T>::kLanes;
-    vector = !a.discrete &&
-             a.p.S < static_cast<int64_t>(std::numeric_limits<int32_t>::max());
+    // int32 lanes hold token indices up to S + W + 1 (corner 3 before its mask).
+    vector = !a.discrete && a.p.S < (static_cast<int64_t>(1) << 30);
   }
   int64_t count() const { return static_cast<int64_t>(level.size()); }
 };
@@ -318,7 +317,7 @@ void plan_groups(const std::vector<GroupGeometry<T, N>>& group_list,
 
 // Fills `plan` (resized for run.count() points) for the points of `run` whose first
 // location and weight are at loc, attn: the vector form when run.vector, otherwise
-// point by point with detail::mode_corners (discrete mode, more than 2^31 tokens).
+// point by point with detail::mode_corners (discrete mode, 2^30 tokens or more).
 template <typename T, bool kGradients>
 void plan_points(const PointRun<T>& run, bool discrete, const T* loc, const T* attn,
                  PointPlan<T>* plan) {
