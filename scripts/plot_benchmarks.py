@@ -273,35 +273,56 @@ def targets_table(data: dict, dtype: str = "float32", threads: int = 2) -> list:
 
 
 def floor_lines(data: dict, floor: dict, dtype: str = "float32") -> list:
-    """The floor of benchmarks/floor and msdacore against it."""
+    """The floor of benchmarks/floor and msdacore against it: the lean floor when the JSON
+    has it (``*_lean_ms``, benchmarks/floor/run.sh today), else the data-movement floor
+    of older floor programs."""
     threads = floor.get("threads")
     row = find(data, floor.get("config", FLOOR_CONFIG), dtype, threads) if data else None
+    lean = floor.get("forward_lean_ms") is not None
+    head = (f"Floor (`{floor.get('config', FLOOR_CONFIG)}`, float32, {threads} threads, "
+            f"`{floor.get('command_line', 'bash benchmarks/floor/run.sh')}`, compiled by "
+            f"{floor.get('compiler', '?')} with `{floor.get('flags', '?')}`): ")
+    if lean:
+        text = (
+            "the lean floor, the least work of a kernel that computes the op from its "
+            "inputs: per (query, head) the locations and attention weights read once, the "
+            "corners and weights of all points computed in 16-float lanes, the 4 corner rows "
+            "x D floats of every sample gathered with their weights and each output row "
+            "written once (backward: per corner a dot product with grad_output and a "
+            f"weighted add into grad_value). {floor.get('in_bounds', '?')} in-bounds samples "
+            f"of {floor.get('samples', '?')}. Beside it, the data-movement floor (precomputed "
+            "corner rows, no weights). See benchmarks/floor/floor.cpp.")
+        columns = ("lean floor ms", "data-movement floor ms", "msdacore / lean floor")
+        keys = ("{}_lean_ms", "{}_ms")
+    else:
+        text = (
+            f"the cost of only moving the data, {floor.get('in_bounds', '?')} in-bounds "
+            f"samples of {floor.get('samples', '?')}, "
+            f"{floor.get('gathered_mb_per_pass', 0):.0f} MB of corner rows gathered per pass. "
+            "Forward: sum the 4 corner rows x D floats of every sample into a register "
+            "accumulator and write the output row. Backward: zero grad_value, then per sample "
+            "and corner a dot product of the value row with the grad_output row and an add of "
+            "the grad_output row into the grad_value row, each thread owning a block of heads "
+            "(race-free, no atomics). Corner rows precomputed from the bench's sampling "
+            "locations outside the timing; no attention or bilinear weights (see "
+            "benchmarks/floor/floor.cpp).")
+        columns = ("floor ms", "floor with corner arithmetic ms", "msdacore / floor")
+        keys = ("{}_ms", "{}_with_corners_ms")
     lines = [
-        f"Floor (`{floor.get('config', FLOOR_CONFIG)}`, float32, {threads} threads, "
-        f"`{floor.get('command_line', 'bash benchmarks/floor/run.sh')}`, compiled by "
-        f"{floor.get('compiler', '?')} with `{floor.get('flags', '?')}`): the cost of only "
-        f"moving the data, {floor.get('in_bounds', '?')} in-bounds samples of "
-        f"{floor.get('samples', '?')}, {floor.get('gathered_mb_per_pass', 0):.0f} MB of "
-        "corner rows gathered per pass. Forward: sum the 4 corner rows x D floats of every "
-        "sample into a register accumulator and write the output row. Backward: zero "
-        "grad_value, then per sample and corner a dot product of the value row with the "
-        "grad_output row and an add of the grad_output row into the grad_value row, each "
-        "thread owning a block of heads (race-free, no atomics). Corner rows precomputed "
-        "from the bench's sampling locations outside the timing; no attention or bilinear "
-        "weights (see benchmarks/floor/floor.cpp).",
+        head + text,
         "",
-        "| pass | floor ms | floor with corner arithmetic ms | msdacore ms | msdacore / floor "
+        f"| pass | {columns[0]} | {columns[1]} | msdacore ms | {columns[2]} "
         f"| target (<= {FLOOR_FACTOR:g}x) |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for key in PASSES:
-        f_ms = floor.get(f"{key}_ms")
-        fc_ms = floor.get(f"{key}_with_corners_ms")
+        f_ms = floor.get(keys[0].format(key))
+        other_ms = floor.get(keys[1].format(key))
         ours = median_ms(row, "msdacore", key)
         factor = ours / f_ms if ours and f_ms else None
         mark = ("not measured" if factor is None
                 else "met" if factor <= FLOOR_FACTOR else "**not met**")
-        lines.append(f"| {PASS_LABELS[key]} | {_ms(f_ms)} | {_ms(fc_ms)} | {_ms(ours)} "
+        lines.append(f"| {PASS_LABELS[key]} | {_ms(f_ms)} | {_ms(other_ms)} | {_ms(ours)} "
                      f"| {'-' if factor is None else f'{factor:.1f}x'} | {mark} |")
     return lines
 

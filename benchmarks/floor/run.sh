@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Measures the memory-access floor of msdacore's CPU kernels on this machine: what
-# only gathering the 4 corners x D floats per sample costs (see floor.cpp for exactly
-# what is timed). Builds into a scratch folder, never into the source tree.
+# Measures the floor of msdacore's CPU kernels on this machine: the lean floor (the
+# least work of a kernel computing the op from its inputs) and two data-movement-only
+# variants (see floor.cpp for exactly what is timed). Builds into a scratch folder, never into the source tree.
 #
 #   bash benchmarks/floor/run.sh [--config detr-enc] [--threads "1 2"] [--repeats 20]
 #                                [--json floor.json] [--build-dir /tmp/msdacore-floor]

@@ -6,8 +6,12 @@
 // race free without atomics. Each head's grad_value is accumulated by its own samples in
 // query order whatever the grouping, so the grouping may follow the thread count while
 // results stay bitwise identical. Within a task, queries are the outer loop and heads
-// the inner one: the heads of one token share its cache lines.
+// the inner one: the heads of one token share its cache lines. For each (q, m) the
+// level's points are planned in SIMD lanes (cpu_points.hpp); grad_output's row stays in
+// registers over their corners (GradRow), the four corners' dot products are folded at
+// once and the location and attention gradients computed in lanes.
 #include "cpu_parallel.hpp"
+#include "cpu_points.hpp"
 #include "cpu_simd.hpp"
 #include "cpu_kernels.hpp"
 #include "msdacore/detail/bilinear.hpp"
@@ -37,42 +41,99 @@ int64_t heads_per_task(const Problem& p, int threads) {
   return (p.M + groups - 1) / groups;
 }
 
-// All gradients of the points of (n, q, m) on level l.
+// 32 zero bytes of T: the row a GradRow reads when it is not used.
 template <typename T>
-void query_head_level(const BackwardArgs<T>& a, int64_t n, int64_t q, int64_t m, int64_t l) {
+const T* zero_row() {
+  static const T zeros[32 / sizeof(T)] = {};
+  return zeros;
+}
+
+// All gradients of the points of (n, q, m) on level l, planned by plan_points from `run`
+// (level l's points) into `plan`. kRowBytes: D * sizeof(T) when the channels are unit
+// stride and GradRow takes that row size, else 0 (dot_axpy on any strides).
+template <typename T, int kRowBytes>
+void query_head_level(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan,
+                      int64_t n, int64_t q, int64_t m, int64_t l) {
   const Problem& p = a.p;
   const LevelGeometry<T>& level = a.levels[l];
-  const int64_t start = p.level_starts[l], D = p.D;
+  const int64_t D = p.D;
   const int64_t gs = a.grad_out.stride[2], vs = a.value.stride[3];
+  const int64_t token_stride = a.value.stride[1], grad_token_stride = p.M * D;
   const T* g = a.grad_out.data + n * a.grad_out.stride[0] + q * a.grad_out.stride[1] + m * D * gs;
-  const T* value_level = a.value.data + n * a.value.stride[0] + start * a.value.stride[1] +
-                         m * a.value.stride[2];
-  T* gv_level = a.grad_value + ((n * p.S + start) * p.M + m) * D;
+  const T* value_head = a.value.data + n * a.value.stride[0] + m * a.value.stride[2];
+  T* gv_head = a.grad_value + (n * p.S * p.M + m) * D;
   // Index of the level's point 0 in the (contiguous) gradients, either layout.
   const int64_t sample0 = ((n * p.Lq + q) * p.M + m) * p.P_total + level.first_point;
   const T* loc_point0 = a.loc.data + n * a.loc.stride[0] + q * a.loc.stride[1] +
                         m * a.loc.stride[2] + level.loc_offset;
   const T* attn_point0 = a.attn.data + n * a.attn.stride[0] + q * a.attn.stride[1] +
                          m * a.attn.stride[2] + level.attn_offset;
+  plan_points<T, true>(run, a.discrete, loc_point0, attn_point0, &plan);
+  const GradRow<T, kRowBytes == 0 ? 32 : kRowBytes> row(kRowBytes > 0 ? g : zero_row<T>());
 
-  for (int64_t pt = 0; pt < level.points; ++pt) {
-    T* grad_xy = a.grad_loc + (sample0 + pt) * 2;
-    T* grad_a = a.grad_attn + sample0 + pt;
-    const T* xy = loc_point0 + pt * a.loc.stride[4];
-    detail::Corners<T> c;
-    if (!detail::mode_corners<T>(level, a.discrete, xy[0], xy[a.loc.stride[5]], &c)) {
-      grad_xy[0] = grad_xy[1] = *grad_a = T(0);
-      continue;
+  constexpr int kBlock = PlanBlock<T>::kBlock, kLanes = PointLanes<T>::kLanes;
+  for (size_t bi = 0; bi < plan.blocks.size(); ++bi) {
+    const PlanBlock<T>& b = plan.blocks[bi];
+    const int64_t count = plan.block_count(bi);
+    const int64_t first = static_cast<int64_t>(bi) * kBlock;
+    // The four corners' dot products <g, v_k> of each point (0 for corners not read).
+    alignas(64) T dots[4][kBlock];
+    for (int64_t j = 0; j < count; ++j) {
+      if (b.sampled[j] == 0) {
+        for (int k = 0; k < 4; ++k) dots[k][j] = T(0);
+        continue;
+      }
+      T dot[4];
+      if (kRowBytes > 0) {
+        typename DotLanes<T>::Vec lanes[4];
+        for (int k = 0; k < 4; ++k) {
+          const int64_t token = b.token[k][j];
+          lanes[k] = (b.corners[j] & (1 << k))
+                         ? row.dot_axpy(value_head + token * token_stride, b.scaled[k][j],
+                                        gv_head + token * grad_token_stride)
+                         : typename DotLanes<T>::Vec{};
+        }
+        DotLanes<T>::fold4(lanes, dot);
+      } else {
+        for (int k = 0; k < 4; ++k) {
+          const int64_t token = b.token[k][j];
+          dot[k] = (b.corners[j] & (1 << k))
+                       ? dot_axpy(D, g, gs, value_head + token * token_stride, vs,
+                                  b.scaled[k][j], gv_head + token * grad_token_stride)
+                       : T(0);
+        }
+      }
+      for (int k = 0; k < 4; ++k) dots[k][j] = dot[k];
     }
-    const T A = attn_point0[pt * a.attn.stride[4]];
-    T dots[4];
-    for (int k = 0; k < 4; ++k) {
-      dots[k] = c.inside[k] ? dot_axpy(D, g, gs, value_level + c.offset[k] * a.value.stride[1], vs,
-                                       A * c.weight[k], gv_level + c.offset[k] * p.M * D)
-                            : T(0);
+    for (int64_t i0 = 0; i0 < count; i0 += kLanes) {
+      typename PointLanes<T>::Vec ga, gx, gy;
+      group_gradients(b, dots, i0, level.scale_x, level.scale_y, &ga, &gx, &gy);
+      const int64_t live = count - i0 < kLanes ? count - i0 : kLanes;
+      T* grad_xy = a.grad_loc + (sample0 + first + i0) * 2;
+      T* grad_a = a.grad_attn + sample0 + first + i0;
+      for (int64_t i = 0; i < live; ++i) {
+        grad_a[i] = ga[i];
+        grad_xy[2 * i] = gx[i];
+        grad_xy[2 * i + 1] = gy[i];
+      }
     }
-    detail::sample_gradients(c, dots, A, level.scale_x, level.scale_y, grad_a, &grad_xy[0],
-                             &grad_xy[1]);
+  }
+}
+
+// query_head_level for the row size of `a`.
+template <typename T>
+void head_level(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan,
+                int64_t n, int64_t q, int64_t m, int64_t l) {
+  const bool unit = a.value.stride[3] == 1 && a.grad_out.stride[2] == 1;
+  const int64_t bytes = unit ? a.p.D * static_cast<int64_t>(sizeof(T)) : 0;
+  if (bytes == 64) {
+    query_head_level<T, 64>(a, run, plan, n, q, m, l);
+  } else if (bytes == 128) {
+    query_head_level<T, 128>(a, run, plan, n, q, m, l);
+  } else if (bytes == 256) {
+    query_head_level<T, 256>(a, run, plan, n, q, m, l);
+  } else {
+    query_head_level<T, 0>(a, run, plan, n, q, m, l);
   }
 }
 
@@ -82,6 +143,8 @@ void backward_impl(const BackwardArgs<T>& a) {
   const TaskRun run(p);
   const Blocks groups(p.M, heads_per_task(p, run.threads));
   const int64_t tasks = p.N * p.L * groups.count;
+  std::vector<PointRun<T>> runs;  // level l's points
+  for (int64_t l = 0; l < p.L; ++l) runs.emplace_back(a, l, l + 1);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(run.threads) if (run.parallel)
   for (int64_t task = 0; task < tasks; ++task) {
@@ -96,8 +159,10 @@ void backward_impl(const BackwardArgs<T>& a) {
       T* row = a.grad_value + ((n * p.S + s) * p.M + m_begin) * p.D;
       for (int64_t i = 0; i < (m_end - m_begin) * p.D; ++i) row[i] = T(0);
     }
+    PointPlan<T> plan;
+    plan.resize(runs[l].count());
     for (int64_t q = 0; q < p.Lq; ++q) {
-      for (int64_t m = m_begin; m < m_end; ++m) query_head_level(a, n, q, m, l);
+      for (int64_t m = m_begin; m < m_end; ++m) head_level(a, runs[l], plan, n, q, m, l);
     }
   }
 }

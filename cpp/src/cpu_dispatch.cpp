@@ -11,23 +11,34 @@ namespace msdacore {
 namespace cpu {
 namespace {
 
-enum class Isa { Generic, Avx2 };
+enum class Isa { Generic, Avx2, Avx512 };
 
 bool supported(Isa isa) {
   if (isa == Isa::Generic) return true;
 #if defined(MSDACORE_HAVE_AVX2_KERNELS)
-  return __builtin_cpu_supports("avx2");
-#else
-  return false;
+  if (isa == Isa::Avx2) return __builtin_cpu_supports("avx2");
 #endif
+#if defined(MSDACORE_HAVE_AVX512_KERNELS)
+  // The AVX-512 build is compiled with -mavx512f -mavx512vl -mavx512dq -mavx512bw.
+  if (isa == Isa::Avx512) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+  }
+#endif
+  return false;
+}
+
+const char* name(Isa isa) {
+  return isa == Isa::Avx512 ? "avx512" : isa == Isa::Avx2 ? "avx2" : "generic";
 }
 
 Isa choose() {
   const char* forced = std::getenv("MSDACORE_CPU_ISA");
-  if (forced != nullptr && std::strcmp(forced, "generic") == 0) return Isa::Generic;
-  if (forced != nullptr && std::strcmp(forced, "avx2") == 0 && supported(Isa::Avx2)) {
-    return Isa::Avx2;
+  for (Isa isa : {Isa::Generic, Isa::Avx2, Isa::Avx512}) {
+    if (forced != nullptr && std::strcmp(forced, name(isa)) == 0 && supported(isa)) return isa;
   }
+  // AVX-512 only when asked for: on the AMD EPYC (Zen 4) where it was measured it was not
+  // faster than AVX2 (docs/benchmarks.md), so AVX2 stays the default.
   return supported(Isa::Avx2) ? Isa::Avx2 : Isa::Generic;
 }
 
@@ -42,6 +53,12 @@ Isa isa() {
 void isa_forward(const Problem& p, const Options& options, const TensorView& value,
                  const TensorView& sampling_locations, const TensorView& attention_weights,
                  const TensorView& output) {
+#if defined(MSDACORE_HAVE_AVX512_KERNELS)
+  if (isa() == Isa::Avx512) {
+    avx512::forward(p, options, value, sampling_locations, attention_weights, output);
+    return;
+  }
+#endif
 #if defined(MSDACORE_HAVE_AVX2_KERNELS)
   if (isa() == Isa::Avx2) {
     avx2::forward(p, options, value, sampling_locations, attention_weights, output);
@@ -56,6 +73,13 @@ void isa_backward(const Problem& p, const Options& options, const TensorView& va
                   const TensorView& grad_output, const TensorView& grad_value,
                   const TensorView& grad_sampling_locations,
                   const TensorView& grad_attention_weights) {
+#if defined(MSDACORE_HAVE_AVX512_KERNELS)
+  if (isa() == Isa::Avx512) {
+    avx512::backward(p, options, value, sampling_locations, attention_weights, grad_output,
+                     grad_value, grad_sampling_locations, grad_attention_weights);
+    return;
+  }
+#endif
 #if defined(MSDACORE_HAVE_AVX2_KERNELS)
   if (isa() == Isa::Avx2) {
     avx2::backward(p, options, value, sampling_locations, attention_weights, grad_output,
@@ -104,14 +128,17 @@ void backward(const Problem& p, const Options& options, const TensorView& value,
                grad_value, grad_sampling_locations, grad_attention_weights);
 }
 
-std::string selected_isa() { return isa() == Isa::Avx2 ? "avx2" : "generic"; }
+std::string selected_isa() { return name(isa()); }
 
 std::string compiled_isas() {
+  std::string list = "generic";
 #if defined(MSDACORE_HAVE_AVX2_KERNELS)
-  return "generic,avx2";
-#else
-  return "generic";
+  list += ",avx2";
 #endif
+#if defined(MSDACORE_HAVE_AVX512_KERNELS)
+  list += ",avx512";
+#endif
+  return list;
 }
 
 }  // namespace cpu

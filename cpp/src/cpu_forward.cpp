@@ -3,9 +3,11 @@
 // One OpenMP task per (n, block of queries); a task computes every head of its queries.
 // Nearby queries sample nearby tokens, and the heads of one token share its cache lines,
 // so this order reads value with the best locality (measured: 1.6x faster than one head
-// at a time on detr-enc, docs/benchmarks.md). For each (q, m) the D channels are
-// accumulated in register-sized chunks (kChunk channels) over all L*P points, then stored.
+// at a time on detr-enc, docs/benchmarks.md). For each (q, m) the P_total points are
+// planned in SIMD lanes (cpu_points.hpp), then the D channels are accumulated in
+// register-sized chunks (kChunk channels) over the planned corners, then stored.
 #include "cpu_parallel.hpp"
+#include "cpu_points.hpp"
 #include "cpu_simd.hpp"
 #include "cpu_kernels.hpp"
 #include "msdacore/detail/bilinear.hpp"
@@ -35,32 +37,29 @@ struct ForwardArgs : InputArgs<T> {
   T* out;  // (N, Lq, M*D) contiguous
 };
 
-// Sums A * B over the P_total points of (n, q, m) for channels d0 .. d0 + len of head m and
-// stores them in the output. kVector: unit-stride channels and len == kChunk<T>, summed in
-// registers; otherwise element by element, with the same arithmetic per element.
+// Sums A * B over the planned points of (n, q, m) for channels d0 .. d0 + len of head m
+// and stores them in the output: for every point and corner k = 0..3 read, in that
+// order, acc += (A * weight_k) * v_k. kVector: unit-stride channels and
+// len == kChunk<T>, summed in registers; otherwise element by element, with the same
+// arithmetic per element.
 template <typename T, bool kVector>
-void head_chunk(const ForwardArgs<T>& a, int64_t n, int64_t q, int64_t m, int64_t d0,
-                int64_t len) {
+void head_chunk(const ForwardArgs<T>& a, const PointPlan<T>& plan, int64_t n, int64_t q,
+                int64_t m, int64_t d0, int64_t len) {
   const Problem& p = a.p;
   ChunkAccumulator<T> vec_acc;
   T acc[kChunk<T>] = {};
-  const int64_t vs = a.value.stride[3];
+  const int64_t vs = a.value.stride[3], token_stride = a.value.stride[1];
   const T* value_head = a.value.data + n * a.value.stride[0] + m * a.value.stride[2] + d0 * vs;
-  const T* loc_head = a.loc.data + n * a.loc.stride[0] + q * a.loc.stride[1] + m * a.loc.stride[2];
-  const T* attn_head =
-      a.attn.data + n * a.attn.stride[0] + q * a.attn.stride[1] + m * a.attn.stride[2];
-  for (int64_t l = 0; l < p.L; ++l) {
-    const LevelGeometry<T>& level = a.levels[l];
-    const T* value_level = value_head + p.level_starts[l] * a.value.stride[1];
-    for (int64_t pt = 0; pt < level.points; ++pt) {
-      const T* xy = loc_head + level.loc_offset + pt * a.loc.stride[4];
-      detail::Corners<T> c;
-      if (!detail::mode_corners<T>(level, a.discrete, xy[0], xy[a.loc.stride[5]], &c)) continue;
-      const T A = attn_head[level.attn_offset + pt * a.attn.stride[4]];
+  for (size_t bi = 0; bi < plan.blocks.size(); ++bi) {
+    const PlanBlock<T>& b = plan.blocks[bi];
+    const int64_t count = plan.block_count(bi);
+    for (int64_t j = 0; j < count; ++j) {
+      const int32_t corners = b.corners[j];
+      if (corners == 0) continue;
       for (int k = 0; k < 4; ++k) {
-        if (!c.inside[k]) continue;
-        const T weight = A * c.weight[k];
-        const T* v = value_level + c.offset[k] * a.value.stride[1];
+        if (!(corners & (1 << k))) continue;
+        const T weight = b.scaled[k][j];
+        const T* v = value_head + b.token[k][j] * token_stride;
         if (kVector) {
           vec_acc.add(weight, v);
         } else {
@@ -85,20 +84,28 @@ void forward_impl(const ForwardArgs<T>& a) {
   const int64_t tasks = p.N * blocks.count;
   constexpr int64_t chunk = kChunk<T>;
   const bool unit = a.value.stride[3] == 1;
+  const PointRun<T> points(a, 0, p.L);  // all P_total points of a head
 
 #pragma omp parallel for schedule(static) num_threads(run.threads) if (run.parallel)
   for (int64_t task = 0; task < tasks; ++task) {
     const ScopedFpMode caller_mode(run.fp_mode);
     const int64_t n = task / blocks.count, block = task % blocks.count;
     const int64_t q_begin = blocks.begin(block), q_end = blocks.end(block);
+    PointPlan<T> plan;
+    plan.resize(points.count());
     for (int64_t q = q_begin; q < q_end; ++q) {
       for (int64_t m = 0; m < p.M; ++m) {
+        const int64_t head = n * a.loc.stride[0] + q * a.loc.stride[1] + m * a.loc.stride[2];
+        const int64_t attn_head =
+            n * a.attn.stride[0] + q * a.attn.stride[1] + m * a.attn.stride[2];
+        plan_points<T, false>(points, a.discrete, a.loc.data + head, a.attn.data + attn_head,
+                              &plan);
         for (int64_t d0 = 0; d0 < p.D; d0 += chunk) {
           const int64_t len = p.D - d0 < chunk ? p.D - d0 : chunk;
           if (unit && len == chunk) {
-            head_chunk<T, true>(a, n, q, m, d0, len);
+            head_chunk<T, true>(a, plan, n, q, m, d0, len);
           } else {
-            head_chunk<T, false>(a, n, q, m, d0, len);
+            head_chunk<T, false>(a, plan, n, q, m, d0, len);
           }
         }
       }

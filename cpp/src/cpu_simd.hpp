@@ -2,7 +2,7 @@
 // level geometry, the common part of their arguments and the dtype dispatch, the task
 // blocks, and the channel loops (over D), written once on GCC/Clang vector types of
 // MSDACORE_VEC_BYTES bytes (16 by default: SSE2 / NEON; 32 when the file is compiled
-// for AVX2).
+// for AVX2, 64 for AVX-512).
 //
 // Every loop gives bitwise the same result whatever the vector width and whatever the
 // strides: element-wise updates (the forward's chunk accumulation, the backward's
@@ -20,6 +20,12 @@
 #include "msdacore/detail/bilinear.hpp"
 #include "msdacore/ops.hpp"
 #include "msdacore/tensor.hpp"
+
+// The generic build passes 32-byte vectors (DotLanes) between inline functions, which
+// GCC notes would change a non-inline function's ABI without AVX: not the case here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 
 // Each kernel build defines its instruction set: MSDACORE_CPU_ISA names the namespace
 // its code lives in, MSDACORE_VEC_BYTES the vector width.
@@ -61,6 +67,7 @@ struct LevelGeometry : detail::Level<T> {
   int64_t first_point;  // index of its first point among a head's P_total (output layout)
   int64_t loc_offset;   // element offset of its first point in sampling_locations[n, q, m]
   int64_t attn_offset;  // the same in attention_weights[n, q, m]
+  int64_t token_start;  // index of its first token in value's S axis
 };
 
 // The geometry of every level of `p`, for inputs with the (rank-6 view) strides of
@@ -80,6 +87,7 @@ std::vector<LevelGeometry<T>> level_geometry(const Problem& p, bool align_corner
     // point_starts[l] * (point stride).
     g.loc_offset = p.flattened ? p.point_starts[l] * loc_strides[4] : l * loc_strides[3];
     g.attn_offset = p.flattened ? p.point_starts[l] * attn_strides[4] : l * attn_strides[3];
+    g.token_start = p.level_starts[l];
   }
   return levels;
 }
@@ -141,9 +149,10 @@ inline bool parallel_worth_it(const Problem& p) {
   return multiply_adds >= 65536.0;
 }
 
-template <typename T>
+// Vectors of kBytes bytes of T.
+template <typename T, int kBytesOf = MSDACORE_VEC_BYTES>
 struct Simd {
-  static constexpr int kBytes = MSDACORE_VEC_BYTES;
+  static constexpr int kBytes = kBytesOf;
   static constexpr int kLanes = kBytes / static_cast<int>(sizeof(T));
   typedef T Vec __attribute__((vector_size(kBytes)));
 
@@ -164,6 +173,12 @@ constexpr int kChunk = 128 / static_cast<int>(sizeof(T));
 // vector width used).
 template <typename T>
 constexpr int kDotLanes = 32 / static_cast<int>(sizeof(T));
+
+// The vectors of the dot products: the build's width up to 32 bytes, so that the lanes
+// of the partial sums are the same in every build (the AVX-512 build's dot products
+// run on 32-byte vectors).
+template <typename T>
+using DotSimd = Simd<T, (MSDACORE_VEC_BYTES < 32 ? MSDACORE_VEC_BYTES : 32)>;
 
 // acc[0..kChunk) += a * x[0..kChunk) on unit-stride x, in registers.
 template <typename T>
@@ -197,7 +212,7 @@ inline T fold_lanes(T* lanes) {
 template <typename T>
 inline T dot_axpy(int64_t D, const T* g, int64_t g_stride, const T* v, int64_t v_stride, T a,
                   T* y) {
-  using S = Simd<T>;
+  using S = DotSimd<T>;
   constexpr int kLanes = kDotLanes<T>;
   constexpr int kVecs = kLanes / S::kLanes;
   T lanes[kLanes];
@@ -230,6 +245,79 @@ inline T dot_axpy(int64_t D, const T* g, int64_t g_stride, const T* v, int64_t v
   }
   return fold_lanes(lanes);
 }
+
+// The kDotLanes<T> partial sums of a dot product as one 32-byte vector, and the fold of
+// four of them at once: fold4(p)[k] == fold_lanes(lanes of p[k]) bitwise (each step adds
+// the same pairs, lanes[i] + lanes[i + width], in SIMD lanes).
+template <typename T>
+struct DotLanes {
+  static constexpr int kLanes = kDotLanes<T>;
+  typedef T Vec __attribute__((vector_size(32)));
+  typedef decltype(Vec{} < Vec{}) Index;
+
+  // a + b lane by lane after picking, from the concatenation (x, y), lanes I... and J...
+  template <int... I>
+  static Vec shuffle(Vec x, Vec y) {
+#if defined(__clang__)
+    return __builtin_shufflevector(x, y, I...);
+#else
+    return __builtin_shuffle(x, y, Index{I...});
+#endif
+  }
+  // dots[k] = fold_lanes(p[k]) for k = 0..3: each step adds lanes i and i + width of
+  // every vector, packing two vectors' results into one.
+  static void fold4(const Vec p[4], T dots[4]) {
+    Vec r;
+    if constexpr (kLanes == 8) {
+      // width 4: [p0 (4) | p1 (4)], [p2 | p3]
+      const Vec a = shuffle<0, 1, 2, 3, 8, 9, 10, 11>(p[0], p[1]) +
+                    shuffle<4, 5, 6, 7, 12, 13, 14, 15>(p[0], p[1]);
+      const Vec b = shuffle<0, 1, 2, 3, 8, 9, 10, 11>(p[2], p[3]) +
+                    shuffle<4, 5, 6, 7, 12, 13, 14, 15>(p[2], p[3]);
+      // width 2: [p0 (2) | p1 (2) | p2 (2) | p3 (2)]
+      const Vec c = shuffle<0, 1, 4, 5, 8, 9, 12, 13>(a, b) +
+                    shuffle<2, 3, 6, 7, 10, 11, 14, 15>(a, b);
+      // width 1
+      r = shuffle<0, 2, 4, 6, 8, 10, 12, 14>(c, c) + shuffle<1, 3, 5, 7, 9, 11, 13, 15>(c, c);
+    } else {
+      static_assert(kLanes == 4, "32-byte lanes of float or double");
+      // width 2: [p0 (2) | p1 (2)], [p2 | p3]
+      const Vec a = shuffle<0, 1, 4, 5>(p[0], p[1]) + shuffle<2, 3, 6, 7>(p[0], p[1]);
+      const Vec b = shuffle<0, 1, 4, 5>(p[2], p[3]) + shuffle<2, 3, 6, 7>(p[2], p[3]);
+      // width 1
+      r = shuffle<0, 2, 4, 6>(a, b) + shuffle<1, 3, 5, 7>(a, b);
+    }
+    for (int k = 0; k < 4; ++k) dots[k] = r[k];
+  }
+};
+
+// dot_axpy for a unit-stride row of kRowBytes / sizeof(T) channels (kRowBytes a multiple
+// of 32) with grad_output's row held in registers across the corners of all points of a
+// (query, head): the same operations in the same order as dot_axpy, so the same bits.
+// The partial sums are returned unfolded (kDotLanes<T> lanes, see DotLanes::fold4).
+template <typename T, int kRowBytes>
+struct GradRow {
+  using S = DotSimd<T>;
+  static constexpr int kVecs = kRowBytes / S::kBytes;
+  static constexpr int kParts = kDotLanes<T> / S::kLanes;  // dot_axpy's part[]
+  static_assert(kRowBytes % 32 == 0 && kParts >= 1, "rows of whole 32-byte lane groups");
+  typename S::Vec g[kVecs];
+
+  explicit GradRow(const T* row) {
+    for (int b = 0; b < kVecs; ++b) g[b] = S::load(row + b * S::kLanes);
+  }
+  typename DotLanes<T>::Vec dot_axpy(const T* v, T a, T* y) const {
+    typename S::Vec part[kParts] = {};
+    const typename S::Vec va = S::splat(a);
+    for (int b = 0; b < kVecs; ++b) {
+      part[b % kParts] += g[b] * S::load(v + b * S::kLanes);
+      S::store(y + b * S::kLanes, S::load(y + b * S::kLanes) + va * g[b]);
+    }
+    typename DotLanes<T>::Vec lanes;
+    std::memcpy(&lanes, part, sizeof(part));
+    return lanes;
+  }
+};
 
 }  // namespace MSDACORE_CPU_ISA
 }  // namespace cpu

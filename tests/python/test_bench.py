@@ -272,6 +272,19 @@ def test_plot_script_markdown(tmp_path):
     assert "detr-enc-b8" in text
 
 
+def test_plot_script_lean_floor(tmp_path):
+    """A floor JSON with the lean floor (benchmarks/floor/run.sh today) is compared with it:
+    msdacore detr-enc float32 2 threads forward 6 ms vs lean floor 2.5 ms -> 2.4x."""
+    lean = dict(_floor(), forward_lean_ms=2.5, forward_backward_lean_ms=30.0)
+    (tmp_path / "floor.json").write_text(json.dumps(lean))
+    (tmp_path / "bench.json").write_text(json.dumps(_synthetic()))
+    res = _run_plot(tmp_path / "bench.json", "--floor", tmp_path / "floor.json",
+                    "--markdown", tmp_path / "fragment.md", "--no-plots")
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = (tmp_path / "fragment.md").read_text()
+    assert "| forward | 2.5 | 5 | 6 | 2.4x | **not met** |" in text and "lean floor" in text
+
+
 def test_plot_script_update_doc_keeps_hand_written_text(tmp_path):
     results = tmp_path / "bench.json"
     results.write_text(json.dumps(_synthetic()))
