@@ -33,12 +33,14 @@ function(msdacore_cuda_build_notice)
     set(how_long " This takes about ${minutes} min on this machine's ${cores} core(s) (a CPU-only build: well under 1 min).")
   endif()
   # Objects of an earlier build in this build directory: ninja recompiles only what changed.
+  set(doing "compiling the CUDA kernels")
   file(GLOB previous "${CMAKE_BINARY_DIR}/cpp/CMakeFiles/msdacore.dir/__/cuda/*.o")
   if(previous)
+    set(doing "the CUDA kernels")
     set(how_long " Objects of an earlier build are reused: only changed sources are recompiled.")
   endif()
   string(CONCAT notice
-    "msdacore: compiling the CUDA kernels with nvcc ${CMAKE_CUDA_COMPILER_VERSION} for ${what}."
+    "msdacore: ${doing} with nvcc ${CMAKE_CUDA_COMPILER_VERSION} for ${what}."
     "${how_long}\n"
     "  CPU-only instead:           pip install . -C cmake.define.MSDACORE_CUDA=OFF\n"
     "  only this machine's GPU(s): pip install . -C cmake.define.CMAKE_CUDA_ARCHITECTURES=native")
