@@ -4,8 +4,10 @@
 # controlling terminal when there is one (pip shows no build output without -v), and to
 # CMake's log as a STATUS message either way. Only in pip builds (SKBUILD).
 #
-# The estimate: MSDACORE_CUDA_SECONDS_PER_ARCH seconds of CPU time per real architecture
-# (measured on the CUDA sources, see docs/building.md), divided over the logical cores.
+# The estimate: MSDACORE_CUDA_SECONDS_PER_ARCH seconds of CPU time per real architecture,
+# divided over the logical cores. The library with CUDA for the 5 default architectures
+# is 94 s of CPU time (docs/building.md), about 19 s per architecture; 25 leaves room for
+# the extension and CMake's configure.
 set(MSDACORE_CUDA_SECONDS_PER_ARCH 25)
 
 function(msdacore_cuda_build_notice)
@@ -30,7 +32,7 @@ function(msdacore_cuda_build_notice)
     math(EXPR seconds "(${real} * ${MSDACORE_CUDA_SECONDS_PER_ARCH} + ${cores} - 1) / ${cores}")
     math(EXPR minutes "(${seconds} + 59) / 60")
     set(what "${real} GPU architecture(s) (${archs})")
-    set(how_long " This takes about ${minutes} min on this machine's ${cores} core(s) (a CPU-only build: well under 1 min).")
+    set(how_long " This takes about ${minutes} min on this machine's ${cores} idle core(s), more when they are busy (a CPU-only build: about 1 min).")
   endif()
   # Objects of an earlier build in this build directory: ninja recompiles only what changed.
   set(doing "compiling the CUDA kernels")
