@@ -338,6 +338,14 @@ inline unsigned int grid_for(int64_t work_blocks) {
   return static_cast<unsigned int>(work_blocks < cap ? work_blocks : cap);
 }
 
+// Blocks of kBlockThreads for a grid-stride loop over `items` items, one item a thread,
+// capped at 32 blocks per multiprocessor of the current device.
+inline unsigned int item_grid(int64_t items) {
+  const int64_t cap = static_cast<int64_t>(multiprocessors()) * 32;
+  const int64_t blocks = (items + kBlockThreads - 1) / kBlockThreads;
+  return grid_for(blocks < cap ? blocks : cap);
+}
+
 // Points per chunk of the per-head kernels: as many (head, point) records of
 // `record_bytes` as fit a shared-memory budget for `heads_per_block` heads, at least 1 and
 // at most P_total. The budget keeps several blocks resident per multiprocessor, and far
@@ -551,10 +559,17 @@ struct GatherBuffers {
   int64_t* seg = nullptr;   // segment starts, one per key and one past the end
 };
 
-// Takes the gather's buffers from `workspace` for a problem with `cells` cell keys per
-// head (sizes only on a counting Workspace).
+// deterministic_sort.cu: takes the gather's buffers from `workspace` for a problem with
+// `cells` cell keys per head (sizes only on a counting Workspace).
 GatherBuffers take_gather_buffers(const Problem& p, int64_t cells, cudaStream_t stream,
                                   Workspace& workspace);
+
+// deterministic_sort.cu: steps 2 and 3 of the gather, enqueued on `stream`: the sample ids
+// buffers.ids_in sorted (stably) by their keys buffers.keys_in into buffers.ids_out /
+// keys_out, then buffers.seg[k] = the first position of key k in the sorted keys, for
+// k = 0..count_keys (count_keys: the key of skipped samples, which sort last).
+void sort_by_cell(const GatherBuffers& buffers, int64_t samples, int64_t count_keys,
+                  cudaStream_t stream);
 
 // deterministic.cu: grad_value (N, S, M, D) of the deterministic backward, by a gather
 // over the samples sorted by the value cell they read (see there). Enqueued on

@@ -23,11 +23,13 @@
 // written and read a few times) and the recomputation of each sample's corners in the
 // gather; see docs/cuda.md.
 //
+// Steps 2 and 3, which depend on no element type, are in deterministic_sort.cu: the radix
+// sort is the costliest code to compile, and there it compiles once, in parallel with
+// this file, and is not recompiled when the kernels here change.
+//
 // Mixed precision: sampling_locations and attention_weights are read in the companion
 // type C (common.cuh): SampleGeometry and keys_kernel depend on C only (a half value with
 // float32 companions reuses the float32 keys_kernel), gather_kernel on T and C.
-#include <cub/device/device_radix_sort.cuh>
-
 #include "common.cuh"
 
 namespace msdacore {
@@ -104,25 +106,6 @@ __global__ void keys_kernel(const SampleGeometry<C> g, int64_t samples, int64_t 
     }
     keys[i] = key;
     ids[i] = static_cast<uint64_t>(i);
-  }
-}
-
-// seg[k] = number of sorted keys below k, for k = 0..count_keys.
-__global__ void segment_kernel(const uint64_t* __restrict__ sorted_keys, int64_t items,
-                               int64_t count_keys, int64_t* __restrict__ seg) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       k <= count_keys; k += stride) {
-    int64_t lo = 0, hi = items;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (sorted_keys[mid] < static_cast<uint64_t>(k)) {
-        lo = mid + 1;
-      } else {
-        hi = mid;
-      }
-    }
-    seg[k] = lo;
   }
 }
 
@@ -219,11 +202,6 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
   const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
   const int64_t samples = p.N * p.Lq * p.M * p.P_total;
   const int64_t count_keys = p.N * p.M * cells;  // also the key of skipped samples
-  const int64_t cap = static_cast<int64_t>(multiprocessors()) * 32;
-  auto grid1d = [cap](int64_t items) {
-    const int64_t blocks = (items + kBlockThreads - 1) / kBlockThreads;
-    return grid_for(blocks < cap ? blocks : cap);
-  };
 
   SampleGeometry<C> geo;
   geo.loc = static_cast<const C*>(loc.data);
@@ -238,22 +216,12 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
   geo.levels = levels;
 
   // 1. keys and ids.
-  keys_kernel<C, Mode><<<grid1d(samples), kBlockThreads, 0, stream>>>(
+  keys_kernel<C, Mode><<<item_grid(samples), kBlockThreads, 0, stream>>>(
       geo, samples, cells, static_cast<uint64_t>(count_keys), buffers.keys_in, buffers.ids_in);
   check_launch(kOp, "keys_kernel", stream);
 
-  // 2. stable radix sort on the bits keys use.
-  size_t temp_bytes = buffers.sort_temp_bytes;
-  check(cub::DeviceRadixSort::SortPairs(buffers.sort_temp, temp_bytes, buffers.keys_in,
-                                        buffers.keys_out, buffers.ids_in, buffers.ids_out,
-                                        samples, 0, buffers.end_bit, stream),
-        kOp, "sorting the samples by cell");
-  check_launch(kOp, "cub::DeviceRadixSort::SortPairs", stream);
-
-  // 3. segment starts.
-  segment_kernel<<<grid1d(count_keys + 1), kBlockThreads, 0, stream>>>(
-      buffers.keys_out, samples, count_keys, buffers.seg);
-  check_launch(kOp, "segment_kernel", stream);
+  // 2. and 3. (deterministic_sort.cu): ids sorted by key, and the segment starts.
+  sort_by_cell(buffers, samples, count_keys, stream);
 
   // 4. the gather.
   GatherParams<T, C> gp;
@@ -282,27 +250,6 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
 }
 
 }  // namespace
-
-GatherBuffers take_gather_buffers(const Problem& p, int64_t cells, cudaStream_t stream,
-                                  Workspace& workspace) {
-  GatherBuffers b;
-  const int64_t samples = p.N * p.Lq * p.M * p.P_total;
-  const int64_t count_keys = p.N * p.M * cells;
-  b.keys_in = workspace.take<uint64_t>(samples, "the sort keys");
-  b.keys_out = workspace.take<uint64_t>(samples, "the sorted keys");
-  b.ids_in = workspace.take<uint64_t>(samples, "the sample ids");
-  b.ids_out = workspace.take<uint64_t>(samples, "the sorted sample ids");
-  while (b.end_bit < 64 && (uint64_t{1} << b.end_bit) <= static_cast<uint64_t>(count_keys)) {
-    ++b.end_bit;
-  }
-  // Sizing pass of the sort: no memory is touched.
-  check(cub::DeviceRadixSort::SortPairs(nullptr, b.sort_temp_bytes, b.keys_in, b.keys_out,
-                                        b.ids_in, b.ids_out, samples, 0, b.end_bit, stream),
-        kOp, "sizing the sample sort");
-  b.sort_temp = workspace.take_bytes(static_cast<int64_t>(b.sort_temp_bytes), "the sort");
-  b.seg = workspace.take<int64_t>(count_keys + 1, "the segment starts");
-  return b;
-}
 
 void gather_grad_value(const Problem& p, const Options& options, const Levels& levels,
                        int64_t cells, const GatherBuffers& buffers,
