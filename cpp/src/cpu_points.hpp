@@ -363,17 +363,8 @@ void plan_points(const PointRun<T>& run, bool discrete, const T* loc, const T* a
 // make_corners writes them.
 template <typename T>
 inline void corners_of(const PlanBlock<T>& b, int64_t j, detail::Corners<T>* c) {
-  const T lh = b.lh[j], lw = b.lw[j];
-  const T hh = static_cast<T>(1) - lh, hw = static_cast<T>(1) - lw;
   for (int k = 0; k < 4; ++k) c->weight[k] = b.weight[k][j];
-  c->d_dw[0] = -hh;
-  c->d_dw[1] = hh;
-  c->d_dw[2] = -lh;
-  c->d_dw[3] = lh;
-  c->d_dh[0] = -hw;
-  c->d_dh[1] = -lw;
-  c->d_dh[2] = hw;
-  c->d_dh[3] = lw;
+  detail::set_corner_derivatives(b.lh[j], b.lw[j], c);
   c->discrete = b.sampled[j] == 2;
 }
 

@@ -75,6 +75,22 @@ MSDACORE_HD bool sample_in_range(T h, T w, T height, T width) {
   return h > static_cast<T>(-1) && h < height && w > static_cast<T>(-1) && w < width;
 }
 
+// The derivatives of the four corner weights (Corners::d_dw, d_dh) at fractional
+// offsets (lh, lw) of a sample within its cell.
+template <typename T>
+MSDACORE_HD void set_corner_derivatives(T lh, T lw, Corners<T>* c) {
+  const T hh = static_cast<T>(1) - lh;
+  const T hw = static_cast<T>(1) - lw;
+  c->d_dw[0] = -hh;
+  c->d_dw[1] = hh;
+  c->d_dw[2] = -lh;
+  c->d_dw[3] = lh;
+  c->d_dh[0] = -hw;
+  c->d_dh[1] = -lw;
+  c->d_dh[2] = hw;
+  c->d_dh[3] = lw;
+}
+
 // Fills `c` for a sample at pixel (h, w) that passed sample_in_range.
 template <typename T>
 MSDACORE_HD void make_corners(T h, T w, int64_t H, int64_t W, Corners<T>* c) {
@@ -105,14 +121,7 @@ MSDACORE_HD void make_corners(T h, T w, int64_t H, int64_t W, Corners<T>* c) {
   c->weight[1] = hh * lw;
   c->weight[2] = lh * hw;
   c->weight[3] = lh * lw;
-  c->d_dw[0] = -hh;
-  c->d_dw[1] = hh;
-  c->d_dw[2] = -lh;
-  c->d_dw[3] = lh;
-  c->d_dh[0] = -hw;
-  c->d_dh[1] = -lw;
-  c->d_dh[2] = hw;
-  c->d_dh[3] = lw;
+  set_corner_derivatives(lh, lw, c);
   c->discrete = false;
 }
 
