@@ -125,6 +125,36 @@ ffi::ErrorOr<msdacore_tensor> float_view(const char* name, void* data, ffi::Data
   return folded_view(data, dims, rank, code, device_type, device_index);
 }
 
+// The device a handler runs on (msdacore's device type and index).
+struct Device {
+  int32_t type, index;
+};
+
+// float_view of an XLA buffer (operand or result) on the call's device.
+ffi::ErrorOr<msdacore_tensor> buffer_view(const char* name, ffi::AnyBuffer buffer, int32_t rank,
+                                          Device device) {
+  return float_view(name, buffer.untyped_data(), buffer.element_type(), buffer.dimensions(),
+                    rank, device.type, device.index);
+}
+
+// The five inputs of a call, as msdacore's functions take them: value,
+// spatial_shapes, level_start_index, sampling_locations, attention_weights.
+ffi::Error input_views(ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
+                       const Common& c, Device device, msdacore_tensor in[5]) {
+  auto v = buffer_view("value", value, 4, device);
+  if (v.has_error()) return v.error();
+  auto l = buffer_view("sampling_locations", loc, 5, device);
+  if (l.has_error()) return l.error();
+  auto a = buffer_view("attention_weights", attn, 4, device);
+  if (a.has_error()) return a.error();
+  in[0] = *v;
+  in[1] = c.spatial_shapes;
+  in[2] = c.level_start_index;
+  in[3] = *l;
+  in[4] = *a;
+  return ffi::Error::Success();
+}
+
 // Scratch for a call: XLA's scratch allocator on CUDA, msdacore's default allocator (NULL)
 // on the CPU, where only half types need any.
 template <typename SizeFn>
@@ -159,18 +189,11 @@ ffi::Error forward(void* stream, ffi::ScratchAllocator* scratch, int32_t device_
   Common c = make_common(spatial_shapes, level_start_index, points_per_level, align_corners, mode,
                          deterministic);
   c.options.stream = stream;
-  auto v = float_view("value", value.untyped_data(), value.element_type(), value.dimensions(), 4,
-                      device_type, device_index);
-  auto l = float_view("sampling_locations", loc.untyped_data(), loc.element_type(),
-                      loc.dimensions(), 5, device_type, device_index);
-  auto a = float_view("attention_weights", attn.untyped_data(), attn.element_type(),
-                      attn.dimensions(), 4, device_type, device_index);
-  auto o = float_view("output", out->untyped_data(), out->element_type(), out->dimensions(), 3,
-                      device_type, device_index);
-  for (const auto* view : {&v, &l, &a, &o}) {
-    if (view->has_error()) return view->error();
-  }
-  const msdacore_tensor in[5] = {*v, c.spatial_shapes, c.level_start_index, *l, *a};
+  const Device device{device_type, device_index};
+  msdacore_tensor in[5];
+  if (ffi::Error e = input_views(value, loc, attn, c, device, in); e.failure()) return e;
+  auto o = buffer_view("output", *out, 3, device);
+  if (o.has_error()) return o.error();
   if (ffi::Error e = take_workspace(api->forward_workspace_size, scratch, api, in, &c.options);
       e.failure()) {
     return e;
@@ -193,26 +216,17 @@ ffi::Error backward(void* stream, ffi::ScratchAllocator* scratch, int32_t device
   Common c = make_common(spatial_shapes, level_start_index, points_per_level, align_corners, mode,
                          deterministic);
   c.options.stream = stream;
-  auto v = float_view("value", value.untyped_data(), value.element_type(), value.dimensions(), 4,
-                      device_type, device_index);
-  auto l = float_view("sampling_locations", loc.untyped_data(), loc.element_type(),
-                      loc.dimensions(), 5, device_type, device_index);
-  auto a = float_view("attention_weights", attn.untyped_data(), attn.element_type(),
-                      attn.dimensions(), 4, device_type, device_index);
-  auto g = float_view("grad_output", grad_output.untyped_data(), grad_output.element_type(),
-                      grad_output.dimensions(), 3, device_type, device_index);
-  auto gv = float_view("grad_value", grad_value->untyped_data(), grad_value->element_type(),
-                       grad_value->dimensions(), 4, device_type, device_index);
-  auto gl = float_view("grad_sampling_locations", grad_loc->untyped_data(),
-                       grad_loc->element_type(), grad_loc->dimensions(), 5, device_type,
-                       device_index);
-  auto ga = float_view("grad_attention_weights", grad_attn->untyped_data(),
-                       grad_attn->element_type(), grad_attn->dimensions(), 4, device_type,
-                       device_index);
-  for (const auto* view : {&v, &l, &a, &g, &gv, &gl, &ga}) {
-    if (view->has_error()) return view->error();
-  }
-  const msdacore_tensor in[5] = {*v, c.spatial_shapes, c.level_start_index, *l, *a};
+  const Device device{device_type, device_index};
+  msdacore_tensor in[5];
+  if (ffi::Error e = input_views(value, loc, attn, c, device, in); e.failure()) return e;
+  auto g = buffer_view("grad_output", grad_output, 3, device);
+  if (g.has_error()) return g.error();
+  auto gv = buffer_view("grad_value", *grad_value, 4, device);
+  if (gv.has_error()) return gv.error();
+  auto gl = buffer_view("grad_sampling_locations", *grad_loc, 5, device);
+  if (gl.has_error()) return gl.error();
+  auto ga = buffer_view("grad_attention_weights", *grad_attn, 4, device);
+  if (ga.has_error()) return ga.error();
   if (ffi::Error e = take_workspace(api->backward_workspace_size, scratch, api, in, &c.options);
       e.failure()) {
     return e;
