@@ -61,7 +61,11 @@ def _install_array_results(ours: set) -> None:
     operator definitions."""
     from onnxruntime_extensions import _ocos
 
-    previous = _ocos._on_pyop_invocation
+    previous = getattr(_ocos, "_on_pyop_invocation", None)
+    if previous is None or not hasattr(_ocos, "Opdef") or not hasattr(_ocos.Opdef, "_odlist"):
+        # Another onnxruntime-extensions release than the pinned one (0.15.2), without
+        # these internals: its own hook stays, correct but slower.
+        return
 
     def invoke(k_id, feed, attributes):
         if k_id not in ours:
