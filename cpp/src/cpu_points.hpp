@@ -3,7 +3,7 @@
 // vector form of detail::sample_corners (msdacore/detail/bilinear.hpp). Lane j computes
 // exactly what sample_corners computes for point j, with the same operations in the same
 // order (no FMA contraction: -ffp-contract=off), so both forms give the same bits; the
-// C++ tests check it (tests/cpp/test_bilinear.cpp).
+// C++ tests check it (tests/cpp/test_points.cpp).
 //
 // A kernel plans the points of a (query, head) in groups of kLanes (plan_points), then
 // runs its channel loops over the plan: the corners of every point, in point order

@@ -21,6 +21,7 @@ import os
 import sys
 
 from ..configs import CONFIGS, make_inputs
+from .deploy import _call_module
 from .problems import OP_KEYS, rel_error
 from .report import load_average, machine_info
 from .timing import time_call
@@ -28,26 +29,6 @@ from .timing import time_call
 __all__ = ["openvino_per_call", "format_table"]
 
 CONFIG_NAMES = ("detr-enc", "detr-dec", "small")
-
-
-def _torch_modules(torch, levels, align_corners: bool):
-    """(composition, msdacore): torch modules of (value, sampling_locations,
-    attention_weights) -> (N, Lq, M*D) on fixed levels."""
-    import msdacore.torch as mt
-
-    from ..grid_sample import ms_deform_attn_grid_sample
-
-    class Composition(torch.nn.Module):
-        def forward(self, value, sampling_locations, attention_weights):
-            return ms_deform_attn_grid_sample(value, levels, sampling_locations,
-                                              attention_weights, align_corners)
-
-    class WithMsdacore(torch.nn.Module):
-        def forward(self, value, sampling_locations, attention_weights):
-            return mt.ms_deform_attn(value, levels, None, sampling_locations,
-                                     attention_weights, align_corners=align_corners)
-
-    return Composition(), WithMsdacore()
 
 
 def openvino_per_call(configs=CONFIG_NAMES, threads: int = 2, repeats: int = 5,
@@ -79,7 +60,8 @@ def openvino_per_call(configs=CONFIG_NAMES, threads: int = 2, repeats: int = 5,
         floats = [np.ascontiguousarray(inputs[k]) for k in
                   ("value", "sampling_locations", "attention_weights")]
         example = tuple(torch.from_numpy(x) for x in floats)
-        composition, with_msdacore = _torch_modules(torch, levels, cfg.align_corners)
+        composition, with_msdacore = (_call_module(levels, cfg.align_corners, m)
+                                      for m in (False, True))
         row = {"config": name, "threads": threads}
         expected = msdacore.ms_deform_attn(*args, align_corners=cfg.align_corners)
         for key, module, ext in (("openvino_composition", composition, None),

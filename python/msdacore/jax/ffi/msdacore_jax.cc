@@ -291,42 +291,27 @@ MSDACORE_JAX_EXPORT XLA_FFI_Error* msdacore_jax_backward_cuda(XLA_FFI_CallFrame*
       .Attr<int32_t>("mode")                               \
       .Attr<int32_t>("deterministic")
 
+// The buffers of each handler: forward (value, sampling_locations, attention_weights) ->
+// output; backward (the same, grad_output) -> the three gradients. The CUDA handlers take
+// XLA's stream, scratch allocator and device ordinal first.
+#define MSDACORE_JAX_FORWARD_BUFFERS \
+  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+#define MSDACORE_JAX_BACKWARD_BUFFERS                                                     \
+  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>() \
+      .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+#define MSDACORE_JAX_CUDA_CONTEXT                                                   \
+  .Ctx<ffi::PlatformStream<void*>>().Ctx<ffi::ScratchAllocator>().Ctx<ffi::DeviceOrdinal>()
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_forward_cpu, forward_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() MSDACORE_JAX_ATTRS);
+                              ffi::Ffi::Bind() MSDACORE_JAX_FORWARD_BUFFERS MSDACORE_JAX_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_backward_cpu, backward_cpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() MSDACORE_JAX_ATTRS);
+                              ffi::Ffi::Bind() MSDACORE_JAX_BACKWARD_BUFFERS MSDACORE_JAX_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_forward_cuda, forward_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<void*>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Ctx<ffi::DeviceOrdinal>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() MSDACORE_JAX_ATTRS);
+                              ffi::Ffi::Bind() MSDACORE_JAX_CUDA_CONTEXT
+                                  MSDACORE_JAX_FORWARD_BUFFERS MSDACORE_JAX_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_backward_cuda, backward_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<void*>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Ctx<ffi::DeviceOrdinal>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() MSDACORE_JAX_ATTRS);
+                              ffi::Ffi::Bind() MSDACORE_JAX_CUDA_CONTEXT
+                                  MSDACORE_JAX_BACKWARD_BUFFERS MSDACORE_JAX_ATTRS);
 
 // Hands the handlers msdacore._core's C API table (the pointer of the PyCapsule
 // "msdacore.c_api"). Returns 0, or -1 for a NULL or too short table.
