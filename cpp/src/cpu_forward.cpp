@@ -1,6 +1,7 @@
 // CPU forward kernel: output (N, Lq, M*D).
 //
-// One OpenMP task per (n, block of queries); a task computes every head of its queries.
+// One OpenMP task per (n, block of queries), the queries taken in the visiting order of
+// cpu_query_order.hpp (vertical strips); a task computes every head of its queries.
 // Nearby queries sample nearby tokens, and the heads of one token share its cache lines,
 // so this order reads value with the best locality (measured: 1.6x faster than one head
 // at a time on detr-enc, docs/benchmarks.md). For each (q, m) the P_total points are
@@ -8,6 +9,7 @@
 // register-sized chunks (kChunk channels) over the planned corners, then stored.
 #include "cpu_parallel.hpp"
 #include "cpu_points.hpp"
+#include "cpu_query_order.hpp"
 #include "cpu_simd.hpp"
 #include "cpu_kernels.hpp"
 #include "msdacore/detail/bilinear.hpp"
@@ -85,6 +87,9 @@ void forward_impl(const ForwardArgs<T>& a) {
   constexpr int64_t chunk = kChunk<T>;
   const bool unit = a.value.stride[3] == 1;
   const PointRun<T> points(a, 0, p.L);  // all P_total points of a head
+  // The queries' visiting order (cpu_query_order.hpp).
+  const std::vector<int64_t> order =
+      query_order(p, a.loc.data, a.loc.stride[0], a.loc.stride[1]);
 
 #pragma omp parallel for schedule(static) num_threads(run.threads) if (run.parallel)
   for (int64_t task = 0; task < tasks; ++task) {
@@ -93,7 +98,8 @@ void forward_impl(const ForwardArgs<T>& a) {
     const int64_t q_begin = blocks.begin(block), q_end = blocks.end(block);
     PointPlan<T> plan;
     plan.resize(points.count());
-    for (int64_t q = q_begin; q < q_end; ++q) {
+    for (int64_t qi = q_begin; qi < q_end; ++qi) {
+      const int64_t q = order[n * p.Lq + qi];
       for (int64_t m = 0; m < p.M; ++m) {
         const int64_t head = n * a.loc.stride[0] + q * a.loc.stride[1] + m * a.loc.stride[2];
         const int64_t attn_head =

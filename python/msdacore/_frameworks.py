@@ -58,7 +58,7 @@ class DLPackFramework:
         kind, device = _arrays.device_of(like)
         if kind == _arrays.KDL_CUDA:
             return _core.cuda_empty(list(shape), _dtype_name(like), device, stream or 0)
-        return np.empty(shape, dtype=_numpy_dtype(like))
+        return _arrays.aligned_empty(shape, _numpy_dtype(like))
 
     def workspace(self, nbytes, like, stream):
         """Device scratch of `nbytes` as (keep-alive object, address); None: the core's
@@ -113,7 +113,8 @@ class NumPyFramework(DLPackFramework):
         return _arrays.as_array(array, name)
 
     def empty(self, shape, like, stream):
-        return np.empty(shape, dtype=_numpy_dtype(like))  # `like` may be another framework's
+        # `like` may be another framework's
+        return _arrays.aligned_empty(shape, _numpy_dtype(like))
 
     def capsule_list(self, arrays, names):
         # The common case in one go: NumPy arrays that export as they are.

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._arrays import aligned_empty
+
 __all__ = ["Config", "CONFIGS", "make_inputs", "level_start_index"]
 
 # How query reference points are placed (normalised (x, y) in [0, 1]):
@@ -153,9 +155,10 @@ def make_inputs(config, dtype=np.float32, seed: int = 0) -> dict:
     c = config
     rng = np.random.default_rng(seed)
 
-    value = np.empty((c.N, c.S, c.M, c.D), dtype=dtype)
-    locs = np.empty((c.N, c.Lq, c.M, c.L, c.P, 2), dtype=dtype)
-    weights = np.empty((c.N, c.Lq, c.M, c.L, c.P), dtype=dtype)
+    # Cache-line aligned, like a framework's tensors (see _arrays.aligned_empty).
+    value = aligned_empty((c.N, c.S, c.M, c.D), dtype)
+    locs = aligned_empty((c.N, c.Lq, c.M, c.L, c.P, 2), dtype)
+    weights = aligned_empty((c.N, c.Lq, c.M, c.L, c.P), dtype)
 
     pixel = _pixel_size(c)  # (L, 2)
     # ring offsets in normalised units per level: (M, L, P, 2)

@@ -72,12 +72,15 @@ def test_cuda_device_count_matches_the_build():
 
 
 def test_outputs_are_allocated_by_the_callers_framework():
-    """NumPy in, NumPy out, fresh and writable; torch in, torch out (the core never
-    allocates outputs for frameworks it knows)."""
+    """NumPy in, NumPy out, fresh, writable and cache-line aligned (a view of a buffer
+    of its own); torch in, torch out (the core never allocates outputs for frameworks
+    it knows)."""
     rng = np.random.default_rng(1)
     value = rng.standard_normal((1, 6, 1, 2))
     loc = rng.uniform(0, 1, (1, 3, 1, 1, 1, 2))
     attn = rng.uniform(0, 1, (1, 3, 1, 1, 1))
     out = msdacore.ms_deform_attn(value, [[2, 3]], [0], loc, attn)
-    assert type(out) is np.ndarray and out.flags.writeable and out.flags.owndata
+    assert type(out) is np.ndarray and out.flags.writeable and out.flags.c_contiguous
+    assert out.ctypes.data % 64 == 0
+    assert not any(np.shares_memory(out, x) for x in (value, loc, attn))
     assert out.shape == (1, 3, 2) and out.dtype == np.float64

@@ -7,6 +7,7 @@ import importlib
 
 import numpy as np
 
+from .._arrays import aligned_empty
 from ..configs import make_inputs
 
 __all__ = ["OP_KEYS", "NUMPY_DTYPES", "ITEMSIZES", "try_import_torch", "build_problem",
@@ -26,7 +27,8 @@ def build_problem(cfg, dtype: str, seed: int):
     "float32" or "float64"; both deterministic for seed."""
     inputs = make_inputs(cfg, dtype=NUMPY_DTYPES[dtype], seed=seed)
     rng = np.random.default_rng(seed + 1)
-    grad_output = rng.standard_normal(cfg.output_shape).astype(NUMPY_DTYPES[dtype])
+    grad_output = aligned_empty(cfg.output_shape, NUMPY_DTYPES[dtype])
+    grad_output[...] = rng.standard_normal(cfg.output_shape)
     return inputs, grad_output
 
 
