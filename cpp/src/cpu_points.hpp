@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -226,6 +227,16 @@ struct PointOffsets {
 template <typename T>
 struct PointRun {
   std::vector<const LevelGeometry<T>*> level;  // per point
+  // Per point, its level's scale_x and scale_y (the location gradients' factors), zero
+  // padded to whole plan blocks so that group_gradients reads whole lane groups.
+  std::vector<T> scale_x, scale_y;
+  // The order in which the backward's channel loop visits the points of each plan block:
+  // visit[b * kBlock + i] is the i-th point of block b to visit (an index in the block).
+  // Round robin over the levels (point 0 of every level, then point 1, ...), so that
+  // neighbouring points of one level, which often share corner rows, do not update the
+  // same grad_value rows back to back; the order among one level's points, hence the
+  // order in which each grad_value row accumulates, stays the point order.
+  std::vector<int32_t> visit;
   PointOffsets offsets;
   std::vector<GroupGeometry<T>> groups;                       // the build's width
   std::vector<GroupGeometry<T, kNarrowLanes<T>>> narrow_groups;  // 16 bytes
@@ -249,6 +260,29 @@ struct PointRun {
     offsets.y_stride = a.loc.stride[5];
     offsets.finish();
     const int64_t points = static_cast<int64_t>(level.size());
+    const int64_t padded = (points + PlanBlock<T>::kBlock - 1) / PlanBlock<T>::kBlock *
+                           PlanBlock<T>::kBlock;
+    scale_x.assign(static_cast<size_t>(padded), T(0));
+    scale_y.assign(static_cast<size_t>(padded), T(0));
+    for (int64_t j = 0; j < points; ++j) {
+      scale_x[j] = level[j]->scale_x;
+      scale_y[j] = level[j]->scale_y;
+    }
+    // rank: a point's index among its level's points (points of a level are consecutive).
+    std::vector<int64_t> rank(static_cast<size_t>(points));
+    for (int64_t j = 0; j < points; ++j) {
+      rank[j] = j > 0 && level[j] == level[j - 1] ? rank[j - 1] + 1 : 0;
+    }
+    visit.assign(static_cast<size_t>(padded), 0);
+    for (int64_t b0 = 0; b0 < points; b0 += PlanBlock<T>::kBlock) {
+      const int64_t b1 = std::min<int64_t>(points, b0 + PlanBlock<T>::kBlock);
+      std::vector<int32_t> block;
+      for (int64_t j = b0; j < b1; ++j) block.push_back(static_cast<int32_t>(j - b0));
+      std::stable_sort(block.begin(), block.end(), [&](int32_t x, int32_t y) {
+        return rank[b0 + x] < rank[b0 + y];
+      });
+      std::copy(block.begin(), block.end(), visit.begin() + b0);
+    }
     groups = group_geometry<T, Simd<T>::kLanes>(level.data(), points);
     narrow_groups = group_geometry<T, kNarrowLanes<T>>(level.data(), points);
     narrow = points <= kNarrowLanes<T> && kNarrowLanes<T> < Simd<T>::kLanes;
@@ -369,19 +403,23 @@ inline void corners_of(const PlanBlock<T>& b, int64_t j, detail::Corners<T>* c) 
 }
 
 // detail::sample_gradients for the points i0 .. i0 + kLanes - 1 of block `b` (planned with
-// kGradients) from their dot products dots[k][i] (0 for corners not read), on a level of
-// scales sx, sy: grad_attention, grad_x and grad_y per lane, +0 for a skipped point and
-// the location gradients +0 in discrete mode, as the scalar form writes them.
+// kGradients) from their dot products dots[k][i] (0 for corners not read), point i0 + i
+// on a level of scales scale_x[i], scale_y[i]: grad_attention, grad_x and grad_y per lane,
+// +0 for a skipped point and the location gradients +0 in discrete mode, as the scalar
+// form writes them.
 template <typename T>
 inline void group_gradients(const PlanBlock<T>& b, const T (*dots)[PlanBlock<T>::kBlock],
-                            int64_t i0, T sx, T sy, typename PointLanes<T>::Vec* grad_attention,
+                            int64_t i0, const T* scale_x, const T* scale_y,
+                            typename PointLanes<T>::Vec* grad_attention,
                             typename PointLanes<T>::Vec* grad_x,
                             typename PointLanes<T>::Vec* grad_y) {
   using PL = PointLanes<T>;
   using Vec = typename PL::Vec;
   using IVec = typename PL::IVec;
-  Vec lh, lw, A, w[4], d[4];
+  Vec lh, lw, A, w[4], d[4], sx, sy;
   IVec sampled;
+  std::memcpy(&sx, scale_x, sizeof(Vec));
+  std::memcpy(&sy, scale_y, sizeof(Vec));
   std::memcpy(&lh, &b.lh[i0], sizeof(Vec));
   std::memcpy(&lw, &b.lw[i0], sizeof(Vec));
   std::memcpy(&A, &b.attention[i0], sizeof(Vec));

@@ -166,7 +166,12 @@ void test_group_gradients() {
     for (int k = 0; k < 4; ++k) dots[k][i] = oks[i] ? static_cast<T>(nd(rng)) : T(0);
   }
   typename PL::Vec ga, gx, gy;
-  group_gradients<T>(b, dots, 0, lv.scale_x, lv.scale_y, &ga, &gx, &gy);
+  T scale_x[N], scale_y[N];
+  for (int i = 0; i < N; ++i) {
+    scale_x[i] = lv.scale_x;
+    scale_y[i] = lv.scale_y;
+  }
+  group_gradients<T>(b, dots, 0, scale_x, scale_y, &ga, &gx, &gy);
   for (int i = 0; i < N; ++i) {
     T sa = 0, sx = 0, sy = 0;
     if (oks[i]) {
