@@ -14,7 +14,12 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "backend.hpp"  // TypeTag
 #include "msdacore/detail/bilinear.hpp"
@@ -149,6 +154,48 @@ inline bool parallel_worth_it(const Problem& p) {
   return multiply_adds >= 65536.0;
 }
 
+// A vector of kBytes bytes with x in every lane (Simd::splat).
+template <typename T, int kBytes>
+struct Broadcast {
+  typedef T Vec __attribute__((vector_size(kBytes)));
+  static Vec of(T x) {
+    Vec v = {};
+    v[0] = x;
+#if defined(__clang__)
+    return lane0(v, std::make_index_sequence<kBytes / sizeof(T)>{});
+#else
+    typedef decltype(Vec{} < Vec{}) Index;
+    return __builtin_shuffle(v, Index{});  // every lane takes lane 0
+#endif
+  }
+#if defined(__clang__)
+  template <size_t... I>
+  static Vec lane0(Vec v, std::index_sequence<I...>) {
+    return __builtin_shufflevector(v, v, ((void)I, 0)...);
+  }
+#endif
+};
+#if defined(__AVX__)
+template <>
+struct Broadcast<float, 32> {
+  static __m256 of(float x) { return _mm256_set1_ps(x); }
+};
+template <>
+struct Broadcast<double, 32> {
+  static __m256d of(double x) { return _mm256_set1_pd(x); }
+};
+#endif
+#if defined(__AVX512F__)
+template <>
+struct Broadcast<float, 64> {
+  static __m512 of(float x) { return _mm512_set1_ps(x); }
+};
+template <>
+struct Broadcast<double, 64> {
+  static __m512d of(double x) { return _mm512_set1_pd(x); }
+};
+#endif
+
 // Vectors of kBytes bytes of T.
 template <typename T, int kBytesOf = MSDACORE_VEC_BYTES>
 struct Simd {
@@ -162,7 +209,9 @@ struct Simd {
     return v;
   }
   static void store(T* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
-  static Vec splat(T x) { return Vec{} + x; }
+  // x in every lane, a plain broadcast (-0 stays -0): one vbroadcastss / vbroadcastsd
+  // where the build has AVX, a shuffle of lane 0 otherwise.
+  static Vec splat(T x) { return Broadcast<T, kBytes>::of(x); }
 };
 
 // Channels accumulated in registers at once by the forward kernel (128 bytes).
