@@ -53,6 +53,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -294,7 +295,8 @@ struct Kernels {
 // gathers: out += weight * row over every corner (forward), or dot(g, row) and
 // grad_value row += weight * g (backward; one float per sample written, standing in for
 // the per-sample gradients). No index array, no skip branch, no exact-zero semantics: it
-// is a bound, not a kernel.
+// is a bound, not a kernel. Queries are visited in msdacore's order (vertical strips,
+// see `order`) and every array starts on a cache line, as msdacore's kernels see them.
 typedef int32_t vi16 __attribute__((vector_size(64)));
 
 template <int DT>
@@ -319,10 +321,28 @@ struct Lean {
     std::vector<vi16> hi, wi, start, live;
   };
   Lanes lanes;
+  // The queries (n*Lq + q) in visiting order: vertical strips of kStripPixels pixels of
+  // the widest level, keyed by the x of head 0's first location, stable (msdacore's
+  // cpu_query_order.hpp), so that a strip's rows stay in L2 while it is swept.
+  static constexpr int64_t kStripPixels = 8;
+  std::vector<int64_t> order;
 
   Lean(const Problem& p_, const float* v, const float* a, float* o, const float* g, float* gv,
        float* gs, bool pf)
       : p(p_), value(v), attn(a), out(o), gout(g), gvalue(gv), gsample(gs), prefetch(pf) {
+    int64_t widest = 1;
+    for (int64_t w : p.W) widest = std::max(widest, w);
+    const int64_t strips = (widest + kStripPixels - 1) / kStripPixels;
+    const int64_t per_query = p.M * p.L * p.P * 2;
+    for (int64_t n = 0; n < p.N; ++n) {
+      std::vector<std::vector<int64_t>> by_strip(strips);
+      for (int64_t q = 0; q < p.Lq; ++q) {
+        const float x = p.locs[(n * p.Lq + q) * per_query] * float(strips);
+        const int64_t s = !(x >= 0.0f) ? 0 : !(x < float(strips)) ? strips - 1 : int64_t(x);
+        by_strip[s].push_back(n * p.Lq + q);
+      }
+      for (const auto& list : by_strip) order.insert(order.end(), list.begin(), list.end());
+    }
     const int64_t LP = p.L * p.P;
     lanes.groups = int((LP + kLanes - 1) / kLanes);
     for (auto* vec : {&lanes.sx, &lanes.sy, &lanes.shift, &lanes.hf, &lanes.wf})
@@ -417,12 +437,12 @@ struct Lean {
       Plan plans[2];
       const int nt = omp_get_num_threads(), t = omp_get_thread_num();
       const int64_t lo = NQ * M * t / nt, hi = NQ * M * (t + 1) / nt;  // (nq, m) items
-      if (lo < hi) plan(lo / M, lo % M, plans[0]);
+      if (lo < hi) plan(order[lo / M], lo % M, plans[0]);
       for (int64_t it = lo; it < hi; ++it) {
         const Plan& cur = plans[(it - lo) & 1];
         if (it + 1 < hi) {
           Plan& next = plans[(it + 1 - lo) & 1];
-          plan((it + 1) / M, (it + 1) % M, next);
+          plan(order[(it + 1) / M], (it + 1) % M, next);
           if (prefetch) prefetch_rows(next);
         }
         vf16 acc[NV];
@@ -434,7 +454,7 @@ struct Lean {
             for (int j = 0; j < NV; ++j) acc[j] += wt * load16(v + 16 * j);
           }
         }
-        float* o = out + it * D;
+        float* o = out + (order[it / M] * M + it % M) * D;
         for (int j = 0; j < NV; ++j) store16(o + 16 * j, acc[j]);
       }
     }
@@ -453,7 +473,7 @@ struct Lean {
       const int64_t per_q = m_hi - m_lo, items = NQ * per_q;
       Plan plans[2];
       auto item = [&](int64_t it, int64_t* nq, int64_t* m) {
-        *nq = it / per_q;
+        *nq = order[it / per_q];
         *m = m_lo + it % per_q;
       };
       int64_t nq, m;
@@ -522,12 +542,33 @@ double checksum(const float* a, int64_t n) {
   return s;
 }
 
+// A std::allocator that starts every array on a cache line (64 bytes), like a
+// framework's tensors: a D = 32 float row is then two cache lines, not three.
+template <typename T>
+struct CacheLineAllocator {
+  using value_type = T;
+  CacheLineAllocator() = default;
+  template <typename U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}
+  T* allocate(size_t n) {
+    void* ptr = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+    if (!ptr) throw std::bad_alloc();
+    return static_cast<T*>(ptr);
+  }
+  void deallocate(T* ptr, size_t) { std::free(ptr); }
+  template <typename U>
+  bool operator==(const CacheLineAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const CacheLineAllocator<U>&) const { return false; }
+};
+using Floats = std::vector<float, CacheLineAllocator<float>>;
+
 template <int DT>
 int run(const Problem& p, int threads, int repeats, const char* json_path, const char* input) {
   const int64_t M = p.M, D = p.D, rows_total = p.N * p.S + 1;
   const int64_t n_samples = p.N * p.Lq * M * p.L * p.P;
-  std::vector<float> value(rows_total * M * D), gvalue(rows_total * M * D);
-  std::vector<float> out(p.N * p.Lq * M * D), gout(p.N * p.Lq * M * D), gsample(n_samples);
+  Floats value(rows_total * M * D), gvalue(rows_total * M * D);
+  Floats out(p.N * p.Lq * M * D), gout(p.N * p.Lq * M * D), gsample(n_samples);
   uint64_t state = 0x9E3779B97F4A7C15ull;  // fixed pseudo-random fill in [-1, 1)
   auto next = [&state]() {
     state ^= state << 13; state ^= state >> 7; state ^= state << 17;
@@ -572,7 +613,7 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
                                               gout.data(), gvalue.data(), gsample.data()});
   // The lean floor (weights and bilinear arithmetic included), with and without prefetch;
   // its forward checked against a scalar evaluation of the same sums.
-  std::vector<float> attn(n_samples);
+  Floats attn(n_samples);
   for (auto& x : attn) x = 0.5f + 0.5f * next();
   const bool lean_ok = Lean<DT>::supported(p);
   Result lean_r[2] = {};

@@ -37,11 +37,10 @@ MSDACORE_DECLARE_CPU_KERNELS(avx2)
 MSDACORE_DECLARE_CPU_KERNELS(avx512)
 #undef MSDACORE_DECLARE_CPU_KERNELS
 
-// The instruction set the kernels run with ("generic", "avx2" or "avx512"): AVX2 where
-// this machine has it, else generic, unless the environment variable MSDACORE_CPU_ISA
-// names another compiled-in one this machine supports (avx512 is used only when named:
-// it was not faster where measured). And the list of compiled-in ones
-// ("generic,avx2,avx512").
+// The instruction set the kernels run with ("generic", "avx2" or "avx512"): the widest
+// compiled-in one this machine supports (AVX-512 F/VL/DQ/BW, else AVX2, else generic),
+// unless the environment variable MSDACORE_CPU_ISA names another compiled-in one this
+// machine supports. And the list of compiled-in ones ("generic,avx2,avx512").
 std::string selected_isa();
 std::string compiled_isas();
 
