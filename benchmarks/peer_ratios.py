@@ -33,6 +33,9 @@ from msdacore.configs import CONFIGS
 
 
 def median_ms(fn, calls: int) -> float:
+    # Worker threads of the previous runtime (ONNX Runtime's pool, torch's OpenMP) spin for
+    # a while after their last call and would take the cores from this one: let them sleep.
+    time.sleep(0.5)
     fn()
     times = []
     for _ in range(calls):
