@@ -26,12 +26,23 @@ TensorView compact(const TensorView& t) {
 }
 
 // dst[i] = t[i] as float32, i in row-major order over t's shape (any strides); `read`
-// turns one stored element of type T into float32.
+// turns one stored element of type T into float32 (branch free, so the unit-stride loops
+// vectorize).
 template <typename T, typename Read>
 void widen_as(const TensorView& t, float* dst, Read read) {
   const T* src = static_cast<const T*>(t.data);
   const int64_t total = t.numel();
   if (total <= 0) return;
+  if (t.is_contiguous()) {  // one flat range, in chunks
+    constexpr int64_t kChunk = 16384;
+    const int64_t chunks = (total + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) num_threads(get_num_threads()) if (chunks > 4)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t end = (c + 1) * kChunk < total ? (c + 1) * kChunk : total;
+      for (int64_t i = c * kChunk; i < end; ++i) dst[i] = read(src[i]);
+    }
+    return;
+  }
   const int last = t.ndim - 1;
   const int64_t inner = t.ndim > 0 ? t.shape[last] : 1;
   const int64_t inner_stride = t.ndim > 0 ? t.strides[last] : 0;
@@ -44,7 +55,12 @@ void widen_as(const TensorView& t, float* dst, Read read) {
       rest /= t.shape[d];
     }
     float* out = dst + r * inner;
-    for (int64_t i = 0; i < inner; ++i) out[i] = read(src[offset + i * inner_stride]);
+    const T* in = src + offset;
+    if (inner_stride == 1) {
+      for (int64_t i = 0; i < inner; ++i) out[i] = read(in[i]);
+    } else {
+      for (int64_t i = 0; i < inner; ++i) out[i] = read(in[i * inner_stride]);
+    }
   }
 }
 
@@ -64,10 +80,13 @@ void widen(const TensorView& t, float* dst) {
 void narrow(const float* src, const TensorView& out, int64_t count) {
   if (out.dtype == DType::Float32) return;  // the kernels wrote it directly
   uint16_t* dst = static_cast<uint16_t*>(out.data);
-  const bool bf16 = out.dtype == DType::BFloat16;
+  // One loop per dtype, branch free inside, so that each vectorizes.
+  if (out.dtype == DType::BFloat16) {
 #pragma omp parallel for schedule(static) num_threads(get_num_threads()) if (count > 65536)
-  for (int64_t i = 0; i < count; ++i) {
-    dst[i] = bf16 ? float_to_bfloat16(src[i]) : float_to_half(src[i]);
+    for (int64_t i = 0; i < count; ++i) dst[i] = float_to_bfloat16(src[i]);
+  } else {
+#pragma omp parallel for schedule(static) num_threads(get_num_threads()) if (count > 65536)
+    for (int64_t i = 0; i < count; ++i) dst[i] = float_to_half(src[i]);
   }
 }
 

@@ -22,41 +22,43 @@ inline uint32_t float_to_bits(float f) {
   return u;
 }
 
+// Every conversion below is branch free (each case computed, the right one selected), so
+// that the loops over arrays in cpu_widen.cpp vectorize; tests/cpp/test_half_convert.cpp
+// checks them against plain case-by-case conversions (all 65536 halves, and floats of
+// every exponent).
+
 // IEEE binary16 -> float32 (exact).
 inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
-  if (exponent == 0x1fu) return bits_to_float(sign | 0x7f800000u | (mantissa << 13));  // inf/NaN
-  if (exponent == 0) {
-    if (mantissa == 0) return bits_to_float(sign);  // +-0
-    exponent = 127 - 15 + 1;                        // subnormal: normalise
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      --exponent;
-    }
-    return bits_to_float(sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13));
-  }
-  return bits_to_float(sign | ((exponent + 127 - 15) << 23) | (mantissa << 13));
+  const uint32_t shifted = static_cast<uint32_t>(h & 0x7fffu) << 13;  // exponent, mantissa
+  const uint32_t exponent = shifted & 0x0f800000u;
+  // Normal: rebias the exponent. Inf/NaN: exponent all ones, mantissa (payload) kept.
+  const uint32_t normal = shifted + ((127u - 15u) << 23);
+  const uint32_t special = normal + ((128u - 16u) << 23);
+  // Zero and subnormal: the mantissa as a float32 with the smallest normal half exponent,
+  // minus that exponent's 1.0: exact (the difference is representable).
+  const float sub = bits_to_float(normal + (1u << 23)) - bits_to_float(113u << 23);
+  const uint32_t magnitude = exponent == 0x0f800000u ? special
+                             : exponent == 0          ? float_to_bits(sub)
+                                                      : normal;
+  return bits_to_float(magnitude | sign);
 }
 
-// float32 -> IEEE binary16, round to nearest even.
+// float32 -> IEEE binary16, round to nearest even; overflow to infinity, NaN to the
+// quiet NaN 0x7e00 (sign kept).
 inline uint16_t float_to_half(float f) {
   uint32_t x = float_to_bits(f);
   const uint32_t sign = x & 0x80000000u;
   x ^= sign;
-  uint32_t out;
-  if (x >= (127u + 16u) << 23) {                    // |f| >= 65536, inf or NaN
-    out = x > (255u << 23) ? 0x7e00u : 0x7c00u;
-  } else if (x < (127u - 14u) << 23) {              // below 2^-14: subnormal or zero
-    // Adding 0.5 (2^-1) aligns the half's subnormal unit (2^-24) with the float's last
-    // mantissa bit; the float addition rounds to nearest even.
-    const uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
-    out = float_to_bits(bits_to_float(x) + bits_to_float(magic)) - magic;
-  } else {                                          // normal: round the 13 dropped bits
-    const uint32_t odd = (x >> 13) & 1u;
-    x += ((15u - 127u) << 23) + 0xfffu + odd;
-    out = x >> 13;                                  // a carry past 30 gives infinity
-  }
+  // |f| >= 65536, inf or NaN.
+  const uint32_t big = x > (255u << 23) ? 0x7e00u : 0x7c00u;
+  // Below 2^-14, subnormal or zero: adding 0.5 (2^-1) aligns the half's subnormal unit
+  // (2^-24) with the float's last mantissa bit; the float addition rounds to nearest even.
+  const uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+  const uint32_t small = float_to_bits(bits_to_float(x) + bits_to_float(magic)) - magic;
+  // Normal: round the 13 dropped bits (a carry past bit 30 gives infinity).
+  const uint32_t normal = (x + ((15u - 127u) << 23) + 0xfffu + ((x >> 13) & 1u)) >> 13;
+  const uint32_t out = x >= (127u + 16u) << 23 ? big : x < (127u - 14u) << 23 ? small : normal;
   return static_cast<uint16_t>(out | (sign >> 16));
 }
 
@@ -66,8 +68,9 @@ inline float bfloat16_to_float(uint16_t b) { return bits_to_float(static_cast<ui
 // float32 -> bfloat16, round to nearest even; NaN stays a (quiet) NaN.
 inline uint16_t float_to_bfloat16(float f) {
   const uint32_t u = float_to_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  const uint32_t nan = (u >> 16) | 0x40u;
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 }  // namespace cpu

@@ -41,8 +41,28 @@ const Backend& backend_for(const Problem& p) {
   return cpu_backend;
 }
 
+// Host scratch of at least `bytes` for a call on this thread: one block per thread, kept
+// between calls and grown to the largest workspace the thread's calls needed, freed when
+// the thread ends. The CPU's half-type paths need tens of megabytes per call (float32
+// copies), and fresh pages cost their first touch (the OS zeroes every 4 KiB page):
+// measured on detr-enc, float16 forward 52.8 -> 25.2 ms (docs/benchmarks.md).
+void* thread_host_workspace(const Device& device, int64_t bytes) {
+  struct Block {
+    Buffer buffer;
+    int64_t bytes = 0;
+  };
+  thread_local Block block;
+  if (block.bytes < bytes) {
+    block.buffer.reset();  // the old block first: the two need not coexist
+    block.buffer = Buffer(device, bytes);
+    block.bytes = bytes;
+  }
+  return block.buffer.data();
+}
+
 // The call's workspace: the caller's (checked against `needed`) or, when the caller gave
-// none and some is needed, a block of the default allocator released on the call's stream.
+// none and some is needed, the calling thread's host block (CPU) or a block of the default
+// allocator released on the call's stream (CUDA).
 class CallWorkspace {
  public:
   CallWorkspace(const Problem& p, const Options& options, int64_t needed)
@@ -58,6 +78,8 @@ class CallWorkspace {
                     "-byte aligned");
       }
       view_ = Workspace(options.workspace, options.workspace_bytes);
+    } else if (needed > 0 && p.device.type == DeviceType::CPU) {
+      view_ = Workspace(thread_host_workspace(p.device, needed), needed);
     } else if (needed > 0) {
       owned_ = Buffer(p.device, needed, options.stream);
       view_ = Workspace(owned_.data(), needed);
