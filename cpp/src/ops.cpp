@@ -45,7 +45,7 @@ const Backend& backend_for(const Problem& p) {
 // between calls and grown to the largest workspace the thread's calls needed, freed when
 // the thread ends. The CPU's half-type paths need tens of megabytes per call (float32
 // copies), and fresh pages cost their first touch (the OS zeroes every 4 KiB page):
-// measured on detr-enc, float16 forward 52.8 -> 25.2 ms (docs/benchmarks.md).
+// measured on detr-enc, float16 forward 52.8 -> 29.3 ms (docs/benchmarks.md).
 void* thread_host_workspace(const Device& device, int64_t bytes) {
   struct Block {
     Buffer buffer;
