@@ -334,7 +334,7 @@ void plan_groups(const std::vector<GroupGeometry<T, N>>& group_list,
         (c.inside[0] & 1) | (c.inside[1] & 2) | (c.inside[2] & 4) | (c.inside[3] & 8);
     std::memcpy(&b.corners[i0], &bits, sizeof(IVec));
     for (int k = 0; k < 4; ++k) {
-      const Vec scaled = A * c.weight[k];
+      const Vec scaled = PL::select(c.inside[k], A * c.weight[k]);  // +0 where not read
       std::memcpy(&b.scaled[k][i0], &scaled, sizeof(Vec));
       for (int i = 0; i < kLanes; ++i) b.token[k][i0 + i] = c.token[k][i];
       if (kGradients) std::memcpy(&b.weight[k][i0], &c.weight[k], sizeof(Vec));
@@ -370,8 +370,8 @@ void plan_points(const PointRun<T>& run, bool discrete, const T* loc, const T* a
       int32_t bits = 0;
       for (int k = 0; k < 4; ++k) {
         if (ok && c.inside[k]) bits |= 1 << k;
-        b.scaled[k][i] = ok ? A * c.weight[k] : T(0);
-        b.token[k][i] = ok ? level.token_start + c.offset[k] : 0;
+        b.scaled[k][i] = ok && c.inside[k] ? A * c.weight[k] : T(0);
+        b.token[k][i] = ok && c.inside[k] ? level.token_start + c.offset[k] : 0;
         if (kGradients) b.weight[k][i] = ok ? c.weight[k] : T(0);
       }
       b.corners[i] = bits;

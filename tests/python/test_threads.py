@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import msdacore
-from devices import assert_same_bits, run
-from strategies import Case, make_inputs
+from devices import assert_same_bits, run, same_bits
+from strategies import Case, forward_args, make_inputs
 
 MEDIUM = Case(N=2, levels=((20, 24), (10, 12), (5, 6), (3, 3)), M=4, D=16, P=4, Lq=300,
               align_corners=False, dtype=np.float32, seed=2024, special_fraction=0.1,
@@ -96,3 +96,35 @@ def test_cpu_kernel_builds_give_identical_results(tmp_path):
             y = results[isa][key]
             assert x.dtype == y.dtype and x.shape == y.shape, key
             assert x.tobytes() == y.tobytes(), f"{key}: {first} and {isa} differ"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_corner_paths_give_identical_results(dtype):
+    """The forward adds a sample's corners outside its level as +0 * value[n, 0, m]
+    without a branch when those rows are finite, and skips them with a branch otherwise
+    or on strided channels: the same bits either way, and with non-finite token-0 rows
+    still the reference's results (a skipped corner never reads them)."""
+    from msdacore.reference import ms_deform_attn as reference
+
+    # D = 32: whole register chunks for float32 and float64 (the branch-free path)
+    case = dataclasses.replace(MEDIUM, dtype=dtype, D=32, nonfinite_fraction=0.0)
+    inputs = make_inputs(case)
+    args = list(forward_args(inputs))
+    value = args[0]
+    contiguous = msdacore.ms_deform_attn(*args)
+    strided = np.empty(value.shape[:-1] + (2 * value.shape[-1],), dtype)[..., ::2]
+    strided[...] = value
+    branchy = msdacore.ms_deform_attn(strided, *args[1:])
+    assert same_bits([contiguous], [branchy])
+
+    value_bad = value.copy()
+    value_bad[:, 0, 0, 0] = np.inf
+    value_bad[:, 0, 1, 0] = np.nan
+    got = msdacore.ms_deform_attn(value_bad, *args[1:])
+    want = reference(value_bad.astype(np.float64), *args[1:3],
+                     *(x.astype(np.float64) for x in args[3:]))
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert finite.mean() > 0.9  # most rows never read token 0
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-4)
