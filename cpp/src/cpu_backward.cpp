@@ -62,10 +62,10 @@ struct TaskSplit {
   int64_t last(const Problem& p, int64_t r) const { return level_ranges == 1 ? p.L : r + 1; }
 };
 
-// 32 zero bytes of T: the row a GradRow reads when it is not used.
+// 64 zero bytes of T: the row a GradRow reads when it is not used.
 template <typename T>
 const T* zero_row() {
-  static const T zeros[32 / sizeof(T)] = {};
+  static const T zeros[64 / sizeof(T)] = {};
   return zeros;
 }
 
@@ -90,7 +90,7 @@ void query_head(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& 
   const T* attn_point0 = a.attn.data + n * a.attn.stride[0] + q * a.attn.stride[1] +
                          m * a.attn.stride[2] + level.attn_offset;
   plan_points<T, true>(run, a.discrete, loc_point0, attn_point0, &plan);
-  const GradRow<T, kRowBytes == 0 ? 32 : kRowBytes> row(kRowBytes > 0 ? g : zero_row<T>());
+  const GradRow<T, kRowBytes == 0 ? 64 : kRowBytes> row(kRowBytes > 0 ? g : zero_row<T>());
 
   constexpr int kBlock = PlanBlock<T>::kBlock, kLanes = PointLanes<T>::kLanes;
   for (size_t bi = 0; bi < plan.blocks.size(); ++bi) {

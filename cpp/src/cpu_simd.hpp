@@ -346,21 +346,26 @@ struct DotLanes {
 // The partial sums are returned unfolded (kDotLanes<T> lanes, see DotLanes::fold4).
 template <typename T, int kRowBytes>
 struct GradRow {
-  using S = DotSimd<T>;
+  using S = DotSimd<T>;   // the dot products' vectors (at most 32 bytes)
+  using W = Simd<T>;      // the grad_value update's (the build's width: element-wise)
   static constexpr int kVecs = kRowBytes / S::kBytes;
+  static constexpr int kWide = kRowBytes / W::kBytes;
   static constexpr int kParts = kDotLanes<T> / S::kLanes;  // dot_axpy's part[]
   static_assert(kRowBytes % 32 == 0 && kParts >= 1, "rows of whole 32-byte lane groups");
+  static_assert(kRowBytes % W::kBytes == 0, "rows of whole vectors of the build");
   typename S::Vec g[kVecs];
+  typename W::Vec gw[kWide];
 
   explicit GradRow(const T* row) {
     for (int b = 0; b < kVecs; ++b) g[b] = S::load(row + b * S::kLanes);
+    for (int b = 0; b < kWide; ++b) gw[b] = W::load(row + b * W::kLanes);
   }
   typename DotLanes<T>::Vec dot_axpy(const T* v, T a, T* y) const {
     typename S::Vec part[kParts] = {};
-    const typename S::Vec va = S::splat(a);
-    for (int b = 0; b < kVecs; ++b) {
-      part[b % kParts] += g[b] * S::load(v + b * S::kLanes);
-      S::store(y + b * S::kLanes, S::load(y + b * S::kLanes) + va * g[b]);
+    for (int b = 0; b < kVecs; ++b) part[b % kParts] += g[b] * S::load(v + b * S::kLanes);
+    const typename W::Vec va = W::splat(a);
+    for (int b = 0; b < kWide; ++b) {
+      W::store(y + b * W::kLanes, W::load(y + b * W::kLanes) + va * gw[b]);
     }
     typename DotLanes<T>::Vec lanes;
     std::memcpy(&lanes, part, sizeof(part));
