@@ -362,10 +362,17 @@ struct GradRow {
   }
   typename DotLanes<T>::Vec dot_axpy(const T* v, T a, T* y) const {
     typename S::Vec part[kParts] = {};
-    for (int b = 0; b < kVecs; ++b) part[b % kParts] += g[b] * S::load(v + b * S::kLanes);
     const typename W::Vec va = W::splat(a);
-    for (int b = 0; b < kWide; ++b) {
-      W::store(y + b * W::kLanes, W::load(y + b * W::kLanes) + va * gw[b]);
+    if constexpr (kWide == kVecs) {  // one width: one pass
+      for (int b = 0; b < kVecs; ++b) {
+        part[b % kParts] += g[b] * S::load(v + b * S::kLanes);
+        W::store(y + b * W::kLanes, W::load(y + b * W::kLanes) + va * gw[b]);
+      }
+    } else {
+      for (int b = 0; b < kVecs; ++b) part[b % kParts] += g[b] * S::load(v + b * S::kLanes);
+      for (int b = 0; b < kWide; ++b) {
+        W::store(y + b * W::kLanes, W::load(y + b * W::kLanes) + va * gw[b]);
+      }
     }
     typename DotLanes<T>::Vec lanes;
     std::memcpy(&lanes, part, sizeof(part));
