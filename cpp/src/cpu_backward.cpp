@@ -1,18 +1,21 @@
 // CPU backward kernel.
 //
-// One OpenMP task per (n, l, group of heads). A task owns grad_value of its heads on
-// level l's tokens of batch n (the only tokens its samples read) and the location and
-// attention gradients of (n, :, heads, l, :), so all three are produced in one pass,
-// race free without atomics. Each head's grad_value is accumulated by its own samples in
-// the queries' visiting order (cpu_query_order.hpp: vertical strips) whatever the
-// grouping, so the grouping may follow the thread count while results stay bitwise
-// identical. Within a task, queries are the outer loop and heads the inner one:
+// One OpenMP task per (n, level range, group of heads) (TaskSplit: every level
+// together, or one level per task when the heads alone cannot occupy the threads). A
+// task owns grad_value of its heads on its levels' tokens of batch n (the only tokens
+// its samples read) and the location and attention gradients of its (n, :, heads,
+// levels' points), so all three are produced in one pass, race free without atomics.
+// Each head's grad_value is accumulated by its own samples in the queries' visiting
+// order (cpu_query_order.hpp: vertical strips), a query's points in point order,
+// whatever the grouping, so the grouping may follow the thread count while results stay
+// bitwise identical. Within a task, queries are the outer loop and heads the inner one:
 // consecutive updates of grad_value then go to different rows (one query's heads sample
 // in different directions), where heads outer (over blocks of 4 to 64 queries) makes
-// neighbouring queries update the same rows back to back (measured 10-15% slower). For each (q, m) the
-// level's points are planned in SIMD lanes (cpu_points.hpp); grad_output's row stays in
-// registers over their corners (GradRow), the four corners' dot products are folded at
-// once and the location and attention gradients computed in lanes.
+// neighbouring queries update the same rows back to back (measured 10-15% slower). For
+// each (q, m) the points of the task's levels are planned in SIMD lanes (cpu_points.hpp)
+// and visited round robin over the levels; grad_output's row stays in registers over
+// their corners (GradRow), the four corners' dot products are folded at once and the
+// location and attention gradients computed in lanes.
 #include "cpu_parallel.hpp"
 #include "cpu_points.hpp"
 #include "cpu_query_order.hpp"

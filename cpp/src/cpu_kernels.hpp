@@ -7,10 +7,11 @@
 //
 // Parallel decomposition (no atomics, each output element written by exactly one task in
 // a fixed order, so results are bitwise identical for any thread count):
-//   forward:  one task per (n, block of queries), all heads;
-//   backward: one task per (n, l, group of heads): it owns grad_value of its heads on
-//             level l's tokens and grad_sampling_locations / grad_attention_weights of
-//             (n, :, heads, l, :).
+//   forward:  one task per (n, block of queries in the visiting order of
+//             cpu_query_order.hpp), all heads;
+//   backward: one task per (n, level range, group of heads): it owns grad_value of its
+//             heads on its levels' tokens and grad_sampling_locations /
+//             grad_attention_weights of its (n, :, heads, levels' points).
 #pragma once
 
 #include <string>
