@@ -175,7 +175,7 @@ void backward_impl(const BackwardArgs<T>& a) {
   for (int64_t r = 0; r < split.level_ranges; ++r) {
     runs.emplace_back(a, split.first(r), split.last(p, r));
   }
-  // The queries' visiting order (cpu_query_order.hpp).
+  // The queries' visiting order (cpu_query_order.hpp; empty: index order).
   const std::vector<int64_t> order =
       query_order(p, a.loc.data, a.loc.stride[0], a.loc.stride[1]);
 
@@ -199,7 +199,7 @@ void backward_impl(const BackwardArgs<T>& a) {
     PointPlan<T> plan;
     plan.resize(runs[r].count());
     for (int64_t qi = 0; qi < p.Lq; ++qi) {
-      const int64_t q = order[n * p.Lq + qi];
+      const int64_t q = order.empty() ? qi : order[n * p.Lq + qi];
       for (int64_t m = m_begin; m < m_end; ++m) head_points(a, runs[r], plan, n, q, m, first);
     }
   }

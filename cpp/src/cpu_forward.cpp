@@ -116,7 +116,7 @@ void forward_impl(const ForwardArgs<T>& a) {
   const bool unit = a.value.stride[3] == 1;
   const PointRun<T> points(a, 0, p.L);  // all P_total points of a head
   const bool every_corner = unit && token0_rows_finite(a);
-  // The queries' visiting order (cpu_query_order.hpp).
+  // The queries' visiting order (cpu_query_order.hpp; empty: index order).
   const std::vector<int64_t> order =
       query_order(p, a.loc.data, a.loc.stride[0], a.loc.stride[1]);
 
@@ -128,7 +128,7 @@ void forward_impl(const ForwardArgs<T>& a) {
     PointPlan<T> plan;
     plan.resize(points.count());
     for (int64_t qi = q_begin; qi < q_end; ++qi) {
-      const int64_t q = order[n * p.Lq + qi];
+      const int64_t q = order.empty() ? qi : order[n * p.Lq + qi];
       for (int64_t m = 0; m < p.M; ++m) {
         const int64_t head = n * a.loc.stride[0] + q * a.loc.stride[1] + m * a.loc.stride[2];
         const int64_t attn_head =

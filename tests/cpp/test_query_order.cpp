@@ -1,7 +1,7 @@
 // C++ unit test of the CPU kernels' query visiting order (cpp/src/cpu_query_order.hpp):
 // a stable sort of each batch element's queries by vertical strip of their first
 // sampling location, a permutation whatever the locations (NaN, infinities, outside
-// [0, 1]), and the identity when there is a single strip.
+// [0, 1]), and the index order (an empty vector) for a single strip or no samples.
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -22,6 +22,7 @@ Problem problem(int64_t N, int64_t Lq, int64_t width) {
   p.N = N;
   p.Lq = Lq;
   p.M = 1;
+  p.D = 1;
   p.L = 2;
   p.P = 1;
   p.P_total = 2;
@@ -68,12 +69,31 @@ void test_order() {
   }
 }
 
-void test_single_strip_is_identity() {
+// Index order (an empty vector, nothing allocated): a single strip, or nothing sampled
+// (here 2^40 queries of no heads, which no input could hold an order for).
+void test_index_order() {
   const int64_t Lq = 5;
   const Problem p = problem(1, Lq, kStripPixels);  // widest level one strip wide
   const std::vector<double> loc = {0.9, 0, 0.1, 0, 0.5, 0, 0.2, 0, 0.7, 0};
+  CHECK(query_order(p, loc.data(), Lq * 2, 2).empty());
+  Problem empty = problem(1, int64_t{1} << 40, 4 * kStripPixels);
+  empty.M = 0;
+  CHECK(query_order(empty, loc.data(), 0, 0).empty());
+}
+
+// No more strips than queries: a level 2^50 pixels wide (and 0 high) with 5 queries
+// sorts them into at most 5 strips, taking memory for 5, not 2^47.
+void test_strips_capped_by_queries() {
+  const int64_t Lq = 5;
+  Problem p = problem(1, Lq, kStripPixels);
+  p.widths[0] = int64_t{1} << 50;
+  p.heights[0] = 0;
+  const std::vector<double> loc = {0.9, 0, 0.1, 0, 0.5, 0, 0.2, 0, 0.7, 0};
   const std::vector<int64_t> order = query_order(p, loc.data(), Lq * 2, 2);
-  for (int64_t q = 0; q < Lq; ++q) CHECK(order[q] == q);
+  // 5 strips of [0, 1): 0.1 -> 0, 0.2 -> 1, 0.5 -> 2, 0.7 -> 3, 0.9 -> 4
+  const int64_t want[Lq] = {1, 3, 2, 4, 0};
+  CHECK(static_cast<int64_t>(order.size()) == Lq);
+  for (int64_t i = 0; i < Lq && i < static_cast<int64_t>(order.size()); ++i) CHECK(order[i] == want[i]);
 }
 
 }  // namespace
@@ -81,7 +101,8 @@ void test_single_strip_is_identity() {
 int main() {
   test_strips();
   test_order();
-  test_single_strip_is_identity();
+  test_index_order();
+  test_strips_capped_by_queries();
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;
