@@ -46,7 +46,8 @@ struct ForwardArgs : InputArgs<T> {
 // arithmetic per element. kEveryCorner (with kVector): a sample's corners outside its
 // level are added too, without a branch: the plan gives them weight +0 and token 0, and
 // value's token-0 rows are finite (token0_rows_finite), so each adds +0 or -0, which
-// leaves the sum's bits as they are (it starts at +0, so it is never -0). Measured: the
+// leaves the sum's bits as they are (it starts at +0, so, rounding to nearest, it is
+// never -0). Measured: the
 // mispredicted corner branches cost `small` 13% (its samples often straddle a border).
 template <typename T, bool kVector, bool kEveryCorner = false>
 void head_chunk(const ForwardArgs<T>& a, const PointPlan<T>& plan, int64_t n, int64_t q,
