@@ -2,9 +2,10 @@
 # Builds the libFuzzer harness (fuzz/fuzz_ops.cpp: msdacore's validation and CPU kernels
 # under ASan + UBSan) and runs it for a fixed time: first over the regression inputs in
 # fuzz/corpus (inputs that once found a bug), then fuzzing, a third of the time with each
-# of the AVX-512, AVX2 and generic kernels (a build the CPU lacks runs the widest it has). Any sanitizer report, crash, hang (10 s
-# per input) or failed check in the harness fails the script; the input that caused it
-# is written to $build/artifacts/ (replay it with `$build/fuzz_ops <file>`).
+# of the AVX-512, AVX2 and generic kernels (a build the CPU lacks runs the widest it
+# has). Any sanitizer report, crash, hang (10 s per input) or failed check in the
+# harness fails the script; the input that caused it is written to $build/artifacts/
+# (replay it with `$build/fuzz_ops <file>`).
 #
 #   bash fuzz/run.sh            # 60 s of fuzzing
 #   bash fuzz/run.sh 600        # longer

@@ -46,9 +46,9 @@ inline int64_t strip_of(T x, int64_t strips) {
 // For every batch element n of `p`, the queries of n in visiting order: order[n*Lq + i]
 // is the i-th query of n to visit; or an empty vector when that order is the index order
 // (a single strip) or nothing is sampled (no points, heads or channels: then Lq may be
-// huge with inputs of no elements, and no memory is taken for it). Keyed by the x of head 0's first sampling location of
-// each query: loc[n * batch_stride + q * query_stride] (sampling_locations' first two
-// strides, in elements).
+// huge with inputs of no elements, and no memory is taken for it). Keyed by the x of
+// head 0's first sampling location of each query: loc[n * batch_stride + q *
+// query_stride] (sampling_locations' first two strides, in elements).
 template <typename T>
 std::vector<int64_t> query_order(const Problem& p, const T* loc, int64_t batch_stride,
                                  int64_t query_stride) {
@@ -57,7 +57,9 @@ std::vector<int64_t> query_order(const Problem& p, const T* loc, int64_t batch_s
   // No more strips than queries (a level may be wide with no pixels at all: H = 0).
   const int64_t wanted = widest / kStripPixels + (widest % kStripPixels != 0);
   const int64_t strips = wanted < p.Lq ? wanted : p.Lq;
-  if (strips <= 1 || p.P_total == 0 || p.M == 0 || p.D == 0 || p.N == 0 || p.Lq == 0) return {};
+  if (strips <= 1 || p.P_total == 0 || p.M == 0 || p.D == 0 || p.N == 0 || p.Lq == 0) {
+    return {};
+  }
   std::vector<int64_t> order(static_cast<size_t>(p.N * p.Lq));
   std::vector<int64_t> strip(static_cast<size_t>(p.Lq));
   std::vector<int64_t> next(static_cast<size_t>(strips + 1));

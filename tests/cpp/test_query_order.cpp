@@ -93,7 +93,9 @@ void test_strips_capped_by_queries() {
   // 5 strips of [0, 1): 0.1 -> 0, 0.2 -> 1, 0.5 -> 2, 0.7 -> 3, 0.9 -> 4
   const int64_t want[Lq] = {1, 3, 2, 4, 0};
   CHECK(static_cast<int64_t>(order.size()) == Lq);
-  for (int64_t i = 0; i < Lq && i < static_cast<int64_t>(order.size()); ++i) CHECK(order[i] == want[i]);
+  for (int64_t i = 0; i < Lq && i < static_cast<int64_t>(order.size()); ++i) {
+    CHECK(order[i] == want[i]);
+  }
 }
 
 }  // namespace
