@@ -111,6 +111,11 @@ TensorView to_view(const char* name, const msdacore_tensor* t) {
 // The five inputs every op takes, as views.
 struct Inputs {
   TensorView value, spatial_shapes, level_start_index, sampling_locations, attention_weights;
+  // L as spatial_shapes gives it, -1 when it is not (L, 2).
+  int64_t levels() const {
+    return spatial_shapes.ndim == 2 && spatial_shapes.shape[1] == 2 ? spatial_shapes.shape[0]
+                                                                     : -1;
+  }
 };
 
 // to_view of the five inputs, in this order.
@@ -124,9 +129,27 @@ Inputs to_inputs(const msdacore_tensor* value, const msdacore_tensor* spatial_sh
                 to_view("attention_weights", attention_weights)};
 }
 
-msdacore::Options to_options(const msdacore_options* options) {
+static_assert(MSDACORE_MODE_BILINEAR == static_cast<int32_t>(msdacore::SamplingMode::Bilinear) &&
+                  MSDACORE_MODE_DISCRETE == static_cast<int32_t>(msdacore::SamplingMode::Discrete),
+              "the C API's mode codes are the values of msdacore::SamplingMode");
+
+// The size of the first msdacore_options with struct_size (0.1): every field below it is
+// read; a caller's larger struct (a later header) has fields past it that this library
+// does not know and leaves alone.
+constexpr int64_t kOptionsSizeV1 = static_cast<int64_t>(sizeof(msdacore_options));
+
+// The C++ options of a call; `levels` is L as spatial_shapes gives it (-1 when it is
+// malformed), so that a wrong options.num_levels is refused before its counts are read.
+msdacore::Options to_options(const msdacore_options* options, int64_t levels) {
   msdacore::Options out;
   if (options != nullptr) {
+    if (options->struct_size < kOptionsSizeV1) {
+      throw msdacore::Error(
+          "options.struct_size is " + std::to_string(options->struct_size) + ", expected " +
+          std::to_string(kOptionsSizeV1) +
+          " or more (sizeof(msdacore_options)): start from msdacore_options_init() or "
+          "MSDACORE_OPTIONS_INIT");
+    }
     out.align_corners = options->align_corners != 0;
     out.stream = options->stream;
     out.deterministic = options->deterministic != 0;
@@ -134,11 +157,15 @@ msdacore::Options to_options(const msdacore_options* options) {
       throw msdacore::Error("options.mode must be MSDACORE_MODE_BILINEAR (0) or "
                             "MSDACORE_MODE_DISCRETE (1), got " + std::to_string(options->mode));
     }
-    out.mode = options->mode == MSDACORE_MODE_DISCRETE ? msdacore::SamplingMode::Discrete
-                                                       : msdacore::SamplingMode::Bilinear;
+    out.mode = static_cast<msdacore::SamplingMode>(options->mode);
     if (options->num_levels < 0 || (options->num_levels > 0) != (options->points_per_level != nullptr)) {
       throw msdacore::Error("options.points_per_level and options.num_levels: both set (one "
                             "count per level) or both zero (the uniform layout)");
+    }
+    if (options->num_levels > 0 && levels >= 0 && options->num_levels != levels) {
+      throw msdacore::ShapeError("points_per_level must have one count per level, L = " +
+                                 std::to_string(levels) + " (from spatial_shapes), got " +
+                                 "options.num_levels = " + std::to_string(options->num_levels));
     }
     if (options->num_levels > 0) {
       out.points_per_level.assign(options->points_per_level,
@@ -155,6 +182,22 @@ msdacore::Options to_options(const msdacore_options* options) {
   return out;
 }
 
+// Copies a validated problem's sizes to *out (when not NULL).
+void write_problem(const msdacore::Problem& p, msdacore_problem* out) {
+  if (out == nullptr) return;
+  out->N = p.N;
+  out->S = p.S;
+  out->M = p.M;
+  out->D = p.D;
+  out->Lq = p.Lq;
+  out->L = p.L;
+  out->P = p.P;
+  out->dtype = static_cast<int32_t>(p.dtype);
+  out->P_total = p.P_total;
+  out->loc_dtype = static_cast<int32_t>(p.loc_dtype);
+  out->attn_dtype = static_cast<int32_t>(p.attn_dtype);
+}
+
 // Writes the workspace size of a forward (backward == false) or backward call to *bytes.
 msdacore_status workspace_size(bool backward, const msdacore_tensor* value,
                                const msdacore_tensor* spatial_shapes,
@@ -166,10 +209,10 @@ msdacore_status workspace_size(bool backward, const msdacore_tensor* value,
     if (bytes == nullptr) throw msdacore::Error("bytes is a NULL pointer");
     const Inputs in =
         to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-    const auto size = backward ? msdacore::ms_deform_attn_backward_workspace_size
-                               : msdacore::ms_deform_attn_forward_workspace_size;
-    *bytes = size(in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
-                  in.attention_weights, to_options(options));
+    const msdacore::Call call(in.value, in.spatial_shapes, in.level_start_index,
+                              in.sampling_locations, in.attention_weights,
+                              to_options(options, in.levels()));
+    *bytes = backward ? call.backward_workspace_size() : call.forward_workspace_size();
   });
 }
 
@@ -189,18 +232,27 @@ msdacore_status msdacore_tensor_contiguous(msdacore_tensor* t, void* data, int32
     msdacore_tensor out{};
     out.data = data;
     out.ndim = ndim;
-    const int64_t big = std::numeric_limits<int64_t>::max();
-    int64_t stride = 1;
-    for (int32_t d = ndim - 1; d >= 0; --d) {
-      out.shape[d] = shape[d];
-      out.strides[d] = stride;
-      const int64_t extent = shape[d] > 1 ? shape[d] : 1;
-      stride = stride > big / extent ? big : stride * extent;  // saturate, never overflow
-    }
+    for (int32_t d = 0; d < ndim; ++d) out.shape[d] = shape[d];
+    msdacore::row_major_strides(ndim, out.shape, out.strides);
     out.dtype = dtype;
     out.device_type = MSDACORE_DEVICE_CPU;
     out.device_index = 0;
     *t = out;
+  });
+}
+
+msdacore_status msdacore_options_init(msdacore_options* options) {
+  return guarded([&] {
+    if (options == nullptr) throw msdacore::Error("options is a NULL msdacore_options pointer");
+    *options = msdacore_options{};
+    options->struct_size = static_cast<int64_t>(sizeof(msdacore_options));
+  });
+}
+
+msdacore_status msdacore_mode_from_name(const char* name, int32_t* mode) {
+  return guarded([&] {
+    if (name == nullptr || mode == nullptr) throw msdacore::Error("name and mode must not be NULL");
+    *mode = static_cast<int32_t>(msdacore::sampling_mode_from_name(name));
   });
 }
 
@@ -212,22 +264,28 @@ msdacore_status msdacore_check_inputs(
   return guarded([&] {
     const Inputs in =
         to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-    const msdacore::Problem p = msdacore::check_inputs(
-        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
-        in.attention_weights, to_options(options));
-    if (problem != nullptr) {
-      problem->N = p.N;
-      problem->S = p.S;
-      problem->M = p.M;
-      problem->D = p.D;
-      problem->Lq = p.Lq;
-      problem->L = p.L;
-      problem->P = p.P;
-      problem->dtype = value->dtype;
-      problem->P_total = p.P_total;
-      problem->loc_dtype = sampling_locations->dtype;
-      problem->attn_dtype = attention_weights->dtype;
-    }
+    write_problem(msdacore::check_inputs(in.value, in.spatial_shapes, in.level_start_index,
+                                         in.sampling_locations, in.attention_weights,
+                                         to_options(options, in.levels())),
+                  problem);
+  });
+}
+
+msdacore_status msdacore_check_shapes(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_tensor* grad_output,
+    const msdacore_options* options, msdacore_problem* problem) {
+  return guarded([&] {
+    const Inputs in =
+        to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+    const TensorView g = grad_output != nullptr ? to_view("grad_output", grad_output)
+                                                : TensorView();
+    write_problem(msdacore::check_shapes(in.value, in.spatial_shapes, in.level_start_index,
+                                         in.sampling_locations, in.attention_weights,
+                                         to_options(options, in.levels()),
+                                         grad_output != nullptr ? &g : nullptr),
+                  problem);
   });
 }
 
@@ -259,7 +317,7 @@ msdacore_status msdacore_forward(const msdacore_tensor* value,
     const TensorView out = to_view("output", output);
     msdacore::ms_deform_attn_forward(in.value, in.spatial_shapes, in.level_start_index,
                                      in.sampling_locations, in.attention_weights, out,
-                                     to_options(options));
+                                     to_options(options, in.levels()));
   });
 }
 
@@ -278,7 +336,7 @@ msdacore_status msdacore_backward(
     const TensorView ga = to_view("grad_attention_weights", grad_attention_weights);
     msdacore::ms_deform_attn_backward(in.value, in.spatial_shapes, in.level_start_index,
                                       in.sampling_locations, in.attention_weights, g, gv, gl, ga,
-                                      to_options(options));
+                                      to_options(options, in.levels()));
   });
 }
 
@@ -329,6 +387,10 @@ const msdacore_c_api_table* msdacore_c_api(void) {
       &msdacore_backward,
       &msdacore_last_error,
       &msdacore_status_name,
+      &msdacore_check_shapes,
+      &msdacore_options_init,
+      &msdacore_mode_from_name,
+      &msdacore_tensor_contiguous,
   };
   return &table;
 }

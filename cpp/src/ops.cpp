@@ -1,6 +1,7 @@
-// Op entry points: validate every argument (the only validation on the way from any
-// front end to a kernel), size and provide the workspace, and call the backend of the
-// problem's device (backend.hpp), which dispatches on dtype.
+// Op entry points: a Call validates the inputs once (the only validation on the way from
+// any front end to a kernel); its workspace queries and runs share that problem, size and
+// provide the workspace, and call the backend of the problem's device (backend.hpp),
+// which dispatches on dtype. The free functions are one Call each.
 #include "msdacore/ops.hpp"
 
 #include <cstdint>
@@ -131,39 +132,92 @@ int64_t workspace_size(const Problem& p, const Options& options, const TensorVie
 
 }  // namespace
 
-// The two public workspace-size functions (ops.hpp): validate the inputs, then
-// workspace_size().
-#define MSDACORE_DEFINE_WORKSPACE_SIZE(name, backward)                                     \
-  int64_t name(const TensorView& value, const TensorView& spatial_shapes,                  \
-               const TensorView& level_start_index, const TensorView& sampling_locations,  \
-               const TensorView& attention_weights, const Options& options) {              \
-    return workspace_size(check_inputs(value, spatial_shapes, level_start_index,            \
-                                       sampling_locations, attention_weights, options),     \
-                          options, value, backward);                                        \
-  }
-MSDACORE_DEFINE_WORKSPACE_SIZE(ms_deform_attn_forward_workspace_size, false)
-MSDACORE_DEFINE_WORKSPACE_SIZE(ms_deform_attn_backward_workspace_size, true)
-#undef MSDACORE_DEFINE_WORKSPACE_SIZE
+Call::Call(const TensorView& value, const TensorView& spatial_shapes,
+           const TensorView& level_start_index, const TensorView& sampling_locations,
+           const TensorView& attention_weights, const Options& options)
+    : value_(value),
+      spatial_shapes_(spatial_shapes),
+      level_start_index_(level_start_index),
+      sampling_locations_(sampling_locations),
+      attention_weights_(attention_weights),
+      options_(options),
+      problem_(check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights, options)) {}
+
+int64_t Call::forward_workspace_size() const {
+  return workspace_size(problem_, options_, value_, /*backward=*/false);
+}
+
+int64_t Call::backward_workspace_size() const {
+  return workspace_size(problem_, options_, value_, /*backward=*/true);
+}
+
+void Call::forward(const TensorView& output) const {
+  const Problem& p = problem_;
+  validate::check_output("output", output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D}, p.dtype);
+  validate::check_no_overlap({{"output", &output}},
+                             {{"value", &value_},
+                              {"spatial_shapes", &spatial_shapes_},
+                              {"level_start_index", &level_start_index_},
+                              {"sampling_locations", &sampling_locations_},
+                              {"attention_weights", &attention_weights_}});
+  if (p.N == 0 || p.Lq == 0) return;
+  CallWorkspace workspace(p, options_, forward_workspace_size());
+  backend_for(p).forward(p, options_, value_, sampling_locations_, attention_weights_, output,
+                         workspace.get());
+}
+
+void Call::backward(const TensorView& grad_output, const TensorView& grad_value,
+                    const TensorView& grad_sampling_locations,
+                    const TensorView& grad_attention_weights) const {
+  const Problem& p = problem_;
+  check_backward_arguments(p, grad_output, grad_value, grad_sampling_locations,
+                           grad_attention_weights);
+  validate::check_no_overlap({{"grad_value", &grad_value},
+                              {"grad_sampling_locations", &grad_sampling_locations},
+                              {"grad_attention_weights", &grad_attention_weights}},
+                             {{"value", &value_},
+                              {"spatial_shapes", &spatial_shapes_},
+                              {"level_start_index", &level_start_index_},
+                              {"sampling_locations", &sampling_locations_},
+                              {"attention_weights", &attention_weights_},
+                              {"grad_output", &grad_output}});
+  if (p.N == 0) return;
+  CallWorkspace workspace(p, options_, backward_workspace_size());
+  backend_for(p).backward(p, options_, value_, sampling_locations_, attention_weights_,
+                          grad_output, grad_value, grad_sampling_locations,
+                          grad_attention_weights, workspace.get());
+}
+
+int64_t ms_deform_attn_forward_workspace_size(const TensorView& value,
+                                              const TensorView& spatial_shapes,
+                                              const TensorView& level_start_index,
+                                              const TensorView& sampling_locations,
+                                              const TensorView& attention_weights,
+                                              const Options& options) {
+  return Call(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+              options)
+      .forward_workspace_size();
+}
+
+int64_t ms_deform_attn_backward_workspace_size(const TensorView& value,
+                                               const TensorView& spatial_shapes,
+                                               const TensorView& level_start_index,
+                                               const TensorView& sampling_locations,
+                                               const TensorView& attention_weights,
+                                               const Options& options) {
+  return Call(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+              options)
+      .backward_workspace_size();
+}
 
 void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_shapes,
                             const TensorView& level_start_index,
                             const TensorView& sampling_locations,
                             const TensorView& attention_weights, const TensorView& output,
                             const Options& options) {
-  const Problem p =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                   options);
-  validate::check_output("output", output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D}, p.dtype);
-  validate::check_no_overlap({{"output", &output}},
-                             {{"value", &value},
-                              {"spatial_shapes", &spatial_shapes},
-                              {"level_start_index", &level_start_index},
-                              {"sampling_locations", &sampling_locations},
-                              {"attention_weights", &attention_weights}});
-  if (p.N == 0 || p.Lq == 0) return;
-  CallWorkspace workspace(p, options, workspace_size(p, options, value, /*backward=*/false));
-  backend_for(p).forward(p, options, value, sampling_locations, attention_weights, output,
-                         workspace.get());
+  Call(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, options)
+      .forward(output);
 }
 
 void ms_deform_attn_backward(
@@ -172,25 +226,8 @@ void ms_deform_attn_backward(
     const TensorView& grad_output, const TensorView& grad_value,
     const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights,
     const Options& options) {
-  const Problem p =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                   options);
-  check_backward_arguments(p, grad_output, grad_value, grad_sampling_locations,
-                           grad_attention_weights);
-  validate::check_no_overlap({{"grad_value", &grad_value},
-                              {"grad_sampling_locations", &grad_sampling_locations},
-                              {"grad_attention_weights", &grad_attention_weights}},
-                             {{"value", &value},
-                              {"spatial_shapes", &spatial_shapes},
-                              {"level_start_index", &level_start_index},
-                              {"sampling_locations", &sampling_locations},
-                              {"attention_weights", &attention_weights},
-                              {"grad_output", &grad_output}});
-  if (p.N == 0) return;
-  CallWorkspace workspace(p, options, workspace_size(p, options, value, /*backward=*/true));
-  backend_for(p).backward(p, options, value, sampling_locations, attention_weights, grad_output,
-                          grad_value, grad_sampling_locations, grad_attention_weights,
-                          workspace.get());
+  Call(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, options)
+      .backward(grad_output, grad_value, grad_sampling_locations, grad_attention_weights);
 }
 
 }  // namespace msdacore

@@ -42,6 +42,26 @@ const char* dtype_name(DType t) {
   return info != nullptr ? info->name : "unknown";
 }
 
+void row_major_strides(int32_t ndim, const int64_t* shape, int64_t* strides) {
+  const int64_t big = std::numeric_limits<int64_t>::max();
+  int64_t stride = 1;
+  for (int32_t d = ndim - 1; d >= 0; --d) {
+    strides[d] = stride;
+    const int64_t extent = shape[d] > 1 ? shape[d] : 1;
+    stride = stride > big / extent ? big : stride * extent;
+  }
+}
+
+DType dtype_from_name(const std::string& arg, const std::string& name) {
+  for (const DTypeInfo& info : kDTypes) {
+    if (name == info.name) return info.dtype;
+  }
+  throw DTypeError(arg + " has dtype " + name +
+                   ", which msdacore does not support (float32, float64, float16 or bfloat16 "
+                   "for value, sampling_locations and attention_weights; int32 or int64 for "
+                   "spatial_shapes and level_start_index)");
+}
+
 std::string device_name(Device d) {
   if (d.type == DeviceType::CPU) return "cpu";
   return "cuda:" + std::to_string(d.index);
@@ -57,15 +77,7 @@ TensorView::TensorView(void* data_, std::initializer_list<int64_t> shape_, DType
   ndim = static_cast<int32_t>(shape_.size());
   int i = 0;
   for (int64_t s : shape_) shape[i++] = s;
-  // Row-major strides; saturate instead of overflowing for shapes no memory can hold
-  // (validation rejects them).
-  const int64_t big = std::numeric_limits<int64_t>::max();
-  int64_t stride = 1;
-  for (int d = ndim - 1; d >= 0; --d) {
-    strides[d] = stride;
-    const int64_t extent = shape[d] > 1 ? shape[d] : 1;
-    stride = stride > big / extent ? big : stride * extent;
-  }
+  row_major_strides(ndim, shape.data(), strides.data());
 }
 
 TensorView::TensorView(void* data_, int32_t ndim_, const int64_t* shape_, const int64_t* strides_,

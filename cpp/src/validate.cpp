@@ -160,27 +160,18 @@ int64_t saturating_product(int64_t a, int64_t b) {
   return (a > 0 && b > big / a) ? big : a * b;
 }
 
-// Reads Options::points_per_level (one count >= 1 per level, adding up within int64) into
-// p->points, p->point_starts and p->P_total; p->L is known.
+// Reads Options::points_per_level (checked by check_options) into p->points,
+// p->point_starts and p->P_total; p->L is known.
 void read_points(const std::vector<int64_t>& counts, Problem* p) {
   if (static_cast<int64_t>(counts.size()) != p->L) {
     throw ShapeError("points_per_level must have one count per level, L = " +
                      std::to_string(p->L) + " (from spatial_shapes), got " +
                      std::to_string(counts.size()) + ": " + list_string(counts));
   }
-  const int64_t big = std::numeric_limits<int64_t>::max();
   p->points = counts;
   p->point_starts.resize(counts.size());
   int64_t total = 0;
   for (size_t l = 0; l < counts.size(); ++l) {
-    if (counts[l] < 1) {
-      throw ShapeError("points_per_level[" + std::to_string(l) + "] = " +
-                       std::to_string(counts[l]) + ": every level needs at least 1 point, got " +
-                       list_string(counts));
-    }
-    if (counts[l] > big - total) {
-      throw ShapeError("points_per_level adds up past 2^63 - 1 points: " + list_string(counts));
-    }
     p->point_starts[l] = total;
     total += counts[l];
   }
@@ -258,12 +249,16 @@ void read_levels(const TensorView& spatial_shapes, const TensorView& level_start
   }
 }
 
-}  // namespace
+// What check_call reads besides shapes, dtypes and devices.
+enum class Data {
+  All,          // every input has data: checked for null and alignment; levels read
+  IfIndexKnown  // none is read except the index arrays, when both have data
+};
 
-Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
-                     const TensorView& level_start_index,
-                     const TensorView& sampling_locations,
-                     const TensorView& attention_weights, const Options& options) {
+// check_inputs (Data::All) and check_shapes (Data::IfIndexKnown).
+Problem check_call(const TensorView& value, const TensorView& spatial_shapes,
+                   const TensorView& level_start_index, const TensorView& sampling_locations,
+                   const TensorView& attention_weights, const Options& options, Data data) {
   // 1. Devices: one supported device; index arrays are read on the host.
   check_device_supported("value", value.device);
   check_same_device("sampling_locations", sampling_locations.device, "value", value.device);
@@ -316,14 +311,7 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
   }
   expect_shape("level_start_index", level_start_index, "L", {p.L});
 
-  if (options.mode != SamplingMode::Bilinear && options.mode != SamplingMode::Discrete) {
-    throw Error("mode must be bilinear or discrete, got the value " +
-                std::to_string(static_cast<int32_t>(options.mode)));
-  }
-  if (options.mode == SamplingMode::Discrete && options.align_corners) {
-    throw Error("align_corners=True does not apply to mode=discrete (it samples the pixel "
-                "floor(y*H + 0.5), clamped to the border): pass align_corners=False");
-  }
+  check_options(options);
   p.mode = options.mode;
   p.flattened = !options.points_per_level.empty();
   if (p.flattened) {
@@ -370,27 +358,110 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
                  {p.N, p.Lq, p.M, p.P_total, 2});
 
   // 4. Contents of the index arrays.
-  check_has_data("value", value);
+  if (data == Data::All) {
+    check_has_data("value", value);
+    check_has_data("sampling_locations", sampling_locations);
+    check_has_data("attention_weights", attention_weights);
+  } else if (spatial_shapes.data == nullptr || level_start_index.data == nullptr) {
+    return p;  // the level table is not known yet: the call checks it
+  }
   check_has_data("spatial_shapes", spatial_shapes);
   check_has_data("level_start_index", level_start_index);
-  check_has_data("sampling_locations", sampling_locations);
-  check_has_data("attention_weights", attention_weights);
   read_levels(spatial_shapes, level_start_index, &p);
   return p;
+}
+
+}  // namespace
+
+void check_options(const Options& options) {
+  if (options.mode != SamplingMode::Bilinear && options.mode != SamplingMode::Discrete) {
+    throw Error("mode must be \"bilinear\" (0) or \"discrete\" (1), got the value " +
+                std::to_string(static_cast<int32_t>(options.mode)));
+  }
+  if (options.mode == SamplingMode::Discrete && options.align_corners) {
+    throw Error("align_corners=True does not apply to mode=discrete (it samples the pixel "
+                "floor(y*H + 0.5), clamped to the border): pass align_corners=False");
+  }
+  const std::vector<int64_t>& counts = options.points_per_level;
+  const int64_t big = std::numeric_limits<int64_t>::max();
+  int64_t total = 0;
+  for (size_t l = 0; l < counts.size(); ++l) {
+    if (counts[l] < 1) {
+      throw ShapeError("points_per_level[" + std::to_string(l) + "] = " +
+                       std::to_string(counts[l]) + ": every level needs at least 1 point, got " +
+                       list_string(counts));
+    }
+    if (counts[l] > big - total) {
+      throw ShapeError("points_per_level adds up past 2^63 - 1 points: " + list_string(counts));
+    }
+    total += counts[l];
+  }
+}
+
+const char* sampling_mode_name(SamplingMode mode) {
+  switch (mode) {
+    case SamplingMode::Bilinear:
+      return "bilinear";
+    case SamplingMode::Discrete:
+      return "discrete";
+  }
+  return "unknown";
+}
+
+SamplingMode sampling_mode_from_name(const std::string& name) {
+  for (SamplingMode mode : {SamplingMode::Bilinear, SamplingMode::Discrete}) {
+    if (name == sampling_mode_name(mode)) return mode;
+  }
+  throw Error("mode must be \"bilinear\" or \"discrete\", got \"" + name + "\"");
+}
+
+Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
+                     const TensorView& level_start_index,
+                     const TensorView& sampling_locations,
+                     const TensorView& attention_weights, const Options& options) {
+  return check_call(value, spatial_shapes, level_start_index, sampling_locations,
+                    attention_weights, options, Data::All);
+}
+
+Problem check_shapes(const TensorView& value, const TensorView& spatial_shapes,
+                     const TensorView& level_start_index, const TensorView& sampling_locations,
+                     const TensorView& attention_weights, const Options& options,
+                     const TensorView* grad_output) {
+  const Problem p = check_call(value, spatial_shapes, level_start_index, sampling_locations,
+                               attention_weights, options, Data::IfIndexKnown);
+  if (grad_output != nullptr) {
+    validate::check_float_input("grad_output", *grad_output, p, "N, Lq, M*D",
+                                {p.N, p.Lq, p.M * p.D}, p.dtype, "value", /*need_data=*/false);
+  }
+  return p;
+}
+
+CallShapes call_shapes(const Problem& p) {
+  CallShapes s;
+  s.output = {p.N, p.Lq, p.M * p.D};
+  s.grad_value = {p.N, p.S, p.M, p.D};
+  if (p.flattened) {
+    s.grad_sampling_locations = {p.N, p.Lq, p.M, p.P_total, 2};
+    s.grad_attention_weights = {p.N, p.Lq, p.M, p.P_total};
+  } else {
+    s.grad_sampling_locations = {p.N, p.Lq, p.M, p.L, p.P, 2};
+    s.grad_attention_weights = {p.N, p.Lq, p.M, p.L, p.P};
+  }
+  return s;
 }
 
 namespace validate {
 
 void check_float_input(const char* name, const TensorView& t, const Problem& p,
                        const char* symbols, std::initializer_list<int64_t> dims, DType dtype,
-                       const char* dtype_of) {
+                       const char* dtype_of, bool need_data) {
   check_same_device(name, t.device, "value", p.device);
   if (t.dtype != dtype) {
     throw DTypeError(std::string(name) + " must have the dtype of " + dtype_of + " (" +
                      dtype_name(dtype) + "), got " + dtype_name(t.dtype));
   }
   expect_shape(name, t, symbols, std::vector<int64_t>(dims));
-  check_has_data(name, t);
+  if (need_data) check_has_data(name, t);
 }
 
 void check_output(const char* name, const TensorView& t, const Problem& p, const char* symbols,

@@ -179,31 +179,3 @@ def stream_handle(stream) -> int:
     if value < 0:
         raise ValueError(f"stream must be a cudaStream_t value >= 0, got {value}")
     return LEGACY_DEFAULT_STREAM if value == 0 else value
-
-
-def as_flag(value, name: str) -> bool:
-    """A boolean argument: bool or NumPy bool, else TypeError (a string such as "False"
-    must not read as True)."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r:.40}")
-
-
-def as_counts(points_per_level) -> list:
-    """points_per_level as a list of Python ints (a sequence, NumPy array or tensor of
-    integers; the core checks the values), else TypeError."""
-    if isinstance(points_per_level, (str, bytes)) or not hasattr(points_per_level, "__len__"):
-        raise TypeError("points_per_level must be a sequence of ints (one per level), got "
-                        f"{type(points_per_level).__name__}")
-    counts = []
-    for c in (points_per_level.tolist() if hasattr(points_per_level, "tolist")
-              else points_per_level):
-        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
-            raise TypeError(f"points_per_level must hold ints, got {c!r:.40}")
-        if not -2**63 <= int(c) < 2**63:
-            raise ValueError(f"points_per_level holds {int(c)}, past int64")
-        counts.append(int(c))
-    if not counts:
-        raise ValueError("points_per_level must have one count per level, got an empty "
-                         "sequence (pass None for the uniform layout)")
-    return counts

@@ -3,71 +3,33 @@ its backward, msdacore.torch's operators) calls forward() / backward() here with
 framework adapter (_frameworks.py), which allocates the outputs and CUDA scratch.
 
 One call: the inputs prepared by the adapter (CUDA: index arrays copied to the host and
-the stream chosen; then the core's workspace query, which validates the inputs before
-anything is allocated, and scratch from the framework's allocator), the input capsules,
-outputs from the framework, one core call (which validates everything), then on CUDA the
-framework's current stream is made to wait for the call's stream when they differ; the
-results come back as the caller's array kind.
+the stream chosen), their capsules handed to the core's prepare(), which validates the
+call once and gives the output shapes (and on CUDA the workspace size: scratch comes from
+the framework's allocator), outputs from the framework, the run of the prepared call
+(which checks only the outputs), then on CUDA the framework's current stream is made to
+wait for the call's stream when they differ; the results come back as the caller's array
+kind.
 """
 
 from __future__ import annotations
 
-import math
-
 from . import _arrays, _core
 
-_INT64_MAX = 2**63 - 1
 _FORWARD_INPUTS = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
                    "attention_weights")
 _BACKWARD_INPUTS = _FORWARD_INPUTS + ("grad_output",)
 _GRADIENTS = ("grad_value", "grad_sampling_locations", "grad_attention_weights")
+_DEFAULT_OPTIONS = _core.Options()
 
 
-def output_shapes(value, sampling_locations, attention_weights, backward):
-    """Shapes of the outputs (forward: [(N, Lq, M*D)]; backward: the three gradients, in the
-    layout of sampling_locations / attention_weights) as the inputs imply them. Where the
-    inputs' shapes disagree or their sizes pass int64, (0,) placeholders: the core
-    validates the inputs before any output and raises its error for them."""
-    count = 3 if backward else 1
-    try:
-        N, S, M, D = value.shape
-        loc = tuple(sampling_locations.shape)  # (N, Lq, M, [L,] P, 2)
-        consistent = (len(loc) in (5, 6) and loc[0] == N and loc[2] == M
-                      and tuple(attention_weights.shape) == loc[:-1])
-    except (AttributeError, TypeError, ValueError):  # no shape, or the wrong rank
-        return [(0,)] * count
-    if not consistent:
-        return [(0,)] * count
-    Lq = loc[1]
-    if not backward:
-        if M * D > _INT64_MAX or N * Lq * M * D > _INT64_MAX:
-            return [(0,)]
-        return [(N, Lq, M * D)]
-    if N * S * M * D > _INT64_MAX or math.prod(loc) > _INT64_MAX:
-        return [(0,)] * 3
-    return [(N, S, M, D), loc, loc[:-1]]
-
-
-_MODES = ("bilinear", "discrete")
-_DEFAULT_OPTIONS = (False, False, "bilinear", None)
-
-
-def op_options(align_corners, deterministic=False, mode="bilinear", points_per_level=None):
-    """The operator's options as the core takes them: (align_corners, deterministic, mode,
-    points_per_level as a list of ints or None), checked for their Python types."""
+def op_options(align_corners=False, deterministic=False, mode="bilinear", points_per_level=None):
+    """The operator's options as one msdacore.Options (the core checks each argument's type
+    and value); the default options are one shared object."""
     if (align_corners is False and deterministic is False and mode == "bilinear"
             and points_per_level is None):
-        return _DEFAULT_OPTIONS  # the common case, without the checks below
-    if not isinstance(mode, str):
-        raise TypeError(f"mode must be a str, \"bilinear\" or \"discrete\", got "
-                        f"{type(mode).__name__}")
-    if mode not in _MODES:
-        raise ValueError(f"mode must be \"bilinear\" or \"discrete\", got {mode!r}")
-    counts = None
-    if points_per_level is not None:
-        counts = _arrays.as_counts(points_per_level)
-    return (_arrays.as_flag(align_corners, "align_corners"),
-            _arrays.as_flag(deterministic, "deterministic"), mode, counts)
+        return _DEFAULT_OPTIONS
+    return _core.Options(align_corners=align_corners, mode=mode,
+                         points_per_level=points_per_level, deterministic=deterministic)
 
 
 class _Call:
@@ -98,30 +60,29 @@ class _Call:
             if self.stream != self.current:
                 self.export = self.stream
 
-    def capsules(self, count):
-        """Capsules of the first `count` arguments."""
+    def capsules(self, start, stop):
+        """Capsules of the arguments start .. stop - 1."""
         fw, export = self.fw, self.export
+        arrays, names = self.arrays[start:stop], self.names[start:stop]
         if export is None:
-            return fw.capsule_list(self.arrays[:count], self.names)
+            return fw.capsule_list(arrays, names)
         return [fw.capsule(a, n, export if _arrays.is_cuda(a) else None)
-                for a, n in zip(self.arrays[:count], self.names)]
+                for a, n in zip(arrays, names)]
 
-    def workspace(self, size_fn, options):
-        """(keep-alive, address, bytes) of caller-owned scratch, or (None, 0, 0).
-
-        On CUDA the size query comes first, before anything is allocated: it validates
-        the inputs as the call would (a bad CUDA call fails with the core's error, not an
-        allocator's). Frameworks without an allocator leave the scratch to the core's
+    def workspace(self, prepared, backward):
+        """(keep-alive, address, bytes) of caller-owned scratch for the prepared call, or
+        (None, 0, 0). Frameworks without an allocator leave the scratch to the core's
         default allocator."""
-        nbytes = size_fn(*self.capsules(5), options)
+        nbytes = prepared.workspace_size(backward)
         if nbytes == 0 or not self.fw.owns_cuda_memory:
             return None, 0, 0
         buffer, address = self.fw.workspace(nbytes, self.arrays[0], self.stream)
         return buffer, address, nbytes
 
-    def outputs(self, backward):
+    def outputs(self, prepared, backward):
+        """The outputs of the prepared (validated) call, from the framework."""
         a = self.arrays
-        shapes = output_shapes(a[0], a[3], a[4], backward)
+        shapes = prepared.shapes(backward)
         likes = (a[0], a[3], a[4]) if backward else (a[0],)  # each gradient in its input's dtype
         try:
             return [self.fw.empty(s, like, self.stream) for s, like in zip(shapes, likes)]
@@ -147,12 +108,10 @@ def forward(fw, value, spatial_shapes, level_start_index, sampling_locations,
     from op_options()."""
     call = _Call(fw, _FORWARD_INPUTS, (value, spatial_shapes, level_start_index,
                                        sampling_locations, attention_weights), stream)
-    keep, address, nbytes = (call.workspace(_core.forward_workspace_size, options)
-                             if call.cuda else (None, 0, 0))
-    inputs = call.capsules(5)
-    (out,) = call.outputs(backward=False)
-    _core.forward(*inputs, *fw.capsule_list((out,), ("output",)), options, call.stream, address,
-                  nbytes)
+    prepared = _core.prepare(*call.capsules(0, 5), options, call.stream)
+    keep, address, nbytes = (call.workspace(prepared, False) if call.cuda else (None, 0, 0))
+    (out,) = call.outputs(prepared, backward=False)
+    _core.forward(prepared, *fw.capsule_list((out,), ("output",)), address, nbytes)
     result = call.finish([out], value)[0] if call.cuda else fw.wrap(out, value)
     del keep  # after finish(): the framework's stream has been made to wait for the call
     return result
@@ -165,12 +124,12 @@ def backward(fw, value, spatial_shapes, level_start_index, sampling_locations,
     call = _Call(fw, _BACKWARD_INPUTS, (value, spatial_shapes, level_start_index,
                                         sampling_locations, attention_weights, grad_output),
                  stream)
-    keep, address, nbytes = (call.workspace(_core.backward_workspace_size, options)
-                             if call.cuda else (None, 0, 0))
-    inputs = call.capsules(6)
-    outs = call.outputs(backward=True)
-    _core.backward(*inputs, *fw.capsule_list(outs, _GRADIENTS),
-                   options, call.stream, address, nbytes)
+    # The five inputs are validated before grad_output is exported or anything allocated.
+    prepared = _core.prepare(*call.capsules(0, 5), options, call.stream)
+    keep, address, nbytes = (call.workspace(prepared, True) if call.cuda else (None, 0, 0))
+    outs = call.outputs(prepared, backward=True)
+    _core.backward(prepared, *call.capsules(5, 6), *fw.capsule_list(outs, _GRADIENTS), address,
+                   nbytes)
     result = tuple(call.finish(outs, value) if call.cuda else (fw.wrap(o, value) for o in outs))
     del keep  # after finish(), as in forward()
     return result

@@ -31,18 +31,6 @@ std::string dl_dtype_name(DLDataType t) {
   return name;
 }
 
-bool to_dtype(DLDataType t, DType* out) {
-  if (t.lanes != 1) return false;
-  if (t.code == kDLFloat && t.bits == 16) *out = DType::Float16;
-  else if (t.code == kDLFloat && t.bits == 32) *out = DType::Float32;
-  else if (t.code == kDLFloat && t.bits == 64) *out = DType::Float64;
-  else if (t.code == kDLBfloat && t.bits == 16) *out = DType::BFloat16;
-  else if (t.code == kDLInt && t.bits == 32) *out = DType::Int32;
-  else if (t.code == kDLInt && t.bits == 64) *out = DType::Int64;
-  else return false;
-  return true;
-}
-
 const char* dl_device_name(int32_t type) {
   switch (type) {
     case kDLOpenCL: return "OpenCL";
@@ -98,13 +86,7 @@ TensorView DLPackInput::view() const {
   }
   const DLTensor& t = versioned_ != nullptr ? versioned_->dl_tensor : legacy_->dl_tensor;
 
-  DType dtype;
-  if (!to_dtype(t.dtype, &dtype)) {
-    throw DTypeError(name_ + " has dtype " + dl_dtype_name(t.dtype) +
-                     ", which msdacore does not support (float32 or float64 for value, "
-                     "sampling_locations and attention_weights; int32 or int64 for "
-                     "spatial_shapes and level_start_index)");
-  }
+  const DType dtype = dtype_from_name(name_, dl_dtype_name(t.dtype));
   Device device;
   if (t.device.device_type == kDLCPU || t.device.device_type == kDLCUDAHost) {
     device = Device{DeviceType::CPU, 0};
@@ -129,16 +111,7 @@ TensorView DLPackInput::view() const {
   if (t.strides != nullptr) {
     for (int d = 0; d < t.ndim; ++d) strides[d] = t.strides[d];
   } else {
-    // Compact row-major (legacy producers). A tensor that exists in memory cannot have
-    // more than INT64_MAX elements; saturate rather than overflow on absurd shapes, which
-    // validation rejects.
-    const int64_t big = std::numeric_limits<int64_t>::max();
-    int64_t expected = 1;
-    for (int d = t.ndim - 1; d >= 0; --d) {
-      strides[d] = expected;
-      const int64_t extent = t.shape[d] > 1 ? t.shape[d] : 1;
-      expected = expected > big / extent ? big : expected * extent;
-    }
+    row_major_strides(t.ndim, t.shape, strides);  // compact row-major (legacy producers)
   }
   void* data = static_cast<char*>(t.data) + t.byte_offset;
   return TensorView(data, t.ndim, t.shape, strides, dtype, device);

@@ -30,11 +30,7 @@ namespace {
 
 std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& shape) {
   std::vector<int64_t> strides(shape.size());
-  int64_t stride = 1;
-  for (size_t d = shape.size(); d-- > 0;) {
-    strides[d] = stride;
-    stride *= shape[d];
-  }
+  msdacore::row_major_strides(static_cast<int32_t>(shape.size()), shape.data(), strides.data());
   return strides;
 }
 
@@ -215,76 +211,232 @@ class Views {
   size_t count_ = 0;
 };
 
-// The operator's options as the Python package passes them: (align_corners,
-// deterministic, mode ("bilinear" | "discrete"), points_per_level (a list, or None for the
-// uniform layout)).
-using OpOptions = std::tuple<bool, bool, std::string, std::optional<std::vector<int64_t>>>;
+// ---- Options: the operator's options as one Python type (msdacore.Options) ----------
 
-msdacore::Options make_options(const OpOptions& op, std::uintptr_t stream = 0,
-                               std::uintptr_t workspace = 0, int64_t workspace_bytes = 0) {
-  msdacore::Options options;
-  options.align_corners = std::get<0>(op);
-  options.deterministic = std::get<1>(op);
-  const std::string& mode = std::get<2>(op);
-  if (mode == "bilinear") {
-    options.mode = msdacore::SamplingMode::Bilinear;
-  } else if (mode == "discrete") {
-    options.mode = msdacore::SamplingMode::Discrete;
-  } else {
-    throw msdacore::Error("mode must be \"bilinear\" or \"discrete\", got \"" + mode + "\"");
+std::string type_and_repr(py::handle v) {
+  std::string repr = py::repr(v).cast<std::string>();
+  if (repr.size() > 40) repr.resize(40);
+  return std::string(Py_TYPE(v.ptr())->tp_name) + " " + repr;
+}
+
+// A boolean option: a Python or NumPy bool, else TypeError (a string such as "False" must
+// not read as True).
+bool as_flag(py::handle v, const char* name) {
+  if (PyBool_Check(v.ptr())) return v.ptr() == Py_True;
+  const py::handle type = reinterpret_cast<PyObject*>(Py_TYPE(v.ptr()));
+  if (py::hasattr(type, "__module__") &&
+      type.attr("__module__").cast<std::string>() == "numpy" &&
+      (std::string(Py_TYPE(v.ptr())->tp_name) == "numpy.bool_" ||
+       std::string(Py_TYPE(v.ptr())->tp_name) == "numpy.bool")) {
+    return PyObject_IsTrue(v.ptr()) == 1;
   }
-  if (std::get<3>(op)) options.points_per_level = *std::get<3>(op);
-  options.stream = reinterpret_cast<void*>(stream);
-  options.workspace = reinterpret_cast<void*>(workspace);
-  options.workspace_bytes = workspace_bytes;
-  return options;
+  throw msdacore::DTypeError(std::string(name) + " must be a bool, got " + type_and_repr(v));
 }
 
-void forward(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
-             py::handle sampling_locations, py::handle attention_weights, py::handle output,
-             const OpOptions& op, std::uintptr_t stream, std::uintptr_t workspace,
-             int64_t workspace_bytes) {
-  const msdacore::Options options = make_options(op, stream, workspace, workspace_bytes);
-  const Views v(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                {{output, "output"}});
-  py::gil_scoped_release release;
-  msdacore::ms_deform_attn_forward(v[0], v[1], v[2], v[3], v[4], v[5], options);
-}
-
-void backward(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
-              py::handle sampling_locations, py::handle attention_weights,
-              py::handle grad_output, py::handle grad_value, py::handle grad_sampling_locations,
-              py::handle grad_attention_weights, const OpOptions& op, std::uintptr_t stream,
-              std::uintptr_t workspace, int64_t workspace_bytes) {
-  const msdacore::Options options = make_options(op, stream, workspace, workspace_bytes);
-  const Views v(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                {{grad_output, "grad_output"},
-                 {grad_value, "grad_value"},
-                 {grad_sampling_locations, "grad_sampling_locations"},
-                 {grad_attention_weights, "grad_attention_weights"}});
-  py::gil_scoped_release release;
-  msdacore::ms_deform_attn_backward(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8],
-                                    options);
-}
-
-int64_t workspace_size(bool backward, py::handle value, py::handle spatial_shapes,
-                       py::handle level_start_index, py::handle sampling_locations,
-                       py::handle attention_weights, const OpOptions& op) {
-  const msdacore::Options options = make_options(op);
-  const Views v(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  return backward ? msdacore::ms_deform_attn_backward_workspace_size(v[0], v[1], v[2], v[3],
-                                                                     v[4], options)
-                  : msdacore::ms_deform_attn_forward_workspace_size(v[0], v[1], v[2], v[3],
-                                                                    v[4], options);
-}
-
-msdacore::DType dtype_from_name(const std::string& name) {
-  for (msdacore::DType t : {msdacore::DType::Float16, msdacore::DType::BFloat16,
-                            msdacore::DType::Float32, msdacore::DType::Float64,
-                            msdacore::DType::Int32, msdacore::DType::Int64}) {
-    if (name == msdacore::dtype_name(t)) return t;
+// Points per level: None (the uniform layout) or a sequence of ints (list, tuple, NumPy
+// array, tensor); the core checks the values.
+std::vector<int64_t> as_counts(py::handle v) {
+  if (v.is_none()) return {};
+  if (PyUnicode_Check(v.ptr()) || PyBytes_Check(v.ptr()) || !py::hasattr(v, "__len__")) {
+    throw msdacore::DTypeError("points_per_level must be a sequence of ints (one per level), got " +
+                               std::string(Py_TYPE(v.ptr())->tp_name));
   }
-  throw msdacore::DTypeError("cuda_empty: unsupported dtype " + name);
+  const py::object items = py::hasattr(v, "tolist") ? v.attr("tolist")()
+                                                     : py::reinterpret_borrow<py::object>(v);
+  std::vector<int64_t> counts;
+  for (py::handle c : items) {
+    if (PyBool_Check(c.ptr()) || PyFloat_Check(c.ptr()) || !PyIndex_Check(c.ptr())) {
+      throw msdacore::DTypeError("points_per_level must hold ints, got " +
+                                 py::repr(c).cast<std::string>().substr(0, 40));
+    }
+    const py::int_ value = py::reinterpret_steal<py::int_>(PyNumber_Index(c.ptr()));
+    int overflow = 0;
+    const long long n = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
+    if (overflow != 0) {
+      throw msdacore::Error("points_per_level holds " + py::str(value).cast<std::string>() +
+                            ", past int64");
+    }
+    counts.push_back(static_cast<int64_t>(n));
+  }
+  if (counts.empty()) {
+    throw msdacore::Error("points_per_level must have one count per level, got an empty "
+                          "sequence (pass None for the uniform layout)");
+  }
+  return counts;
+}
+
+msdacore::SamplingMode as_mode(py::handle v) {
+  if (!PyUnicode_Check(v.ptr())) {
+    throw msdacore::DTypeError("mode must be a str, \"bilinear\" or \"discrete\", got " +
+                               std::string(Py_TYPE(v.ptr())->tp_name));
+  }
+  return msdacore::sampling_mode_from_name(v.cast<std::string>());
+}
+
+msdacore::Options make_options(py::handle align_corners, py::handle mode,
+                               py::handle points_per_level, py::handle deterministic) {
+  msdacore::Options o;
+  o.align_corners = as_flag(align_corners, "align_corners");
+  o.mode = as_mode(mode);
+  o.points_per_level = as_counts(points_per_level);
+  o.deterministic = as_flag(deterministic, "deterministic");
+  msdacore::check_options(o);
+  return o;
+}
+
+py::object counts_or_none(const msdacore::Options& o) {
+  if (o.points_per_level.empty()) return py::none();
+  return py::tuple(py::cast(o.points_per_level));
+}
+
+std::string options_repr(const msdacore::Options& o) {
+  std::string s = std::string("msdacore.Options(align_corners=") +
+                  (o.align_corners ? "True" : "False") + ", mode='" +
+                  msdacore::sampling_mode_name(o.mode) + "', points_per_level=";
+  s += py::repr(counts_or_none(o)).cast<std::string>();
+  s += std::string(", deterministic=") + (o.deterministic ? "True" : "False") + ")";
+  return s;
+}
+
+bool same_options(const msdacore::Options& a, const msdacore::Options& b) {
+  return a.align_corners == b.align_corners && a.mode == b.mode &&
+         a.points_per_level == b.points_per_level && a.deterministic == b.deterministic;
+}
+
+// ---- Calls ---------------------------------------------------------------------------
+
+// One call validated once (msdacore::Call over the five consumed input capsules): the
+// Python package asks it for the output shapes and, on CUDA, the workspace size, allocates
+// with its framework, then runs it.
+class PreparedCall {
+ public:
+  PreparedCall(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
+               py::handle sampling_locations, py::handle attention_weights,
+               const msdacore::Options& options, std::uintptr_t stream)
+      : views_(value, spatial_shapes, level_start_index, sampling_locations,
+               attention_weights),
+        call_(views_[0], views_[1], views_[2], views_[3], views_[4], options) {
+    call_.options().stream = reinterpret_cast<void*>(stream);
+  }
+
+  // [output shape] (forward) or the three gradients' shapes (backward).
+  py::list shapes(bool backward) const {
+    const msdacore::CallShapes s = msdacore::call_shapes(call_.problem());
+    py::list out;
+    if (!backward) {
+      out.append(py::tuple(py::cast(s.output)));
+    } else {
+      out.append(py::tuple(py::cast(s.grad_value)));
+      out.append(py::tuple(py::cast(s.grad_sampling_locations)));
+      out.append(py::tuple(py::cast(s.grad_attention_weights)));
+    }
+    return out;
+  }
+
+  int64_t workspace_size(bool backward) const {
+    return backward ? call_.backward_workspace_size() : call_.forward_workspace_size();
+  }
+
+  void forward(py::handle output, std::uintptr_t workspace, int64_t workspace_bytes) {
+    set_workspace(workspace, workspace_bytes);
+    const msdacore::python::DLPackInput out(output, "output");
+    const msdacore::TensorView view = out.view();
+    py::gil_scoped_release release;
+    call_.forward(view);
+  }
+
+  void backward(py::handle grad_output, py::handle grad_value,
+                py::handle grad_sampling_locations, py::handle grad_attention_weights,
+                std::uintptr_t workspace, int64_t workspace_bytes) {
+    set_workspace(workspace, workspace_bytes);
+    const DLPackInput g(grad_output, "grad_output"), gv(grad_value, "grad_value"),
+        gl(grad_sampling_locations, "grad_sampling_locations"),
+        ga(grad_attention_weights, "grad_attention_weights");
+    const msdacore::TensorView vg = g.view(), vgv = gv.view(), vgl = gl.view(), vga = ga.view();
+    py::gil_scoped_release release;
+    call_.backward(vg, vgv, vgl, vga);
+  }
+
+ private:
+  void set_workspace(std::uintptr_t workspace, int64_t workspace_bytes) {
+    call_.options().workspace = reinterpret_cast<void*>(workspace);
+    call_.options().workspace_bytes = workspace_bytes;
+  }
+
+  Views views_;
+  msdacore::Call call_;
+};
+
+// A view with a shape, dtype and device but no data, from (shape, dtype name, device
+// type ("cpu", "cuda", or another framework's device name), device index); `values`
+// (int64, row-major), when given, are its data (index arrays), stored in `storage` in the
+// view's dtype.
+msdacore::TensorView spec_view(const char* name, const py::tuple& spec, py::handle values,
+                               std::vector<int64_t>* storage64,
+                               std::vector<int32_t>* storage32) {
+  if (spec.size() != 4) throw std::logic_error("spec_view: (shape, dtype, device, index)");
+  const auto shape = spec[0].cast<std::vector<int64_t>>();
+  if (shape.size() > static_cast<size_t>(msdacore::TensorView::kMaxDims)) {
+    throw msdacore::ShapeError(std::string(name) + " has " + std::to_string(shape.size()) +
+                               " dimensions; msdacore inputs have at most " +
+                               std::to_string(msdacore::TensorView::kMaxDims));
+  }
+  const msdacore::DType dtype = msdacore::dtype_from_name(name, spec[1].cast<std::string>());
+  const std::string device = spec[2].cast<std::string>();
+  msdacore::Device d;
+  if (device == "cuda") {
+    d = msdacore::Device{msdacore::DeviceType::CUDA, spec[3].cast<int32_t>()};
+  } else if (device != "cpu") {
+    throw msdacore::DeviceError(std::string(name) + " is on " + device +
+                                ", which msdacore does not support: pass CPU arrays");
+  }
+  std::vector<int64_t> strides(shape.size());
+  msdacore::row_major_strides(static_cast<int32_t>(shape.size()), shape.data(), strides.data());
+  void* data = nullptr;
+  if (!values.is_none()) {
+    *storage64 = values.cast<std::vector<int64_t>>();
+    int64_t count = 1;
+    for (int64_t s : shape) count *= s > 0 ? s : 0;
+    if (static_cast<int64_t>(storage64->size()) != count) {
+      throw std::logic_error("spec_view: values do not match the shape");
+    }
+    if (dtype == msdacore::DType::Int32) {
+      storage32->assign(storage64->begin(), storage64->end());
+      data = storage32->data();
+    } else if (dtype == msdacore::DType::Int64) {
+      data = storage64->data();
+    }  // other dtypes: the core refuses the dtype before reading any value
+  }
+  return msdacore::TensorView(data, static_cast<int32_t>(shape.size()), shape.data(),
+                              strides.data(), dtype, d);
+}
+
+// check_shapes from specs: the output and gradient shapes, or the core's error.
+py::dict check_shapes(const py::tuple& specs, const msdacore::Options& options,
+                      py::handle spatial_shapes_values, py::handle level_start_index_values,
+                      py::handle grad_output) {
+  static const char* const names[5] = {"value", "spatial_shapes", "level_start_index",
+                                       "sampling_locations", "attention_weights"};
+  if (specs.size() != 5) throw std::logic_error("check_shapes: five specs");
+  std::vector<int64_t> s64[6];
+  std::vector<int32_t> s32[6];
+  msdacore::TensorView v[6];
+  for (size_t i = 0; i < 5; ++i) {
+    const py::handle values =
+        i == 1 ? spatial_shapes_values : (i == 2 ? level_start_index_values : py::none());
+    v[i] = spec_view(names[i], specs[i].cast<py::tuple>(), values, &s64[i], &s32[i]);
+  }
+  if (!grad_output.is_none()) {
+    v[5] = spec_view("grad_output", grad_output.cast<py::tuple>(), py::none(), &s64[5], &s32[5]);
+  }
+  const msdacore::Problem p = msdacore::check_shapes(
+      v[0], v[1], v[2], v[3], v[4], options, grad_output.is_none() ? nullptr : &v[5]);
+  const msdacore::CallShapes s = msdacore::call_shapes(p);
+  using namespace py::literals;
+  return py::dict("output"_a = py::tuple(py::cast(s.output)),
+                  "grad_value"_a = py::tuple(py::cast(s.grad_value)),
+                  "grad_sampling_locations"_a = py::tuple(py::cast(s.grad_sampling_locations)),
+                  "grad_attention_weights"_a = py::tuple(py::cast(s.grad_attention_weights)));
 }
 
 py::dict build_info() {
@@ -316,31 +468,84 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
-  m.def("forward", &forward, py::arg("value"), py::arg("spatial_shapes"),
-        py::arg("level_start_index"), py::arg("sampling_locations"),
-        py::arg("attention_weights"), py::arg("output"), py::arg("options"),
-        py::arg("stream") = 0, py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
-        "Forward on DLPack capsules, into `output`. options: (align_corners, deterministic, "
-        "mode, points_per_level or None); stream: the cudaStream_t to run on; workspace: "
-        "address and size of caller-owned device scratch (0: the default allocator).");
-  m.def("backward", &backward, py::arg("value"), py::arg("spatial_shapes"),
-        py::arg("level_start_index"), py::arg("sampling_locations"),
-        py::arg("attention_weights"), py::arg("grad_output"), py::arg("grad_value"),
-        py::arg("grad_sampling_locations"), py::arg("grad_attention_weights"),
-        py::arg("options"), py::arg("stream") = 0, py::arg("workspace") = 0,
+  py::enum_<msdacore::SamplingMode>(m, "SamplingMode",
+                                    "How a sample reads its level (the C API's MSDACORE_MODE_*).")
+      .value("bilinear", msdacore::SamplingMode::Bilinear)
+      .value("discrete", msdacore::SamplingMode::Discrete);
+
+  py::class_<msdacore::Options>(
+      m, "Options",
+      "The operator's options, checked once (immutable; equal and hashable by value):\n"
+      "  align_corners     False: h = y*H - 0.5 (Deformable DETR); True: h = y*(H - 1)\n"
+      "  mode              \"bilinear\" or \"discrete\" (nearest pixel, clamped)\n"
+      "  points_per_level  None (uniform layout) or L counts >= 1 (flattened layout)\n"
+      "  deterministic     CUDA backward without atomics (bitwise reproducible)")
+      .def(py::init(&make_options), py::kw_only(), py::arg("align_corners") = false,
+           py::arg("mode") = "bilinear", py::arg("points_per_level") = py::none(),
+           py::arg("deterministic") = false)
+      .def_property_readonly("align_corners",
+                             [](const msdacore::Options& o) { return o.align_corners; })
+      .def_property_readonly(
+          "mode", [](const msdacore::Options& o) { return msdacore::sampling_mode_name(o.mode); })
+      .def_property_readonly("mode_code",
+                             [](const msdacore::Options& o) { return static_cast<int>(o.mode); },
+                             "The mode's code (MSDACORE_MODE_*, the JAX handlers' attribute).")
+      .def_property_readonly("points_per_level", &counts_or_none)
+      .def_property_readonly("deterministic",
+                             [](const msdacore::Options& o) { return o.deterministic; })
+      .def("__repr__", &options_repr)
+      .def("__eq__", [](const msdacore::Options& a, py::handle b) {
+        return py::isinstance<msdacore::Options>(b) && same_options(a, b.cast<msdacore::Options&>());
+      })
+      .def("__hash__", [](const msdacore::Options& o) {
+        return py::hash(py::make_tuple(o.align_corners, static_cast<int>(o.mode),
+                                       counts_or_none(o), o.deterministic));
+      })
+      .def(py::pickle(
+          [](const msdacore::Options& o) {
+            return py::make_tuple(o.align_corners, msdacore::sampling_mode_name(o.mode),
+                                  counts_or_none(o), o.deterministic);
+          },
+          [](const py::tuple& t) { return make_options(t[0], t[1], t[2], t[3]); }));
+
+  py::class_<PreparedCall>(m, "PreparedCall",
+                           "One call with its five inputs validated once (prepare()).")
+      .def("shapes", &PreparedCall::shapes, py::arg("backward"),
+           "[output shape], or the three gradients' shapes with backward=True.")
+      .def("workspace_size", &PreparedCall::workspace_size, py::arg("backward"),
+           "Bytes of device scratch the forward / backward needs.")
+      ;
+  // The runs are module functions (not methods): what runs the kernels is
+  // msdacore._core.forward / backward, with the GIL released inside.
+  m.def("forward", &PreparedCall::forward, py::arg("call"), py::arg("output"),
+        py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
+        "Runs a prepared call's forward into the `output` capsule (workspace: address and "
+        "size of caller-owned device scratch; 0: the default allocator).");
+  m.def("backward", &PreparedCall::backward, py::arg("call"), py::arg("grad_output"),
+        py::arg("grad_value"), py::arg("grad_sampling_locations"),
+        py::arg("grad_attention_weights"), py::arg("workspace") = 0,
         py::arg("workspace_bytes") = 0,
-        "Backward on DLPack capsules, into the three gradient capsules.");
-  for (const bool backward : {false, true}) {
-    m.def(
-        backward ? "backward_workspace_size" : "forward_workspace_size",
-        [backward](py::handle v, py::handle ss, py::handle lsi, py::handle loc, py::handle attn,
-                   const OpOptions& op) {
-          return workspace_size(backward, v, ss, lsi, loc, attn, op);
-        },
-        py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
-        py::arg("sampling_locations"), py::arg("attention_weights"), py::arg("options"),
-        "Bytes of device scratch a call with these inputs and options needs.");
-  }
+        "Runs a prepared call's backward into the three gradient capsules.");
+  m.def(
+      "prepare",
+      [](py::handle v, py::handle ss, py::handle lsi, py::handle loc, py::handle attn,
+         const msdacore::Options& options, std::uintptr_t stream) {
+        return std::make_unique<PreparedCall>(v, ss, lsi, loc, attn, options, stream);
+      },
+      py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
+      py::arg("sampling_locations"), py::arg("attention_weights"), py::arg("options"),
+      py::arg("stream") = 0,
+      "Consumes the five input capsules and validates the call (the core's errors); stream: "
+      "the cudaStream_t the call runs on.");
+  m.def("check_shapes", &check_shapes, py::arg("specs"), py::arg("options"),
+        py::arg("spatial_shapes_values") = py::none(),
+        py::arg("level_start_index_values") = py::none(), py::arg("grad_output") = py::none(),
+        "The check that needs no data (msdacore::check_shapes). specs: five (shape, dtype "
+        "name, device type, device index) tuples of value, spatial_shapes, "
+        "level_start_index, sampling_locations, attention_weights; the index arrays' values "
+        "(int sequences, row-major) where known; grad_output's spec for a backward. Returns "
+        "{'output', 'grad_value', 'grad_sampling_locations', 'grad_attention_weights'} "
+        "shapes, or raises the core's error.");
   m.def(
       "describe",
       [](py::handle capsule, const char* name) {
@@ -355,7 +560,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "cuda_empty",
       [](std::vector<int64_t> shape, const std::string& dtype, int device, std::uintptr_t stream) {
-        return DeviceArray(device, std::move(shape), dtype_from_name(dtype),
+        return DeviceArray(device, std::move(shape), msdacore::dtype_from_name("cuda_empty", dtype),
                            reinterpret_cast<void*>(stream));
       },
       py::arg("shape"), py::arg("dtype"), py::arg("device"), py::arg("stream") = 0,

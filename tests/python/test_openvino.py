@@ -231,7 +231,7 @@ BAD_MODELS = {
     "mode": ({"mode": "nearest"}, 'mode must be "bilinear" or "discrete", got "nearest"'),
     "align_corners_value": ({"align_corners": 2}, "align_corners must be 0 or 1, got 2"),
     "discrete_align_corners": ({"mode": "discrete", "align_corners": 1},
-                               "align_corners does not apply to mode"),
+                               "align_corners=True does not apply to mode=discrete"),
     "int32_indices": ({"index_type": TensorProto.INT32},
                       "spatial_shapes must be int64, got i32"),
     "float_indices": ({"index_type": TensorProto.FLOAT},
@@ -239,7 +239,8 @@ BAD_MODELS = {
     "points_per_level_count": ({"points_per_level": [1, 2]},
                                "points_per_level has 2 counts but spatial_shapes"),
     "points_per_level_value": ({"points_per_level": [1, 0, 2]},
-                               r"points_per_level\[1\] must be >= 1, got 0"),
+                               r"points_per_level\[1\] = 0: every level needs at least 1 "
+                               r"point, got \[1, 0, 2\]"),
     "empty_points_per_level": ({"points_per_level": []},
                                "points_per_level is empty"),
     "location_rank": ({"shapes": [["N", 42, 2, 5], [3, 2], [3], ["N", 9, 2, 3, 2],

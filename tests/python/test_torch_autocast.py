@@ -1,7 +1,6 @@
 """Autocast in msdacore.torch.ms_deform_attn: value follows the autocast dtype while the
 sampling locations and attention weights stay float32 (SPEC "Numerics": mixed
-precision); where the core does not take that mix yet, everything is computed in
-float32."""
+precision, which every backend of the core takes)."""
 
 from __future__ import annotations
 
@@ -25,21 +24,8 @@ def problem(dtype=torch.float32, seed=0, requires_grad=False):
     return [t.to(dtype).requires_grad_(requires_grad) for t in (value, loc, weights)]
 
 
-def supported(half) -> bool:
-    return api._mixed_precision_supported(torch.device("cpu"), half)
-
-
-@pytest.fixture
-def mixed(monkeypatch):
-    """Sets what the trial call would find, for (cpu, half)."""
-    def set_(half, value: bool):
-        monkeypatch.setitem(api._MIXED_PRECISION, ("cpu", half), value)
-    return set_
-
-
 @pytest.mark.parametrize("half", HALVES)
-def test_autocast_casts_only_value_where_mixed_precision_is_supported(half, mixed):
-    mixed(half, True)
+def test_autocast_casts_only_value(half):
     value, loc, weights = problem()
     with torch.autocast("cpu", dtype=half):
         v, l, w = api._apply_autocast(value, loc, weights)
@@ -55,32 +41,7 @@ def test_autocast_casts_only_value_where_mixed_precision_is_supported(half, mixe
 
 
 @pytest.mark.parametrize("half", HALVES)
-def test_autocast_falls_back_to_float32_without_mixed_precision(half, mixed):
-    mixed(half, False)
-    value, loc, weights = problem(half)
-    with torch.autocast("cpu", dtype=half):
-        v, l, w = api._apply_autocast(value, loc, weights)
-    assert {v.dtype, l.dtype, w.dtype} == {torch.float32}
-
-
-def test_probe_is_cached_and_skipped_while_compiling(monkeypatch):
-    monkeypatch.setattr(api, "_MIXED_PRECISION", {})
-    calls = []
-    monkeypatch.setattr(api, "_probe_mixed_precision",
-                        lambda device, dtype: calls.append(dtype) or True)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert not api._mixed_precision_supported(torch.device("cpu"), torch.bfloat16)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
-    assert api._mixed_precision_supported(torch.device("cpu"), torch.bfloat16)
-    assert api._mixed_precision_supported(torch.device("cpu"), torch.bfloat16)
-    assert calls == [torch.bfloat16]
-
-
-@pytest.mark.parametrize("half", HALVES)
 def test_cpu_autocast_mixed_precision(half):
-    if not supported(half):
-        pytest.skip(f"the core does not take {half} value with float32 locations on the CPU "
-                    "yet (a trial call raised)")
     value, loc, weights = problem(requires_grad=True)
     with torch.autocast("cpu", dtype=half):
         out = mt.ms_deform_attn(value, LEVELS, None, loc, weights)
@@ -99,18 +60,6 @@ def test_cpu_autocast_mixed_precision(half):
     err = (out.double() - ref).abs().max() / ref.abs().max()
     assert err <= (1e-2 if half == torch.float16 else 5e-2)
     assert err <= (all_half.double() - ref).abs().max() / ref.abs().max()
-
-
-@pytest.mark.parametrize("half", HALVES)
-def test_cpu_autocast_without_mixed_precision_computes_float32(half):
-    if supported(half):
-        pytest.skip("the core takes mixed precision: test_cpu_autocast_mixed_precision")
-    value, loc, weights = problem(half)
-    with torch.autocast("cpu", dtype=half):
-        out = mt.ms_deform_attn(value, LEVELS, None, loc, weights)
-    assert out.dtype == torch.float32
-    assert torch.equal(out, mt.ms_deform_attn(value.float(), LEVELS, None, loc.float(),
-                                              weights.float()))
 
 
 def test_patched_transformers_model_under_cpu_autocast():

@@ -243,8 +243,6 @@ def test_family_matches_stock(spec, dtype, checked_calls):
 def test_family_half_precision(spec, dtype, checked_calls):
     """A patched model cast to float16/bfloat16 runs on the CPU, each call within the
     SPEC's half-type tolerance of transformers' code in float64."""
-    if not mt.api._mixed_precision_supported(torch.device("cpu"), dtype):
-        pytest.skip(f"msdacore's CPU backend does not take {dtype} yet")
     install, calls = checked_calls
     model = F.tiny_model(spec, torch.float32)
     patch_quietly(model)

@@ -5,10 +5,15 @@
  *   msdacore_tensor                 a view: data, ndim, shape[8], strides[8] (in elements),
  *                                   dtype (MSDACORE_FLOAT32, ...), device type and index
  *   msdacore_tensor_contiguous()    fills a row-major view of a shape
- *   msdacore_options                align_corners and a device stream (NULL: defaults)
+ *   msdacore_options                how a call runs: struct_size, align_corners, mode, points
+ *                                   per level, deterministic, stream, workspace (NULL:
+ *                                   defaults); msdacore_options_init() fills the defaults
+ *   msdacore_mode_from_name()       MSDACORE_MODE_* of "bilinear" / "discrete"
  *   msdacore_forward()              output (N, Lq, M*D) of multi-scale deformable attention
  *   msdacore_backward()             grad_value, grad_sampling_locations, grad_attention_weights
  *   msdacore_check_inputs()         validates the five inputs and reports their sizes
+ *   msdacore_check_shapes()         the same from shapes, dtypes and devices alone (no data
+ *                                   read but the index arrays', where given): for tracers
  *   msdacore_forward_workspace_size() / msdacore_backward_workspace_size()
  *                                   bytes of caller-owned scratch (msdacore_options.workspace)
  *   msdacore_c_api()                a table of these functions (for plugins that reach the
@@ -20,11 +25,12 @@
  *
  * Shapes and dtypes are those of ops.hpp (docs/conventions.md): N batch, S = sum_l H_l*W_l tokens,
  * M heads, D channels per head, Lq queries, L levels, P points per level.
- *   value               (N, S, M, D)          float32 | float64 (T), any strides
+ *   value               (N, S, M, D)          float32 | float64 | float16 | bfloat16 (T)
  *   spatial_shapes      (L, 2) rows (H_l, W_l) int32 | int64, on the CPU
  *   level_start_index   (L,) prefix sums       int32 | int64, on the CPU
- *   sampling_locations  (N, Lq, M, L, P, 2)   T, last axis (x, y), normalized; any strides
- *   attention_weights   (N, Lq, M, L, P)      T, any strides
+ *   sampling_locations  (N, Lq, M, L, P, 2)   T (or float32 with a half T), last axis (x, y),
+ *                                             normalized; any strides
+ *   attention_weights   (N, Lq, M, L, P)      T (or float32 with a half T), any strides
  *   output              (N, Lq, M*D)          T, contiguous, written by msdacore_forward
  *   grad_output         (N, Lq, M*D)          T, any strides
  *   grad_value          (N, S, M, D)          T, contiguous, written by msdacore_backward
@@ -94,13 +100,18 @@ typedef struct msdacore_tensor {
   int32_t device_index;               /* CUDA device ordinal; 0 for the CPU */
 } msdacore_tensor;
 
-/* Sampling modes (msdacore_options.mode). */
+/* Sampling modes (msdacore_options.mode; the values of C++ msdacore::SamplingMode, named
+ * "bilinear" and "discrete" everywhere: msdacore_mode_from_name). */
 enum { MSDACORE_MODE_BILINEAR = 0, MSDACORE_MODE_DISCRETE = 1 };
 
-/* Options of forward and backward; pass NULL for the defaults (all zero). Zero the whole
- * struct before setting fields (memset, or an initializer: fields an initializer does not
- * name are zero); fields may be added at the end in later versions. */
+/* Options of forward and backward; pass NULL for the defaults. Start from
+ * msdacore_options_init() (or MSDACORE_OPTIONS_INIT), which sets struct_size and zeroes
+ * the rest, then set fields. struct_size is the size of the struct the caller was compiled
+ * with: the library reads only the fields that lie below it (later versions add fields at
+ * the end, and a caller built against this header keeps working with them), and refuses
+ * a struct_size below that of the first versioned struct (an unset or garbage size). */
 typedef struct msdacore_options {
+  int64_t struct_size;   /* sizeof(msdacore_options); set by msdacore_options_init() */
   int32_t align_corners; /* 0: h = y*H - 0.5 (Deformable DETR); 1: h = y*(H - 1) */
   void* stream;          /* device stream (cudaStream_t) for device backends; unused on CPU */
   int32_t deterministic; /* CUDA backward: bitwise-reproducible grad_value (no atomics) */
@@ -116,6 +127,17 @@ typedef struct msdacore_options {
   void* workspace;
   int64_t workspace_bytes;
 } msdacore_options;
+
+/* An initializer with the defaults: msdacore_options o = MSDACORE_OPTIONS_INIT; */
+#define MSDACORE_OPTIONS_INIT {(int64_t)sizeof(msdacore_options), 0, 0, 0, 0, 0, 0, 0, 0}
+
+/* Fills *options with the defaults and struct_size = sizeof(msdacore_options) of this
+ * header (MSDACORE_ERROR_INVALID_ARGUMENT for NULL). */
+msdacore_status msdacore_options_init(msdacore_options* options);
+
+/* *mode = MSDACORE_MODE_* of `name` ("bilinear" or "discrete", as in every front end and
+ * the ONNX attribute); MSDACORE_ERROR_INVALID_ARGUMENT for any other name. */
+msdacore_status msdacore_mode_from_name(const char* name, int32_t* mode);
 
 /* Sizes of a validated call (msdacore_check_inputs). */
 typedef struct msdacore_problem {
@@ -140,6 +162,22 @@ msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
                                       const msdacore_tensor* level_start_index,
                                       const msdacore_tensor* sampling_locations,
                                       const msdacore_tensor* attention_weights,
+                                      const msdacore_options* options,
+                                      msdacore_problem* problem);
+
+/* The check that needs no data: validates a call from its tensors' ndim, shape, dtype and
+ * device with the checks and messages of msdacore_check_inputs, without reading the float
+ * arrays (their data may be NULL). The index arrays' values are checked too (against each
+ * other and S) when both have data; with NULL data they are left to the call.
+ * grad_output (NULL: none) is checked as the backward checks it. On success writes the
+ * sizes to *problem (NULL: not written); the output is (N, Lq, M*D) and the gradients
+ * have their inputs' shapes. */
+msdacore_status msdacore_check_shapes(const msdacore_tensor* value,
+                                      const msdacore_tensor* spatial_shapes,
+                                      const msdacore_tensor* level_start_index,
+                                      const msdacore_tensor* sampling_locations,
+                                      const msdacore_tensor* attention_weights,
+                                      const msdacore_tensor* grad_output,
                                       const msdacore_options* options,
                                       msdacore_problem* problem);
 
@@ -227,6 +265,15 @@ typedef struct msdacore_c_api_table {
                               const msdacore_tensor*, const msdacore_options*);
   const char* (*last_error)(void);
   const char* (*status_name)(msdacore_status);
+  /* Added with msdacore_options.struct_size: */
+  msdacore_status (*check_shapes)(const msdacore_tensor*, const msdacore_tensor*,
+                                  const msdacore_tensor*, const msdacore_tensor*,
+                                  const msdacore_tensor*, const msdacore_tensor*,
+                                  const msdacore_options*, msdacore_problem*);
+  msdacore_status (*options_init)(msdacore_options*);
+  msdacore_status (*mode_from_name)(const char*, int32_t*);
+  msdacore_status (*tensor_contiguous)(msdacore_tensor*, void*, int32_t, const int64_t*,
+                                       int32_t);
 } msdacore_c_api_table;
 
 /* The library's table (static storage, never NULL). */

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "msdacore/tensor.hpp"
@@ -32,9 +33,17 @@ enum class SamplingMode : int32_t {
              // i = clamp(floor(y*H + 0.5), 0, H-1), j likewise; zero location gradients
 };
 
+// The one spelling of each mode, in every front end and runtime attribute: "bilinear",
+// "discrete" (the C API's MSDACORE_MODE_* and the JAX handlers' attribute are the enum's
+// values).
+const char* sampling_mode_name(SamplingMode mode);
+// The mode named `name`; Error (`mode must be "bilinear" or "discrete", got "..."`) for any
+// other name.
+SamplingMode sampling_mode_from_name(const std::string& name);
+
 // How one call runs. Every backend takes the same Options; fields a backend has no use
 // for are ignored there (the CPU backend ignores stream and deterministic, and uses a
-// workspace only for half types).
+// workspace only for half types). Adding an option: docs/architecture.md.
 struct Options {
   bool align_corners = false;  // False: h = y*H - 0.5 (Deformable DETR); True: h = y*(H-1)
                                // (bilinear mode only: an error with Discrete)
@@ -52,6 +61,11 @@ struct Options {
   void* workspace = nullptr;
   int64_t workspace_bytes = 0;
 };
+
+// Checks the options on their own (a known mode; align_corners only in bilinear mode;
+// points per level >= 1, adding up within int64): every front end checks its options
+// with it when it makes them, and every call again. Throws Error / ShapeError.
+void check_options(const Options& options);
 
 // The sizes of one call, read from validated inputs.
 struct Problem {
@@ -78,6 +92,54 @@ Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
                      const TensorView& level_start_index,
                      const TensorView& sampling_locations,
                      const TensorView& attention_weights, const Options& options = {});
+
+// The shapes a call returns (row-major; gradients in the layout of the inputs).
+struct CallShapes {
+  std::vector<int64_t> output;                   // (N, Lq, M*D)
+  std::vector<int64_t> grad_value;               // (N, S, M, D)
+  std::vector<int64_t> grad_sampling_locations;  // (N, Lq, M, L, P, 2) | (N, Lq, M, P_total, 2)
+  std::vector<int64_t> grad_attention_weights;   // (N, Lq, M, L, P) | (N, Lq, M, P_total)
+};
+CallShapes call_shapes(const Problem& p);
+
+// The check that needs no data, for tracers (torch fake tensors, JAX at trace time, ONNX
+// and OpenVINO shape inference): validates the call from its arguments' shapes, dtypes and
+// devices with the same checks and messages as check_inputs, but never reads the float
+// arrays (their data may be null). The index arrays' values are checked too (against each
+// other and S) when both have data; with null data they are unknown and left to the call.
+// grad_output, when given, is checked as the backward checks it. Returns the problem; its
+// heights, widths and level_starts are empty when the index values were unknown.
+Problem check_shapes(const TensorView& value, const TensorView& spatial_shapes,
+                     const TensorView& level_start_index, const TensorView& sampling_locations,
+                     const TensorView& attention_weights, const Options& options = {},
+                     const TensorView* grad_output = nullptr);
+
+// One call validated once: the constructor checks the five inputs (check_inputs); the
+// workspace queries, forward() and backward() then use that problem and check only the
+// arguments they add (outputs, grad_output). The views and options are copied; the
+// memory they point to must outlive the calls. Options::stream and the workspace may be
+// set between construction and the run (options()).
+class Call {
+ public:
+  Call(const TensorView& value, const TensorView& spatial_shapes,
+       const TensorView& level_start_index, const TensorView& sampling_locations,
+       const TensorView& attention_weights, const Options& options = {});
+
+  const Problem& problem() const { return problem_; }
+  Options& options() { return options_; }
+  int64_t forward_workspace_size() const;
+  int64_t backward_workspace_size() const;
+  void forward(const TensorView& output) const;
+  void backward(const TensorView& grad_output, const TensorView& grad_value,
+                const TensorView& grad_sampling_locations,
+                const TensorView& grad_attention_weights) const;
+
+ private:
+  TensorView value_, spatial_shapes_, level_start_index_, sampling_locations_,
+      attention_weights_;
+  Options options_;
+  Problem problem_;
+};
 
 // Bytes of scratch memory a forward / backward call with these inputs and options needs
 // (Options::workspace). On the CPU 0, except for half types (their float32 copies); on

@@ -27,10 +27,20 @@ struct Device {
   bool operator!=(const Device& o) const { return !(*this == o); }
 };
 
+// Row-major element strides of `shape` (ndim sizes) into `strides`: the last dimension
+// 1, each earlier one the product of the sizes after it (sizes < 1 count as 1, products
+// saturate at INT64_MAX instead of overflowing: validation rejects such shapes). The one
+// place msdacore and its front ends compute contiguous strides.
+void row_major_strides(int32_t ndim, const int64_t* shape, int64_t* strides);
+
 // Size in bytes of one element of `t`.
 int64_t dtype_size(DType t);
 // "float32", "int64", ...
 const char* dtype_name(DType t);
+// The DType named `name` ("float16", ..., "int64"), for argument `arg`; a DTypeError
+// naming what msdacore supports for any other name (e.g. "int8", "float32x4"): the one
+// message of every front end for a dtype msdacore has no type for.
+DType dtype_from_name(const std::string& arg, const std::string& name);
 // "cpu", "cuda:1", ...
 std::string device_name(Device d);
 

@@ -1,7 +1,8 @@
 """msdacore's XLA FFI handlers: built on first use (ffi/, against the XLA FFI headers of the
 installed jaxlib, cached by msdacore._plugin_build), handed msdacore._core's C API table,
 and registered with XLA as the targets FORWARD and BACKWARD (CPU and CUDA). Also the
-core's own input check, run at trace time on shapes and dtypes only."""
+core's check that needs no data, run at trace time on shapes, dtypes and the static index
+arrays."""
 
 from __future__ import annotations
 
@@ -20,13 +21,6 @@ from .._plugin_build import PluginBuildError, build_plugin
 FORWARD = "msdacore_ms_deform_attn_forward"
 BACKWARD = "msdacore_ms_deform_attn_backward"
 
-# msdacore_c.h's dtype codes, by NumPy / JAX dtype name.
-DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3, "int32": 4,
-               "int64": 5}
-MODE_CODES = {"bilinear": 0, "discrete": 1}
-_MAX_DIMS = 8
-# msdacore_status values the check returns, and the Python error of each.
-_STATUS_ERRORS = {1: ValueError, 2: TypeError, 3: ValueError, 4: ValueError}
 
 _SOURCES = Path(__file__).resolve().parent / "ffi"
 
@@ -67,11 +61,6 @@ def library() -> ctypes.CDLL:
     if lib.msdacore_jax_set_api(table) != 0:
         raise RuntimeError("msdacore: the XLA handlers refused msdacore._core's C API table "
                            "(a handler library built for another msdacore version?)")
-    lib.msdacore_jax_check.restype = ctypes.c_int32
-    lib.msdacore_jax_check.argtypes = [
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_char_p,
-        ctypes.c_int64]
 
     for target, symbol in ((FORWARD, "msdacore_jax_forward"),
                            (BACKWARD, "msdacore_jax_backward")):
@@ -84,42 +73,21 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def dtype_code(dtype, name: str) -> int:
-    """msdacore's code of an array dtype, else TypeError naming the argument."""
-    code = DTYPE_CODES.get(np.dtype(dtype).name)
-    if code is None:
-        raise TypeError(f"{name} must be a floating-point array (float32, float64, float16 or "
-                        f"bfloat16), got "
-                        f"{np.dtype(dtype).name}")
-    return code
+def _dim(size) -> int:
+    """A dimension for the check: a symbolic one (jax.export) counts as 0, a size that is
+    valid for N and Lq only; the handler checks the real sizes when the call runs."""
+    return size if isinstance(size, (int, np.integer)) else 0
 
 
-def check_inputs(value, spatial_shapes: np.ndarray, level_start_index: np.ndarray,
-                 sampling_locations, attention_weights, points_per_level, align_corners: bool,
-                 mode: str) -> None:
-    """The core's validation of one call (msdacore_check_inputs) on the shapes and dtypes
-    of value, sampling_locations and attention_weights (arrays or ShapeDtypeStructs) and
-    the host index arrays. Raises ValueError / TypeError with the core's message."""
-    lib = library()
-    arrays = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    names = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
-             "attention_weights")
-    shapes = np.zeros((5, _MAX_DIMS), np.int64)
-    ndims = np.zeros(5, np.int32)
-    dtypes = np.zeros(5, np.int32)
-    for i, (array, name) in enumerate(zip(arrays, names)):
-        if len(array.shape) > _MAX_DIMS:
-            raise ValueError(f"{name} has {len(array.shape)} dimensions; msdacore takes at "
-                             f"most {_MAX_DIMS}")
-        shapes[i, :len(array.shape)] = array.shape
-        ndims[i] = len(array.shape)
-        dtypes[i] = dtype_code(array.dtype, name)
-    counts = None if points_per_level is None else np.asarray(points_per_level, np.int64)
-    message = ctypes.create_string_buffer(4096)
-    status = lib.msdacore_jax_check(
-        shapes.ctypes.data, ndims.ctypes.data, dtypes.ctypes.data, spatial_shapes.ctypes.data,
-        level_start_index.ctypes.data, None if counts is None else counts.ctypes.data,
-        0 if counts is None else len(counts), int(align_corners), MODE_CODES[mode], message,
-        len(message))
-    if status != 0:
-        raise _STATUS_ERRORS.get(status, RuntimeError)(message.value.decode(errors="replace"))
+def check_shapes(value, spatial_shapes: np.ndarray, level_start_index: np.ndarray,
+                 sampling_locations, attention_weights, options) -> None:
+    """The core's check that needs no data (msdacore::check_shapes, through _core) on the
+    shapes and dtypes of value, sampling_locations and attention_weights (arrays or
+    ShapeDtypeStructs) and the host index arrays, with their values. Raises ValueError /
+    TypeError with the core's message."""
+    specs = tuple((tuple(_dim(d) for d in a.shape), np.dtype(a.dtype).name, "cpu", 0)
+                  for a in (value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights))
+    known = all(np.dtype(a.dtype).kind in "iu" for a in (spatial_shapes, level_start_index))
+    _core.check_shapes(specs, options, spatial_shapes.reshape(-1).tolist() if known else None,
+                       level_start_index.reshape(-1).tolist() if known else None)

@@ -19,9 +19,7 @@ class _Static(NamedTuple):
     spatial_shapes: tuple      # (H_0, W_0, H_1, W_1, ...)
     level_start_index: tuple   # (L,) prefix sums
     points_per_level: tuple    # P_l per level ((P,) * L for the uniform layout)
-    align_corners: bool
-    mode: str
-    deterministic: bool
+    options: object            # the msdacore.Options of the call
 
 
 def _static_index(obj, name: str) -> np.ndarray:
@@ -37,18 +35,16 @@ def _static_index(obj, name: str) -> np.ndarray:
             f"argument of jit or close over it") from None
     if array.dtype.kind in "iu":
         return np.ascontiguousarray(array, dtype=np.int64)
-    if array.dtype.name not in _ffi.DTYPE_CODES:
-        raise TypeError(f"{name} must be an int32 or int64 array, got {array.dtype.name}")
-    return np.ascontiguousarray(array)
+    return np.ascontiguousarray(array)  # the core's check names the dtype
 
 
 def _attributes(static: _Static) -> dict:
     return {"spatial_shapes": np.asarray(static.spatial_shapes, np.int64),
             "level_start_index": np.asarray(static.level_start_index, np.int64),
             "points_per_level": np.asarray(static.points_per_level, np.int64),
-            "align_corners": np.int32(static.align_corners),
-            "mode": np.int32(_ffi.MODE_CODES[static.mode]),
-            "deterministic": np.int32(static.deterministic)}
+            "align_corners": np.int32(static.options.align_corners),
+            "mode": np.int32(static.options.mode_code),
+            "deterministic": np.int32(static.options.deterministic)}
 
 
 def _flattened(static: _Static, loc, attn):
@@ -113,14 +109,15 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     dtype. Under vmap the batch axes are folded into N (one kernel call). Bad shapes and
     dtypes raise ValueError / TypeError when the call is traced, with msdacore's messages.
     """
-    align_corners, deterministic, mode, counts = _dispatch.op_options(
-        align_corners, deterministic, mode, points_per_level)
+    options = _dispatch.op_options(align_corners, deterministic, mode, points_per_level)
     ss = _static_index(spatial_shapes, "spatial_shapes")
     lsi = _static_index(level_start_index, "level_start_index")
     value, loc, attn = (jnp.asarray(x) for x in (value, sampling_locations, attention_weights))
-    _ffi.check_inputs(value, ss, lsi, loc, attn, counts, align_corners, mode)
+    _ffi.check_shapes(value, ss, lsi, loc, attn, options)
+    _ffi.library()  # the handlers built and registered before the call is lowered
+    counts = options.points_per_level
     if counts is None:  # the uniform layout (N, Lq, M, L, P, 2), checked above
-        counts = [loc.shape[4]] * loc.shape[3]
+        counts = (loc.shape[4],) * loc.shape[3]
     static = _Static(tuple(int(x) for x in ss.reshape(-1)), tuple(int(x) for x in lsi),
-                     tuple(counts), align_corners, mode, deterministic)
+                     tuple(counts), options)
     return _ms_deform_attn(static, value, loc, attn)

@@ -19,8 +19,41 @@ from __future__ import annotations
 
 from onnx import TypeProto, defs
 
+from .. import _core
+
 __all__ = ["DOMAIN", "OP_TYPE", "TRT_DOMAIN", "TRT_OP_TYPE", "TRT_PLUGIN_VERSION",
-           "register_schemas"]
+           "ATTRIBUTES", "node_attributes", "node_options", "register_schemas"]
+
+# The msdacore node's attributes (SPEC "ONNX"), the one mapping between them and
+# msdacore.Options (deterministic, a backward option, has no attribute).
+ATTRIBUTES = ("align_corners", "mode", "points_per_level")
+
+
+def node_attributes(options) -> dict:
+    """The attributes of the msdacore node for an msdacore.Options (points_per_level
+    absent for the uniform layout)."""
+    attributes = {"align_corners": int(options.align_corners), "mode": options.mode}
+    if options.points_per_level is not None:
+        attributes[ATTRIBUTES[2]] = list(options.points_per_level)
+    return attributes
+
+
+def node_options(attributes: dict, where: str):
+    """The msdacore.Options of a node's attributes (names -> Python values, as
+    onnx.helper.get_attribute_value gives them), checked: ValueError naming `where` for
+    an unknown attribute or an align_corners other than 0 / 1, and the core's errors for
+    the rest (a mode other than "bilinear" / "discrete", counts < 1, ...)."""
+    unknown = sorted(set(attributes) - set(ATTRIBUTES))
+    if unknown:
+        raise ValueError(f"{where} has unknown attributes {unknown}")
+    align_corners = attributes.get("align_corners", 0)
+    if isinstance(align_corners, bool) or align_corners not in (0, 1):
+        raise ValueError(f"{where}: align_corners must be 0 or 1, got {align_corners!r}")
+    mode = attributes.get("mode", "bilinear")
+    counts = attributes.get(ATTRIBUTES[2])
+    return _core.Options(align_corners=bool(align_corners),
+                         mode=mode.decode() if isinstance(mode, bytes) else mode,
+                         points_per_level=list(counts) if counts else None)
 
 DOMAIN = "msdacore"
 OP_TYPE = "MultiScaleDeformableAttention"

@@ -15,8 +15,9 @@ import onnxscript
 from onnx import TensorProto
 from onnxscript import opset18 as op
 
+from .. import _dispatch
 from .schema import (DOMAIN, OP_TYPE, OPSET_VERSION, TRT_DOMAIN, TRT_OP_TYPE,
-                     TRT_PLUGIN_VERSION)
+                     TRT_PLUGIN_VERSION, node_attributes)
 
 __all__ = ["TARGETS", "translation_table", "tensorrt_problems"]
 
@@ -51,9 +52,8 @@ def _msdacore_node(value, spatial_shapes, level_start_index, sampling_locations,
                    attention_weights, align_corners=False, deterministic=False,
                    mode="bilinear", points_per_level=None):
     """msdacore::MultiScaleDeformableAttention: output (N, Lq, M*D) of value's type."""
-    attributes = {"align_corners": int(bool(align_corners)), "mode": str(mode)}
-    if points_per_level is not None:
-        attributes["points_per_level"] = [int(p) for p in points_per_level]
+    attributes = node_attributes(_dispatch.op_options(bool(align_corners), False, str(mode),
+                                                      points_per_level))
     return _msdacore.MultiScaleDeformableAttention(
         value, op.Cast(spatial_shapes, to=TensorProto.INT64),
         op.Cast(level_start_index, to=TensorProto.INT64), sampling_locations,

@@ -145,6 +145,7 @@ def _rewrite(model) -> int:
     in a subgraph or an element type that cannot be found."""
     import onnx
 
+    from msdacore.onnx import schema
     from msdacore.onnx.schema import DOMAIN, OP_TYPE, register_schemas
 
     nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
@@ -168,18 +169,14 @@ def _rewrite(model) -> int:
                             "value; ONNX Runtime runs msdacore nodes in float32 or float64 "
                             "(onnxruntime-extensions' Python operators)")
         given = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        unknown = sorted(set(given) - {"align_corners", "mode", "points_per_level"})
-        if unknown:
-            raise ValueError(f"msdacore.onnxruntime.session: node {node.name!r} has "
-                             f"unknown attributes {unknown}")
-        points = given.get("points_per_level")
-        mode = given.get("mode", b"bilinear")
+        options = schema.node_options(given, f"msdacore.onnxruntime.session: node "
+                                             f"{node.name!r}")  # checked before any run
+        points = options.points_per_level
         del node.attribute[:]
         node.attribute.extend([
-            onnx.helper.make_attribute("align_corners", int(given.get("align_corners", 0))),
-            onnx.helper.make_attribute("mode", mode.decode() if isinstance(mode, bytes)
-                                       else mode),
-            onnx.helper.make_attribute("points_per_level", ",".join(map(str, points))
+            onnx.helper.make_attribute(schema.ATTRIBUTES[0], int(options.align_corners)),
+            onnx.helper.make_attribute(schema.ATTRIBUTES[1], options.mode),
+            onnx.helper.make_attribute(schema.ATTRIBUTES[2], ",".join(map(str, points))
                                        if points else "")])
         node.domain = CONTRIB_DOMAIN
         node.op_type = OP_TYPES[element]

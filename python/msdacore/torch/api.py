@@ -17,7 +17,8 @@ from torch import Tensor
 
 from msdacore import _dispatch
 
-from .ops import _backward, _ms_deform_attn_backward_op, _ms_deform_attn_op
+from .ops import (_backward, _ms_deform_attn_backward_op, _ms_deform_attn_op, op_arguments,
+                  refuse_double_backward)
 
 __all__ = ["ms_deform_attn", "level_start_index_of"]
 
@@ -49,10 +50,7 @@ class _MSDeformAttnBackward(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         pass
 
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError("msdacore: double backward (a derivative of the gradients of "
-                           "ms_deform_attn) is not supported")
+    backward = staticmethod(refuse_double_backward)
 
 
 class _MSDeformAttn(torch.autograd.Function):
@@ -127,40 +125,6 @@ def _as_index_tensor(x) -> Tensor:
     return torch.tensor(x, dtype=torch.int64)
 
 
-# (device type, half dtype) -> whether the core takes float32 sampling locations and
-# attention weights with a value of that half dtype (SPEC "Numerics", mixed precision),
-# found by a trial call on first use.
-_MIXED_PRECISION: dict = {}
-
-
-def _probe_mixed_precision(device: torch.device, dtype: torch.dtype) -> bool:
-    """One tiny forward and backward with a `dtype` value and float32 locations and
-    weights: True when the core accepts them."""
-    value = torch.ones(1, 1, 1, 1, dtype=dtype, device=device)
-    loc = torch.full((1, 1, 1, 1, 1, 2), 0.5, dtype=torch.float32, device=device)
-    weights = torch.ones(1, 1, 1, 1, 1, dtype=torch.float32, device=device)
-    shapes, starts = torch.ones(1, 2, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
-    options = _dispatch.op_options(False)
-    try:
-        out = _ms_deform_attn_op(value, shapes, starts, loc, weights, *options)
-        grads = _ms_deform_attn_backward_op(value, shapes, starts, loc, weights,
-                                            torch.ones_like(out), *options)
-    except (TypeError, ValueError, RuntimeError):
-        return False
-    return out.dtype == dtype and [g.dtype for g in grads] == [dtype, torch.float32,
-                                                               torch.float32]
-
-
-def _mixed_precision_supported(device: torch.device, dtype: torch.dtype) -> bool:
-    key = (device.type, dtype)
-    supported = _MIXED_PRECISION.get(key)
-    if supported is None:
-        if torch.compiler.is_compiling():
-            return False  # no trial call while tracing; an eager call settles it
-        supported = _MIXED_PRECISION[key] = _probe_mixed_precision(device, dtype)
-    return supported
-
-
 def _autocast_dtype(device_type: str, dtype: torch.dtype) -> Optional[torch.dtype]:
     """The dtype `value` of `dtype` is computed in under autocast, or None (no autocast
     on this device, or float64, which torch's own autocast never casts either)."""
@@ -174,14 +138,11 @@ def _apply_autocast(value: Tensor, sampling_locations: Tensor,
                     attention_weights: Tensor) -> tuple:
     """Under autocast, `value` follows the autocast dtype while the sampling locations
     and attention weights are computed in float32 (a bfloat16 location on a 167-pixel
-    level is off by up to 0.33 pixel: SPEC "Numerics"). Where the core does not take
-    that mix (found by a trial call), everything is computed in float32 instead."""
+    level is off by up to 0.33 pixel: SPEC "Numerics"). Every backend of the core takes
+    that mix (its dtype check, validate.cpp, is the same for every device)."""
     target = _autocast_dtype(value.device.type, value.dtype)
     if target is None:
         return value, sampling_locations, attention_weights
-    if target in (torch.float16, torch.bfloat16) and \
-            not _mixed_precision_supported(value.device, target):
-        target = torch.float32
 
     def to(t: Tensor, dtype: torch.dtype) -> Tensor:
         return t if t.dtype == dtype or t.dtype == torch.float64 else t.to(dtype)
@@ -219,8 +180,7 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
 
     Autocast (CPU and CUDA): value is cast to the autocast dtype, sampling_locations and
     attention_weights are computed in float32 (mixed precision; the output has the
-    autocast dtype). Where the core does not take that mix yet, all three are computed
-    in float32. float64 inputs are never cast.
+    autocast dtype). float64 inputs are never cast.
 
     Raises ValueError (shapes, devices, index arrays) or TypeError (dtypes), as the core.
     """
@@ -237,9 +197,14 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
         level_start_index = level_start_index_of(spatial_shapes)
     value, sampling_locations, attention_weights = _apply_autocast(
         value, sampling_locations, attention_weights)
+    if torch.compiler.is_compiling():  # the operator's fake implementation checks them
+        options = (align_corners, deterministic, mode,
+                   None if points_per_level is None else [int(p) for p in points_per_level])
+    else:  # checked here, so that a bad option gets the core's message, not the schema's
+        options = op_arguments(_dispatch.op_options(align_corners, deterministic, mode,
+                                                    points_per_level))
     args = (value, _as_index_tensor(spatial_shapes), _as_index_tensor(level_start_index),
-            sampling_locations, attention_weights,
-            *_dispatch.op_options(align_corners, deterministic, mode, points_per_level))
+            sampling_locations, attention_weights, *options)
     if torch.compiler.is_compiling() or not _transforms_active():
         # Plain calls and reverse-mode autograd: the operator with its registered
         # autograd (cheaper per call than an autograd.Function, and what Dynamo traces

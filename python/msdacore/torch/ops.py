@@ -37,7 +37,10 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
-from msdacore import _dispatch, _frameworks
+import torch.fx.experimental.symbolic_shapes as _symbolic_shapes
+from torch._subclasses.fake_tensor import FakeTensor as _FakeTensor
+
+from msdacore import _core, _dispatch, _frameworks
 
 __all__: list = []
 
@@ -56,37 +59,46 @@ def _refuse_forward_ad(*tensors: Tensor) -> None:
                 "jacrev)")
 
 
-def _check_meta(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor,
-                points_per_level) -> None:
-    """The checks the output shape depends on, in the core's words, so that tracing with
-    fake tensors fails the way the real call would."""
-    if value.dim() != 4:
-        raise ValueError(f"value must have shape (N, S, M, D), got {tuple(value.shape)}")
-    N, _, M, _ = value.shape
-    flat = points_per_level is not None
-    symbols = "N, Lq, M, P_total, 2" if flat else "N, Lq, M, L, P, 2"
-    if sampling_locations.dim() != (5 if flat else 6):
-        raise ValueError(f"sampling_locations must have shape ({symbols}), got "
-                         f"{tuple(sampling_locations.shape)}")
-    loc = tuple(sampling_locations.shape)
-    expected = (N, loc[1], M) + (sum(points_per_level),) + (2,) if flat else \
-        (N, loc[1], M, loc[3], loc[4], 2)
-    if loc != expected:
-        raise ValueError(f"sampling_locations must have shape ({symbols}) = {expected}, "
-                         f"got {loc}")
-    if tuple(attention_weights.shape) != expected[:-1]:
-        raise ValueError(f"attention_weights must have shape ({symbols[:-3]}) = "
-                         f"{expected[:-1]}, got {tuple(attention_weights.shape)}")
-    half = value.dtype in (torch.float16, torch.bfloat16)
-    for t in (sampling_locations, attention_weights):
-        if t.dtype != value.dtype and not (half and t.dtype == torch.float32):
-            names = [str(x.dtype).replace("torch.", "")
-                     for x in (value, sampling_locations, attention_weights)]
-            raise TypeError("value, sampling_locations and attention_weights must have the "
-                            "same dtype" + (" (or float32 sampling_locations and "
-                                            "attention_weights with a half value)" if half
-                                            else "") +
-                            f", got {names[0]}, {names[1]} and {names[2]}")
+def _size_hint(size) -> int:
+    """A size as an int: a traced (symbolic) size's hint, without adding a guard."""
+    if isinstance(size, int):
+        return size
+    return _symbolic_shapes.optimization_hint(size, fallback=1)
+
+
+def _spec(t: Tensor) -> tuple:
+    """(shape, dtype name, device type, device index) of a tensor, real or fake."""
+    return (tuple(_size_hint(d) for d in t.shape), str(t.dtype).replace("torch.", ""),
+            t.device.type, t.device.index or 0)
+
+
+def _index_values(t: Tensor):
+    """The values of an index tensor where they exist (a real CPU tensor), else None."""
+    if isinstance(t, _FakeTensor) or t.device.type != "cpu" or \
+            torch._C._dispatch_tls_local_include_set().has(torch._C.DispatchKey.Python):
+        return None
+    try:
+        return t.reshape(-1).tolist()
+    except (RuntimeError, NotImplementedError):  # data-less tensors (meta, functional)
+        return None
+
+
+def _check_shapes(value, spatial_shapes, level_start_index, sampling_locations,
+                  attention_weights, options, grad_output=None) -> None:
+    """The core's check that needs no data (so tracing with fake tensors fails as the real
+    call would, in the same words); symbolic sizes are checked at their hints."""
+    _core.check_shapes(tuple(_spec(t) for t in (value, spatial_shapes, level_start_index,
+                                                sampling_locations, attention_weights)),
+                       options, _index_values(spatial_shapes), _index_values(level_start_index),
+                       None if grad_output is None else _spec(grad_output))
+
+
+def op_arguments(options) -> tuple:
+    """An msdacore.Options as the operators' trailing arguments: (align_corners,
+    deterministic, mode, points_per_level as a list or None)."""
+    counts = options.points_per_level
+    return (options.align_corners, options.deterministic, options.mode,
+            None if counts is None else list(counts))
 
 
 # ---------------------------------------------------------------------------
@@ -109,8 +121,10 @@ def _ms_deform_attn_op(value: Tensor, spatial_shapes: Tensor, level_start_index:
 @_ms_deform_attn_op.register_fake
 def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
       align_corners=False, deterministic=False, mode="bilinear", points_per_level=None):
-    _check_meta(value, sampling_locations, attention_weights, points_per_level)
-    N, _, M, D = value.shape
+    _check_shapes(value, spatial_shapes, level_start_index, sampling_locations,
+                  attention_weights,
+                  _dispatch.op_options(align_corners, deterministic, mode, points_per_level))
+    N, _, M, D = value.shape  # the core's output shape (N, Lq, M*D), in traced sizes
     return value.new_empty((N, sampling_locations.shape[1], M * D))
 
 
@@ -138,12 +152,10 @@ def _ms_deform_attn_backward_op(value: Tensor, spatial_shapes: Tensor,
 def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
       grad_output, align_corners=False, deterministic=False, mode="bilinear",
       points_per_level=None):
-    _check_meta(value, sampling_locations, attention_weights, points_per_level)
-    N, _, M, D = value.shape
-    expected = (N, sampling_locations.shape[1], M * D)
-    if tuple(grad_output.shape) != expected:
-        raise ValueError(f"grad_output must have shape (N, Lq, M*D) = {expected}, "
-                         f"got {tuple(grad_output.shape)}")
+    _check_shapes(value, spatial_shapes, level_start_index, sampling_locations,
+                  attention_weights,
+                  _dispatch.op_options(align_corners, deterministic, mode, points_per_level),
+                  grad_output)
     return (torch.empty_like(value, memory_format=torch.contiguous_format),
             torch.empty_like(sampling_locations, memory_format=torch.contiguous_format),
             torch.empty_like(attention_weights, memory_format=torch.contiguous_format))
@@ -179,12 +191,13 @@ def _backward(ctx, grad_output, backward_op=None):
 _ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _refuse_double_backward(ctx, *grads):
+def refuse_double_backward(ctx, *grads):
+    """The backward operator has no derivative (the autograd formula of both routes)."""
     raise RuntimeError("msdacore: double backward (a derivative of the gradients of "
                        "ms_deform_attn) is not supported")
 
 
-_ms_deform_attn_backward_op.register_autograd(_refuse_double_backward,
+_ms_deform_attn_backward_op.register_autograd(refuse_double_backward,
                                               setup_context=lambda ctx, inputs, output: None)
 
 

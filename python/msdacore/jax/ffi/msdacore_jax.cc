@@ -1,7 +1,6 @@
-// XLA FFI handlers of msdacore's forward and backward (CPU and CUDA platforms), and the
-// shape-only check msdacore.jax runs at trace time. Every call goes through the table of
-// msdacore's C API (msdacore_c.h) that msdacore._core exports; this file only turns XLA
-// buffers and attributes into msdacore_tensor views.
+// XLA FFI handlers of msdacore's forward and backward (CPU and CUDA platforms). Every call
+// goes through the table of msdacore's C API (msdacore_c.h) that msdacore._core exports;
+// this file only turns XLA buffers and attributes into msdacore_tensor views and options.
 //
 // Operands, as msdacore.jax passes them (always the flattened layout; any leading vmap
 // dimensions in front of N are folded into N, the buffers being row-major):
@@ -13,8 +12,6 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstring>
 #include <optional>
 #include <string>
 
@@ -30,28 +27,21 @@ namespace {
 std::atomic<const msdacore_c_api_table*> g_api{nullptr};
 
 // The last member of the table this file calls: a table shorter than that is refused.
-constexpr size_t kTableNeeds =
-    offsetof(msdacore_c_api_table, status_name) + sizeof(msdacore_c_api_table::status_name);
+constexpr size_t kTableNeeds = offsetof(msdacore_c_api_table, tensor_contiguous) +
+                               sizeof(msdacore_c_api_table::tensor_contiguous);
 
 // A row-major view of a buffer whose leading dimensions in front of the last `rank - 1`
-// are folded into the first one (vmap's batch dimensions times N).
-msdacore_tensor folded_view(void* data, ffi::Span<const int64_t> dims, int32_t rank,
-                            int32_t dtype, int32_t device_type, int32_t device_index) {
-  msdacore_tensor t;
-  std::memset(&t, 0, sizeof t);
-  t.data = data;
-  t.ndim = rank;
+// are folded into the first one (vmap's batch dimensions times N); rank <= dims.size().
+msdacore_tensor folded_view(const msdacore_c_api_table* api, void* data,
+                            ffi::Span<const int64_t> dims, int32_t rank, int32_t dtype,
+                            int32_t device_type, int32_t device_index) {
+  int64_t shape[MSDACORE_MAX_DIMS] = {};
   const int64_t lead = static_cast<int64_t>(dims.size()) - rank;  // dimensions folded into N
-  int64_t first = 1;
-  for (int64_t d = 0; d <= lead; ++d) first *= dims[d];
-  t.shape[0] = first;
-  for (int32_t d = 1; d < rank; ++d) t.shape[d] = dims[lead + d];
-  int64_t stride = 1;
-  for (int32_t d = rank - 1; d >= 0; --d) {
-    t.strides[d] = stride;
-    stride *= t.shape[d] > 1 ? t.shape[d] : 1;
-  }
-  t.dtype = dtype;
+  shape[0] = 1;
+  for (int64_t d = 0; d <= lead; ++d) shape[0] *= dims[d];
+  for (int32_t d = 1; d < rank; ++d) shape[d] = dims[lead + d];
+  msdacore_tensor t;
+  api->tensor_contiguous(&t, data, rank, shape, dtype);  // rank <= MSDACORE_MAX_DIMS: OK
   t.device_type = device_type;
   t.device_index = device_index;
   return t;
@@ -74,20 +64,18 @@ struct Common {
   msdacore_options options;
 };
 
-Common make_common(ffi::Span<const int64_t> spatial_shapes,
+Common make_common(const msdacore_c_api_table* api, ffi::Span<const int64_t> spatial_shapes,
                    ffi::Span<const int64_t> level_start_index,
                    ffi::Span<const int64_t> points_per_level, int32_t align_corners,
                    int32_t mode, int32_t deterministic) {
   Common c;
-  std::memset(&c, 0, sizeof c);
   const int64_t ss_shape[2] = {static_cast<int64_t>(spatial_shapes.size()) / 2, 2};
   const int64_t lsi_shape[1] = {static_cast<int64_t>(level_start_index.size())};
-  c.spatial_shapes = folded_view(const_cast<int64_t*>(spatial_shapes.begin()),
-                                 ffi::Span<const int64_t>(ss_shape, 2), 2, MSDACORE_INT64,
-                                 MSDACORE_DEVICE_CPU, 0);
-  c.level_start_index = folded_view(const_cast<int64_t*>(level_start_index.begin()),
-                                    ffi::Span<const int64_t>(lsi_shape, 1), 1, MSDACORE_INT64,
-                                    MSDACORE_DEVICE_CPU, 0);
+  api->tensor_contiguous(&c.spatial_shapes, const_cast<int64_t*>(spatial_shapes.begin()), 2,
+                         ss_shape, MSDACORE_INT64);
+  api->tensor_contiguous(&c.level_start_index, const_cast<int64_t*>(level_start_index.begin()),
+                         1, lsi_shape, MSDACORE_INT64);
+  api->options_init(&c.options);
   c.options.align_corners = align_corners;
   c.options.mode = mode;
   c.options.deterministic = deterministic;
@@ -112,7 +100,8 @@ ffi::Error no_api() {
 }
 
 // Floating-point view of a buffer, or an error naming it.
-ffi::ErrorOr<msdacore_tensor> float_view(const char* name, void* data, ffi::DataType type,
+ffi::ErrorOr<msdacore_tensor> float_view(const msdacore_c_api_table* api, const char* name,
+                                         void* data, ffi::DataType type,
                                          ffi::Span<const int64_t> dims, int32_t rank,
                                          int32_t device_type, int32_t device_index) {
   const int32_t code = dtype_code(type);
@@ -122,7 +111,7 @@ ffi::ErrorOr<msdacore_tensor> float_view(const char* name, void* data, ffi::Data
         std::string("msdacore: ") + name + " must be a float16, bfloat16, float32 or float64 "
         "array of rank >= " + std::to_string(rank)));
   }
-  return folded_view(data, dims, rank, code, device_type, device_index);
+  return folded_view(api, data, dims, rank, code, device_type, device_index);
 }
 
 // The device a handler runs on (msdacore's device type and index).
@@ -130,30 +119,28 @@ struct Device {
   int32_t type, index;
 };
 
-// float_view of an XLA buffer (operand or result) on the call's device.
-ffi::ErrorOr<msdacore_tensor> buffer_view(const char* name, ffi::AnyBuffer buffer, int32_t rank,
-                                          Device device) {
-  return float_view(name, buffer.untyped_data(), buffer.element_type(), buffer.dimensions(),
-                    rank, device.type, device.index);
-}
+// What every handler starts from: the table, the host arguments, the five input views
+// (value, spatial_shapes, level_start_index, sampling_locations, attention_weights) and
+// the device.
+struct Handler {
+  const msdacore_c_api_table* api = nullptr;
+  Common c;
+  msdacore_tensor in[5];
+  Device device;
 
-// The five inputs of a call, as msdacore's functions take them: value,
-// spatial_shapes, level_start_index, sampling_locations, attention_weights.
-ffi::Error input_views(ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
-                       const Common& c, Device device, msdacore_tensor in[5]) {
-  auto v = buffer_view("value", value, 4, device);
-  if (v.has_error()) return v.error();
-  auto l = buffer_view("sampling_locations", loc, 5, device);
-  if (l.has_error()) return l.error();
-  auto a = buffer_view("attention_weights", attn, 4, device);
-  if (a.has_error()) return a.error();
-  in[0] = *v;
-  in[1] = c.spatial_shapes;
-  in[2] = c.level_start_index;
-  in[3] = *l;
-  in[4] = *a;
-  return ffi::Error::Success();
-}
+  // float_view of an XLA buffer (operand or result) on the call's device.
+  ffi::ErrorOr<msdacore_tensor> view(const char* name, ffi::AnyBuffer buffer, int32_t rank) const {
+    return float_view(api, name, buffer.untyped_data(), buffer.element_type(),
+                      buffer.dimensions(), rank, device.type, device.index);
+  }
+};
+
+// Fills *h for a call on `device` (the table, the options, the five input views).
+ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value,
+                 ffi::AnyBuffer loc, ffi::AnyBuffer attn, ffi::Span<const int64_t> spatial_shapes,
+                 ffi::Span<const int64_t> level_start_index,
+                 ffi::Span<const int64_t> points_per_level, int32_t align_corners, int32_t mode,
+                 int32_t deterministic);
 
 // Scratch for a call: XLA's scratch allocator on CUDA, msdacore's default allocator (NULL)
 // on the CPU, where only half types need any.
@@ -177,6 +164,31 @@ ffi::Error take_workspace(SizeFn size_fn, ffi::ScratchAllocator* scratch,
   return ffi::Error::Success();
 }
 
+ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value,
+                 ffi::AnyBuffer loc, ffi::AnyBuffer attn, ffi::Span<const int64_t> spatial_shapes,
+                 ffi::Span<const int64_t> level_start_index,
+                 ffi::Span<const int64_t> points_per_level, int32_t align_corners, int32_t mode,
+                 int32_t deterministic) {
+  h->api = api_or_null();
+  if (h->api == nullptr) return no_api();
+  h->c = make_common(h->api, spatial_shapes, level_start_index, points_per_level, align_corners,
+                     mode, deterministic);
+  h->c.options.stream = stream;
+  h->device = device;
+  auto v = h->view("value", value, 4);
+  if (v.has_error()) return v.error();
+  auto l = h->view("sampling_locations", loc, 5);
+  if (l.has_error()) return l.error();
+  auto a = h->view("attention_weights", attn, 4);
+  if (a.has_error()) return a.error();
+  h->in[0] = *v;
+  h->in[1] = h->c.spatial_shapes;
+  h->in[2] = h->c.level_start_index;
+  h->in[3] = *l;
+  h->in[4] = *a;
+  return ffi::Error::Success();
+}
+
 ffi::Error forward(void* stream, ffi::ScratchAllocator* scratch, int32_t device_type,
                    int32_t device_index, ffi::AnyBuffer value, ffi::AnyBuffer loc,
                    ffi::AnyBuffer attn, ffi::Result<ffi::AnyBuffer> out,
@@ -184,21 +196,22 @@ ffi::Error forward(void* stream, ffi::ScratchAllocator* scratch, int32_t device_
                    ffi::Span<const int64_t> level_start_index,
                    ffi::Span<const int64_t> points_per_level, int32_t align_corners,
                    int32_t mode, int32_t deterministic) {
-  const msdacore_c_api_table* api = api_or_null();
-  if (api == nullptr) return no_api();
-  Common c = make_common(spatial_shapes, level_start_index, points_per_level, align_corners, mode,
-                         deterministic);
-  c.options.stream = stream;
-  const Device device{device_type, device_index};
-  msdacore_tensor in[5];
-  if (ffi::Error e = input_views(value, loc, attn, c, device, in); e.failure()) return e;
-  auto o = buffer_view("output", *out, 3, device);
-  if (o.has_error()) return o.error();
-  if (ffi::Error e = take_workspace(api->forward_workspace_size, scratch, api, in, &c.options);
+  Handler h;
+  if (ffi::Error e = start(&h, stream, Device{device_type, device_index}, value, loc, attn,
+                           spatial_shapes, level_start_index, points_per_level, align_corners,
+                           mode, deterministic);
       e.failure()) {
     return e;
   }
-  const msdacore_status s = api->forward(&in[0], &in[1], &in[2], &in[3], &in[4], &*o, &c.options);
+  const msdacore_c_api_table* api = h.api;
+  msdacore_tensor* in = h.in;
+  auto o = h.view("output", *out, 3);
+  if (o.has_error()) return o.error();
+  if (ffi::Error e = take_workspace(api->forward_workspace_size, scratch, api, in, &h.c.options);
+      e.failure()) {
+    return e;
+  }
+  const msdacore_status s = api->forward(&in[0], &in[1], &in[2], &in[3], &in[4], &*o, &h.c.options);
   return s == MSDACORE_OK ? ffi::Error::Success() : failure(api, s);
 }
 
@@ -211,28 +224,29 @@ ffi::Error backward(void* stream, ffi::ScratchAllocator* scratch, int32_t device
                     ffi::Span<const int64_t> level_start_index,
                     ffi::Span<const int64_t> points_per_level, int32_t align_corners,
                     int32_t mode, int32_t deterministic) {
-  const msdacore_c_api_table* api = api_or_null();
-  if (api == nullptr) return no_api();
-  Common c = make_common(spatial_shapes, level_start_index, points_per_level, align_corners, mode,
-                         deterministic);
-  c.options.stream = stream;
-  const Device device{device_type, device_index};
-  msdacore_tensor in[5];
-  if (ffi::Error e = input_views(value, loc, attn, c, device, in); e.failure()) return e;
-  auto g = buffer_view("grad_output", grad_output, 3, device);
+  Handler h;
+  if (ffi::Error e = start(&h, stream, Device{device_type, device_index}, value, loc, attn,
+                           spatial_shapes, level_start_index, points_per_level, align_corners,
+                           mode, deterministic);
+      e.failure()) {
+    return e;
+  }
+  const msdacore_c_api_table* api = h.api;
+  msdacore_tensor* in = h.in;
+  auto g = h.view("grad_output", grad_output, 3);
   if (g.has_error()) return g.error();
-  auto gv = buffer_view("grad_value", *grad_value, 4, device);
+  auto gv = h.view("grad_value", *grad_value, 4);
   if (gv.has_error()) return gv.error();
-  auto gl = buffer_view("grad_sampling_locations", *grad_loc, 5, device);
+  auto gl = h.view("grad_sampling_locations", *grad_loc, 5);
   if (gl.has_error()) return gl.error();
-  auto ga = buffer_view("grad_attention_weights", *grad_attn, 4, device);
+  auto ga = h.view("grad_attention_weights", *grad_attn, 4);
   if (ga.has_error()) return ga.error();
-  if (ffi::Error e = take_workspace(api->backward_workspace_size, scratch, api, in, &c.options);
+  if (ffi::Error e = take_workspace(api->backward_workspace_size, scratch, api, in, &h.c.options);
       e.failure()) {
     return e;
   }
   const msdacore_status s = api->backward(&in[0], &in[1], &in[2], &in[3], &in[4], &*g, &*gv,
-                                          &*gl, &*ga, &c.options);
+                                          &*gl, &*ga, &h.c.options);
   return s == MSDACORE_OK ? ffi::Error::Success() : failure(api, s);
 }
 
@@ -320,53 +334,4 @@ MSDACORE_JAX_EXPORT int32_t msdacore_jax_set_api(const void* table) {
   if (api == nullptr || api->struct_size < static_cast<int64_t>(kTableNeeds)) return -1;
   g_api.store(api, std::memory_order_release);
   return 0;
-}
-
-// The shape-only validation msdacore.jax runs at trace time: the core's check_inputs on
-// views whose float arrays have shapes and dtypes but no data (a placeholder address: the
-// check reads only the index arrays). shapes: 5 x MSDACORE_MAX_DIMS extents of value,
-// spatial_shapes, level_start_index, sampling_locations, attention_weights; ndims, dtypes:
-// 5 each; index_data: the two index arrays (host, contiguous). Returns the status and
-// copies the core's message into message (message_size bytes, NUL-terminated).
-MSDACORE_JAX_EXPORT int32_t msdacore_jax_check(const int64_t* shapes, const int32_t* ndims,
-                                               const int32_t* dtypes,
-                                               const void* spatial_shapes_data,
-                                               const void* level_start_index_data,
-                                               const int64_t* points_per_level,
-                                               int64_t num_levels, int32_t align_corners,
-                                               int32_t mode, char* message,
-                                               int64_t message_size) {
-  const msdacore_c_api_table* api = api_or_null();
-  if (api == nullptr || message == nullptr || message_size < 1) return -1;
-  alignas(256) static const unsigned char placeholder[256] = {};
-  msdacore_tensor t[5];
-  const void* data[5] = {placeholder, spatial_shapes_data, level_start_index_data, placeholder,
-                         placeholder};
-  for (int i = 0; i < 5; ++i) {
-    std::memset(&t[i], 0, sizeof t[i]);
-    if (ndims[i] < 0 || ndims[i] > MSDACORE_MAX_DIMS) {
-      std::snprintf(message, static_cast<size_t>(message_size), "rank %d out of range",
-                    static_cast<int>(ndims[i]));
-      return MSDACORE_ERROR_SHAPE;
-    }
-    t[i].data = const_cast<void*>(data[i]);
-    t[i].ndim = ndims[i];
-    int64_t stride = 1;
-    for (int32_t d = ndims[i] - 1; d >= 0; --d) {
-      t[i].shape[d] = shapes[i * MSDACORE_MAX_DIMS + d];
-      t[i].strides[d] = stride;
-      stride *= t[i].shape[d] > 1 ? t[i].shape[d] : 1;
-    }
-    t[i].dtype = dtypes[i];
-    t[i].device_type = MSDACORE_DEVICE_CPU;
-  }
-  msdacore_options options;
-  std::memset(&options, 0, sizeof options);
-  options.align_corners = align_corners;
-  options.mode = mode;
-  options.points_per_level = points_per_level;
-  options.num_levels = num_levels;
-  const msdacore_status s = api->check_inputs(&t[0], &t[1], &t[2], &t[3], &t[4], &options, nullptr);
-  std::snprintf(message, static_cast<size_t>(message_size), "%s", api->last_error());
-  return s;
 }

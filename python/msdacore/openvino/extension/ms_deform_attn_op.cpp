@@ -68,12 +68,8 @@ msdacore::TensorView view_of(const ov::Tensor& t) {
   int64_t sizes[msdacore::TensorView::kMaxDims] = {};
   int64_t strides[msdacore::TensorView::kMaxDims] = {};
   const int32_t ndim = static_cast<int32_t>(shape.size());
-  int64_t running = 1;
-  for (int32_t i = ndim - 1; i >= 0; --i) {
-    sizes[i] = static_cast<int64_t>(shape[i]);
-    strides[i] = running;
-    running *= sizes[i] > 0 ? sizes[i] : 1;
-  }
+  for (int32_t i = 0; i < ndim; ++i) sizes[i] = static_cast<int64_t>(shape[i]);
+  msdacore::row_major_strides(ndim, sizes, strides);
   if (t.get_size() > 0 && !t.is_continuous()) {
     const ov::Strides& bytes = t.get_strides();
     const int64_t item = static_cast<int64_t>(t.get_element_type().size());
@@ -95,14 +91,21 @@ MultiScaleDeformableAttention::MultiScaleDeformableAttention(
   constructor_validate_and_infer_types();
 }
 
+msdacore::Options MultiScaleDeformableAttention::options() const {
+  msdacore::Options options;
+  options.align_corners = m_align_corners;
+  options.mode = msdacore::sampling_mode_from_name(m_mode);
+  options.points_per_level = m_points_per_level;
+  msdacore::check_options(options);
+  return options;
+}
+
 void MultiScaleDeformableAttention::validate_attributes() const {
-  NODE_VALIDATION_CHECK(this, m_mode == "bilinear" || m_mode == "discrete",
-                        "mode must be \"bilinear\" or \"discrete\", got \"", m_mode, "\"");
-  NODE_VALIDATION_CHECK(this, !(m_mode == "discrete" && m_align_corners),
-                        "align_corners does not apply to mode \"discrete\" (it must be 0)");
-  for (size_t l = 0; l < m_points_per_level.size(); ++l)
-    NODE_VALIDATION_CHECK(this, m_points_per_level[l] >= 1, "points_per_level[", l,
-                          "] must be >= 1, got ", m_points_per_level[l]);
+  try {
+    (void)options();
+  } catch (const std::exception& error) {  // the core's message
+    NODE_VALIDATION_CHECK(this, false, error.what());
+  }
 }
 
 void MultiScaleDeformableAttention::validate_element_types() const {
@@ -235,15 +238,10 @@ bool MultiScaleDeformableAttention::evaluate(ov::TensorVector& outputs,
                   "got ", value);
   outputs[0].set_shape(ov::Shape{value[0], loc[1], value[2] * value[3]});
 
-  msdacore::Options options;
-  options.align_corners = m_align_corners;
-  options.mode = m_mode == "discrete" ? msdacore::SamplingMode::Discrete
-                                      : msdacore::SamplingMode::Bilinear;
-  options.points_per_level = m_points_per_level;
   try {
     msdacore::ms_deform_attn_forward(view_of(inputs[0]), view_of(inputs[1]),
                                      view_of(inputs[2]), view_of(inputs[3]),
-                                     view_of(inputs[4]), view_of(outputs[0]), options);
+                                     view_of(inputs[4]), view_of(outputs[0]), options());
   } catch (const std::exception& error) {
     OPENVINO_THROW("msdacore MultiScaleDeformableAttention '", get_friendly_name(),
                    "': ", error.what());

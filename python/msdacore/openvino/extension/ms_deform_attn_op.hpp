@@ -18,6 +18,8 @@
 
 #include "openvino/op/op.hpp"
 
+#include "msdacore/ops.hpp"
+
 namespace msdacore_openvino {
 
 class MultiScaleDeformableAttention : public ov::op::Op {
@@ -39,6 +41,8 @@ class MultiScaleDeformableAttention : public ov::op::Op {
   const std::vector<int64_t>& points_per_level() const { return m_points_per_level; }
 
  private:
+  // The attributes as msdacore's options, checked by the core (msdacore::check_options).
+  msdacore::Options options() const;
   void validate_attributes() const;
   void validate_element_types() const;
 
