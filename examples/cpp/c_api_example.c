@@ -33,7 +33,7 @@ int main(void) {
   const int64_t out_shape[3] = {N, LQ, M * D}, bad_shape[3] = {N, LQ, D};
   msdacore_tensor v, ss, lsi, l, a, o, bad;
   msdacore_options options;
-  memset(&options, 0, sizeof options); /* align_corners = 0, no stream, bilinear, uniform */
+  msdacore_options_init(&options); /* align_corners = 0, no stream, bilinear, uniform */
   msdacore_status status;
   unsigned seed = 7;
   int64_t i, q, m, lv, p, d, start = 0;

@@ -77,7 +77,7 @@ static void test_forward_backward(void) {
   msdacore_options options;
   int i;
 
-  memset(&options, 0, sizeof options);
+  msdacore_options_init(&options);
 
   CHECK(v.value.strides[0] == 6 && v.value.strides[1] == 1 && v.value.strides[3] == 1);
   CHECK(v.value.shape[5] == 0 && v.value.strides[7] == 0); /* unused entries zeroed */
@@ -245,7 +245,7 @@ static void test_layouts_and_modes(void) {
   const int64_t counts[1] = {1};
   msdacore_tensor o, fl, fa;
   msdacore_options options;
-  memset(&options, 0, sizeof options);
+  msdacore_options_init(&options);
   CHECK_STATUS(msdacore_tensor_contiguous(&o, uniform, 3, out_shape, MSDACORE_FLOAT64), MSDACORE_OK);
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
                MSDACORE_OK);
@@ -338,7 +338,7 @@ static void test_workspace(void) {
                MSDACORE_ERROR_INVALID_ARGUMENT);
 
   while (((uintptr_t)aligned) % 256 != 0) ++aligned;
-  memset(&options, 0, sizeof options);
+  msdacore_options_init(&options);
   options.workspace = aligned;
   options.workspace_bytes = 16384;
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
@@ -375,8 +375,75 @@ static void test_workspace(void) {
   CHECK(table->status_name == msdacore_status_name);
 }
 
+/* msdacore_options.struct_size, msdacore_check_shapes (no float data read) and the mode
+ * names. */
+static void test_options_and_shapes(void) {
+  views v = make_views();
+  msdacore_options options = MSDACORE_OPTIONS_INIT, unset;
+  msdacore_problem p;
+  int32_t mode = -1;
+  const int64_t bad_loc_shape[5] = {1, 3, 1, 1, 2};
+  const int64_t counts[2] = {1, 1};
+  double out[3];
+  char expected[256];
+  msdacore_tensor o;
+  const int64_t out_shape[3] = {1, 3, 1};
+
+  CHECK(options.struct_size == (int64_t)sizeof(msdacore_options));
+  memset(&unset, 0, sizeof unset); /* struct_size 0: refused, nothing written */
+  msdacore_tensor_contiguous(&o, out, 3, out_shape, MSDACORE_FLOAT64);
+  out[0] = -7;
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &unset),
+               MSDACORE_ERROR_INVALID_ARGUMENT);
+  snprintf(expected, sizeof expected,
+           "options.struct_size is 0, expected %d or more (sizeof(msdacore_options)): start "
+           "from msdacore_options_init() or MSDACORE_OPTIONS_INIT",
+           (int)sizeof(msdacore_options));
+  CHECK_MESSAGE(expected);
+  CHECK(out[0] == -7);
+  CHECK_STATUS(msdacore_options_init(NULL), MSDACORE_ERROR_INVALID_ARGUMENT);
+
+  /* No data: the float arrays are never read. */
+  v.value.data = NULL;
+  v.loc.data = NULL;
+  v.attn.data = NULL;
+  CHECK_STATUS(msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL,
+                                     &options, &p),
+               MSDACORE_OK);
+  CHECK(p.N == 1 && p.S == 6 && p.M == 1 && p.D == 1 && p.Lq == 3 && p.L == 1 && p.P == 1);
+  CHECK(p.dtype == MSDACORE_FLOAT64 && p.P_total == 1);
+  msdacore_tensor_contiguous(&v.loc, NULL, 5, bad_loc_shape, MSDACORE_FLOAT64);
+  CHECK_STATUS(msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL,
+                                     &options, &p),
+               MSDACORE_ERROR_SHAPE);
+  CHECK_MESSAGE("sampling_locations must have shape (N, Lq, M, L, P, 2) = (1, 3, 1, 1, 1, 2), "
+                "got (1, 3, 1, 1, 2)");
+  /* Index values are read where given: an inconsistent table fails here too. */
+  v = make_views();
+  starts[0] = 1;
+  CHECK_STATUS(msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL,
+                                     &options, &p),
+               MSDACORE_ERROR_SHAPE);
+  starts[0] = 0;
+  /* A num_levels that disagrees with spatial_shapes is refused before its counts are read. */
+  options.points_per_level = counts;
+  options.num_levels = 2;
+  CHECK_STATUS(msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL,
+                                     &options, &p),
+               MSDACORE_ERROR_SHAPE);
+  CHECK_MESSAGE("points_per_level must have one count per level, L = 1 (from spatial_shapes), "
+                "got options.num_levels = 2");
+
+  CHECK_STATUS(msdacore_mode_from_name("discrete", &mode), MSDACORE_OK);
+  CHECK(mode == MSDACORE_MODE_DISCRETE);
+  CHECK_STATUS(msdacore_mode_from_name("nearest", &mode), MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK_MESSAGE("mode must be \"bilinear\" or \"discrete\", got \"nearest\"");
+  CHECK(msdacore_c_api()->check_shapes == &msdacore_check_shapes);
+}
+
 int main(void) {
   test_forward_backward();
+  test_options_and_shapes();
   test_workspace();
   test_layouts_and_modes();
   test_overlap();
