@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _core
+
 # The highest DLPack version this package's consumer understands.
 DLPACK_MAX_VERSION = (1, 1)
 
@@ -99,10 +101,7 @@ def to_capsule(obj, name: str, stream=None):
         if isinstance(obj, np.ndarray):
             if obj.dtype.kind not in "biufc" or obj.dtype == np.longdouble:
                 # object, str, bytes, datetime, structured, void, longdouble, ...
-                raise TypeError(
-                    f"{name} has dtype {obj.dtype}, which msdacore does not support (float32 "
-                    "or float64 for value, sampling_locations and attention_weights; int32 "
-                    "or int64 for spatial_shapes and level_start_index)") from None
+                _core.check_dtype_name(name, str(obj.dtype))  # raises the core's TypeError
             return np.array(obj, copy=True).__dlpack__()  # e.g. read-only on an old NumPy
         device = getattr(getattr(obj, "device", None), "type", None)
         if isinstance(device, str) and device not in ("cpu", "cuda"):

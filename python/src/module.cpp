@@ -547,6 +547,14 @@ PYBIND11_MODULE(_core, m) {
         "{'output', 'grad_value', 'grad_sampling_locations', 'grad_attention_weights'} "
         "shapes, or raises the core's error.");
   m.def(
+      "check_dtype_name",
+      [](const std::string& arg, const std::string& name) {
+        return msdacore::dtype_name(msdacore::dtype_from_name(arg, name));
+      },
+      py::arg("arg"), py::arg("dtype"),
+      "The dtype name `dtype` of argument `arg` if msdacore supports it, else the core's "
+      "TypeError.");
+  m.def(
       "describe",
       [](py::handle capsule, const char* name) {
         const DLPackInput input(capsule, name);
