@@ -289,21 +289,19 @@ msdacore_status msdacore_check_shapes(
   });
 }
 
-msdacore_status msdacore_forward_workspace_size(
-    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
-    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
-    const msdacore_tensor* attention_weights, const msdacore_options* options, int64_t* bytes) {
-  return workspace_size(false, value, spatial_shapes, level_start_index, sampling_locations,
-                        attention_weights, options, bytes);
-}
-
-msdacore_status msdacore_backward_workspace_size(
-    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
-    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
-    const msdacore_tensor* attention_weights, const msdacore_options* options, int64_t* bytes) {
-  return workspace_size(true, value, spatial_shapes, level_start_index, sampling_locations,
-                        attention_weights, options, bytes);
-}
+// The two workspace queries are one function of the direction they ask for.
+#define MSDACORE_DEFINE_WORKSPACE_SIZE(name, backward)                                      \
+  msdacore_status name(const msdacore_tensor* value, const msdacore_tensor* spatial_shapes, \
+                       const msdacore_tensor* level_start_index,                            \
+                       const msdacore_tensor* sampling_locations,                           \
+                       const msdacore_tensor* attention_weights,                            \
+                       const msdacore_options* options, int64_t* bytes) {                   \
+    return workspace_size(backward, value, spatial_shapes, level_start_index,               \
+                          sampling_locations, attention_weights, options, bytes);           \
+  }
+MSDACORE_DEFINE_WORKSPACE_SIZE(msdacore_forward_workspace_size, false)
+MSDACORE_DEFINE_WORKSPACE_SIZE(msdacore_backward_workspace_size, true)
+#undef MSDACORE_DEFINE_WORKSPACE_SIZE
 
 msdacore_status msdacore_forward(const msdacore_tensor* value,
                                  const msdacore_tensor* spatial_shapes,

@@ -50,46 +50,18 @@ Isa isa() {
 
 }  // namespace
 
-// The float32 / float64 kernels of the instruction set in use.
-void isa_forward(const Problem& p, const Options& options, const TensorView& value,
-                 const TensorView& sampling_locations, const TensorView& attention_weights,
-                 const TensorView& output) {
+// The float32 / float64 kernels of the instruction set in use, chosen once.
+const FloatKernels& isa_kernels() {
+  static const FloatKernels chosen = [] {
 #if defined(MSDACORE_HAVE_AVX512_KERNELS)
-  if (isa() == Isa::Avx512) {
-    avx512::forward(p, options, value, sampling_locations, attention_weights, output);
-    return;
-  }
+    if (isa() == Isa::Avx512) return FloatKernels{avx512::forward, avx512::backward};
 #endif
 #if defined(MSDACORE_HAVE_AVX2_KERNELS)
-  if (isa() == Isa::Avx2) {
-    avx2::forward(p, options, value, sampling_locations, attention_weights, output);
-    return;
-  }
+    if (isa() == Isa::Avx2) return FloatKernels{avx2::forward, avx2::backward};
 #endif
-  generic::forward(p, options, value, sampling_locations, attention_weights, output);
-}
-
-void isa_backward(const Problem& p, const Options& options, const TensorView& value,
-                  const TensorView& sampling_locations, const TensorView& attention_weights,
-                  const TensorView& grad_output, const TensorView& grad_value,
-                  const TensorView& grad_sampling_locations,
-                  const TensorView& grad_attention_weights) {
-#if defined(MSDACORE_HAVE_AVX512_KERNELS)
-  if (isa() == Isa::Avx512) {
-    avx512::backward(p, options, value, sampling_locations, attention_weights, grad_output,
-                     grad_value, grad_sampling_locations, grad_attention_weights);
-    return;
-  }
-#endif
-#if defined(MSDACORE_HAVE_AVX2_KERNELS)
-  if (isa() == Isa::Avx2) {
-    avx2::backward(p, options, value, sampling_locations, attention_weights, grad_output,
-                   grad_value, grad_sampling_locations, grad_attention_weights);
-    return;
-  }
-#endif
-  generic::backward(p, options, value, sampling_locations, attention_weights, grad_output,
-                    grad_value, grad_sampling_locations, grad_attention_weights);
+    return FloatKernels{generic::forward, generic::backward};
+  }();
+  return chosen;
 }
 
 // ---- the CPU backend (backend.hpp) ----------------------------------------------------
@@ -107,10 +79,10 @@ void forward(const Problem& p, const Options& options, const TensorView& value,
              const TensorView& output, Workspace& workspace) {
   if (needs_widening(p)) {
     widened_forward(p, options, value, sampling_locations, attention_weights, output,
-                    workspace, FloatKernels{isa_forward, isa_backward});
+                    workspace, isa_kernels());
     return;
   }
-  isa_forward(p, options, value, sampling_locations, attention_weights, output);
+  isa_kernels().forward(p, options, value, sampling_locations, attention_weights, output);
 }
 
 // Deterministic whatever options.deterministic says.
@@ -122,11 +94,11 @@ void backward(const Problem& p, const Options& options, const TensorView& value,
   if (needs_widening(p)) {
     widened_backward(p, options, value, sampling_locations, attention_weights, grad_output,
                      grad_value, grad_sampling_locations, grad_attention_weights, workspace,
-                     FloatKernels{isa_forward, isa_backward});
+                     isa_kernels());
     return;
   }
-  isa_backward(p, options, value, sampling_locations, attention_weights, grad_output,
-               grad_value, grad_sampling_locations, grad_attention_weights);
+  isa_kernels().backward(p, options, value, sampling_locations, attention_weights, grad_output,
+                         grad_value, grad_sampling_locations, grad_attention_weights);
 }
 
 std::string selected_isa() { return name(isa()); }

@@ -154,47 +154,13 @@ inline bool parallel_worth_it(const Problem& p) {
   return multiply_adds >= 65536.0;
 }
 
-// A vector of kBytes bytes with x in every lane (Simd::splat).
+// A vector of kBytes bytes with x in every lane (Simd::splat): x - 0 is x for every x
+// (-0 and NaN included), and the compilers emit it as one broadcast.
 template <typename T, int kBytes>
 struct Broadcast {
   typedef T Vec __attribute__((vector_size(kBytes)));
-  static Vec of(T x) {
-    Vec v = {};
-    v[0] = x;
-#if defined(__clang__)
-    return lane0(v, std::make_index_sequence<kBytes / sizeof(T)>{});
-#else
-    typedef decltype(Vec{} < Vec{}) Index;
-    return __builtin_shuffle(v, Index{});  // every lane takes lane 0
-#endif
-  }
-#if defined(__clang__)
-  template <size_t... I>
-  static Vec lane0(Vec v, std::index_sequence<I...>) {
-    return __builtin_shufflevector(v, v, ((void)I, 0)...);
-  }
-#endif
+  static Vec of(T x) { return x - Vec{}; }
 };
-#if defined(__AVX__)
-template <>
-struct Broadcast<float, 32> {
-  static __m256 of(float x) { return _mm256_set1_ps(x); }
-};
-template <>
-struct Broadcast<double, 32> {
-  static __m256d of(double x) { return _mm256_set1_pd(x); }
-};
-#endif
-#if defined(__AVX512F__)
-template <>
-struct Broadcast<float, 64> {
-  static __m512 of(float x) { return _mm512_set1_ps(x); }
-};
-template <>
-struct Broadcast<double, 64> {
-  static __m512d of(double x) { return _mm512_set1_pd(x); }
-};
-#endif
 
 // Vectors of kBytes bytes of T.
 template <typename T, int kBytesOf = MSDACORE_VEC_BYTES>

@@ -189,28 +189,6 @@ void Call::backward(const TensorView& grad_output, const TensorView& grad_value,
                           grad_attention_weights, workspace.get());
 }
 
-int64_t ms_deform_attn_forward_workspace_size(const TensorView& value,
-                                              const TensorView& spatial_shapes,
-                                              const TensorView& level_start_index,
-                                              const TensorView& sampling_locations,
-                                              const TensorView& attention_weights,
-                                              const Options& options) {
-  return Call(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-              options)
-      .forward_workspace_size();
-}
-
-int64_t ms_deform_attn_backward_workspace_size(const TensorView& value,
-                                               const TensorView& spatial_shapes,
-                                               const TensorView& level_start_index,
-                                               const TensorView& sampling_locations,
-                                               const TensorView& attention_weights,
-                                               const Options& options) {
-  return Call(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-              options)
-      .backward_workspace_size();
-}
-
 void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_shapes,
                             const TensorView& level_start_index,
                             const TensorView& sampling_locations,

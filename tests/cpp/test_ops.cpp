@@ -466,13 +466,13 @@ void test_workspace_and_memory() {
       l(loc.data(), {N, Lq, M, L, P, 2}, DType::Float32),
       a(attn.data(), {N, Lq, M, L, P}, DType::Float32);
   msdacore::Options options;
-  CHECK(msdacore::ms_deform_attn_forward_workspace_size(v, ss, lsi, l, a, options) == 0);
+  CHECK(msdacore::Call(v, ss, lsi, l, a, options).forward_workspace_size() == 0);
   options.deterministic = true;
-  CHECK(msdacore::ms_deform_attn_backward_workspace_size(v, ss, lsi, l, a, options) == 0);
+  CHECK(msdacore::Call(v, ss, lsi, l, a, options).backward_workspace_size() == 0);
   // The size query validates like the op.
   CHECK(message_of<msdacore::ShapeError>([&] {
-          msdacore::ms_deform_attn_forward_workspace_size(
-              v, ss, lsi, TensorView(loc.data(), {N, Lq, M, L, P}, DType::Float32), a);
+          msdacore::Call(v, ss, lsi, TensorView(loc.data(), {N, Lq, M, L, P}, DType::Float32), a)
+              .forward_workspace_size();
         }).find("sampling_locations must have shape") != std::string::npos);
 
   // A caller's workspace (aligned) changes nothing; a misaligned one is refused.
@@ -500,7 +500,7 @@ void test_workspace_and_memory() {
   std::vector<uint16_t> value16(value.size(), 0x3c00), out16(out.size());  // 1.0 in float16
   const TensorView v16(value16.data(), {N, S, M, D}, DType::Float16),
       l32 = l, a32 = a, o16(out16.data(), {N, Lq, M * D}, DType::Float16);
-  const int64_t need = msdacore::ms_deform_attn_forward_workspace_size(v16, ss, lsi, l32, a32);
+  const int64_t need = msdacore::Call(v16, ss, lsi, l32, a32).forward_workspace_size();
   CHECK(need > 0 && need <= 1024);
   CHECK(message_of<msdacore::Error>([&] {
           msdacore::ms_deform_attn_forward(v16, ss, lsi, l32, a32, o16, with_workspace);

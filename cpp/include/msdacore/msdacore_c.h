@@ -154,16 +154,20 @@ typedef struct msdacore_problem {
 msdacore_status msdacore_tensor_contiguous(msdacore_tensor* t, void* data, int32_t ndim,
                                            const int64_t* shape, int32_t dtype);
 
+/* The functions of a call take the five inputs first, in this order (the shapes above):
+ * value, spatial_shapes, level_start_index, sampling_locations, attention_weights. Their
+ * signatures are named once as function types (msdacore_*_fn), which declare the functions
+ * below and type the members of msdacore_c_api_table. */
+
 /* Validates the five inputs against each other in the layout and mode of `options`
  * (NULL: the defaults), as forward and backward do; on success writes their sizes to
  * *problem when it is not NULL. */
-msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
-                                      const msdacore_tensor* spatial_shapes,
-                                      const msdacore_tensor* level_start_index,
-                                      const msdacore_tensor* sampling_locations,
-                                      const msdacore_tensor* attention_weights,
-                                      const msdacore_options* options,
-                                      msdacore_problem* problem);
+typedef msdacore_status msdacore_check_inputs_fn(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_options* options,
+    msdacore_problem* problem);
+msdacore_check_inputs_fn msdacore_check_inputs;
 
 /* The check that needs no data: validates a call from its tensors' ndim, shape, dtype and
  * device with the checks and messages of msdacore_check_inputs, without reading the float
@@ -172,52 +176,41 @@ msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
  * grad_output (NULL: none) is checked as the backward checks it. On success writes the
  * sizes to *problem (NULL: not written); the output is (N, Lq, M*D) and the gradients
  * have their inputs' shapes. */
-msdacore_status msdacore_check_shapes(const msdacore_tensor* value,
-                                      const msdacore_tensor* spatial_shapes,
-                                      const msdacore_tensor* level_start_index,
-                                      const msdacore_tensor* sampling_locations,
-                                      const msdacore_tensor* attention_weights,
-                                      const msdacore_tensor* grad_output,
-                                      const msdacore_options* options,
-                                      msdacore_problem* problem);
+typedef msdacore_status msdacore_check_shapes_fn(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_tensor* grad_output,
+    const msdacore_options* options, msdacore_problem* problem);
+msdacore_check_shapes_fn msdacore_check_shapes;
 
 /* Bytes of scratch a forward / backward call with these inputs and options needs (its
  * msdacore_options.workspace): on the CPU 0 except for half types, on CUDA the buffers of
  * half types, mixed precision, many levels and the deterministic backward. Validates the
  * inputs as the op does; writes *bytes on success. */
-msdacore_status msdacore_forward_workspace_size(const msdacore_tensor* value,
-                                                const msdacore_tensor* spatial_shapes,
-                                                const msdacore_tensor* level_start_index,
-                                                const msdacore_tensor* sampling_locations,
-                                                const msdacore_tensor* attention_weights,
-                                                const msdacore_options* options, int64_t* bytes);
-msdacore_status msdacore_backward_workspace_size(const msdacore_tensor* value,
-                                                 const msdacore_tensor* spatial_shapes,
-                                                 const msdacore_tensor* level_start_index,
-                                                 const msdacore_tensor* sampling_locations,
-                                                 const msdacore_tensor* attention_weights,
-                                                 const msdacore_options* options, int64_t* bytes);
+typedef msdacore_status msdacore_workspace_size_fn(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_options* options, int64_t* bytes);
+msdacore_workspace_size_fn msdacore_forward_workspace_size;
+msdacore_workspace_size_fn msdacore_backward_workspace_size;
 
 /* output (N, Lq, M*D) = sum_l sum_p A * bilinear(value_l, location). */
-msdacore_status msdacore_forward(const msdacore_tensor* value,
-                                 const msdacore_tensor* spatial_shapes,
-                                 const msdacore_tensor* level_start_index,
-                                 const msdacore_tensor* sampling_locations,
-                                 const msdacore_tensor* attention_weights,
-                                 const msdacore_tensor* output, const msdacore_options* options);
+typedef msdacore_status msdacore_forward_fn(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_tensor* output,
+    const msdacore_options* options);
+msdacore_forward_fn msdacore_forward;
 
 /* Gradients of the forward's output for grad_output; see the shapes above. On the CPU
  * the result is bitwise identical for any thread count. */
-msdacore_status msdacore_backward(const msdacore_tensor* value,
-                                  const msdacore_tensor* spatial_shapes,
-                                  const msdacore_tensor* level_start_index,
-                                  const msdacore_tensor* sampling_locations,
-                                  const msdacore_tensor* attention_weights,
-                                  const msdacore_tensor* grad_output,
-                                  const msdacore_tensor* grad_value,
-                                  const msdacore_tensor* grad_sampling_locations,
-                                  const msdacore_tensor* grad_attention_weights,
-                                  const msdacore_options* options);
+typedef msdacore_status msdacore_backward_fn(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_tensor* grad_output,
+    const msdacore_tensor* grad_value, const msdacore_tensor* grad_sampling_locations,
+    const msdacore_tensor* grad_attention_weights, const msdacore_options* options);
+msdacore_backward_fn msdacore_backward;
 
 /* The message of the calling thread's last msdacore_* call that returns a status: empty
  * ("") after a success. Valid until that thread's next such call; never NULL. */
@@ -242,34 +235,15 @@ int msdacore_get_num_threads(void);
 typedef struct msdacore_c_api_table {
   int64_t struct_size;
   const char* (*version)(void);
-  msdacore_status (*check_inputs)(const msdacore_tensor*, const msdacore_tensor*,
-                                  const msdacore_tensor*, const msdacore_tensor*,
-                                  const msdacore_tensor*, const msdacore_options*,
-                                  msdacore_problem*);
-  msdacore_status (*forward_workspace_size)(const msdacore_tensor*, const msdacore_tensor*,
-                                            const msdacore_tensor*, const msdacore_tensor*,
-                                            const msdacore_tensor*, const msdacore_options*,
-                                            int64_t*);
-  msdacore_status (*backward_workspace_size)(const msdacore_tensor*, const msdacore_tensor*,
-                                             const msdacore_tensor*, const msdacore_tensor*,
-                                             const msdacore_tensor*, const msdacore_options*,
-                                             int64_t*);
-  msdacore_status (*forward)(const msdacore_tensor*, const msdacore_tensor*,
-                             const msdacore_tensor*, const msdacore_tensor*,
-                             const msdacore_tensor*, const msdacore_tensor*,
-                             const msdacore_options*);
-  msdacore_status (*backward)(const msdacore_tensor*, const msdacore_tensor*,
-                              const msdacore_tensor*, const msdacore_tensor*,
-                              const msdacore_tensor*, const msdacore_tensor*,
-                              const msdacore_tensor*, const msdacore_tensor*,
-                              const msdacore_tensor*, const msdacore_options*);
+  msdacore_check_inputs_fn* check_inputs;
+  msdacore_workspace_size_fn* forward_workspace_size;
+  msdacore_workspace_size_fn* backward_workspace_size;
+  msdacore_forward_fn* forward;
+  msdacore_backward_fn* backward;
   const char* (*last_error)(void);
   const char* (*status_name)(msdacore_status);
   /* Added with msdacore_options.struct_size: */
-  msdacore_status (*check_shapes)(const msdacore_tensor*, const msdacore_tensor*,
-                                  const msdacore_tensor*, const msdacore_tensor*,
-                                  const msdacore_tensor*, const msdacore_tensor*,
-                                  const msdacore_options*, msdacore_problem*);
+  msdacore_check_shapes_fn* check_shapes;
   msdacore_status (*options_init)(msdacore_options*);
   msdacore_status (*mode_from_name)(const char*, int32_t*);
   msdacore_status (*tensor_contiguous)(msdacore_tensor*, void*, int32_t, const int64_t*,

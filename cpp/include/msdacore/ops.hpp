@@ -127,6 +127,10 @@ class Call {
 
   const Problem& problem() const { return problem_; }
   Options& options() { return options_; }
+  // Bytes of scratch memory the forward / backward needs (Options::workspace). On the CPU
+  // 0, except for half types (their float32 copies); on CUDA, the level table for many
+  // levels, the float32 grad_value accumulator of half types, float32 copies for mixed
+  // precision and the buffers of the deterministic backward.
   int64_t forward_workspace_size() const;
   int64_t backward_workspace_size() const;
   void forward(const TensorView& output) const;
@@ -140,20 +144,6 @@ class Call {
   Options options_;
   Problem problem_;
 };
-
-// Bytes of scratch memory a forward / backward call with these inputs and options needs
-// (Options::workspace). On the CPU 0, except for half types (their float32 copies); on
-// CUDA, the level table for many levels, the float32 grad_value accumulator of half
-// types, float32 copies for mixed precision and the buffers of the deterministic
-// backward. Validates the inputs as the op does.
-int64_t ms_deform_attn_forward_workspace_size(
-    const TensorView& value, const TensorView& spatial_shapes,
-    const TensorView& level_start_index, const TensorView& sampling_locations,
-    const TensorView& attention_weights, const Options& options = {});
-int64_t ms_deform_attn_backward_workspace_size(
-    const TensorView& value, const TensorView& spatial_shapes,
-    const TensorView& level_start_index, const TensorView& sampling_locations,
-    const TensorView& attention_weights, const Options& options = {});
 
 // output (N, Lq, M*D) = sum_l sum_p A * bilinear(value_l, location).
 void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_shapes,

@@ -30,6 +30,27 @@ std::atomic<const msdacore_c_api_table*> g_api{nullptr};
 constexpr size_t kTableNeeds = offsetof(msdacore_c_api_table, tensor_contiguous) +
                                sizeof(msdacore_c_api_table::tensor_contiguous);
 
+// The attributes of every handler, decoded by name (the header comment lists them).
+struct CallAttrs {
+  ffi::Span<const int64_t> spatial_shapes, level_start_index, points_per_level;
+  int32_t align_corners, mode, deterministic;
+};
+
+}  // namespace
+
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(CallAttrs,
+                                      xla::ffi::StructMember<xla::ffi::Span<const int64_t>>(
+                                          "spatial_shapes"),
+                                      xla::ffi::StructMember<xla::ffi::Span<const int64_t>>(
+                                          "level_start_index"),
+                                      xla::ffi::StructMember<xla::ffi::Span<const int64_t>>(
+                                          "points_per_level"),
+                                      xla::ffi::StructMember<int32_t>("align_corners"),
+                                      xla::ffi::StructMember<int32_t>("mode"),
+                                      xla::ffi::StructMember<int32_t>("deterministic"));
+
+namespace {
+
 // A row-major view of a buffer whose leading dimensions in front of the last `rank - 1`
 // are folded into the first one (vmap's batch dimensions times N); rank <= dims.size().
 msdacore_tensor folded_view(const msdacore_c_api_table* api, void* data,
@@ -64,23 +85,21 @@ struct Common {
   msdacore_options options;
 };
 
-Common make_common(const msdacore_c_api_table* api, ffi::Span<const int64_t> spatial_shapes,
-                   ffi::Span<const int64_t> level_start_index,
-                   ffi::Span<const int64_t> points_per_level, int32_t align_corners,
-                   int32_t mode, int32_t deterministic) {
+Common make_common(const msdacore_c_api_table* api, const CallAttrs& attrs) {
   Common c;
-  const int64_t ss_shape[2] = {static_cast<int64_t>(spatial_shapes.size()) / 2, 2};
-  const int64_t lsi_shape[1] = {static_cast<int64_t>(level_start_index.size())};
-  api->tensor_contiguous(&c.spatial_shapes, const_cast<int64_t*>(spatial_shapes.begin()), 2,
-                         ss_shape, MSDACORE_INT64);
-  api->tensor_contiguous(&c.level_start_index, const_cast<int64_t*>(level_start_index.begin()),
-                         1, lsi_shape, MSDACORE_INT64);
+  const int64_t ss_shape[2] = {static_cast<int64_t>(attrs.spatial_shapes.size()) / 2, 2};
+  const int64_t lsi_shape[1] = {static_cast<int64_t>(attrs.level_start_index.size())};
+  api->tensor_contiguous(&c.spatial_shapes, const_cast<int64_t*>(attrs.spatial_shapes.begin()),
+                         2, ss_shape, MSDACORE_INT64);
+  api->tensor_contiguous(&c.level_start_index,
+                         const_cast<int64_t*>(attrs.level_start_index.begin()), 1, lsi_shape,
+                         MSDACORE_INT64);
   api->options_init(&c.options);
-  c.options.align_corners = align_corners;
-  c.options.mode = mode;
-  c.options.deterministic = deterministic;
-  c.options.points_per_level = points_per_level.begin();
-  c.options.num_levels = static_cast<int64_t>(points_per_level.size());
+  c.options.align_corners = attrs.align_corners;
+  c.options.mode = attrs.mode;
+  c.options.deterministic = attrs.deterministic;
+  c.options.points_per_level = attrs.points_per_level.begin();
+  c.options.num_levels = static_cast<int64_t>(attrs.points_per_level.size());
   return c;
 }
 
@@ -137,10 +156,7 @@ struct Handler {
 
 // Fills *h for a call on `device` (the table, the options, the five input views).
 ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value,
-                 ffi::AnyBuffer loc, ffi::AnyBuffer attn, ffi::Span<const int64_t> spatial_shapes,
-                 ffi::Span<const int64_t> level_start_index,
-                 ffi::Span<const int64_t> points_per_level, int32_t align_corners, int32_t mode,
-                 int32_t deterministic);
+                 ffi::AnyBuffer loc, ffi::AnyBuffer attn, const CallAttrs& attrs);
 
 // Scratch for a call: XLA's scratch allocator on CUDA, msdacore's default allocator (NULL)
 // on the CPU, where only half types need any.
@@ -165,14 +181,10 @@ ffi::Error take_workspace(SizeFn size_fn, ffi::ScratchAllocator* scratch,
 }
 
 ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value,
-                 ffi::AnyBuffer loc, ffi::AnyBuffer attn, ffi::Span<const int64_t> spatial_shapes,
-                 ffi::Span<const int64_t> level_start_index,
-                 ffi::Span<const int64_t> points_per_level, int32_t align_corners, int32_t mode,
-                 int32_t deterministic) {
+                 ffi::AnyBuffer loc, ffi::AnyBuffer attn, const CallAttrs& attrs) {
   h->api = api_or_null();
   if (h->api == nullptr) return no_api();
-  h->c = make_common(h->api, spatial_shapes, level_start_index, points_per_level, align_corners,
-                     mode, deterministic);
+  h->c = make_common(h->api, attrs);
   h->c.options.stream = stream;
   h->device = device;
   auto v = h->view("value", value, 4);
@@ -189,20 +201,12 @@ ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value,
   return ffi::Error::Success();
 }
 
-ffi::Error forward(void* stream, ffi::ScratchAllocator* scratch, int32_t device_type,
-                   int32_t device_index, ffi::AnyBuffer value, ffi::AnyBuffer loc,
-                   ffi::AnyBuffer attn, ffi::Result<ffi::AnyBuffer> out,
-                   ffi::Span<const int64_t> spatial_shapes,
-                   ffi::Span<const int64_t> level_start_index,
-                   ffi::Span<const int64_t> points_per_level, int32_t align_corners,
-                   int32_t mode, int32_t deterministic) {
+// The handlers of both platforms: the CPU ones have no stream and no scratch allocator.
+ffi::Error forward(void* stream, ffi::ScratchAllocator* scratch, Device device,
+                   ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
+                   ffi::Result<ffi::AnyBuffer> out, const CallAttrs& attrs) {
   Handler h;
-  if (ffi::Error e = start(&h, stream, Device{device_type, device_index}, value, loc, attn,
-                           spatial_shapes, level_start_index, points_per_level, align_corners,
-                           mode, deterministic);
-      e.failure()) {
-    return e;
-  }
+  if (ffi::Error e = start(&h, stream, device, value, loc, attn, attrs); e.failure()) return e;
   const msdacore_c_api_table* api = h.api;
   msdacore_tensor* in = h.in;
   auto o = h.view("output", *out, 3);
@@ -215,22 +219,13 @@ ffi::Error forward(void* stream, ffi::ScratchAllocator* scratch, int32_t device_
   return s == MSDACORE_OK ? ffi::Error::Success() : failure(api, s);
 }
 
-ffi::Error backward(void* stream, ffi::ScratchAllocator* scratch, int32_t device_type,
-                    int32_t device_index, ffi::AnyBuffer value, ffi::AnyBuffer loc,
-                    ffi::AnyBuffer attn, ffi::AnyBuffer grad_output,
-                    ffi::Result<ffi::AnyBuffer> grad_value, ffi::Result<ffi::AnyBuffer> grad_loc,
-                    ffi::Result<ffi::AnyBuffer> grad_attn,
-                    ffi::Span<const int64_t> spatial_shapes,
-                    ffi::Span<const int64_t> level_start_index,
-                    ffi::Span<const int64_t> points_per_level, int32_t align_corners,
-                    int32_t mode, int32_t deterministic) {
+ffi::Error backward(void* stream, ffi::ScratchAllocator* scratch, Device device,
+                    ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
+                    ffi::AnyBuffer grad_output, ffi::Result<ffi::AnyBuffer> grad_value,
+                    ffi::Result<ffi::AnyBuffer> grad_loc, ffi::Result<ffi::AnyBuffer> grad_attn,
+                    const CallAttrs& attrs) {
   Handler h;
-  if (ffi::Error e = start(&h, stream, Device{device_type, device_index}, value, loc, attn,
-                           spatial_shapes, level_start_index, points_per_level, align_corners,
-                           mode, deterministic);
-      e.failure()) {
-    return e;
-  }
+  if (ffi::Error e = start(&h, stream, device, value, loc, attn, attrs); e.failure()) return e;
   const msdacore_c_api_table* api = h.api;
   msdacore_tensor* in = h.in;
   auto g = h.view("grad_output", grad_output, 3);
@@ -250,42 +245,34 @@ ffi::Error backward(void* stream, ffi::ScratchAllocator* scratch, int32_t device
   return s == MSDACORE_OK ? ffi::Error::Success() : failure(api, s);
 }
 
+constexpr Device kCpu{MSDACORE_DEVICE_CPU, 0};
+
 ffi::Error forward_cpu(ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
-                       ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> ss,
-                       ffi::Span<const int64_t> lsi, ffi::Span<const int64_t> ppl,
-                       int32_t align_corners, int32_t mode, int32_t deterministic) {
-  return forward(nullptr, nullptr, MSDACORE_DEVICE_CPU, 0, value, loc, attn, out, ss, lsi, ppl,
-                 align_corners, mode, deterministic);
+                       ffi::Result<ffi::AnyBuffer> out, CallAttrs attrs) {
+  return forward(nullptr, nullptr, kCpu, value, loc, attn, out, attrs);
 }
 
 ffi::Error backward_cpu(ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
                         ffi::AnyBuffer grad_output, ffi::Result<ffi::AnyBuffer> gv,
                         ffi::Result<ffi::AnyBuffer> gl, ffi::Result<ffi::AnyBuffer> ga,
-                        ffi::Span<const int64_t> ss, ffi::Span<const int64_t> lsi,
-                        ffi::Span<const int64_t> ppl, int32_t align_corners, int32_t mode,
-                        int32_t deterministic) {
-  return backward(nullptr, nullptr, MSDACORE_DEVICE_CPU, 0, value, loc, attn, grad_output, gv, gl,
-                  ga, ss, lsi, ppl, align_corners, mode, deterministic);
+                        CallAttrs attrs) {
+  return backward(nullptr, nullptr, kCpu, value, loc, attn, grad_output, gv, gl, ga, attrs);
 }
 
 ffi::Error forward_cuda(void* stream, ffi::ScratchAllocator scratch, int32_t device,
                         ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
-                        ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> ss,
-                        ffi::Span<const int64_t> lsi, ffi::Span<const int64_t> ppl,
-                        int32_t align_corners, int32_t mode, int32_t deterministic) {
-  return forward(stream, &scratch, MSDACORE_DEVICE_CUDA, device, value, loc, attn, out, ss, lsi,
-                 ppl, align_corners, mode, deterministic);
+                        ffi::Result<ffi::AnyBuffer> out, CallAttrs attrs) {
+  return forward(stream, &scratch, Device{MSDACORE_DEVICE_CUDA, device}, value, loc, attn, out,
+                 attrs);
 }
 
 ffi::Error backward_cuda(void* stream, ffi::ScratchAllocator scratch, int32_t device,
                          ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
                          ffi::AnyBuffer grad_output, ffi::Result<ffi::AnyBuffer> gv,
                          ffi::Result<ffi::AnyBuffer> gl, ffi::Result<ffi::AnyBuffer> ga,
-                         ffi::Span<const int64_t> ss, ffi::Span<const int64_t> lsi,
-                         ffi::Span<const int64_t> ppl, int32_t align_corners, int32_t mode,
-                         int32_t deterministic) {
-  return backward(stream, &scratch, MSDACORE_DEVICE_CUDA, device, value, loc, attn, grad_output,
-                  gv, gl, ga, ss, lsi, ppl, align_corners, mode, deterministic);
+                         CallAttrs attrs) {
+  return backward(stream, &scratch, Device{MSDACORE_DEVICE_CUDA, device}, value, loc, attn,
+                  grad_output, gv, gl, ga, attrs);
 }
 
 }  // namespace
@@ -296,14 +283,8 @@ MSDACORE_JAX_EXPORT XLA_FFI_Error* msdacore_jax_backward_cpu(XLA_FFI_CallFrame* 
 MSDACORE_JAX_EXPORT XLA_FFI_Error* msdacore_jax_forward_cuda(XLA_FFI_CallFrame* call_frame);
 MSDACORE_JAX_EXPORT XLA_FFI_Error* msdacore_jax_backward_cuda(XLA_FFI_CallFrame* call_frame);
 
-// The attributes shared by every handler, after its buffers.
-#define MSDACORE_JAX_ATTRS                               \
-  .Attr<ffi::Span<const int64_t>>("spatial_shapes")      \
-      .Attr<ffi::Span<const int64_t>>("level_start_index") \
-      .Attr<ffi::Span<const int64_t>>("points_per_level")  \
-      .Attr<int32_t>("align_corners")                      \
-      .Attr<int32_t>("mode")                               \
-      .Attr<int32_t>("deterministic")
+// The attributes shared by every handler, after its buffers (CallAttrs).
+#define MSDACORE_JAX_ATTRS .Attrs<CallAttrs>()
 
 // The buffers of each handler: forward (value, sampling_locations, attention_weights) ->
 // output; backward (the same, grad_output) -> the three gradients. The CUDA handlers take
