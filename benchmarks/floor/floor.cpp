@@ -137,6 +137,24 @@ inline bool corner_rows(const Problem& p, int64_t n, int64_t l, float x, float y
 // is NV vectors held in registers. Loads and stores go through memcpy (unaligned).
 typedef float vf16 __attribute__((vector_size(64)));
 
+// Inside a parallel region: this thread's contiguous share [lo, hi) of n items.
+struct Share {
+  int64_t lo, hi;
+  explicit Share(int64_t n) {
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    lo = n * t / nt;
+    hi = n * (t + 1) / nt;
+  }
+};
+
+// Inside a parallel region: zeroes grad_value (n floats), each thread its own share, and
+// waits for every thread's.
+inline void zero_shared(float* x, int64_t n) {
+  const Share z(n);
+  std::memset(x + z.lo, 0, size_t(z.hi - z.lo) * sizeof(float));
+#pragma omp barrier
+}
+
 inline vf16 load16(const float* p) {
   vf16 x;
   std::memcpy(&x, p, sizeof x);
@@ -190,32 +208,28 @@ struct Kernels {
       for (int64_t m = 0; m < M; ++m) {
         float* o = out + (nq * M + m) * D;
         int64_t i = (nq * M + m) * L * P;
+        // add(row) for the four value rows of each in-bounds sample of (nq, m)
+        auto each_row = [&](auto&& add) {
+          for (int64_t l = 0; l < L; ++l) {
+            for (int64_t k = 0; k < P; ++k, ++i) {
+              int64_t rows[4];
+              if (!rows_of(i, n, m, l, rows)) continue;
+              for (int c = 0; c < 4; ++c) add(value + rows[c] * D);
+            }
+          }
+        };
         if constexpr (DT > 0) {
           vf16 acc[NV];
           for (int j = 0; j < NV; ++j) acc[j] = vf16{};
-          for (int64_t l = 0; l < L; ++l) {
-            for (int64_t k = 0; k < P; ++k, ++i) {
-              int64_t rows[4];
-              if (!rows_of(i, n, m, l, rows)) continue;
-              for (int c = 0; c < 4; ++c) {
-                const float* v = value + rows[c] * D;
-                for (int j = 0; j < NV; ++j) acc[j] += load16(v + 16 * j);
-              }
-            }
-          }
+          each_row([&](const float* v) {
+            for (int j = 0; j < NV; ++j) acc[j] += load16(v + 16 * j);
+          });
           for (int j = 0; j < NV; ++j) store16(o + 16 * j, acc[j]);
         } else {
           for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
-          for (int64_t l = 0; l < L; ++l) {
-            for (int64_t k = 0; k < P; ++k, ++i) {
-              int64_t rows[4];
-              if (!rows_of(i, n, m, l, rows)) continue;
-              for (int c = 0; c < 4; ++c) {
-                const float* v = value + rows[c] * D;
-                for (int64_t d = 0; d < D; ++d) o[d] += v[d];
-              }
-            }
-          }
+          each_row([&](const float* v) {
+            for (int64_t d = 0; d < D; ++d) o[d] += v[d];
+          });
         }
       }
     }
@@ -259,14 +273,11 @@ struct Kernels {
     const int64_t gv_size = (N * p.S + 1) * M * D;
 #pragma omp parallel
     {
-      // zero grad_value, split in contiguous chunks
-      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t lo = gv_size * t / nt, hi = gv_size * (t + 1) / nt;
-      std::memset(gvalue + lo, 0, size_t(hi - lo) * sizeof(float));
-#pragma omp barrier
+      zero_shared(gvalue, gv_size);
       // this thread's heads: a contiguous block, so that its grad_value rows of a token
       // are contiguous and no other thread writes them; queries in order within
-      const int64_t m_lo = M * t / nt, m_hi = M * (t + 1) / nt;
+      const Share heads(M);
+      const int64_t m_lo = heads.lo, m_hi = heads.hi;
       for (int64_t nq = 0; nq < N * Lq; ++nq) {
         const int64_t n = nq / Lq;
         for (int64_t m = m_lo; m < m_hi; ++m) {
@@ -435,8 +446,8 @@ struct Lean {
 #pragma omp parallel
     {
       Plan plans[2];
-      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t lo = NQ * M * t / nt, hi = NQ * M * (t + 1) / nt;  // (nq, m) items
+      const Share items(NQ * M);  // (nq, m) items
+      const int64_t lo = items.lo, hi = items.hi;
       if (lo < hi) plan(order[lo / M], lo % M, plans[0]);
       for (int64_t it = lo; it < hi; ++it) {
         const Plan& cur = plans[(it - lo) & 1];
@@ -465,11 +476,9 @@ struct Lean {
     const int64_t gv_size = (p.N * p.S + 1) * M * D;
 #pragma omp parallel
     {
-      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t zlo = gv_size * t / nt, zhi = gv_size * (t + 1) / nt;
-      std::memset(gvalue + zlo, 0, size_t(zhi - zlo) * sizeof(float));
-#pragma omp barrier
-      const int64_t m_lo = M * t / nt, m_hi = M * (t + 1) / nt;
+      zero_shared(gvalue, gv_size);
+      const Share heads(M);
+      const int64_t m_lo = heads.lo, m_hi = heads.hi;
       const int64_t per_q = m_hi - m_lo, items = NQ * per_q;
       Plan plans[2];
       auto item = [&](int64_t it, int64_t* nq, int64_t* m) {

@@ -1,5 +1,5 @@
 // The assertion macros of the C++ tests: each failed check prints where and what, and
-// counts in g_failures; main() returns non-zero when any check failed.
+// counts in g_failures; main() ends with report(), non-zero when any check failed.
 #pragma once
 
 #include <cmath>
@@ -7,6 +7,17 @@
 #include <string>
 
 inline int g_failures = 0;
+
+// What main() returns: 1 after printing the count of failed checks, or 0 after printing
+// `passed` when every check held.
+inline int report(const char* passed) {
+  if (g_failures) {
+    std::fprintf(stderr, "%d check(s) failed\n", g_failures);
+    return 1;
+  }
+  std::printf("%s\n", passed);
+  return 0;
+}
 
 #define CHECK(cond)                                                                  \
   do {                                                                               \

@@ -213,10 +213,5 @@ int main() {
   test_derivatives_match_finite_differences();
   test_op_known_values();
   test_errors();
-  if (g_failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("all bilinear and op checks passed\n");
-  return 0;
+  return report("all bilinear and op checks passed");
 }

@@ -42,6 +42,13 @@ static int64_t starts[1] = {0};
 static double loc[6] = {2.5 / 3, 1.5 / 2, 1.0 / 3, 1.0 / 2, 1.5, 0.5};
 static double attn[3] = {2.0, 1.0, 5.0};
 
+/* A contiguous CPU view of `shape` (checked). */
+static msdacore_tensor view_of(void* data, int32_t ndim, const int64_t* shape, int32_t dtype) {
+  msdacore_tensor t;
+  CHECK_STATUS(msdacore_tensor_contiguous(&t, data, ndim, shape, dtype), MSDACORE_OK);
+  return t;
+}
+
 typedef struct views {
   msdacore_tensor value, shapes, starts, loc, attn;
 } views;
@@ -53,16 +60,11 @@ static views make_views(void) {
   const int64_t starts_shape[1] = {1};
   const int64_t loc_shape[6] = {1, 3, 1, 1, 1, 2};
   const int64_t attn_shape[5] = {1, 3, 1, 1, 1};
-  CHECK_STATUS(msdacore_tensor_contiguous(&v.value, value, 4, value_shape, MSDACORE_FLOAT64),
-               MSDACORE_OK);
-  CHECK_STATUS(msdacore_tensor_contiguous(&v.shapes, shapes, 2, shapes_shape, MSDACORE_INT64),
-               MSDACORE_OK);
-  CHECK_STATUS(msdacore_tensor_contiguous(&v.starts, starts, 1, starts_shape, MSDACORE_INT64),
-               MSDACORE_OK);
-  CHECK_STATUS(msdacore_tensor_contiguous(&v.loc, loc, 6, loc_shape, MSDACORE_FLOAT64),
-               MSDACORE_OK);
-  CHECK_STATUS(msdacore_tensor_contiguous(&v.attn, attn, 5, attn_shape, MSDACORE_FLOAT64),
-               MSDACORE_OK);
+  v.value = view_of(value, 4, value_shape, MSDACORE_FLOAT64);
+  v.shapes = view_of(shapes, 2, shapes_shape, MSDACORE_INT64);
+  v.starts = view_of(starts, 1, starts_shape, MSDACORE_INT64);
+  v.loc = view_of(loc, 6, loc_shape, MSDACORE_FLOAT64);
+  v.attn = view_of(attn, 5, attn_shape, MSDACORE_FLOAT64);
   return v;
 }
 
@@ -81,9 +83,8 @@ static void test_forward_backward(void) {
 
   CHECK(v.value.strides[0] == 6 && v.value.strides[1] == 1 && v.value.strides[3] == 1);
   CHECK(v.value.shape[5] == 0 && v.value.strides[7] == 0); /* unused entries zeroed */
-  CHECK_STATUS(msdacore_tensor_contiguous(&o, out, 3, out_shape, MSDACORE_FLOAT64), MSDACORE_OK);
-  CHECK_STATUS(msdacore_tensor_contiguous(&g, grad_out, 3, out_shape, MSDACORE_FLOAT64),
-               MSDACORE_OK);
+  o = view_of(out, 3, out_shape, MSDACORE_FLOAT64);
+  g = view_of(grad_out, 3, out_shape, MSDACORE_FLOAT64);
   gv = v.value;
   gv.data = grad_value;
   gl = v.loc;
@@ -133,11 +134,10 @@ static void test_errors(void) {
   const int64_t wrong_shape[3] = {1, 3, 2};
   const int64_t nine[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
 
-  CHECK_STATUS(msdacore_tensor_contiguous(&o, out, 3, out_shape, MSDACORE_FLOAT64), MSDACORE_OK);
+  o = view_of(out, 3, out_shape, MSDACORE_FLOAT64);
 
   /* Wrong output shape: a shape error naming the argument, expected and received shape. */
-  CHECK_STATUS(msdacore_tensor_contiguous(&bad, out, 3, wrong_shape, MSDACORE_FLOAT64),
-               MSDACORE_OK);
+  bad = view_of(out, 3, wrong_shape, MSDACORE_FLOAT64);
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &bad, NULL),
                MSDACORE_ERROR_SHAPE);
   CHECK_MESSAGE("output must have shape (N, Lq, M*D) = (1, 3, 1), got (1, 3, 2)");
@@ -152,8 +152,7 @@ static void test_errors(void) {
                 "got (1, 3, 1, 1, 1)");
 
   /* A float32 output for float64 inputs. */
-  CHECK_STATUS(msdacore_tensor_contiguous(&bad, out32, 3, out_shape, MSDACORE_FLOAT32),
-               MSDACORE_OK);
+  bad = view_of(out32, 3, out_shape, MSDACORE_FLOAT32);
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &bad, NULL),
                MSDACORE_ERROR_DTYPE);
   CHECK_MESSAGE("output must have the dtype of value (float64), got float32");
@@ -217,13 +216,12 @@ static void test_overlap(void) {
   msdacore_tensor o, g, gv, gl, ga;
   const int64_t out_shape[3] = {1, 3, 1};
   double grad_out[3] = {1, 0, 0};
-  CHECK_STATUS(msdacore_tensor_contiguous(&o, value, 3, out_shape, MSDACORE_FLOAT64), MSDACORE_OK);
+  o = view_of(value, 3, out_shape, MSDACORE_FLOAT64);
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
                MSDACORE_ERROR_INVALID_ARGUMENT);
   CHECK(strstr(msdacore_last_error(), "output overlaps value in memory") != NULL);
   CHECK(value[5] == 5.0); /* nothing written */
-  CHECK_STATUS(msdacore_tensor_contiguous(&g, grad_out, 3, out_shape, MSDACORE_FLOAT64),
-               MSDACORE_OK);
+  g = view_of(grad_out, 3, out_shape, MSDACORE_FLOAT64);
   gv = v.value;
   gv.data = scratch;
   gl = v.loc;
@@ -246,13 +244,13 @@ static void test_layouts_and_modes(void) {
   msdacore_tensor o, fl, fa;
   msdacore_options options;
   msdacore_options_init(&options);
-  CHECK_STATUS(msdacore_tensor_contiguous(&o, uniform, 3, out_shape, MSDACORE_FLOAT64), MSDACORE_OK);
+  o = view_of(uniform, 3, out_shape, MSDACORE_FLOAT64);
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
                MSDACORE_OK);
   options.points_per_level = counts;
   options.num_levels = 1;
-  CHECK_STATUS(msdacore_tensor_contiguous(&fl, loc, 5, flat_loc, MSDACORE_FLOAT64), MSDACORE_OK);
-  CHECK_STATUS(msdacore_tensor_contiguous(&fa, attn, 4, flat_attn, MSDACORE_FLOAT64), MSDACORE_OK);
+  fl = view_of(loc, 5, flat_loc, MSDACORE_FLOAT64);
+  fa = view_of(attn, 4, flat_attn, MSDACORE_FLOAT64);
   o.data = flat;
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
                MSDACORE_OK);
@@ -315,15 +313,15 @@ static void test_workspace(void) {
 
   for (i = 0; i < 6; ++i) loc32[i] = (float)loc[i];
   for (i = 0; i < 3; ++i) attn32[i] = (float)attn[i];
-  msdacore_tensor_contiguous(&v.value, value16, 4, value_shape, MSDACORE_FLOAT16);
-  msdacore_tensor_contiguous(&v.loc, loc32, 6, loc_shape, MSDACORE_FLOAT32);
-  msdacore_tensor_contiguous(&v.attn, attn32, 5, attn_shape, MSDACORE_FLOAT32);
-  msdacore_tensor_contiguous(&o, out16, 3, out_shape, MSDACORE_FLOAT16);
-  msdacore_tensor_contiguous(&o_default, out16_default, 3, out_shape, MSDACORE_FLOAT16);
-  msdacore_tensor_contiguous(&g, grad_out16, 3, out_shape, MSDACORE_FLOAT16);
-  msdacore_tensor_contiguous(&gv, grad_value16, 4, value_shape, MSDACORE_FLOAT16);
-  msdacore_tensor_contiguous(&gl, grad_loc32, 6, loc_shape, MSDACORE_FLOAT32);
-  msdacore_tensor_contiguous(&ga, grad_attn32, 5, attn_shape, MSDACORE_FLOAT32);
+  v.value = view_of(value16, 4, value_shape, MSDACORE_FLOAT16);
+  v.loc = view_of(loc32, 6, loc_shape, MSDACORE_FLOAT32);
+  v.attn = view_of(attn32, 5, attn_shape, MSDACORE_FLOAT32);
+  o = view_of(out16, 3, out_shape, MSDACORE_FLOAT16);
+  o_default = view_of(out16_default, 3, out_shape, MSDACORE_FLOAT16);
+  g = view_of(grad_out16, 3, out_shape, MSDACORE_FLOAT16);
+  gv = view_of(grad_value16, 4, value_shape, MSDACORE_FLOAT16);
+  gl = view_of(grad_loc32, 6, loc_shape, MSDACORE_FLOAT32);
+  ga = view_of(grad_attn32, 5, attn_shape, MSDACORE_FLOAT32);
 
   CHECK_STATUS(msdacore_forward_workspace_size(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn,
                                                NULL, &bytes),

@@ -104,10 +104,5 @@ void test_narrowing() {
 int main() {
   test_widening();
   test_narrowing();
-  if (g_failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("half_convert: widening and narrowing as the reference conversions\n");
-  return 0;
+  return report("half_convert: widening and narrowing as the reference conversions");
 }

@@ -597,10 +597,5 @@ int main() {
   test_c_api_thread_local_error();
   test_workspace_and_memory();
   test_overlap_and_limits();
-  if (g_failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("all op checks passed\n");
-  return 0;
+  return report("all op checks passed");
 }

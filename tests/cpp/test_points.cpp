@@ -211,11 +211,6 @@ int main() {
   test_dot_and_fold<double, 256>();
   test_group_gradients<float>();
   test_group_gradients<double>();
-  if (g_failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("points (%s): vector forms bitwise equal to the scalar math\n",
-              MSDACORE_STRINGIFY(MSDACORE_CPU_ISA));
-  return 0;
+  return report("points (" MSDACORE_STRINGIFY(MSDACORE_CPU_ISA) "): vector forms bitwise equal "
+                "to the scalar math");
 }

@@ -105,10 +105,5 @@ int main() {
   test_order();
   test_index_order();
   test_strips_capped_by_queries();
-  if (g_failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", g_failures);
-    return 1;
-  }
-  std::printf("query_order: strips, stable order and permutation as specified\n");
-  return 0;
+  return report("query_order: strips, stable order and permutation as specified");
 }

@@ -1,5 +1,5 @@
 """The DLPack structs in ctypes, for tests that build capsules by hand (producers that lie
-about their device, or that export a broken tensor)."""
+about their device, or that export a broken tensor), and a producer that refuses to export."""
 
 from __future__ import annotations
 
@@ -33,3 +33,20 @@ _capsule_new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
 def legacy_capsule(managed: DLManagedTensor):
     """A legacy "dltensor" capsule of `managed` (which the caller keeps alive)."""
     return _capsule_new(ctypes.addressof(managed), b"dltensor", None)
+
+
+class RefusingProducer:
+    """An array-like on DLPack device `device` whose __dlpack__ raises `error`; cpu() gives
+    `host` (what a framework's device array offers)."""
+
+    def __init__(self, error, device=(1, 0), host=None):
+        self.error, self.device, self.host = error, device, host
+
+    def __dlpack_device__(self):
+        return self.device
+
+    def __dlpack__(self, **kwargs):
+        raise self.error
+
+    def cpu(self):
+        return self.host

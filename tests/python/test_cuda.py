@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 
 import msdacore
-from dlpack_ctypes import DLDataType, DLDevice, DLManagedTensor, legacy_capsule
+from dlpack_ctypes import DLDataType, DLDevice, DLManagedTensor, RefusingProducer, legacy_capsule
 from conftest import NO_CUDA_ENV, cuda_device_count, cuda_verdict
 from devices import (
     FLOATS,
@@ -366,21 +366,9 @@ def test_bad_stream_arguments_for_cuda_arrays():
 
 
 def test_host_index_copies_device_arrays():
-    class DeviceIndex:
-        def __init__(self, host):
-            self.host = host
-
-        def __dlpack_device__(self):
-            return (2, 0)
-
-        def __dlpack__(self, **kwargs):
-            raise BufferError("no export")
-
-        def cpu(self):
-            return self.host
-
     host = np.array([[3, 4]], dtype=np.int64)
-    assert _arrays.host_index(DeviceIndex(host)) is host
+    device_index = RefusingProducer(BufferError("no export"), device=(2, 0), host=host)
+    assert _arrays.host_index(device_index) is host
     assert _arrays.host_index(host) is host
     assert _arrays.host_index([[3, 4]]) == [[3, 4]]
 

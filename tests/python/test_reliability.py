@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import msdacore
+from dlpack_ctypes import RefusingProducer
 
 
 def _small(dtype=np.float32):
@@ -89,21 +90,10 @@ def test_outputs_too_large_raise_memory_error_naming_them():
         msdacore.ms_deform_attn_backward(value, [[1, 1]], [0], loc, attn, grad)
 
 
-class _RaisingProducer:
-    def __init__(self, error):
-        self.error = error
-
-    def __dlpack_device__(self):
-        return (1, 0)
-
-    def __dlpack__(self, **kwargs):
-        raise self.error
-
-
 @pytest.mark.parametrize("error", [RuntimeError("boom"), KeyError("k"), OSError("io")])
 def test_producer_whose_dlpack_raises_gives_type_error(error):
     args = list(_small())
-    args[0] = _RaisingProducer(error)
+    args[0] = RefusingProducer(error)
     with pytest.raises(TypeError, match=r"value cannot be exported through DLPack: its "
                                         r"__dlpack__ raised"):
         msdacore.ms_deform_attn(*args)
