@@ -32,21 +32,21 @@ constexpr const char* kOp = "ms_deform_attn_backward";
 // The kernel's parameters: the shared part (common.cuh), grad_output and the gradients.
 template <typename T, typename C>
 struct BackwardParams : HeadParams<T, C> {
-  const T* grad_out;       // (N, Lq, M*D)
+  const T* grad_out;  // (N, Lq, M*D)
   Strides<3> gs;
-  acc_t<T>* grad_value;    // (N, S, M, D) contiguous accumulator, zeroed; null: not written
-  C* grad_loc;             // (N, Lq, M, P_total, 2) contiguous (either layout)
-  C* grad_attn;            // (N, Lq, M, P_total) contiguous
+  acc_t<T>* grad_value;  // (N, S, M, D) contiguous accumulator, zeroed; null: not written
+  C* grad_loc;           // (N, Lq, M, P_total, 2) contiguous (either layout)
+  C* grad_attn;          // (N, Lq, M, P_total) contiguous
   int64_t S;
 };
 
 template <typename T>
 struct BackwardPoint {
   detail::Corners<acc_t<T>> c;
-  int64_t start;        // first token of the level
-  acc_t<T> a;           // attention weight A
-  acc_t<T> sx, sy;      // coordinate scales of the level
-  int valid;            // 0: skipped sample (every gradient of it is 0)
+  int64_t start;    // first token of the level
+  acc_t<T> a;       // attention weight A
+  acc_t<T> sx, sy;  // coordinate scales of the level
+  int valid;        // 0: skipped sample (every gradient of it is 0)
 };
 
 // Fills the record of point `point` of head `head`, sampled in mode `Mode` (valid = 0 when
@@ -88,8 +88,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
     const Head h = head_at(p, hb, t.slot);
     const T* value_head = p.value + h.n * p.vs.s[0] + h.m * p.vs.s[2];
     const T* g_head = p.grad_out + h.n * p.gs.s[0] + h.q * p.gs.s[1] + h.m * p.D * p.gs.s[2];
-    A* gv_head =
-        p.grad_value != nullptr ? p.grad_value + (h.n * p.S * p.M + h.m) * p.D : nullptr;
+    A* gv_head = p.grad_value != nullptr ? p.grad_value + (h.n * p.S * p.M + h.m) * p.D : nullptr;
 
     // The lane's first channel vector of g, loaded once per head.
     A g_first[V];
@@ -183,11 +182,11 @@ void launch_cast(const float* src, void* dst, int64_t count, cudaStream_t stream
 // then the float32 grad_value accumulator (half types, atomic mode) or the gather's buffers
 // (deterministic mode).
 struct BackwardBuffers {
-  Companions read;                // the views of loc and attn the kernels read
+  Companions read;  // the views of loc and attn the kernels read
   Levels levels;
   int64_t cells = 0;
-  float* grad_loc = nullptr;      // float32 grad_sampling_locations of a widened loc
-  float* grad_attn = nullptr;     // float32 grad_attention_weights of a widened attn
+  float* grad_loc = nullptr;   // float32 grad_sampling_locations of a widened loc
+  float* grad_attn = nullptr;  // float32 grad_attention_weights of a widened attn
   float* accumulator = nullptr;
   GatherBuffers gather;
 };
@@ -243,8 +242,8 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
   // grad_value accumulator for the atomic mode: the output itself, or the float32 buffer.
   bp.grad_value = nullptr;
   if (!options.deterministic) {
-    bp.grad_value = kHalf ? reinterpret_cast<A*>(buffers.accumulator)
-                          : static_cast<A*>(grad_value.data);
+    bp.grad_value =
+        kHalf ? reinterpret_cast<A*>(buffers.accumulator) : static_cast<A*>(grad_value.data);
     check(cudaMemsetAsync(bp.grad_value, 0, value_count * sizeof(A), stream), kOp,
           "zeroing the grad_value accumulator");
   }
@@ -260,8 +259,8 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
   bp.S = p.S;
   constexpr int V = kVec<T>;
   const bool vector = vector_ok(value, V, p.D) && vector_ok(grad_out, V, p.D);
-  const LaunchShape shape = set_head_params<BackwardPoint<T>>(
-      p, options, value, buffers.read.loc, buffers.read.attn, vector, &bp);
+  const LaunchShape shape = set_head_params<BackwardPoint<T>>(p, options, value, buffers.read.loc,
+                                                              buffers.read.attn, vector, &bp);
   with_mode(p.mode, [&](auto mode) {
     using Mode = decltype(mode);
     launch_head_kernel(backward_kernel<T, C, V, Mode>, backward_kernel<T, C, 1, Mode>, vector,
@@ -301,8 +300,8 @@ int64_t backward_workspace_size(const Problem& p, const Options& options, const 
 void backward(const Problem& p, const Options& options, const TensorView& value,
               const TensorView& sampling_locations, const TensorView& attention_weights,
               const TensorView& grad_output, const TensorView& grad_value,
-              const TensorView& grad_sampling_locations,
-              const TensorView& grad_attention_weights, Workspace& workspace) {
+              const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights,
+              Workspace& workspace) {
   DeviceGuard guard(p.device.index, kOp);
   check_input_pointers(kOp, value, sampling_locations, attention_weights);
   check_pointer(kOp, "grad_output", grad_output);
@@ -313,8 +312,7 @@ void backward(const Problem& p, const Options& options, const TensorView& value,
     using T = typename decltype(tag)::type;
     using C = typename decltype(companion)::type;
     launch_backward<T, C>(p, options, value, sampling_locations, attention_weights, grad_output,
-                          grad_value, grad_sampling_locations, grad_attention_weights,
-                          workspace);
+                          grad_value, grad_sampling_locations, grad_attention_weights, workspace);
   });
 }
 

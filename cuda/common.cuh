@@ -135,8 +135,7 @@ void with_float_type(DType dtype, const char* op, F&& f) {
     case DType::Float16: return f(TypeTag<__half>{});
     case DType::BFloat16: return f(TypeTag<__nv_bfloat16>{});
     default:
-      throw DTypeError(std::string("msdacore ") + op + ": unsupported dtype " +
-                       dtype_name(dtype));
+      throw DTypeError(std::string("msdacore ") + op + ": unsupported dtype " + dtype_name(dtype));
   }
 }
 
@@ -249,7 +248,7 @@ struct LevelDesc {
   // of point_strides_of), i.e. loc_base is the offset of the level's first point (uniform
   // layout l * stride[3], flattened first_point * stride[4]) less first_point * stride[4].
   int64_t loc_base;
-  int64_t attn_base;    // the same in attention_weights[n, q, m]
+  int64_t attn_base;  // the same in attention_weights[n, q, m]
 };
 
 // The level table, passed by value in the kernel parameters for up to kInlineLevels
@@ -370,19 +369,19 @@ struct LaunchShape {
 template <typename T, typename C>
 struct HeadParams {
   static_assert(valid_companion<T, C>(), "C is T, or float for a half T");
-  const T* value;        // (N, S, M, D)
-  Strides<4> vs;         //   its element strides
-  const C* loc;          // (N, Lq, M, L, P, 2), or (N, Lq, M, P_total, 2) viewed with a
-  Strides<6> ls;         //   zero level stride (point_strides_of)
-  const C* attn;         // (N, Lq, M, L, P), or (N, Lq, M, P_total) likewise
+  const T* value;  // (N, S, M, D)
+  Strides<4> vs;   //   its element strides
+  const C* loc;    // (N, Lq, M, L, P, 2), or (N, Lq, M, P_total, 2) viewed with a
+  Strides<6> ls;   //   zero level stride (point_strides_of)
+  const C* attn;   // (N, Lq, M, L, P), or (N, Lq, M, P_total) likewise
   Strides<5> as;
   int64_t M, D, Lq, L;
-  int64_t P_total;       // points per head, sum_l P_l
-  int64_t heads;         // N * Lq * M
-  int64_t vecs;          // channel vectors per head: D / V
-  int group;             // lanes per head (G)
-  int heads_per_block;   // kBlockThreads / G
-  int chunk;             // points per head and chunk
+  int64_t P_total;      // points per head, sum_l P_l
+  int64_t heads;        // N * Lq * M
+  int64_t vecs;         // channel vectors per head: D / V
+  int group;            // lanes per head (G)
+  int heads_per_block;  // kBlockThreads / G
+  int chunk;            // points per head and chunk
   bool align_corners;
   Levels levels;
 };
@@ -483,9 +482,9 @@ void with_mode(SamplingMode mode, F&& f) {
 // `vector_kernel` (16-byte channel vectors) when `vector`, else `scalar_kernel` (single
 // elements); then check_launch(op, name, stream).
 template <typename Params>
-void launch_head_kernel(void (*vector_kernel)(Params), void (*scalar_kernel)(Params),
-                        bool vector, const LaunchShape& shape, const Params& q,
-                        cudaStream_t stream, const char* op, const char* name) {
+void launch_head_kernel(void (*vector_kernel)(Params), void (*scalar_kernel)(Params), bool vector,
+                        const LaunchShape& shape, const Params& q, cudaStream_t stream,
+                        const char* op, const char* name) {
   void (*kernel)(Params) = vector ? vector_kernel : scalar_kernel;
   kernel<<<shape.grid, kBlockThreads, shape.shared, stream>>>(q);
   check_launch(op, name, stream);
@@ -498,26 +497,26 @@ struct HeadSample {
   LevelDesc lv;            // the point's level
   detail::Level<A> level;  //   and its geometry
   detail::Corners<A> c;
-  int64_t attn_index;      // element index of its attention weight in attn
+  int64_t attn_index;  // element index of its attention weight in attn
 };
 
 // Fills `s` for point `point` of head `head`, sampled in mode `Mode` (ModeTag); false (the
 // record stays empty) when the head is past the last one or the sample is skipped (then
 // only some of `s` is written).
 template <typename Mode, typename T, typename C>
-__device__ __forceinline__ bool head_sample(const HeadParams<T, C>& p, int64_t head,
-                                            int64_t point, HeadSample<acc_t<T>>* s) {
+__device__ __forceinline__ bool head_sample(const HeadParams<T, C>& p, int64_t head, int64_t point,
+                                            HeadSample<acc_t<T>>* s) {
   if (head >= p.heads) return false;
   const int64_t m = head % p.M;
   const int64_t nq = head / p.M;
   const int64_t q = nq % p.Lq;
   const int64_t n = nq / p.Lq;
   s->lv = p.levels.get(p.levels.level_of_point(point, p.L));
-  s->attn_index = n * p.as.s[0] + q * p.as.s[1] + m * p.as.s[2] + s->lv.attn_base +
-                  point * p.as.s[4];
+  s->attn_index =
+      n * p.as.s[0] + q * p.as.s[1] + m * p.as.s[2] + s->lv.attn_base + point * p.as.s[4];
   s->level = detail::make_level<acc_t<T>>(s->lv.H, s->lv.W, p.align_corners);
-  const C* xy = p.loc + (n * p.ls.s[0] + q * p.ls.s[1] + m * p.ls.s[2] + s->lv.loc_base +
-                         point * p.ls.s[4]);
+  const C* xy =
+      p.loc + (n * p.ls.s[0] + q * p.ls.s[1] + m * p.ls.s[2] + s->lv.loc_base + point * p.ls.s[4]);
   return detail::mode_corners(s->level, Mode::discrete, to_acc(xy[0]), to_acc(xy[p.ls.s[5]]),
                               &s->c);
 }
@@ -536,8 +535,7 @@ __device__ __forceinline__ acc_t<T> attention_weight(const HeadParams<T, C>& p,
 // all are written. Returns the chunk's points: min(chunk, P_total - c0). Every thread of
 // the block must call it.
 template <typename Mode, typename Params, typename Point>
-__device__ __forceinline__ int fill_chunk(const Params& p, int64_t hb, int64_t c0,
-                                          Point* records) {
+__device__ __forceinline__ int fill_chunk(const Params& p, int64_t hb, int64_t c0, Point* records) {
   const int count = static_cast<int>(p.P_total - c0 < p.chunk ? p.P_total - c0 : p.chunk);
   __syncthreads();  // the previous chunk's records are no longer read
   for (int i = static_cast<int>(threadIdx.x); i < p.heads_per_block * count;
@@ -555,8 +553,8 @@ struct GatherBuffers {
   uint64_t *keys_in = nullptr, *keys_out = nullptr, *ids_in = nullptr, *ids_out = nullptr;
   void* sort_temp = nullptr;
   size_t sort_temp_bytes = 0;
-  int end_bit = 1;          // the sort looks at key bits [0, end_bit)
-  int64_t* seg = nullptr;   // segment starts, one per key and one past the end
+  int end_bit = 1;         // the sort looks at key bits [0, end_bit)
+  int64_t* seg = nullptr;  // segment starts, one per key and one past the end
 };
 
 // deterministic_sort.cu: takes the gather's buffers from `workspace` for a problem with
@@ -578,9 +576,8 @@ void sort_by_cell(const GatherBuffers& buffers, int64_t samples, int64_t count_k
 // (widen_companions), whose strides the level table's point offsets are for.
 void gather_grad_value(const Problem& p, const Options& options, const Levels& levels,
                        int64_t cells, const GatherBuffers& buffers,
-                       const TensorView& sampling_locations,
-                       const TensorView& attention_weights, const TensorView& grad_output,
-                       const TensorView& grad_value);
+                       const TensorView& sampling_locations, const TensorView& attention_weights,
+                       const TensorView& grad_output, const TensorView& grad_value);
 
 }  // namespace cuda
 }  // namespace msdacore

@@ -42,9 +42,9 @@ constexpr const char* kOp = "ms_deform_attn_backward (deterministic)";
 // valid companion C of value's T).
 template <typename C>
 struct SampleGeometry {
-  const C* loc;       // (N, Lq, M, L, P, 2), or (N, Lq, M, P_total, 2) viewed with a zero
-  Strides<6> ls;      //   level stride (point_strides_of)
-  const C* attn;      // (N, Lq, M, L, P), or (N, Lq, M, P_total) likewise
+  const C* loc;   // (N, Lq, M, L, P, 2), or (N, Lq, M, P_total, 2) viewed with a zero
+  Strides<6> ls;  //   level stride (point_strides_of)
+  const C* attn;  // (N, Lq, M, L, P), or (N, Lq, M, P_total) likewise
   Strides<5> as;
   int64_t Lq, M, L, P_total;
   bool align_corners;
@@ -72,8 +72,8 @@ __device__ __forceinline__ SampleIndex decode_sample(int64_t i, int64_t Lq, int6
 // (ModeTag); false when the sample is skipped.
 template <typename Mode, typename C>
 __device__ __forceinline__ bool sample_of(const SampleGeometry<C>& g, const SampleIndex& s,
-                                          const LevelDesc& lv,
-                                          detail::Corners<acc_t<C>>* c, acc_t<C>* a) {
+                                          const LevelDesc& lv, detail::Corners<acc_t<C>>* c,
+                                          acc_t<C>* a) {
   using A = acc_t<C>;
   const detail::Level<A> level = detail::make_level<A>(lv.H, lv.W, g.align_corners);
   const C* xy = g.loc + (s.n * g.ls.s[0] + s.q * g.ls.s[1] + s.m * g.ls.s[2] + lv.loc_base +
@@ -113,15 +113,15 @@ template <typename T, typename C>
 struct GatherParams {
   static_assert(valid_companion<T, C>(), "C is T, or float for a half T");
   SampleGeometry<C> geo;
-  const T* grad_out;         // (N, Lq, M*D)
+  const T* grad_out;  // (N, Lq, M*D)
   Strides<3> gs;
-  T* grad_value;             // (N, S, M, D) contiguous
-  const uint64_t* ids;       // sample ids sorted by key
-  const int64_t* seg;        // seg[key] .. seg[key + 1]: the key's positions in ids
+  T* grad_value;        // (N, S, M, D) contiguous
+  const uint64_t* ids;  // sample ids sorted by key
+  const int64_t* seg;   // seg[key] .. seg[key + 1]: the key's positions in ids
   int64_t S, D, cells;
-  int64_t tokens;            // N * S * M
-  int64_t vecs;              // channel vectors per head
-  int group;                 // lanes per token
+  int64_t tokens;  // N * S * M
+  int64_t vecs;    // channel vectors per head
+  int group;       // lanes per token
   int tokens_per_block;
 };
 
@@ -178,8 +178,8 @@ __global__ void __launch_bounds__(kBlockThreads, (gather_min_blocks<T, V>()))
           // k = 0 for a discrete sample, whose corners 1..3 are outside).
           if (!c.inside[k] || c.offset[k] != local) continue;
           const A w = a * c.weight[k];
-          const T* g_head = p.grad_out + si.n * p.gs.s[0] + si.q * p.gs.s[1] +
-                            si.m * p.D * p.gs.s[2];
+          const T* g_head =
+              p.grad_out + si.n * p.gs.s[0] + si.q * p.gs.s[1] + si.m * p.D * p.gs.s[2];
           A g[V];
           if (V > 1) {
             load_vec<T, V>(g_head + vec * V, g);
@@ -197,8 +197,8 @@ __global__ void __launch_bounds__(kBlockThreads, (gather_min_blocks<T, V>()))
 
 template <typename T, typename C, typename Mode>
 void run_gather(const Problem& p, const Options& options, const Levels& levels, int64_t cells,
-                const GatherBuffers& buffers, const TensorView& loc, const TensorView& attn, const TensorView& grad_output,
-                const TensorView& grad_value) {
+                const GatherBuffers& buffers, const TensorView& loc, const TensorView& attn,
+                const TensorView& grad_output, const TensorView& grad_value) {
   const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
   const int64_t samples = p.N * p.Lq * p.M * p.P_total;
   const int64_t count_keys = p.N * p.M * cells;  // also the key of skipped samples
@@ -253,9 +253,8 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
 
 void gather_grad_value(const Problem& p, const Options& options, const Levels& levels,
                        int64_t cells, const GatherBuffers& buffers,
-                       const TensorView& sampling_locations,
-                       const TensorView& attention_weights, const TensorView& grad_output,
-                       const TensorView& grad_value) {
+                       const TensorView& sampling_locations, const TensorView& attention_weights,
+                       const TensorView& grad_output, const TensorView& grad_value) {
   with_types(p, kOp, [&](auto tag, auto companion) {
     using T = typename decltype(tag)::type;
     using C = typename decltype(companion)::type;

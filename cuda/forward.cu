@@ -17,7 +17,7 @@ namespace {
 // The kernel's parameters: the shared part (common.cuh) and the output.
 template <typename T, typename C>
 struct ForwardParams : HeadParams<T, C> {
-  T* out;                // (N, Lq, M*D), contiguous
+  T* out;  // (N, Lq, M*D), contiguous
 };
 
 constexpr const char* kOp = "ms_deform_attn_forward";
@@ -118,8 +118,8 @@ void launch_forward(const Problem& p, const Options& options, const TensorView& 
   make_levels(p, &fp.ls, &fp.as, stream, kOp, &fp.levels, workspace);
   with_mode(p.mode, [&](auto mode) {
     using Mode = decltype(mode);
-    launch_head_kernel(forward_kernel<T, C, V, Mode>, forward_kernel<T, C, 1, Mode>, vector,
-                       shape, fp, stream, kOp, "forward_kernel");
+    launch_head_kernel(forward_kernel<T, C, V, Mode>, forward_kernel<T, C, 1, Mode>, vector, shape,
+                       fp, stream, kOp, "forward_kernel");
   });
 }
 

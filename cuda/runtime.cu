@@ -27,8 +27,8 @@ std::string device_string(int device) { return "cuda:" + std::to_string(device);
 
 void throw_cuda_error(cudaError_t err, const char* op, const char* what) {
   (void)cudaGetLastError();  // clear a non-sticky error so later calls can succeed
-  throw RuntimeError(std::string("msdacore ") + op + ": " + what + " failed: " +
-                     cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+  throw RuntimeError(std::string("msdacore ") + op + ": " + what +
+                     " failed: " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
 }
 
 void check_launch(const char* op, const char* kernel, cudaStream_t stream) {
@@ -69,8 +69,8 @@ void check_pointer(const char* op, const char* name, const TensorView& t) {
   }
   if (attr.type == cudaMemoryTypeDevice && attr.device != t.device.index) {
     throw DeviceError(std::string(name) + " is said to be on " + device_name(t.device) +
-                      ", but its memory is on " + device_string(attr.device) +
-                      ", in msdacore " + op);
+                      ", but its memory is on " + device_string(attr.device) + ", in msdacore " +
+                      op);
   }
 }
 
@@ -175,13 +175,13 @@ TensorView widen(const TensorView& t, cudaStream_t stream, const char* op, Works
   const unsigned int grid = grid_for(blocks < cap ? blocks : cap);
   if (t.dtype == DType::Float16) {
     widen_kernel<__half><<<grid, kBlockThreads, 0, stream>>>(static_cast<const __half*>(t.data),
-                                                            shape, copy, count);
+                                                             shape, copy, count);
   } else if (t.dtype == DType::BFloat16) {
     widen_kernel<__nv_bfloat16><<<grid, kBlockThreads, 0, stream>>>(
         static_cast<const __nv_bfloat16*>(t.data), shape, copy, count);
   } else {
-    throw DTypeError(std::string("msdacore ") + op + ": unexpected dtype " +
-                     dtype_name(t.dtype) + " to widen");
+    throw DTypeError(std::string("msdacore ") + op + ": unexpected dtype " + dtype_name(t.dtype) +
+                     " to widen");
   }
   check_launch(op, "widen_kernel", stream);
   return dense_like(t, copy, DType::Float32);
@@ -266,8 +266,8 @@ void* pool_allocate(int device, int64_t bytes, void* stream) {
       "allocating " + std::to_string(bytes) + " bytes on " + device_string(device);
   void* ptr = nullptr;
   if (cudaMemPool_t pool = pool_of(device)) {
-    check(cudaMallocFromPoolAsync(&ptr, size, pool, static_cast<cudaStream_t>(stream)),
-          "allocate", what.c_str());
+    check(cudaMallocFromPoolAsync(&ptr, size, pool, static_cast<cudaStream_t>(stream)), "allocate",
+          what.c_str());
   } else {
     check(cudaMalloc(&ptr, size), "allocate", what.c_str());
   }

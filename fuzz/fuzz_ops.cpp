@@ -61,18 +61,51 @@ class Bytes {
   size_t pos_ = 0;
 };
 
-const int64_t kOddSizes[] = {0, -1, -7, 1, 2, 3, 4, 5, 64, 65, 1000,
-                             int64_t(1) << 31, (int64_t(1) << 31) - 1, int64_t(1) << 32,
-                             int64_t(1) << 40, 3037000500LL, kI64Max / 2, kI64Max, kI64Min};
+const int64_t kOddSizes[] = {0,
+                             -1,
+                             -7,
+                             1,
+                             2,
+                             3,
+                             4,
+                             5,
+                             64,
+                             65,
+                             1000,
+                             int64_t(1) << 31,
+                             (int64_t(1) << 31) - 1,
+                             int64_t(1) << 32,
+                             int64_t(1) << 40,
+                             3037000500LL,
+                             kI64Max / 2,
+                             kI64Max,
+                             kI64Min};
 
 const double kSpecialFloats[] = {std::numeric_limits<double>::quiet_NaN(),
                                  -std::numeric_limits<double>::quiet_NaN(),
                                  std::numeric_limits<double>::infinity(),
                                  -std::numeric_limits<double>::infinity(),
-                                 1e30, -1e30, 1e300, -1e300, 3.4e38, -3.4e38,
-                                 2147483648.0, -2147483649.0, 9.3e18, -9.3e18,
-                                 1e-310, -1e-45, 0.0, -0.0, 1.0, 0.5, -1.0, 2.0,
-                                 0.9999999, 1.0000001, -0.0000001};
+                                 1e30,
+                                 -1e30,
+                                 1e300,
+                                 -1e300,
+                                 3.4e38,
+                                 -3.4e38,
+                                 2147483648.0,
+                                 -2147483649.0,
+                                 9.3e18,
+                                 -9.3e18,
+                                 1e-310,
+                                 -1e-45,
+                                 0.0,
+                                 -0.0,
+                                 1.0,
+                                 0.5,
+                                 -1.0,
+                                 2.0,
+                                 0.9999999,
+                                 1.0000001,
+                                 -0.0000001};
 
 int64_t dtype_bytes(DType t) { return msdacore::dtype_size(t); }
 
@@ -121,11 +154,15 @@ Tensor make_tensor(Bytes& in, std::vector<int64_t> dims, DType dtype) {
   int64_t lo = 0, hi = 0;
   if (!empty) {
     for (int d = 0; d < nd; ++d) {
-      if (dims[d] > kMaxElements || (dims[d] - 1) * (strides[d] < 0 ? -strides[d] : strides[d]) > kMaxElements) {
+      if (dims[d] > kMaxElements ||
+          (dims[d] - 1) * (strides[d] < 0 ? -strides[d] : strides[d]) > kMaxElements) {
         strides[d] = 0;
       }
       const int64_t reach = (dims[d] - 1) * strides[d];
-      if (reach < 0) lo += reach; else hi += reach;
+      if (reach < 0)
+        lo += reach;
+      else
+        hi += reach;
     }
     if (hi - lo + 1 > kMaxElements) {
       for (int d = 0; d < nd; ++d) strides[d] = 0;
@@ -163,16 +200,22 @@ Tensor make_tensor(Bytes& in, std::vector<int64_t> dims, DType dtype) {
 void store(Tensor& t, int64_t offset, double x) {
   unsigned char* p = static_cast<unsigned char*>(t.view.data) + offset * dtype_bytes(t.view.dtype);
   switch (t.view.dtype) {
-    case DType::Float32: { const float f = static_cast<float>(x); std::memcpy(p, &f, 4); break; }
+    case DType::Float32: {
+      const float f = static_cast<float>(x);
+      std::memcpy(p, &f, 4);
+      break;
+    }
     case DType::Float64: std::memcpy(p, &x, 8); break;
     case DType::Int32: {
-      const int32_t i = x != x ? 0 : static_cast<int32_t>(static_cast<int64_t>(
-                                          x > 9e18 ? 9e18 : (x < -9e18 ? -9e18 : x)));
+      const int32_t i = x != x ? 0
+                               : static_cast<int32_t>(static_cast<int64_t>(
+                                     x > 9e18 ? 9e18 : (x < -9e18 ? -9e18 : x)));
       std::memcpy(p, &i, 4);
       break;
     }
     case DType::Int64: {
-      const int64_t i = x != x ? 0 : static_cast<int64_t>(x > 9e18 ? 9e18 : (x < -9e18 ? -9e18 : x));
+      const int64_t i =
+          x != x ? 0 : static_cast<int64_t>(x > 9e18 ? 9e18 : (x < -9e18 ? -9e18 : x));
       std::memcpy(p, &i, 8);
       break;
     }
@@ -201,7 +244,9 @@ void fill_floats(Bytes& in, Tensor& t, double lo, double span) {
   if (t.view.data == nullptr) return;
   for (int64_t off : t.offsets) {
     const uint8_t b = in.byte();
-    const double x = b < 224 ? lo + span * (b / 224.0) : kSpecialFloats[(b - 224) % (sizeof kSpecialFloats / sizeof kSpecialFloats[0])];
+    const double x =
+        b < 224 ? lo + span * (b / 224.0)
+                : kSpecialFloats[(b - 224) % (sizeof kSpecialFloats / sizeof kSpecialFloats[0])];
     store(t, off, x);
   }
 }
@@ -212,7 +257,8 @@ void fill_index(Bytes& in, Tensor& t, const std::vector<int64_t>& values) {
   for (size_t k = 0; k < t.offsets.size(); ++k) {
     int64_t v = values.empty() ? 0 : values[k % values.size()];
     if (in.rare(20)) v = in.pick(kOddSizes);
-    if (in.rare(30)) v = static_cast<int64_t>(static_cast<uint64_t>(v) + (in.byte() % 2 ? 1u : ~uint64_t(0)));
+    if (in.rare(30))
+      v = static_cast<int64_t>(static_cast<uint64_t>(v) + (in.byte() % 2 ? 1u : ~uint64_t(0)));
     store_int(t, t.offsets[k], v);
   }
 }
@@ -289,13 +335,18 @@ void run_one(const uint8_t* data, size_t size) {
   for (int64_t l = 0; l < L; ++l) {
     starts[l] = static_cast<int64_t>(total);
     int64_t hw;
-    if (__builtin_mul_overflow(H[l], W[l], &hw)) hw = saturate ? kI64Max : static_cast<int64_t>(static_cast<uint64_t>(H[l]) * static_cast<uint64_t>(W[l]));
+    if (__builtin_mul_overflow(H[l], W[l], &hw))
+      hw = saturate
+               ? kI64Max
+               : static_cast<int64_t>(static_cast<uint64_t>(H[l]) * static_cast<uint64_t>(W[l]));
     uint64_t next = total + static_cast<uint64_t>(hw);
-    if (saturate && hw > 0 && (next > static_cast<uint64_t>(kI64Max))) next = static_cast<uint64_t>(kI64Max);
+    if (saturate && hw > 0 && (next > static_cast<uint64_t>(kI64Max)))
+      next = static_cast<uint64_t>(kI64Max);
     total = next;
   }
   int64_t S = static_cast<int64_t>(total);
-  if (in.rare(12)) S = static_cast<int64_t>(static_cast<uint64_t>(S) + (in.byte() % 2 ? 1u : ~uint64_t(0)));
+  if (in.rare(12))
+    S = static_cast<int64_t>(static_cast<uint64_t>(S) + (in.byte() % 2 ? 1u : ~uint64_t(0)));
   if (in.rare(20)) S = in.pick(kOddSizes);
 
   Tensor value = make_tensor(in, {N, S, M, D}, T);
@@ -320,7 +371,7 @@ void run_one(const uint8_t* data, size_t size) {
   fill_floats(in, grad_out, -1.0, 2.0);
 
   const std::vector<unsigned char> saved[] = {value.storage, shapes.storage, level_start.storage,
-                                              loc.storage, attn.storage, grad_out.storage};
+                                              loc.storage,   attn.storage,   grad_out.storage};
   msdacore::Options options;
   options.align_corners = align_corners;
 
@@ -334,7 +385,8 @@ void run_one(const uint8_t* data, size_t size) {
     int64_t md;
     if (__builtin_mul_overflow(p.M, p.D, &md)) {
       // The output (N, Lq, M*D) has no representable shape: the ops must refuse.
-      const int64_t wrapped = static_cast<int64_t>(static_cast<uint64_t>(p.M) * static_cast<uint64_t>(p.D));
+      const int64_t wrapped =
+          static_cast<int64_t>(static_cast<uint64_t>(p.M) * static_cast<uint64_t>(p.D));
       const int64_t dims[] = {p.N, p.Lq, wrapped}, strides[] = {0, 0, 1};
       const TensorView out(nullptr, 3, dims, strides, p.dtype);
       if (!throws_error([&] {
@@ -359,9 +411,11 @@ void run_one(const uint8_t* data, size_t size) {
       if (out1.storage != out2.storage) fail("forward is not deterministic");
     }
     // Backward, twice.
-    if (size_ok({p.N, p.S, p.M, p.D}, kMaxOutput) && size_ok({p.N, p.Lq, p.M, p.L, p.P, 2}, kMaxOutput)) {
+    if (size_ok({p.N, p.S, p.M, p.D}, kMaxOutput) &&
+        size_ok({p.N, p.Lq, p.M, p.L, p.P, 2}, kMaxOutput)) {
       Output gv1({p.N, p.S, p.M, p.D}, p.dtype), gv2({p.N, p.S, p.M, p.D}, p.dtype);
-      Output gl1({p.N, p.Lq, p.M, p.L, p.P, 2}, p.dtype), gl2({p.N, p.Lq, p.M, p.L, p.P, 2}, p.dtype);
+      Output gl1({p.N, p.Lq, p.M, p.L, p.P, 2}, p.dtype),
+          gl2({p.N, p.Lq, p.M, p.L, p.P, 2}, p.dtype);
       Output ga1({p.N, p.Lq, p.M, p.L, p.P}, p.dtype), ga2({p.N, p.Lq, p.M, p.L, p.P}, p.dtype);
       const bool e1 = throws_error([&] {
         msdacore::ms_deform_attn_backward(value.view, shapes.view, level_start.view, loc.view,
@@ -396,7 +450,7 @@ void run_one(const uint8_t* data, size_t size) {
   }
 
   const std::vector<unsigned char>* now[] = {&value.storage, &shapes.storage, &level_start.storage,
-                                             &loc.storage, &attn.storage, &grad_out.storage};
+                                             &loc.storage,   &attn.storage,   &grad_out.storage};
   for (int k = 0; k < 6; ++k) {
     if (*now[k] != saved[k]) fail("an input was modified");
   }

@@ -74,7 +74,7 @@ struct Problem {
   bool align_corners = false;
   int64_t expected_in_bounds = 0;
   std::vector<int64_t> H, W, start;
-  std::vector<float> locs;  // (N, Lq, M, L, P, 2)
+  std::vector<float> locs;                      // (N, Lq, M, L, P, 2)
   int64_t zero_token() const { return N * S; }  // an extra all-zero token row
 };
 
@@ -88,17 +88,28 @@ Problem load(const std::string& path) {
   int64_t head[9];
   f.read(reinterpret_cast<char*>(head), sizeof head);
   Problem p;
-  p.N = head[0]; p.Lq = head[1]; p.M = head[2]; p.L = head[3]; p.P = head[4];
-  p.D = head[5]; p.S = head[6]; p.align_corners = head[7] != 0;
+  p.N = head[0];
+  p.Lq = head[1];
+  p.M = head[2];
+  p.L = head[3];
+  p.P = head[4];
+  p.D = head[5];
+  p.S = head[6];
+  p.align_corners = head[7] != 0;
   p.expected_in_bounds = head[8];
   if (p.N < 1 || p.Lq < 1 || p.M < 1 || p.L < 1 || p.P < 1 || p.D < 1 || p.S < 1 || p.L > 64 ||
       p.D > 256)
     throw std::runtime_error(path + ": bad sizes");
-  p.H.resize(p.L); p.W.resize(p.L); p.start.resize(p.L);
+  p.H.resize(p.L);
+  p.W.resize(p.L);
+  p.start.resize(p.L);
   f.read(reinterpret_cast<char*>(p.H.data()), p.L * 8);
   f.read(reinterpret_cast<char*>(p.W.data()), p.L * 8);
   int64_t s = 0;
-  for (int64_t l = 0; l < p.L; ++l) { p.start[l] = s; s += p.H[l] * p.W[l]; }
+  for (int64_t l = 0; l < p.L; ++l) {
+    p.start[l] = s;
+    s += p.H[l] * p.W[l];
+  }
   if (s != p.S) throw std::runtime_error(path + ": level sizes do not add up to S");
   if ((p.N * p.S + 1) * p.M >= (int64_t(1) << 31))
     throw std::runtime_error("problem too large for int32 row indices");
@@ -110,8 +121,7 @@ Problem load(const std::string& path) {
 
 // Global token rows (n*S + level start + i*W + j, or the zero token) of the four
 // corners of a sample; false when the sample is out of bounds (SPEC "Forward").
-inline bool corner_rows(const Problem& p, int64_t n, int64_t l, float x, float y,
-                        int64_t rows[4]) {
+inline bool corner_rows(const Problem& p, int64_t n, int64_t l, float x, float y, int64_t rows[4]) {
   const int64_t H = p.H[l], W = p.W[l];
   float h, w;
   if (p.align_corners) {
@@ -286,9 +296,8 @@ struct Kernels {
           for (int64_t l = 0; l < L; ++l) {
             for (int64_t k = 0; k < P; ++k, ++i) {
               int64_t rows[4];
-              gsample[i] = rows_of(i, n, m, l, rows)
-                               ? corners_backward(g, value, gvalue, rows, D)
-                               : 0.0f;
+              gsample[i] =
+                  rows_of(i, n, m, l, rows) ? corners_backward(g, value, gvalue, rows, D) : 0.0f;
             }
           }
         }
@@ -391,8 +400,10 @@ struct Lean {
       const int64_t j0 = int64_t(g) * kLanes;
       if (j0 + kLanes <= LP) {
         vf16 lo = load16(loc + 2 * j0), hi = load16(loc + 2 * j0 + 16);
-        x = __builtin_shuffle(lo, hi, vi16{0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30});
-        y = __builtin_shuffle(lo, hi, vi16{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
+        x = __builtin_shuffle(lo, hi,
+                              vi16{0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30});
+        y = __builtin_shuffle(lo, hi,
+                              vi16{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
         A = load16(a + j0);
       } else {
         for (int k = 0; k < kLanes; ++k) {
@@ -404,8 +415,8 @@ struct Lean {
       }
       const vf16 h = y * lanes.sy[g] - lanes.shift[g];
       const vf16 w = x * lanes.sx[g] - lanes.shift[g];
-      const vi16 ok = (h > -1.0f) & (h < lanes.hf[g]) & (w > -1.0f) & (w < lanes.wf[g]) &
-                      lanes.live[g];
+      const vi16 ok =
+          (h > -1.0f) & (h < lanes.hf[g]) & (w > -1.0f) & (w < lanes.wf[g]) & lanes.live[g];
       const vf16 hs = (vf16)((vi16)h & ok), ws = (vf16)((vi16)w & ok);
       vi16 h0 = __builtin_convertvector(hs, vi16), w0 = __builtin_convertvector(ws, vi16);
       h0 += (vi16)(__builtin_convertvector(h0, vf16) > hs);  // floor of negatives
@@ -418,7 +429,7 @@ struct Lean {
       const vi16 base = (token0 + lanes.start[g] + h0 * lanes.wi[g] + w0) * int32_t(M) + int32_t(m);
       const vi16 inside[4] = {top & left, top & right, bottom & left, bottom & right};
       const vf16 bil[4] = {hh * hw, hh * lw, lh * hw, lh * lw};
-      const vi16 step[4] = {vi16{} , vi16{} + int32_t(M), lanes.wi[g] * int32_t(M),
+      const vi16 step[4] = {vi16{}, vi16{} + int32_t(M), lanes.wi[g] * int32_t(M),
                             (lanes.wi[g] + 1) * int32_t(M)};
       for (int c = 0; c < 4; ++c) {
         const vi16 r = (base + step[c]) & inside[c];
@@ -566,9 +577,13 @@ struct CacheLineAllocator {
   }
   void deallocate(T* ptr, size_t) { std::free(ptr); }
   template <typename U>
-  bool operator==(const CacheLineAllocator<U>&) const { return true; }
+  bool operator==(const CacheLineAllocator<U>&) const {
+    return true;
+  }
   template <typename U>
-  bool operator!=(const CacheLineAllocator<U>&) const { return false; }
+  bool operator!=(const CacheLineAllocator<U>&) const {
+    return false;
+  }
 };
 using Floats = std::vector<float, CacheLineAllocator<float>>;
 
@@ -580,7 +595,9 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
   Floats out(p.N * p.Lq * M * D), gout(p.N * p.Lq * M * D), gsample(n_samples);
   uint64_t state = 0x9E3779B97F4A7C15ull;  // fixed pseudo-random fill in [-1, 1)
   auto next = [&state]() {
-    state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
     return float(double(state >> 11) * (2.0 / 9007199254740992.0) - 1.0);
   };
   for (int64_t i = 0; i < (rows_total - 1) * M * D; ++i) value[i] = next();
@@ -611,15 +628,20 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
     r.fwd = time_it([&] { kernels.forward(); }, warmup, repeats);
     r.cs_out = checksum(out.data(), int64_t(out.size()));
     r.bwd = time_it([&] { kernels.backward(); }, warmup, repeats);
-    r.fb = time_it([&] { kernels.forward(); kernels.backward(); }, warmup, repeats);
+    r.fb = time_it(
+        [&] {
+          kernels.forward();
+          kernels.backward();
+        },
+        warmup, repeats);
     r.cs_gv = checksum(gvalue.data(), int64_t(gvalue.size()));
     r.cs_gs = checksum(gsample.data(), n_samples);
     return r;
   };
-  const Result pr = measure(Kernels<DT, false>{p, value.data(), pre.data(), out.data(),
-                                               gout.data(), gvalue.data(), gsample.data()});
-  const Result lr = measure(Kernels<DT, true>{p, value.data(), pre.data(), out.data(),
-                                              gout.data(), gvalue.data(), gsample.data()});
+  const Result pr = measure(Kernels<DT, false>{p, value.data(), pre.data(), out.data(), gout.data(),
+                                               gvalue.data(), gsample.data()});
+  const Result lr = measure(Kernels<DT, true>{p, value.data(), pre.data(), out.data(), gout.data(),
+                                              gvalue.data(), gsample.data()});
   // The lean floor (weights and bilinear arithmetic included), with and without prefetch;
   // its forward checked against a scalar evaluation of the same sums.
   Floats attn(n_samples);
@@ -654,12 +676,13 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
   }
 
   const double gathered_mb = double(in_bounds) * 4 * D * 4 / 1e6;
-  std::printf("floor: %lld queries x %lld heads x %lld levels x %lld points = %lld samples "
-              "(%lld in bounds, file says %lld), D = %lld, float32, %d thread(s), "
-              "median of %d after %d warm-up\n",
-              (long long)(p.N * p.Lq), (long long)M, (long long)p.L, (long long)p.P,
-              (long long)n_samples, (long long)in_bounds, (long long)p.expected_in_bounds,
-              (long long)D, threads, repeats, warmup);
+  std::printf(
+      "floor: %lld queries x %lld heads x %lld levels x %lld points = %lld samples "
+      "(%lld in bounds, file says %lld), D = %lld, float32, %d thread(s), "
+      "median of %d after %d warm-up\n",
+      (long long)(p.N * p.Lq), (long long)M, (long long)p.L, (long long)p.P, (long long)n_samples,
+      (long long)in_bounds, (long long)p.expected_in_bounds, (long long)D, threads, repeats,
+      warmup);
   std::printf("  gathered per pass: %.0f MB (4 corners x D floats per in-bounds sample)\n",
               gathered_mb);
   std::printf("  %-18s %22s %24s\n", "ms (median, min)", "corners precomputed",
@@ -668,8 +691,8 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
   const Stat* ps[3] = {&pr.fwd, &pr.bwd, &pr.fb};
   const Stat* ls[3] = {&lr.fwd, &lr.bwd, &lr.fb};
   for (int j = 0; j < 3; ++j)
-    std::printf("  %-18s %12.2f (%7.2f) %14.2f (%7.2f)\n", names[j], ps[j]->median,
-                ps[j]->min, ls[j]->median, ls[j]->min);
+    std::printf("  %-18s %12.2f (%7.2f) %14.2f (%7.2f)\n", names[j], ps[j]->median, ps[j]->min,
+                ls[j]->median, ls[j]->min);
   std::printf("  checksums: out %.6g / %.6g, grad_value %.6g / %.6g, per-sample %.6g / %.6g\n",
               pr.cs_out, lr.cs_out, pr.cs_gv, lr.cs_gv, pr.cs_gs, lr.cs_gs);
   auto differ = [](double a, double b) { return std::fabs(a - b) > 1e-3 * (1.0 + std::fabs(a)); };
@@ -680,10 +703,9 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
     const Stat* a[3] = {&lean_r[0].fwd, &lean_r[0].bwd, &lean_r[0].fb};
     const Stat* b[3] = {&lean_r[1].fwd, &lean_r[1].bwd, &lean_r[1].fb};
     for (int j = 0; j < 3; ++j)
-      std::printf("  %-18s %12.2f (%7.2f) %14.2f (%7.2f)\n", names[j], a[j]->median,
-                  a[j]->min, b[j]->median, b[j]->min);
-    std::printf("  lean forward against a scalar evaluation: max |difference| %.3g\n",
-                lean_err);
+      std::printf("  %-18s %12.2f (%7.2f) %14.2f (%7.2f)\n", names[j], a[j]->median, a[j]->min,
+                  b[j]->median, b[j]->min);
+    std::printf("  lean forward against a scalar evaluation: max |difference| %.3g\n", lean_err);
     if (!(lean_err < 1e-3)) std::printf("  warning: the lean floor computes wrong sums\n");
   } else {
     std::printf("  lean floor: not run (needs D in {16, 32, 64} and L*P <= 64)\n");
@@ -708,8 +730,8 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
                  (long long)in_bounds, threads, repeats, warmup, gathered_mb);
     const char* keys[3] = {"forward", "backward", "forward_backward"};
     for (int j = 0; j < 3; ++j)
-      std::fprintf(f, "  \"%s_ms\": %.4f, \"%s_min_ms\": %.4f,\n", keys[j], ps[j]->median,
-                   keys[j], ps[j]->min);
+      std::fprintf(f, "  \"%s_ms\": %.4f, \"%s_min_ms\": %.4f,\n", keys[j], ps[j]->median, keys[j],
+                   ps[j]->min);
     for (int j = 0; j < 3; ++j)
       std::fprintf(f, "  \"%s_with_corners_ms\": %.4f, \"%s_with_corners_min_ms\": %.4f,\n",
                    keys[j], ls[j]->median, keys[j], ls[j]->min);
@@ -720,13 +742,13 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
       for (int j = 0; j < 3; ++j) {
         const bool pf = b[j]->median < a[j]->median;
         const Stat* best = pf ? b[j] : a[j];
-        std::fprintf(f, "  \"%s_lean_ms\": %.4f, \"%s_lean_min_ms\": %.4f, "
-                     "\"%s_lean_prefetch\": %s,\n", keys[j], best->median, keys[j],
-                     best->min, keys[j], pf ? "true" : "false");
+        std::fprintf(f,
+                     "  \"%s_lean_ms\": %.4f, \"%s_lean_min_ms\": %.4f, "
+                     "\"%s_lean_prefetch\": %s,\n",
+                     keys[j], best->median, keys[j], best->min, keys[j], pf ? "true" : "false");
       }
     }
-    std::fprintf(f, "  \"compiler\": \"%s\", \"flags\": \"%s\"\n}\n", FLOOR_COMPILER,
-                 FLOOR_FLAGS);
+    std::fprintf(f, "  \"compiler\": \"%s\", \"flags\": \"%s\"\n}\n", FLOOR_COMPILER, FLOOR_FLAGS);
     std::fclose(f);
   }
   return 0;
@@ -740,10 +762,14 @@ int main(int argc, char** argv) {
   int threads = 2, repeats = 20;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
-    else if (a == "--repeats" && i + 1 < argc) repeats = std::atoi(argv[++i]);
-    else if (a == "--json" && i + 1 < argc) json_path = argv[++i];
-    else if (!a.empty() && a[0] != '-' && !input) input = argv[i];
+    if (a == "--threads" && i + 1 < argc)
+      threads = std::atoi(argv[++i]);
+    else if (a == "--repeats" && i + 1 < argc)
+      repeats = std::atoi(argv[++i]);
+    else if (a == "--json" && i + 1 < argc)
+      json_path = argv[++i];
+    else if (!a.empty() && a[0] != '-' && !input)
+      input = argv[i];
     else {
       std::fprintf(stderr, "usage: %s INPUT.bin [--threads T] [--repeats R] [--json PATH]\n",
                    argv[0]);

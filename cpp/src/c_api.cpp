@@ -1,21 +1,20 @@
 // The C API (msdacore/msdacore_c.h): converts the C structs to TensorViews, calls the C++
 // API and turns every exception into a status code plus a thread-local message.
-#include "msdacore/msdacore_c.h"
-
 #include <exception>
 #include <limits>
 #include <new>
 #include <string>
 
 #include "msdacore/errors.hpp"
+#include "msdacore/msdacore_c.h"
 #include "msdacore/ops.hpp"
 #include "msdacore/runtime.hpp"
 #include "msdacore/tensor.hpp"
 
 namespace {
 
-using msdacore::DType;
 using msdacore::DeviceType;
+using msdacore::DType;
 using msdacore::TensorView;
 
 // The message of this thread's last call that returned a status.
@@ -113,8 +112,7 @@ struct Inputs {
   TensorView value, spatial_shapes, level_start_index, sampling_locations, attention_weights;
   // L as spatial_shapes gives it, -1 when it is not (L, 2).
   int64_t levels() const {
-    return spatial_shapes.ndim == 2 && spatial_shapes.shape[1] == 2 ? spatial_shapes.shape[0]
-                                                                     : -1;
+    return spatial_shapes.ndim == 2 && spatial_shapes.shape[1] == 2 ? spatial_shapes.shape[0] : -1;
   }
 };
 
@@ -154,13 +152,17 @@ msdacore::Options to_options(const msdacore_options* options, int64_t levels) {
     out.stream = options->stream;
     out.deterministic = options->deterministic != 0;
     if (options->mode != MSDACORE_MODE_BILINEAR && options->mode != MSDACORE_MODE_DISCRETE) {
-      throw msdacore::Error("options.mode must be MSDACORE_MODE_BILINEAR (0) or "
-                            "MSDACORE_MODE_DISCRETE (1), got " + std::to_string(options->mode));
+      throw msdacore::Error(
+          "options.mode must be MSDACORE_MODE_BILINEAR (0) or "
+          "MSDACORE_MODE_DISCRETE (1), got " +
+          std::to_string(options->mode));
     }
     out.mode = static_cast<msdacore::SamplingMode>(options->mode);
-    if (options->num_levels < 0 || (options->num_levels > 0) != (options->points_per_level != nullptr)) {
-      throw msdacore::Error("options.points_per_level and options.num_levels: both set (one "
-                            "count per level) or both zero (the uniform layout)");
+    if (options->num_levels < 0 ||
+        (options->num_levels > 0) != (options->points_per_level != nullptr)) {
+      throw msdacore::Error(
+          "options.points_per_level and options.num_levels: both set (one "
+          "count per level) or both zero (the uniform layout)");
     }
     if (options->num_levels > 0 && levels >= 0 && options->num_levels != levels) {
       throw msdacore::ShapeError("points_per_level must have one count per level, L = " +
@@ -173,8 +175,10 @@ msdacore::Options to_options(const msdacore_options* options, int64_t levels) {
     }
     if (options->workspace_bytes < 0 ||
         (options->workspace_bytes > 0 && options->workspace == nullptr)) {
-      throw msdacore::Error("options.workspace_bytes must be >= 0, and 0 when options.workspace "
-                            "is NULL, got " + std::to_string(options->workspace_bytes));
+      throw msdacore::Error(
+          "options.workspace_bytes must be >= 0, and 0 when options.workspace "
+          "is NULL, got " +
+          std::to_string(options->workspace_bytes));
     }
     out.workspace = options->workspace;
     out.workspace_bytes = options->workspace_bytes;
@@ -256,11 +260,12 @@ msdacore_status msdacore_mode_from_name(const char* name, int32_t* mode) {
   });
 }
 
-msdacore_status msdacore_check_inputs(
-    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
-    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
-    const msdacore_tensor* attention_weights, const msdacore_options* options,
-    msdacore_problem* problem) {
+msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
+                                      const msdacore_tensor* spatial_shapes,
+                                      const msdacore_tensor* level_start_index,
+                                      const msdacore_tensor* sampling_locations,
+                                      const msdacore_tensor* attention_weights,
+                                      const msdacore_options* options, msdacore_problem* problem) {
   return guarded([&] {
     const Inputs in =
         to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
@@ -271,16 +276,18 @@ msdacore_status msdacore_check_inputs(
   });
 }
 
-msdacore_status msdacore_check_shapes(
-    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
-    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
-    const msdacore_tensor* attention_weights, const msdacore_tensor* grad_output,
-    const msdacore_options* options, msdacore_problem* problem) {
+msdacore_status msdacore_check_shapes(const msdacore_tensor* value,
+                                      const msdacore_tensor* spatial_shapes,
+                                      const msdacore_tensor* level_start_index,
+                                      const msdacore_tensor* sampling_locations,
+                                      const msdacore_tensor* attention_weights,
+                                      const msdacore_tensor* grad_output,
+                                      const msdacore_options* options, msdacore_problem* problem) {
   return guarded([&] {
     const Inputs in =
         to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-    const TensorView g = grad_output != nullptr ? to_view("grad_output", grad_output)
-                                                : TensorView();
+    const TensorView g =
+        grad_output != nullptr ? to_view("grad_output", grad_output) : TensorView();
     write_problem(msdacore::check_shapes(in.value, in.spatial_shapes, in.level_start_index,
                                          in.sampling_locations, in.attention_weights,
                                          to_options(options, in.levels()),
@@ -290,14 +297,13 @@ msdacore_status msdacore_check_shapes(
 }
 
 // The two workspace queries are one function of the direction they ask for.
-#define MSDACORE_DEFINE_WORKSPACE_SIZE(name, backward)                                      \
-  msdacore_status name(const msdacore_tensor* value, const msdacore_tensor* spatial_shapes, \
-                       const msdacore_tensor* level_start_index,                            \
-                       const msdacore_tensor* sampling_locations,                           \
-                       const msdacore_tensor* attention_weights,                            \
-                       const msdacore_options* options, int64_t* bytes) {                   \
-    return workspace_size(backward, value, spatial_shapes, level_start_index,               \
-                          sampling_locations, attention_weights, options, bytes);           \
+#define MSDACORE_DEFINE_WORKSPACE_SIZE(name, backward)                                             \
+  msdacore_status name(                                                                            \
+      const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,                         \
+      const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,         \
+      const msdacore_tensor* attention_weights, const msdacore_options* options, int64_t* bytes) { \
+    return workspace_size(backward, value, spatial_shapes, level_start_index, sampling_locations,  \
+                          attention_weights, options, bytes);                                      \
   }
 MSDACORE_DEFINE_WORKSPACE_SIZE(msdacore_forward_workspace_size, false)
 MSDACORE_DEFINE_WORKSPACE_SIZE(msdacore_backward_workspace_size, true)
@@ -342,20 +348,13 @@ const char* msdacore_last_error(void) { return t_last_error.c_str(); }
 
 const char* msdacore_status_name(msdacore_status status) {
   switch (status) {
-    case MSDACORE_OK:
-      return "MSDACORE_OK";
-    case MSDACORE_ERROR_SHAPE:
-      return "MSDACORE_ERROR_SHAPE";
-    case MSDACORE_ERROR_DTYPE:
-      return "MSDACORE_ERROR_DTYPE";
-    case MSDACORE_ERROR_DEVICE:
-      return "MSDACORE_ERROR_DEVICE";
-    case MSDACORE_ERROR_INVALID_ARGUMENT:
-      return "MSDACORE_ERROR_INVALID_ARGUMENT";
-    case MSDACORE_ERROR_RUNTIME:
-      return "MSDACORE_ERROR_RUNTIME";
-    case MSDACORE_ERROR_OTHER:
-      return "MSDACORE_ERROR_OTHER";
+    case MSDACORE_OK: return "MSDACORE_OK";
+    case MSDACORE_ERROR_SHAPE: return "MSDACORE_ERROR_SHAPE";
+    case MSDACORE_ERROR_DTYPE: return "MSDACORE_ERROR_DTYPE";
+    case MSDACORE_ERROR_DEVICE: return "MSDACORE_ERROR_DEVICE";
+    case MSDACORE_ERROR_INVALID_ARGUMENT: return "MSDACORE_ERROR_INVALID_ARGUMENT";
+    case MSDACORE_ERROR_RUNTIME: return "MSDACORE_ERROR_RUNTIME";
+    case MSDACORE_ERROR_OTHER: return "MSDACORE_ERROR_OTHER";
   }
   return "MSDACORE_UNKNOWN_STATUS";
 }

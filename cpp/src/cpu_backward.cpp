@@ -16,11 +16,11 @@
 // and visited round robin over the levels; grad_output's row stays in registers over
 // their corners (GradRow), the four corners' dot products are folded at once and the
 // location and attention gradients computed in lanes.
+#include "cpu_kernels.hpp"
 #include "cpu_parallel.hpp"
 #include "cpu_points.hpp"
 #include "cpu_query_order.hpp"
 #include "cpu_simd.hpp"
-#include "cpu_kernels.hpp"
 #include "msdacore/detail/bilinear.hpp"
 #include "msdacore/runtime.hpp"
 
@@ -77,8 +77,8 @@ const T* zero_row() {
 // planned by plan_points into `plan`). kRowBytes: D * sizeof(T) when the channels are
 // unit stride and GradRow takes that row size, else 0 (dot_axpy on any strides).
 template <typename T, int kRowBytes>
-void query_head(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan,
-                int64_t n, int64_t q, int64_t m, int64_t first_level) {
+void query_head(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan, int64_t n,
+                int64_t q, int64_t m, int64_t first_level) {
   const Problem& p = a.p;
   const LevelGeometry<T>& level = a.levels[first_level];
   const int64_t D = p.D;
@@ -125,8 +125,8 @@ void query_head(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& 
         for (int k = 0; k < 4; ++k) {
           const int64_t token = b.token[k][j];
           dot[k] = (b.corners[j] & (1 << k))
-                       ? dot_axpy(D, g, gs, value_head + token * token_stride, vs,
-                                  b.scaled[k][j], gv_head + token * grad_token_stride)
+                       ? dot_axpy(D, g, gs, value_head + token * token_stride, vs, b.scaled[k][j],
+                                  gv_head + token * grad_token_stride)
                        : T(0);
         }
       }
@@ -134,8 +134,8 @@ void query_head(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& 
     }
     for (int64_t i0 = 0; i0 < count; i0 += kLanes) {
       typename PointLanes<T>::Vec ga, gx, gy;
-      group_gradients(b, dots, i0, run.scale_x.data() + first + i0,
-                      run.scale_y.data() + first + i0, &ga, &gx, &gy);
+      group_gradients(b, dots, i0, run.scale_x.data() + first + i0, run.scale_y.data() + first + i0,
+                      &ga, &gx, &gy);
       const int64_t live = count - i0 < kLanes ? count - i0 : kLanes;
       T* grad_xy = a.grad_loc + (sample0 + first + i0) * 2;
       T* grad_a = a.grad_attn + sample0 + first + i0;
@@ -150,8 +150,8 @@ void query_head(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& 
 
 // query_head for the row size of `a`.
 template <typename T>
-void head_points(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan,
-                 int64_t n, int64_t q, int64_t m, int64_t first_level) {
+void head_points(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan, int64_t n,
+                 int64_t q, int64_t m, int64_t first_level) {
   const bool unit = a.value.stride[3] == 1 && a.grad_out.stride[2] == 1;
   const int64_t bytes = unit ? a.p.D * static_cast<int64_t>(sizeof(T)) : 0;
   if (bytes == 64) {
@@ -177,8 +177,7 @@ void backward_impl(const BackwardArgs<T>& a) {
     runs.emplace_back(a, split.first(r), split.last(p, r));
   }
   // The queries' visiting order (cpu_query_order.hpp; empty: index order).
-  const std::vector<int64_t> order =
-      query_order(p, a.loc.data, a.loc.stride[0], a.loc.stride[1]);
+  const std::vector<int64_t> order = query_order(p, a.loc.data, a.loc.stride[0], a.loc.stride[1]);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(run.threads) if (run.parallel)
   for (int64_t task = 0; task < tasks; ++task) {
@@ -211,8 +210,7 @@ void backward_impl(const BackwardArgs<T>& a) {
 void backward(const Problem& p, const Options& options, const TensorView& value,
               const TensorView& sampling_locations, const TensorView& attention_weights,
               const TensorView& grad_output, const TensorView& grad_value,
-              const TensorView& grad_sampling_locations,
-              const TensorView& grad_attention_weights) {
+              const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights) {
   with_inputs(p, options, value, sampling_locations, attention_weights,
               [&](auto tag, const auto& in) {
                 using T = typename decltype(tag)::type;

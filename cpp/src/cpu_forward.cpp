@@ -7,11 +7,11 @@
 // at a time on detr-enc, docs/benchmarks.md). For each (q, m) the P_total points are
 // planned in SIMD lanes (cpu_points.hpp), then the D channels are accumulated in
 // register-sized chunks (kChunk channels) over the planned corners, then stored.
+#include "cpu_kernels.hpp"
 #include "cpu_parallel.hpp"
 #include "cpu_points.hpp"
 #include "cpu_query_order.hpp"
 #include "cpu_simd.hpp"
-#include "cpu_kernels.hpp"
 #include "msdacore/detail/bilinear.hpp"
 #include "msdacore/runtime.hpp"
 
@@ -50,8 +50,8 @@ struct ForwardArgs : InputArgs<T> {
 // never -0). Measured: the
 // mispredicted corner branches cost `small` 13% (its samples often straddle a border).
 template <typename T, bool kVector, bool kEveryCorner = false>
-void head_chunk(const ForwardArgs<T>& a, const PointPlan<T>& plan, int64_t n, int64_t q,
-                int64_t m, int64_t d0, int64_t len) {
+void head_chunk(const ForwardArgs<T>& a, const PointPlan<T>& plan, int64_t n, int64_t q, int64_t m,
+                int64_t d0, int64_t len) {
   const Problem& p = a.p;
   ChunkAccumulator<T> vec_acc;
   T acc[kChunk<T>] = {};
@@ -118,8 +118,7 @@ void forward_impl(const ForwardArgs<T>& a) {
   const PointRun<T> points(a, 0, p.L);  // all P_total points of a head
   const bool every_corner = unit && token0_rows_finite(a);
   // The queries' visiting order (cpu_query_order.hpp; empty: index order).
-  const std::vector<int64_t> order =
-      query_order(p, a.loc.data, a.loc.stride[0], a.loc.stride[1]);
+  const std::vector<int64_t> order = query_order(p, a.loc.data, a.loc.stride[0], a.loc.stride[1]);
 
 #pragma omp parallel for schedule(static) num_threads(run.threads) if (run.parallel)
   for (int64_t task = 0; task < tasks; ++task) {

@@ -10,8 +10,8 @@
 // and corner order k = 0..3, as the scalar loop would visit them.
 #pragma once
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -82,8 +82,8 @@ inline void group_corners(const GroupGeometry<T, N>& g, typename PointLanes<T, N
   const Vec h = y * g.scale_y - g.shift;  // detail::pixel_coord
   const Vec w = x * g.scale_x - g.shift;
   // detail::sample_in_range (false for NaN)
-  const IVec ok = PL::narrow((h > static_cast<T>(-1)) & (h < g.height) &
-                             (w > static_cast<T>(-1)) & (w < g.width)) &
+  const IVec ok = PL::narrow((h > static_cast<T>(-1)) & (h < g.height) & (w > static_cast<T>(-1)) &
+                             (w < g.width)) &
                   g.live;
   // detail::make_corners on the lanes in range (others computed on 0, then dropped)
   const Vec hs = PL::select(ok, h), ws = PL::select(ok, w);
@@ -136,7 +136,6 @@ std::vector<GroupGeometry<T, N>> group_geometry(const LevelGeometry<T>* const* p
   }
   return groups;
 }
-
 
 // Splits `src[0 .. 2*kLanes)` = (x0, y0, x1, y1, ...) into x and y.
 template <typename T, int N>
@@ -238,7 +237,7 @@ struct PointRun {
   // order in which each grad_value row accumulates, stays the point order.
   std::vector<int32_t> visit;
   PointOffsets offsets;
-  std::vector<GroupGeometry<T>> groups;                       // the build's width
+  std::vector<GroupGeometry<T>> groups;                          // the build's width
   std::vector<GroupGeometry<T, kNarrowLanes<T>>> narrow_groups;  // 16 bytes
   bool vector = false;  // plan in SIMD lanes (bilinear mode, token indices fit in int32)
   bool narrow = false;  // with narrow_groups: fewer points than the build's lanes
@@ -260,8 +259,8 @@ struct PointRun {
     offsets.y_stride = a.loc.stride[5];
     offsets.finish();
     const int64_t points = static_cast<int64_t>(level.size());
-    const int64_t padded = (points + PlanBlock<T>::kBlock - 1) / PlanBlock<T>::kBlock *
-                           PlanBlock<T>::kBlock;
+    const int64_t padded =
+        (points + PlanBlock<T>::kBlock - 1) / PlanBlock<T>::kBlock * PlanBlock<T>::kBlock;
     scale_x.assign(static_cast<size_t>(padded), T(0));
     scale_y.assign(static_cast<size_t>(padded), T(0));
     for (int64_t j = 0; j < points; ++j) {
@@ -278,9 +277,8 @@ struct PointRun {
       const int64_t b1 = std::min<int64_t>(points, b0 + PlanBlock<T>::kBlock);
       std::vector<int32_t> block;
       for (int64_t j = b0; j < b1; ++j) block.push_back(static_cast<int32_t>(j - b0));
-      std::stable_sort(block.begin(), block.end(), [&](int32_t x, int32_t y) {
-        return rank[b0 + x] < rank[b0 + y];
-      });
+      std::stable_sort(block.begin(), block.end(),
+                       [&](int32_t x, int32_t y) { return rank[b0 + x] < rank[b0 + y]; });
       std::copy(block.begin(), block.end(), visit.begin() + b0);
     }
     groups = group_geometry<T, Simd<T>::kLanes>(level.data(), points);
@@ -294,8 +292,8 @@ struct PointRun {
 
 // plan_points' vector form with groups of N lanes.
 template <typename T, bool kGradients, int N>
-void plan_groups(const std::vector<GroupGeometry<T, N>>& group_list,
-                 const PointOffsets& offsets, const T* loc, const T* attn, PointPlan<T>* plan) {
+void plan_groups(const std::vector<GroupGeometry<T, N>>& group_list, const PointOffsets& offsets,
+                 const T* loc, const T* attn, PointPlan<T>* plan) {
   using PL = PointLanes<T, N>;
   using Vec = typename PL::Vec;
   using IVec = typename PL::IVec;
@@ -330,8 +328,7 @@ void plan_groups(const std::vector<GroupGeometry<T, N>>& group_list,
     }
     GroupCorners<T, N> c;
     group_corners<T>(groups[gi], x, y, &c);
-    const IVec bits =
-        (c.inside[0] & 1) | (c.inside[1] & 2) | (c.inside[2] & 4) | (c.inside[3] & 8);
+    const IVec bits = (c.inside[0] & 1) | (c.inside[1] & 2) | (c.inside[2] & 4) | (c.inside[3] & 8);
     std::memcpy(&b.corners[i0], &bits, sizeof(IVec));
     for (int k = 0; k < 4; ++k) {
       const Vec scaled = PL::select(c.inside[k], A * c.weight[k]);  // +0 where not read

@@ -149,8 +149,8 @@ struct Blocks {
 inline bool parallel_worth_it(const Problem& p) {
   // In double: the product of valid sizes may still pass 2^63.
   const double multiply_adds = static_cast<double>(p.N) * static_cast<double>(p.Lq) *
-                               static_cast<double>(p.M) * static_cast<double>(p.P_total) *
-                               4.0 * static_cast<double>(p.D);
+                               static_cast<double>(p.M) * static_cast<double>(p.P_total) * 4.0 *
+                               static_cast<double>(p.D);
   return multiply_adds >= 65536.0;
 }
 
@@ -290,8 +290,8 @@ struct DotLanes {
       const Vec b = shuffle<0, 1, 2, 3, 8, 9, 10, 11>(p[2], p[3]) +
                     shuffle<4, 5, 6, 7, 12, 13, 14, 15>(p[2], p[3]);
       // width 2: [p0 (2) | p1 (2) | p2 (2) | p3 (2)]
-      const Vec c = shuffle<0, 1, 4, 5, 8, 9, 12, 13>(a, b) +
-                    shuffle<2, 3, 6, 7, 10, 11, 14, 15>(a, b);
+      const Vec c =
+          shuffle<0, 1, 4, 5, 8, 9, 12, 13>(a, b) + shuffle<2, 3, 6, 7, 10, 11, 14, 15>(a, b);
       // width 1
       r = shuffle<0, 2, 4, 6, 8, 10, 12, 14>(c, c) + shuffle<1, 3, 5, 7, 9, 11, 13, 15>(c, c);
     } else {
@@ -312,8 +312,8 @@ struct DotLanes {
 // The partial sums are returned unfolded (kDotLanes<T> lanes, see DotLanes::fold4).
 template <typename T, int kRowBytes>
 struct GradRow {
-  using S = DotSimd<T>;   // the dot products' vectors (at most 32 bytes)
-  using W = Simd<T>;      // the grad_value update's (the build's width: element-wise)
+  using S = DotSimd<T>;  // the dot products' vectors (at most 32 bytes)
+  using W = Simd<T>;     // the grad_value update's (the build's width: element-wise)
   static constexpr int kVecs = kRowBytes / S::kBytes;
   static constexpr int kWide = kRowBytes / W::kBytes;
   static constexpr int kParts = kDotLanes<T> / S::kLanes;  // dot_axpy's part[]

@@ -3,10 +3,11 @@
 // compute, and the outputs are rounded once to their dtypes. grad_value is therefore
 // reduced in a float32 buffer before its final cast, and results stay bitwise identical
 // for any thread count (every step is element-wise or one of the float32 kernels).
+#include "cpu_widen.hpp"
+
 #include <cstdint>
 #include <initializer_list>
 
-#include "cpu_widen.hpp"
 #include "half_convert.hpp"
 #include "msdacore/errors.hpp"
 #include "msdacore/runtime.hpp"
@@ -116,9 +117,8 @@ TensorView shape_only(std::initializer_list<int64_t> shape, DType dtype) {
 }  // namespace
 
 int64_t widened_workspace_size(const Problem& p, bool backward, const TensorView& value) {
-  const TensorView loc =
-      p.flattened ? shape_only({p.N, p.Lq, p.M, p.P_total, 2}, p.loc_dtype)
-                  : shape_only({p.N, p.Lq, p.M, p.L, p.P, 2}, p.loc_dtype);
+  const TensorView loc = p.flattened ? shape_only({p.N, p.Lq, p.M, p.P_total, 2}, p.loc_dtype)
+                                     : shape_only({p.N, p.Lq, p.M, p.L, p.P, 2}, p.loc_dtype);
   const TensorView attn = p.flattened ? shape_only({p.N, p.Lq, p.M, p.P_total}, p.attn_dtype)
                                       : shape_only({p.N, p.Lq, p.M, p.L, p.P}, p.attn_dtype);
   const TensorView out = shape_only({p.N, p.Lq, p.M * p.D}, p.dtype);
@@ -126,15 +126,16 @@ int64_t widened_workspace_size(const Problem& p, bool backward, const TensorView
   const FloatKernels none{nullptr, nullptr};
   if (backward) {
     const TensorView grad_value = shape_only({p.N, p.S, p.M, p.D}, p.dtype);
-    widened_backward(p, Options{}, value, loc, attn, out, grad_value, loc, attn, counting,
-                     none);
+    widened_backward(p, Options{}, value, loc, attn, out, grad_value, loc, attn, counting, none);
   } else {
     widened_forward(p, Options{}, value, loc, attn, out, counting, none);
   }
   return counting.used();
 }
 
-bool needs_widening(const Problem& p) { return p.dtype != DType::Float32 && p.dtype != DType::Float64; }
+bool needs_widening(const Problem& p) {
+  return p.dtype != DType::Float32 && p.dtype != DType::Float64;
+}
 
 void widened_forward(const Problem& p, const Options& options, const TensorView& value,
                      const TensorView& loc, const TensorView& attn, const TensorView& output,
@@ -149,10 +150,10 @@ void widened_forward(const Problem& p, const Options& options, const TensorView&
 }
 
 void widened_backward(const Problem& p, const Options& options, const TensorView& value,
-                      const TensorView& loc, const TensorView& attn,
-                      const TensorView& grad_output, const TensorView& grad_value,
-                      const TensorView& grad_loc, const TensorView& grad_attn,
-                      Workspace& workspace, const FloatKernels& kernels) {
+                      const TensorView& loc, const TensorView& attn, const TensorView& grad_output,
+                      const TensorView& grad_value, const TensorView& grad_loc,
+                      const TensorView& grad_attn, Workspace& workspace,
+                      const FloatKernels& kernels) {
   const TensorView v = as_float32(value, workspace, "the float32 value", true);
   const TensorView l = as_float32(loc, workspace, "the float32 sampling_locations", true);
   const TensorView a = as_float32(attn, workspace, "the float32 attention_weights", true);

@@ -34,10 +34,10 @@ void widened_forward(const Problem& p, const Options& options, const TensorView&
                      const TensorView& loc, const TensorView& attn, const TensorView& output,
                      Workspace& workspace, const FloatKernels& kernels);
 void widened_backward(const Problem& p, const Options& options, const TensorView& value,
-                      const TensorView& loc, const TensorView& attn,
-                      const TensorView& grad_output, const TensorView& grad_value,
-                      const TensorView& grad_loc, const TensorView& grad_attn,
-                      Workspace& workspace, const FloatKernels& kernels);
+                      const TensorView& loc, const TensorView& attn, const TensorView& grad_output,
+                      const TensorView& grad_value, const TensorView& grad_loc,
+                      const TensorView& grad_attn, Workspace& workspace,
+                      const FloatKernels& kernels);
 
 }  // namespace cpu
 }  // namespace msdacore

@@ -39,8 +39,8 @@ inline float half_to_float(uint16_t h) {
   // minus that exponent's 1.0: exact (the difference is representable).
   const float sub = bits_to_float(normal + (1u << 23)) - bits_to_float(113u << 23);
   const uint32_t magnitude = exponent == 0x0f800000u ? special
-                             : exponent == 0          ? float_to_bits(sub)
-                                                      : normal;
+                             : exponent == 0         ? float_to_bits(sub)
+                                                     : normal;
   return bits_to_float(magnitude | sign);
 }
 

@@ -66,8 +66,7 @@ void* thread_host_workspace(const Device& device, int64_t bytes) {
 // allocator released on the call's stream (CUDA).
 class CallWorkspace {
  public:
-  CallWorkspace(const Problem& p, const Options& options, int64_t needed)
-      : view_(nullptr, 0) {
+  CallWorkspace(const Problem& p, const Options& options, int64_t needed) : view_(nullptr, 0) {
     if (options.workspace != nullptr && needed > 0) {  // unused (and unchecked) otherwise
       if (options.workspace_bytes < needed) {
         throw Error("workspace: " + std::to_string(options.workspace_bytes) +
@@ -97,25 +96,22 @@ void check_backward_arguments(const Problem& p, const TensorView& grad_output,
                               const TensorView& grad_value,
                               const TensorView& grad_sampling_locations,
                               const TensorView& grad_attention_weights) {
-  validate::check_float_input("grad_output", grad_output, p, "N, Lq, M*D",
-                              {p.N, p.Lq, p.M * p.D}, p.dtype);
-  validate::check_output("grad_value", grad_value, p, "N, S, M, D", {p.N, p.S, p.M, p.D},
-                         p.dtype);
+  validate::check_float_input("grad_output", grad_output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D},
+                              p.dtype);
+  validate::check_output("grad_value", grad_value, p, "N, S, M, D", {p.N, p.S, p.M, p.D}, p.dtype);
   // In the layout of sampling_locations and attention_weights.
   if (p.flattened) {
     validate::check_output("grad_sampling_locations", grad_sampling_locations, p,
-                           "N, Lq, M, P_total, 2", {p.N, p.Lq, p.M, p.P_total, 2},
-                           p.loc_dtype, "sampling_locations");
-    validate::check_output("grad_attention_weights", grad_attention_weights, p,
-                           "N, Lq, M, P_total", {p.N, p.Lq, p.M, p.P_total}, p.attn_dtype,
-                           "attention_weights");
+                           "N, Lq, M, P_total, 2", {p.N, p.Lq, p.M, p.P_total, 2}, p.loc_dtype,
+                           "sampling_locations");
+    validate::check_output("grad_attention_weights", grad_attention_weights, p, "N, Lq, M, P_total",
+                           {p.N, p.Lq, p.M, p.P_total}, p.attn_dtype, "attention_weights");
   } else {
     validate::check_output("grad_sampling_locations", grad_sampling_locations, p,
                            "N, Lq, M, L, P, 2", {p.N, p.Lq, p.M, p.L, p.P, 2}, p.loc_dtype,
                            "sampling_locations");
-    validate::check_output("grad_attention_weights", grad_attention_weights, p,
-                           "N, Lq, M, L, P", {p.N, p.Lq, p.M, p.L, p.P}, p.attn_dtype,
-                           "attention_weights");
+    validate::check_output("grad_attention_weights", grad_attention_weights, p, "N, Lq, M, L, P",
+                           {p.N, p.Lq, p.M, p.L, p.P}, p.attn_dtype, "attention_weights");
   }
 }
 
@@ -155,12 +151,11 @@ int64_t Call::backward_workspace_size() const {
 void Call::forward(const TensorView& output) const {
   const Problem& p = problem_;
   validate::check_output("output", output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D}, p.dtype);
-  validate::check_no_overlap({{"output", &output}},
-                             {{"value", &value_},
-                              {"spatial_shapes", &spatial_shapes_},
-                              {"level_start_index", &level_start_index_},
-                              {"sampling_locations", &sampling_locations_},
-                              {"attention_weights", &attention_weights_}});
+  validate::check_no_overlap({{"output", &output}}, {{"value", &value_},
+                                                     {"spatial_shapes", &spatial_shapes_},
+                                                     {"level_start_index", &level_start_index_},
+                                                     {"sampling_locations", &sampling_locations_},
+                                                     {"attention_weights", &attention_weights_}});
   if (p.N == 0 || p.Lq == 0) return;
   CallWorkspace workspace(p, options_, forward_workspace_size());
   backend_for(p).forward(p, options_, value_, sampling_locations_, attention_weights_, output,
@@ -184,9 +179,9 @@ void Call::backward(const TensorView& grad_output, const TensorView& grad_value,
                               {"grad_output", &grad_output}});
   if (p.N == 0) return;
   CallWorkspace workspace(p, options_, backward_workspace_size());
-  backend_for(p).backward(p, options_, value_, sampling_locations_, attention_weights_,
-                          grad_output, grad_value, grad_sampling_locations,
-                          grad_attention_weights, workspace.get());
+  backend_for(p).backward(p, options_, value_, sampling_locations_, attention_weights_, grad_output,
+                          grad_value, grad_sampling_locations, grad_attention_weights,
+                          workspace.get());
 }
 
 void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_shapes,
@@ -198,12 +193,13 @@ void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_s
       .forward(output);
 }
 
-void ms_deform_attn_backward(
-    const TensorView& value, const TensorView& spatial_shapes, const TensorView& level_start_index,
-    const TensorView& sampling_locations, const TensorView& attention_weights,
-    const TensorView& grad_output, const TensorView& grad_value,
-    const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights,
-    const Options& options) {
+void ms_deform_attn_backward(const TensorView& value, const TensorView& spatial_shapes,
+                             const TensorView& level_start_index,
+                             const TensorView& sampling_locations,
+                             const TensorView& attention_weights, const TensorView& grad_output,
+                             const TensorView& grad_value,
+                             const TensorView& grad_sampling_locations,
+                             const TensorView& grad_attention_weights, const Options& options) {
   Call(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, options)
       .backward(grad_output, grad_value, grad_sampling_locations, grad_attention_weights);
 }

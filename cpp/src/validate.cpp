@@ -1,6 +1,6 @@
-// Argument validation: devices, dtypes, shapes and the index arrays (docs/conventions.md, "Errors").
-// Checks run in that order, so index arrays are only read once they are known to be
-// host integer arrays of the right shape.
+// Argument validation: devices, dtypes, shapes and the index arrays (docs/conventions.md,
+// "Errors"). Checks run in that order, so index arrays are only read once they are known to be host
+// integer arrays of the right shape.
 #include "validate.hpp"
 
 #include <cstdint>
@@ -78,8 +78,7 @@ std::string list_string(const std::vector<int64_t>& v) {
 }
 
 bool is_float(DType t) {
-  return t == DType::Float16 || t == DType::BFloat16 || t == DType::Float32 ||
-         t == DType::Float64;
+  return t == DType::Float16 || t == DType::BFloat16 || t == DType::Float32 || t == DType::Float64;
 }
 
 // How to get CUDA support, for messages about CUDA arrays this build cannot run.
@@ -136,7 +135,8 @@ void check_float_dtype(const char* name, DType t) {
   if (!is_float(t)) {
     throw DTypeError(std::string(name) +
                      " must be a floating-point array (float32, float64, float16 or bfloat16), "
-                     "got " + dtype_name(t));
+                     "got " +
+                     dtype_name(t));
   }
 }
 
@@ -144,8 +144,7 @@ bool is_half(DType t) { return t == DType::Float16 || t == DType::BFloat16; }
 
 void check_index_dtype(const char* name, DType t) {
   if (t != DType::Int32 && t != DType::Int64) {
-    throw DTypeError(std::string(name) + " must be an int32 or int64 array, got " +
-                     dtype_name(t));
+    throw DTypeError(std::string(name) + " must be an int32 or int64 array, got " + dtype_name(t));
   }
 }
 
@@ -164,9 +163,9 @@ int64_t saturating_product(int64_t a, int64_t b) {
 // p->point_starts and p->P_total; p->L is known.
 void read_points(const std::vector<int64_t>& counts, Problem* p) {
   if (static_cast<int64_t>(counts.size()) != p->L) {
-    throw ShapeError("points_per_level must have one count per level, L = " +
-                     std::to_string(p->L) + " (from spatial_shapes), got " +
-                     std::to_string(counts.size()) + ": " + list_string(counts));
+    throw ShapeError("points_per_level must have one count per level, L = " + std::to_string(p->L) +
+                     " (from spatial_shapes), got " + std::to_string(counts.size()) + ": " +
+                     list_string(counts));
   }
   p->points = counts;
   p->point_starts.resize(counts.size());
@@ -202,10 +201,10 @@ void check_has_data(const char* name, const TensorView& t) {
                 " elements but a null data pointer");
   }
   const int64_t size = dtype_size(t.dtype);
-  if (t.numel() > 0 && reinterpret_cast<std::uintptr_t>(t.data) % static_cast<std::uintptr_t>(size) != 0) {
-    throw Error(std::string(name) + " is not aligned to its element size (" +
-                std::to_string(size) + " bytes for " + dtype_name(t.dtype) +
-                "): pass an aligned array (a copy of it)");
+  if (t.numel() > 0 &&
+      reinterpret_cast<std::uintptr_t>(t.data) % static_cast<std::uintptr_t>(size) != 0) {
+    throw Error(std::string(name) + " is not aligned to its element size (" + std::to_string(size) +
+                " bytes for " + dtype_name(t.dtype) + "): pass an aligned array (a copy of it)");
   }
 }
 
@@ -223,8 +222,8 @@ void read_levels(const TensorView& spatial_shapes, const TensorView& level_start
     const int64_t H = read_index(spatial_shapes, row);
     const int64_t W = read_index(spatial_shapes, row + spatial_shapes.strides[1]);
     if (H < 1 || W < 1) {
-      throw ShapeError("spatial_shapes[" + std::to_string(l) + "] = (" + std::to_string(H) +
-                       ", " + std::to_string(W) + "): every level needs H_l >= 1 and W_l >= 1");
+      throw ShapeError("spatial_shapes[" + std::to_string(l) + "] = (" + std::to_string(H) + ", " +
+                       std::to_string(W) + "): every level needs H_l >= 1 and W_l >= 1");
     }
     p->heights[l] = H;
     p->widths[l] = W;
@@ -238,14 +237,15 @@ void read_levels(const TensorView& spatial_shapes, const TensorView& level_start
     total += H * W;
   }
   if (p->level_starts != expected) {
-    throw ShapeError("level_start_index must hold the prefix sums of H_l*W_l from "
-                     "spatial_shapes: expected " +
-                     list_string(expected) + ", got " + list_string(p->level_starts));
+    throw ShapeError(
+        "level_start_index must hold the prefix sums of H_l*W_l from "
+        "spatial_shapes: expected " +
+        list_string(expected) + ", got " + list_string(p->level_starts));
   }
   if (total != p->S) {
     throw ShapeError("spatial_shapes gives S = sum of H_l*W_l = " + std::to_string(total) +
-                     " (level starts " + list_string(expected) + "), but value has S = " +
-                     std::to_string(p->S) + " tokens (value.shape[1])");
+                     " (level starts " + list_string(expected) +
+                     "), but value has S = " + std::to_string(p->S) + " tokens (value.shape[1])");
   }
 }
 
@@ -318,9 +318,9 @@ Problem check_call(const TensorView& value, const TensorView& spatial_shapes,
     read_points(options.points_per_level, &p);
     const int64_t rank = 5;
     const bool loc_rank_ok = sampling_locations.ndim == rank;
-    p.Lq = loc_rank_ok ? sampling_locations.shape[1]
-                       : (attention_weights.ndim == rank - 1 ? attention_weights.shape[1]
-                                                              : kUnknown);
+    p.Lq = loc_rank_ok
+               ? sampling_locations.shape[1]
+               : (attention_weights.ndim == rank - 1 ? attention_weights.shape[1] : kUnknown);
     expect_shape("sampling_locations", sampling_locations, "N, Lq, M, P_total, 2",
                  {p.N, p.Lq, p.M, p.P_total, 2});
     expect_shape("attention_weights", attention_weights, "N, Lq, M, P_total",
@@ -337,9 +337,10 @@ Problem check_call(const TensorView& value, const TensorView& spatial_shapes,
     expect_shape("attention_weights", attention_weights, "N, Lq, M, L, P",
                  {p.N, p.Lq, p.M, p.L, p.P});
     if (p.P < 1) {
-      throw ShapeError("sampling_locations must have shape (N, Lq, M, L, P, 2) with P >= 1 "
-                       "points, got " +
-                       sampling_locations.shape_string());
+      throw ShapeError(
+          "sampling_locations must have shape (N, Lq, M, L, P, 2) with P >= 1 "
+          "points, got " +
+          sampling_locations.shape_string());
     }
     p.points.assign(static_cast<size_t>(p.L), p.P);
     p.point_starts.resize(static_cast<size_t>(p.L));
@@ -379,17 +380,18 @@ void check_options(const Options& options) {
                 std::to_string(static_cast<int32_t>(options.mode)));
   }
   if (options.mode == SamplingMode::Discrete && options.align_corners) {
-    throw Error("align_corners=True does not apply to mode=discrete (it samples the pixel "
-                "floor(y*H + 0.5), clamped to the border): pass align_corners=False");
+    throw Error(
+        "align_corners=True does not apply to mode=discrete (it samples the pixel "
+        "floor(y*H + 0.5), clamped to the border): pass align_corners=False");
   }
   const std::vector<int64_t>& counts = options.points_per_level;
   const int64_t big = std::numeric_limits<int64_t>::max();
   int64_t total = 0;
   for (size_t l = 0; l < counts.size(); ++l) {
     if (counts[l] < 1) {
-      throw ShapeError("points_per_level[" + std::to_string(l) + "] = " +
-                       std::to_string(counts[l]) + ": every level needs at least 1 point, got " +
-                       list_string(counts));
+      throw ShapeError("points_per_level[" + std::to_string(l) +
+                       "] = " + std::to_string(counts[l]) +
+                       ": every level needs at least 1 point, got " + list_string(counts));
     }
     if (counts[l] > big - total) {
       throw ShapeError("points_per_level adds up past 2^63 - 1 points: " + list_string(counts));
@@ -400,10 +402,8 @@ void check_options(const Options& options) {
 
 const char* sampling_mode_name(SamplingMode mode) {
   switch (mode) {
-    case SamplingMode::Bilinear:
-      return "bilinear";
-    case SamplingMode::Discrete:
-      return "discrete";
+    case SamplingMode::Bilinear: return "bilinear";
+    case SamplingMode::Discrete: return "discrete";
   }
   return "unknown";
 }
@@ -416,11 +416,10 @@ SamplingMode sampling_mode_from_name(const std::string& name) {
 }
 
 Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
-                     const TensorView& level_start_index,
-                     const TensorView& sampling_locations,
+                     const TensorView& level_start_index, const TensorView& sampling_locations,
                      const TensorView& attention_weights, const Options& options) {
-  return check_call(value, spatial_shapes, level_start_index, sampling_locations,
-                    attention_weights, options, Data::All);
+  return check_call(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                    options, Data::All);
 }
 
 Problem check_shapes(const TensorView& value, const TensorView& spatial_shapes,
@@ -452,9 +451,9 @@ CallShapes call_shapes(const Problem& p) {
 
 namespace validate {
 
-void check_float_input(const char* name, const TensorView& t, const Problem& p,
-                       const char* symbols, std::initializer_list<int64_t> dims, DType dtype,
-                       const char* dtype_of, bool need_data) {
+void check_float_input(const char* name, const TensorView& t, const Problem& p, const char* symbols,
+                       std::initializer_list<int64_t> dims, DType dtype, const char* dtype_of,
+                       bool need_data) {
   check_same_device(name, t.device, "value", p.device);
   if (t.dtype != dtype) {
     throw DTypeError(std::string(name) + " must have the dtype of " + dtype_of + " (" +

@@ -1,8 +1,8 @@
 // Internal: argument checks shared by the op entry points (validate.cpp).
 #pragma once
 
-#include <initializer_list>
 #include <cstdint>
+#include <initializer_list>
 
 #include "msdacore/ops.hpp"
 
@@ -12,14 +12,13 @@ namespace validate {
 // A float input that must be on the problem's device with `dtype` (that of the input
 // named `dtype_of`), with shape `dims` given symbolically (`symbols`, e.g.
 // "N, Lq, M*D") and numerically; and, with need_data, a non-null aligned address.
-void check_float_input(const char* name, const TensorView& t, const Problem& p,
-                       const char* symbols, std::initializer_list<int64_t> dims, DType dtype,
+void check_float_input(const char* name, const TensorView& t, const Problem& p, const char* symbols,
+                       std::initializer_list<int64_t> dims, DType dtype,
                        const char* dtype_of = "value", bool need_data = true);
 
 // A caller-provided output: device, dtype, shape as above, contiguous, non-null.
 void check_output(const char* name, const TensorView& t, const Problem& p, const char* symbols,
-                  std::initializer_list<int64_t> dims, DType dtype,
-                  const char* dtype_of = "value");
+                  std::initializer_list<int64_t> dims, DType dtype, const char* dtype_of = "value");
 
 // An argument's name and view, for check_no_overlap.
 struct NamedView {

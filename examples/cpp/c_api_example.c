@@ -3,11 +3,10 @@
  * problem, checks it against a plain double reference, then shows how an error is
  * reported. Exits 1 on a mismatch. */
 #include <math.h>
+#include <msdacore/msdacore_c.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <msdacore/msdacore_c.h>
 
 /* Two levels (4 x 6 and 2 x 3), 2 heads of 5 channels, 3 points per level, 7 queries. */
 #define N 1

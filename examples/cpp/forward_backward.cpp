@@ -1,10 +1,9 @@
 // Multi-scale deformable attention from a C++ application, with no Python anywhere:
 // forward and backward on a small Deformable-DETR-like configuration in float32, checked
 // against a plain double reference of the formulas in docs/conventions.md. Exits 1 on a mismatch.
-#include <msdacore/msdacore.hpp>
-
 #include <cmath>
 #include <cstdio>
+#include <msdacore/msdacore.hpp>
 #include <random>
 #include <vector>
 
@@ -21,8 +20,8 @@ struct Reference {
 
 // The formulas of docs/conventions.md, written plainly in double.
 Reference reference(const std::vector<float>& value, const std::vector<float>& loc,
-                    const std::vector<float>& attn, const std::vector<float>& grad_out,
-                    int64_t S, const std::vector<int64_t>& starts) {
+                    const std::vector<float>& attn, const std::vector<float>& grad_out, int64_t S,
+                    const std::vector<int64_t>& starts) {
   Reference r;
   r.out.assign(N * Lq * M * D, 0.0);
   r.grad_value.assign(N * S * M * D, 0.0);
@@ -87,8 +86,8 @@ bool close(const char* name, const std::vector<float>& got, const std::vector<do
 int main() {
   const msdacore::BuildInfo info = msdacore::build_info();
   std::printf("msdacore %s (headers %s): CPU kernels %s, %d threads, CUDA compiled %d\n",
-              info.version.c_str(), MSDACORE_VERSION_STRING, info.cpu_isa.c_str(),
-              info.num_threads, info.cuda_compiled ? 1 : 0);
+              info.version.c_str(), MSDACORE_VERSION_STRING, info.cpu_isa.c_str(), info.num_threads,
+              info.cuda_compiled ? 1 : 0);
 
   // The index arrays: level shapes and the prefix sums of H_l*W_l.
   std::vector<int64_t> shapes, starts;
@@ -139,9 +138,8 @@ int main() {
   std::vector<float> grad_loc(loc.size()), grad_attn(attn.size());
   try {
     msdacore::Options options;  // align_corners = false, no stream (CPU)
-    msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
-                                     TensorView(out.data(), {N, Lq, M * D}, DType::Float32),
-                                     options);
+    msdacore::ms_deform_attn_forward(
+        v, ss, lsi, l, a, TensorView(out.data(), {N, Lq, M * D}, DType::Float32), options);
     msdacore::ms_deform_attn_backward(
         v, ss, lsi, l, a, g, TensorView(grad_value.data(), {N, S, M, D}, DType::Float32),
         TensorView(grad_loc.data(), {N, Lq, M, L, P, 2}, DType::Float32),
@@ -152,10 +150,11 @@ int main() {
   }
 
   const Reference ref = reference(value, loc, attn, grad_out, S, starts);
-  std::printf("N=%lld Lq=%lld M=%lld D=%lld L=%lld P=%lld S=%lld, float32 against a double "
-              "reference:\n",
-              (long long)N, (long long)Lq, (long long)M, (long long)D, (long long)L,
-              (long long)P, (long long)S);
+  std::printf(
+      "N=%lld Lq=%lld M=%lld D=%lld L=%lld P=%lld S=%lld, float32 against a double "
+      "reference:\n",
+      (long long)N, (long long)Lq, (long long)M, (long long)D, (long long)L, (long long)P,
+      (long long)S);
   bool ok = close("output", out, ref.out);
   ok = close("grad_value", grad_value, ref.grad_value) && ok;
   ok = close("grad_sampling_locations", grad_loc, ref.grad_loc) && ok;

@@ -15,7 +15,6 @@ import numpy as np
 
 from . import _arrays, _core
 
-
 # The arguments whose shapes and dtype size the outputs.
 _SIZED = ("value", "sampling_locations", "attention_weights")
 
@@ -47,8 +46,11 @@ class DLPackFramework:
         dtype attributes is described once through the core's own DLPack reader (its
         shape and dtype size the outputs) and exported again for the call."""
         array = _arrays.as_array(array, name)
-        if (name in _SIZED and hasattr(array, "__dlpack__")
-                and not (hasattr(array, "shape") and hasattr(array, "dtype"))):
+        if (
+            name in _SIZED
+            and hasattr(array, "__dlpack__")
+            and not (hasattr(array, "shape") and hasattr(array, "dtype"))
+        ):
             shape, dtype = _core.describe(_arrays.to_capsule(array, name), name)
             return _Described(array, shape, dtype)
         return array
@@ -134,6 +136,7 @@ class TorchFramework(DLPackFramework):
     def __init__(self):
         import torch  # only constructed when torch is imported already
         from torch.utils.dlpack import to_dlpack
+
         self._torch = torch
         self._to_dlpack = to_dlpack
 

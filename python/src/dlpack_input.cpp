@@ -81,8 +81,7 @@ TensorView DLPackInput::view() const {
   if (versioned_ != nullptr && versioned_->version.major != 1) {
     throw DTypeError(name_ + " was exported with DLPack " +
                      std::to_string(versioned_->version.major) + "." +
-                     std::to_string(versioned_->version.minor) +
-                     ", but msdacore reads DLPack 1.x");
+                     std::to_string(versioned_->version.minor) + ", but msdacore reads DLPack 1.x");
   }
   const DLTensor& t = versioned_ != nullptr ? versioned_->dl_tensor : legacy_->dl_tensor;
 

@@ -125,8 +125,9 @@ class DeviceArray {
       const py::tuple mv = max_version.cast<py::tuple>();
       versioned = mv.size() >= 1 && mv[0].cast<int>() >= 1;
     }
-    if (versioned) return make_capsule<DLManagedTensorVersioned>(
-        "dltensor_versioned", versioned_capsule_destructor);
+    if (versioned)
+      return make_capsule<DLManagedTensorVersioned>("dltensor_versioned",
+                                                    versioned_capsule_destructor);
     return make_capsule<DLManagedTensor>("dltensor", legacy_capsule_destructor);
   }
 
@@ -224,8 +225,7 @@ std::string type_and_repr(py::handle v) {
 bool as_flag(py::handle v, const char* name) {
   if (PyBool_Check(v.ptr())) return v.ptr() == Py_True;
   const py::handle type = reinterpret_cast<PyObject*>(Py_TYPE(v.ptr()));
-  if (py::hasattr(type, "__module__") &&
-      type.attr("__module__").cast<std::string>() == "numpy" &&
+  if (py::hasattr(type, "__module__") && type.attr("__module__").cast<std::string>() == "numpy" &&
       (std::string(Py_TYPE(v.ptr())->tp_name) == "numpy.bool_" ||
        std::string(Py_TYPE(v.ptr())->tp_name) == "numpy.bool")) {
     return PyObject_IsTrue(v.ptr()) == 1;
@@ -241,8 +241,8 @@ std::vector<int64_t> as_counts(py::handle v) {
     throw msdacore::DTypeError("points_per_level must be a sequence of ints (one per level), got " +
                                std::string(Py_TYPE(v.ptr())->tp_name));
   }
-  const py::object items = py::hasattr(v, "tolist") ? v.attr("tolist")()
-                                                     : py::reinterpret_borrow<py::object>(v);
+  const py::object items =
+      py::hasattr(v, "tolist") ? v.attr("tolist")() : py::reinterpret_borrow<py::object>(v);
   std::vector<int64_t> counts;
   for (py::handle c : items) {
     if (PyBool_Check(c.ptr()) || PyFloat_Check(c.ptr()) || !PyIndex_Check(c.ptr())) {
@@ -259,8 +259,9 @@ std::vector<int64_t> as_counts(py::handle v) {
     counts.push_back(static_cast<int64_t>(n));
   }
   if (counts.empty()) {
-    throw msdacore::Error("points_per_level must have one count per level, got an empty "
-                          "sequence (pass None for the uniform layout)");
+    throw msdacore::Error(
+        "points_per_level must have one count per level, got an empty "
+        "sequence (pass None for the uniform layout)");
   }
   return counts;
 }
@@ -313,8 +314,7 @@ class PreparedCall {
   PreparedCall(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
                py::handle sampling_locations, py::handle attention_weights,
                const msdacore::Options& options, std::uintptr_t stream)
-      : views_(value, spatial_shapes, level_start_index, sampling_locations,
-               attention_weights),
+      : views_(value, spatial_shapes, level_start_index, sampling_locations, attention_weights),
         call_(views_[0], views_[1], views_[2], views_[3], views_[4], options) {
     call_.options().stream = reinterpret_cast<void*>(stream);
   }
@@ -345,9 +345,9 @@ class PreparedCall {
     call_.forward(view);
   }
 
-  void backward(py::handle grad_output, py::handle grad_value,
-                py::handle grad_sampling_locations, py::handle grad_attention_weights,
-                std::uintptr_t workspace, int64_t workspace_bytes) {
+  void backward(py::handle grad_output, py::handle grad_value, py::handle grad_sampling_locations,
+                py::handle grad_attention_weights, std::uintptr_t workspace,
+                int64_t workspace_bytes) {
     set_workspace(workspace, workspace_bytes);
     const DLPackInput g(grad_output, "grad_output"), gv(grad_value, "grad_value"),
         gl(grad_sampling_locations, "grad_sampling_locations"),
@@ -372,8 +372,7 @@ class PreparedCall {
 // (int64, row-major), when given, are its data (index arrays), stored in `storage` in the
 // view's dtype.
 msdacore::TensorView spec_view(const char* name, const py::tuple& spec, py::handle values,
-                               std::vector<int64_t>* storage64,
-                               std::vector<int32_t>* storage32) {
+                               std::vector<int64_t>* storage64, std::vector<int32_t>* storage32) {
   if (spec.size() != 4) throw std::logic_error("spec_view: (shape, dtype, device, index)");
   const auto shape = spec[0].cast<std::vector<int64_t>>();
   if (shape.size() > static_cast<size_t>(msdacore::TensorView::kMaxDims)) {
@@ -429,8 +428,8 @@ py::dict check_shapes(const py::tuple& specs, const msdacore::Options& options,
   if (!grad_output.is_none()) {
     v[5] = spec_view("grad_output", grad_output.cast<py::tuple>(), py::none(), &s64[5], &s32[5]);
   }
-  const msdacore::Problem p = msdacore::check_shapes(
-      v[0], v[1], v[2], v[3], v[4], options, grad_output.is_none() ? nullptr : &v[5]);
+  const msdacore::Problem p = msdacore::check_shapes(v[0], v[1], v[2], v[3], v[4], options,
+                                                     grad_output.is_none() ? nullptr : &v[5]);
   const msdacore::CallShapes s = msdacore::call_shapes(p);
   using namespace py::literals;
   return py::dict("output"_a = py::tuple(py::cast(s.output)),
@@ -487,20 +486,23 @@ PYBIND11_MODULE(_core, m) {
                              [](const msdacore::Options& o) { return o.align_corners; })
       .def_property_readonly(
           "mode", [](const msdacore::Options& o) { return msdacore::sampling_mode_name(o.mode); })
-      .def_property_readonly("mode_code",
-                             [](const msdacore::Options& o) { return static_cast<int>(o.mode); },
-                             "The mode's code (MSDACORE_MODE_*, the JAX handlers' attribute).")
+      .def_property_readonly(
+          "mode_code", [](const msdacore::Options& o) { return static_cast<int>(o.mode); },
+          "The mode's code (MSDACORE_MODE_*, the JAX handlers' attribute).")
       .def_property_readonly("points_per_level", &counts_or_none)
       .def_property_readonly("deterministic",
                              [](const msdacore::Options& o) { return o.deterministic; })
       .def("__repr__", &options_repr)
-      .def("__eq__", [](const msdacore::Options& a, py::handle b) {
-        return py::isinstance<msdacore::Options>(b) && same_options(a, b.cast<msdacore::Options&>());
-      })
-      .def("__hash__", [](const msdacore::Options& o) {
-        return py::hash(py::make_tuple(o.align_corners, static_cast<int>(o.mode),
-                                       counts_or_none(o), o.deterministic));
-      })
+      .def("__eq__",
+           [](const msdacore::Options& a, py::handle b) {
+             return py::isinstance<msdacore::Options>(b) &&
+                    same_options(a, b.cast<msdacore::Options&>());
+           })
+      .def("__hash__",
+           [](const msdacore::Options& o) {
+             return py::hash(py::make_tuple(o.align_corners, static_cast<int>(o.mode),
+                                            counts_or_none(o), o.deterministic));
+           })
       .def(py::pickle(
           [](const msdacore::Options& o) {
             return py::make_tuple(o.align_corners, msdacore::sampling_mode_name(o.mode),
@@ -513,8 +515,7 @@ PYBIND11_MODULE(_core, m) {
       .def("shapes", &PreparedCall::shapes, py::arg("backward"),
            "[output shape], or the three gradients' shapes with backward=True.")
       .def("workspace_size", &PreparedCall::workspace_size, py::arg("backward"),
-           "Bytes of device scratch the forward / backward needs.")
-      ;
+           "Bytes of device scratch the forward / backward needs.");
   // The runs are module functions (not methods): what runs the kernels is
   // msdacore._core.forward / backward, with the GIL released inside.
   m.def("forward", &PreparedCall::forward, py::arg("call"), py::arg("output"),
@@ -523,8 +524,7 @@ PYBIND11_MODULE(_core, m) {
         "size of caller-owned device scratch; 0: the default allocator).");
   m.def("backward", &PreparedCall::backward, py::arg("call"), py::arg("grad_output"),
         py::arg("grad_value"), py::arg("grad_sampling_locations"),
-        py::arg("grad_attention_weights"), py::arg("workspace") = 0,
-        py::arg("workspace_bytes") = 0,
+        py::arg("grad_attention_weights"), py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
         "Runs a prepared call's backward into the three gradient capsules.");
   m.def(
       "prepare",
@@ -612,6 +612,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &msdacore::get_num_threads, "Threads used by the CPU kernels.");
   // The C API as a table of function pointers (msdacore_c.h), for native plugins that run
   // this module's kernels without linking it (the XLA FFI handlers of msdacore.jax).
-  m.attr("c_api") = py::capsule(const_cast<msdacore_c_api_table*>(msdacore_c_api()),
-                                "msdacore.c_api");
+  m.attr("c_api") =
+      py::capsule(const_cast<msdacore_c_api_table*>(msdacore_c_api()), "msdacore.c_api");
 }

@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "msdacore/detail/bilinear.hpp"
 #include "check.hpp"
+#include "msdacore/detail/bilinear.hpp"
 #include "msdacore/msdacore.hpp"
 
 namespace {
@@ -118,8 +118,10 @@ void test_derivatives_match_finite_differences() {
     const double A = 0.7, sx = 3.0, sy = 2.0;
     msdacore::detail::sample_gradients(c, dots, A, sx, sy, &ga, &gx, &gy);
     CHECK_NEAR(ga, bilinear(level, H, W, h, w), 1e-14);
-    const double db_dw = (bilinear(level, H, W, h, w + eps) - bilinear(level, H, W, h, w - eps)) / (2 * eps);
-    const double db_dh = (bilinear(level, H, W, h + eps, w) - bilinear(level, H, W, h - eps, w)) / (2 * eps);
+    const double db_dw =
+        (bilinear(level, H, W, h, w + eps) - bilinear(level, H, W, h, w - eps)) / (2 * eps);
+    const double db_dh =
+        (bilinear(level, H, W, h + eps, w) - bilinear(level, H, W, h - eps, w)) / (2 * eps);
     CHECK_NEAR(gx, A * sx * db_dw, 1e-7);
     CHECK_NEAR(gy, A * sy * db_dh, 1e-7);
     ++checked;
@@ -146,7 +148,7 @@ void test_op_known_values() {
   TensorView a(attn.data(), {1, 3, 1, 1, 1}, DType::Float64);
   TensorView o(out.data(), {1, 3, 1}, DType::Float64);
   msdacore::ms_deform_attn_forward(v, ss, lsi, l, a, o);
-  CHECK_NEAR(out[0], 2.0 * 5.0, 1e-12);            // pixel (1, 2) holds 5
+  CHECK_NEAR(out[0], 2.0 * 5.0, 1e-12);              // pixel (1, 2) holds 5
   CHECK_NEAR(out[1], (0 + 1 + 3 + 4) / 4.0, 1e-12);  // average of the 2x2 block
   CHECK(out[2] == 0.0);                              // skipped
 
@@ -185,8 +187,9 @@ void test_errors() {
   } catch (const std::invalid_argument& e) {  // ShapeError derives from it
     message = e.what();
   }
-  CHECK(message == "sampling_locations must have shape (N, Lq, M, L, P, 2) = (1, 3, 1, 1, 2, 2), "
-                   "got (1, 3, 1, 1, 2)");
+  CHECK(message ==
+        "sampling_locations must have shape (N, Lq, M, L, P, 2) = (1, 3, 1, 1, 2, 2), "
+        "got (1, 3, 1, 1, 2)");
   bool dtype_error = false;
   TensorView v64(value.data(), {1, 3, 1, 1}, DType::Float64);
   try {

@@ -8,31 +8,31 @@
 
 static int g_failures = 0;
 
-#define CHECK(cond)                                                              \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
       fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                              \
-    }                                                                            \
+      ++g_failures;                                                            \
+    }                                                                          \
   } while (0)
 
-#define CHECK_STATUS(call, expected)                                                   \
-  do {                                                                                 \
-    const msdacore_status s_ = (call);                                                 \
-    if (s_ != (expected)) {                                                            \
-      fprintf(stderr, "%s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, \
-              #call, msdacore_status_name(s_), msdacore_last_error(), #expected);      \
-      ++g_failures;                                                                    \
-    }                                                                                  \
+#define CHECK_STATUS(call, expected)                                                          \
+  do {                                                                                        \
+    const msdacore_status s_ = (call);                                                        \
+    if (s_ != (expected)) {                                                                   \
+      fprintf(stderr, "%s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, #call, \
+              msdacore_status_name(s_), msdacore_last_error(), #expected);                    \
+      ++g_failures;                                                                           \
+    }                                                                                         \
   } while (0)
 
-#define CHECK_MESSAGE(expected)                                                                 \
-  do {                                                                                          \
-    if (strcmp(msdacore_last_error(), (expected)) != 0) {                                       \
+#define CHECK_MESSAGE(expected)                                                                \
+  do {                                                                                         \
+    if (strcmp(msdacore_last_error(), (expected)) != 0) {                                      \
       fprintf(stderr, "%s:%d: last error\n  \"%s\"\nexpected\n  \"%s\"\n", __FILE__, __LINE__, \
-              msdacore_last_error(), (expected));                                               \
-      ++g_failures;                                                                             \
-    }                                                                                           \
+              msdacore_last_error(), (expected));                                              \
+      ++g_failures;                                                                            \
+    }                                                                                          \
   } while (0)
 
 /* One 2x3 level, value[0, s, 0, 0] = s, three queries with one point each. */
@@ -92,21 +92,21 @@ static void test_forward_backward(void) {
   ga = v.attn;
   ga.data = grad_attn;
 
-  CHECK_STATUS(msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL,
-                                     &problem),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL, &problem),
+      MSDACORE_OK);
   CHECK(problem.N == 1 && problem.S == 6 && problem.M == 1 && problem.D == 1);
   CHECK(problem.Lq == 3 && problem.L == 1 && problem.P == 1 && problem.dtype == MSDACORE_FLOAT64);
 
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
                MSDACORE_OK);
   CHECK_MESSAGE("");
-  CHECK(fabs(out[0] - 10.0) < 1e-12);                   /* 2 * pixel (1, 2) = 2 * 5 */
+  CHECK(fabs(out[0] - 10.0) < 1e-12);                  /* 2 * pixel (1, 2) = 2 * 5 */
   CHECK(fabs(out[1] - (0 + 1 + 3 + 4) / 4.0) < 1e-12); /* middle of the 2x2 block */
-  CHECK(out[2] == 0.0);                                 /* outside: skipped */
+  CHECK(out[2] == 0.0);                                /* outside: skipped */
 
-  CHECK_STATUS(msdacore_backward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl,
-                                 &ga, &options),
+  CHECK_STATUS(msdacore_backward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl, &ga,
+                                 &options),
                MSDACORE_OK);
   CHECK(fabs(grad_value[5] - 2.0) < 1e-12);
   for (i = 0; i < 5; ++i) CHECK(grad_value[i] == 0.0);
@@ -148,8 +148,9 @@ static void test_errors(void) {
   bad.ndim = 5;
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
                MSDACORE_ERROR_SHAPE);
-  CHECK_MESSAGE("sampling_locations must have shape (N, Lq, M, L, P, 2) = (1, 3, 1, 1, 1, 2), "
-                "got (1, 3, 1, 1, 1)");
+  CHECK_MESSAGE(
+      "sampling_locations must have shape (N, Lq, M, L, P, 2) = (1, 3, 1, 1, 1, 2), "
+      "got (1, 3, 1, 1, 1)");
 
   /* A float32 output for float64 inputs. */
   bad = view_of(out32, 3, out_shape, MSDACORE_FLOAT32);
@@ -162,21 +163,24 @@ static void test_errors(void) {
   bad.dtype = 42;
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &bad, &o, NULL),
                MSDACORE_ERROR_DTYPE);
-  CHECK_MESSAGE("attention_weights has an unknown dtype code 42 (expected one of "
-                "MSDACORE_FLOAT16 .. MSDACORE_INT64, 0..5)");
+  CHECK_MESSAGE(
+      "attention_weights has an unknown dtype code 42 (expected one of "
+      "MSDACORE_FLOAT16 .. MSDACORE_INT64, 0..5)");
 
   /* Mixed devices, an unknown device type. */
   bad = v.loc;
   bad.device_type = MSDACORE_DEVICE_CUDA;
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
                MSDACORE_ERROR_DEVICE);
-  CHECK_MESSAGE("sampling_locations is on cuda:0 but value is on cpu: all inputs must be on "
-                "the same device");
+  CHECK_MESSAGE(
+      "sampling_locations is on cuda:0 but value is on cpu: all inputs must be on "
+      "the same device");
   bad.device_type = 7;
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
                MSDACORE_ERROR_DEVICE);
-  CHECK_MESSAGE("sampling_locations has an unknown device type 7 (expected MSDACORE_DEVICE_CPU "
-                "or MSDACORE_DEVICE_CUDA)");
+  CHECK_MESSAGE(
+      "sampling_locations has an unknown device type 7 (expected MSDACORE_DEVICE_CPU "
+      "or MSDACORE_DEVICE_CUDA)");
 
   /* NULL pointers, too many dimensions, a bad thread count. */
   CHECK_STATUS(msdacore_forward(&v.value, NULL, &v.starts, &v.loc, &v.attn, &o, NULL),
@@ -228,9 +232,9 @@ static void test_overlap(void) {
   gl.data = scratch + 2; /* inside grad_value */
   ga = v.attn;
   ga.data = scratch + 12;
-  CHECK_STATUS(msdacore_backward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl,
-                                 &ga, NULL),
-               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK_STATUS(
+      msdacore_backward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl, &ga, NULL),
+      MSDACORE_ERROR_INVALID_ARGUMENT);
   CHECK(strstr(msdacore_last_error(), "grad_sampling_locations overlaps grad_value") != NULL);
 }
 
@@ -239,7 +243,8 @@ static void test_overlap(void) {
 static void test_layouts_and_modes(void) {
   views v = make_views();
   double uniform[3], flat[3], discrete[3];
-  const int64_t out_shape[3] = {1, 3, 1}, flat_loc[5] = {1, 3, 1, 1, 2}, flat_attn[4] = {1, 3, 1, 1};
+  const int64_t out_shape[3] = {1, 3, 1}, flat_loc[5] = {1, 3, 1, 1, 2},
+                flat_attn[4] = {1, 3, 1, 1};
   const int64_t counts[1] = {1};
   msdacore_tensor o, fl, fa;
   msdacore_options options;
@@ -257,9 +262,9 @@ static void test_layouts_and_modes(void) {
   CHECK(memcmp(uniform, flat, sizeof flat) == 0);
   {
     msdacore_problem problem;
-    CHECK_STATUS(msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &fl, &fa, &options,
-                                       &problem),
-                 MSDACORE_OK);
+    CHECK_STATUS(
+        msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &fl, &fa, &options, &problem),
+        MSDACORE_OK);
     CHECK(problem.P_total == 1 && problem.P == 0 && problem.L == 1);
     CHECK(problem.loc_dtype == MSDACORE_FLOAT64 && problem.attn_dtype == MSDACORE_FLOAT64);
     CHECK_STATUS(msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &fl, &fa, NULL, &problem),
@@ -331,9 +336,9 @@ static void test_workspace(void) {
                                                 NULL, &backward_bytes),
                MSDACORE_OK);
   CHECK(backward_bytes > 0 && backward_bytes <= 16384);
-  CHECK_STATUS(msdacore_forward_workspace_size(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn,
-                                               NULL, NULL),
-               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK_STATUS(
+      msdacore_forward_workspace_size(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL, NULL),
+      MSDACORE_ERROR_INVALID_ARGUMENT);
 
   while (((uintptr_t)aligned) % 256 != 0) ++aligned;
   msdacore_options_init(&options);
@@ -341,13 +346,12 @@ static void test_workspace(void) {
   options.workspace_bytes = 16384;
   CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
                MSDACORE_OK);
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o_default,
-                                NULL),
+  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o_default, NULL),
                MSDACORE_OK);
   CHECK(out16[0] == 0x4900 && out16[1] == 0x4000 && out16[2] == 0x0000); /* 10, 2, 0 */
   CHECK(memcmp(out16, out16_default, sizeof out16) == 0);
-  CHECK_STATUS(msdacore_backward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl,
-                                 &ga, &options),
+  CHECK_STATUS(msdacore_backward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl, &ga,
+                                 &options),
                MSDACORE_OK);
   CHECK(grad_value16[5] == 0x4000); /* 2 */
   CHECK(grad_attn32[0] == 5.0f);
@@ -405,32 +409,34 @@ static void test_options_and_shapes(void) {
   v.value.data = NULL;
   v.loc.data = NULL;
   v.attn.data = NULL;
-  CHECK_STATUS(msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL,
-                                     &options, &p),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL, &options, &p),
+      MSDACORE_OK);
   CHECK(p.N == 1 && p.S == 6 && p.M == 1 && p.D == 1 && p.Lq == 3 && p.L == 1 && p.P == 1);
   CHECK(p.dtype == MSDACORE_FLOAT64 && p.P_total == 1);
   msdacore_tensor_contiguous(&v.loc, NULL, 5, bad_loc_shape, MSDACORE_FLOAT64);
-  CHECK_STATUS(msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL,
-                                     &options, &p),
-               MSDACORE_ERROR_SHAPE);
-  CHECK_MESSAGE("sampling_locations must have shape (N, Lq, M, L, P, 2) = (1, 3, 1, 1, 1, 2), "
-                "got (1, 3, 1, 1, 2)");
+  CHECK_STATUS(
+      msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL, &options, &p),
+      MSDACORE_ERROR_SHAPE);
+  CHECK_MESSAGE(
+      "sampling_locations must have shape (N, Lq, M, L, P, 2) = (1, 3, 1, 1, 1, 2), "
+      "got (1, 3, 1, 1, 2)");
   /* Index values are read where given: an inconsistent table fails here too. */
   v = make_views();
   starts[0] = 1;
-  CHECK_STATUS(msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL,
-                                     &options, &p),
-               MSDACORE_ERROR_SHAPE);
+  CHECK_STATUS(
+      msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL, &options, &p),
+      MSDACORE_ERROR_SHAPE);
   starts[0] = 0;
   /* A num_levels that disagrees with spatial_shapes is refused before its counts are read. */
   options.points_per_level = counts;
   options.num_levels = 2;
-  CHECK_STATUS(msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL,
-                                     &options, &p),
-               MSDACORE_ERROR_SHAPE);
-  CHECK_MESSAGE("points_per_level must have one count per level, L = 1 (from spatial_shapes), "
-                "got options.num_levels = 2");
+  CHECK_STATUS(
+      msdacore_check_shapes(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL, &options, &p),
+      MSDACORE_ERROR_SHAPE);
+  CHECK_MESSAGE(
+      "points_per_level must have one count per level, L = 1 (from spatial_shapes), "
+      "got options.num_levels = 2");
 
   CHECK_STATUS(msdacore_mode_from_name("discrete", &mode), MSDACORE_OK);
   CHECK(mode == MSDACORE_MODE_DISCRETE);

@@ -48,8 +48,8 @@ uint16_t reference_float_to_half(float f) {
   const double a = std::fabs(static_cast<double>(f));
   if (a >= 65520.0) return sign | 0x7c00;  // rounds to infinity (incl. inf)
   int e;
-  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
-  const int unit_exp = e - 11 < -24 ? -24 : e - 11;  // weight of the last kept bit
+  std::frexp(a, &e);                                              // a = m * 2^e, m in [0.5, 1)
+  const int unit_exp = e - 11 < -24 ? -24 : e - 11;               // weight of the last kept bit
   const double units = std::nearbyint(std::ldexp(a, -unit_exp));  // ties to even
   const double value = std::ldexp(units, unit_exp);
   if (value == 0) return sign;
@@ -89,9 +89,8 @@ void test_narrowing() {
     for (uint32_t exponent = 0; exponent < 256; ++exponent) {
       const uint32_t base = (sign << 31) | (exponent << 23);
       // Mantissas at and around the half and bfloat16 rounding points.
-      for (uint32_t m : {0u, 1u, 0xfffu, 0x1000u, 0x1001u, 0x1fffu, 0x2000u, 0x3000u,
-                         0x7fffu, 0x8000u, 0x8001u, 0x18000u, 0x7fffffu, 0x7ff000u,
-                         0x400000u, 0x3ff000u}) {
+      for (uint32_t m : {0u, 1u, 0xfffu, 0x1000u, 0x1001u, 0x1fffu, 0x2000u, 0x3000u, 0x7fffu,
+                         0x8000u, 0x8001u, 0x18000u, 0x7fffffu, 0x7ff000u, 0x400000u, 0x3ff000u}) {
         check_narrowing(base | m);
       }
       for (int i = 0; i < 2000; ++i) check_narrowing(base | (rng() & 0x7fffffu));

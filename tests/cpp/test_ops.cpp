@@ -299,8 +299,8 @@ void test_error_messages() {
                "sampling_locations must have shape (N, Lq, M, L, P, 2) = (2, 4, 2, 2, 3, 2), "
                "got (2, 4, 2, 2, 2)");
   CHECK_EQ_STR(message_of<msdacore::ShapeError>([&] {
-                 msdacore::ms_deform_attn_forward(
-                     v, ss, lsi, l, TensorView(attn.data(), {2, 4, 2, 3, 3}, f32), o);
+                 msdacore::ms_deform_attn_forward(v, ss, lsi, l,
+                                                  TensorView(attn.data(), {2, 4, 2, 3, 3}, f32), o);
                }),
                "attention_weights must have shape (N, Lq, M, L, P) = (2, 4, 2, 2, 3), "
                "got (2, 4, 2, 3, 3)");
@@ -400,8 +400,10 @@ struct ThreadProblem {
     TensorView l(self->loc.data(), {N, Lq, M, L, P, 2}, f32);
     TensorView a(self->attn.data(), {N, Lq, M, L, P}, f32);
     TensorView g(self->grad_out.data(), {N, Lq, M * D}, f32);
-    msdacore::ms_deform_attn_forward(v, ss, lsi, l, a, TensorView(r.out.data(), {N, Lq, M * D}, f32));
-    msdacore::ms_deform_attn_backward(v, ss, lsi, l, a, g, TensorView(r.gv.data(), {N, S, M, D}, f32),
+    msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
+                                     TensorView(r.out.data(), {N, Lq, M * D}, f32));
+    msdacore::ms_deform_attn_backward(v, ss, lsi, l, a, g,
+                                      TensorView(r.gv.data(), {N, S, M, D}, f32),
                                       TensorView(r.gl.data(), {N, Lq, M, L, P, 2}, f32),
                                       TensorView(r.ga.data(), {N, Lq, M, L, P}, f32));
     return r;
@@ -450,7 +452,8 @@ void test_c_api_thread_local_error() {
   t.join();
   CHECK_EQ_STR(other_before, "");
   CHECK_EQ_STR(other_after, "num_threads must be between 1 and 1024, got -5");
-  CHECK_EQ_STR(msdacore_last_error(), "num_threads must be between 1 and 1024, got 0");  // unchanged here
+  CHECK_EQ_STR(msdacore_last_error(),
+               "num_threads must be between 1 and 1024, got 0");  // unchanged here
   CHECK(msdacore_set_num_threads(msdacore_get_num_threads()) == MSDACORE_OK);
   CHECK_EQ_STR(msdacore_last_error(), "");
 }
@@ -461,9 +464,8 @@ void test_workspace_and_memory() {
   std::vector<float> value(N * S * M * D, 0.5f), loc(N * Lq * M * L * P * 2, 0.4f),
       attn(N * Lq * M * L * P, 1.0f), out(N * Lq * M * D), out2(N * Lq * M * D);
   int64_t shapes[2] = {H, W}, starts[1] = {0};
-  const TensorView v(value.data(), {N, S, M, D}, DType::Float32),
-      ss(shapes, {L, 2}, DType::Int64), lsi(starts, {L}, DType::Int64),
-      l(loc.data(), {N, Lq, M, L, P, 2}, DType::Float32),
+  const TensorView v(value.data(), {N, S, M, D}, DType::Float32), ss(shapes, {L, 2}, DType::Int64),
+      lsi(starts, {L}, DType::Int64), l(loc.data(), {N, Lq, M, L, P, 2}, DType::Float32),
       a(attn.data(), {N, Lq, M, L, P}, DType::Float32);
   msdacore::Options options;
   CHECK(msdacore::Call(v, ss, lsi, l, a, options).forward_workspace_size() == 0);
@@ -478,23 +480,21 @@ void test_workspace_and_memory() {
   // A caller's workspace (aligned) changes nothing; a misaligned one is refused.
   msdacore::Buffer scratch(msdacore::Device{}, 1024);
   CHECK(scratch.data() != nullptr && reinterpret_cast<uintptr_t>(scratch.data()) % 64 == 0);
-  msdacore::ms_deform_attn_forward(v, ss, lsi, l, a, TensorView(out.data(), {N, Lq, M * D},
-                                                                DType::Float32));
+  msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
+                                   TensorView(out.data(), {N, Lq, M * D}, DType::Float32));
   msdacore::Options with_workspace;
   with_workspace.workspace_bytes = 1024;
   std::vector<char> aligned(4096);
-  void* p256 = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(aligned.data()) + 255) /
-                                       256 * 256);
+  void* p256 =
+      reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(aligned.data()) + 255) / 256 * 256);
   with_workspace.workspace = p256;
-  msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
-                                   TensorView(out2.data(), {N, Lq, M * D}, DType::Float32),
-                                   with_workspace);
+  msdacore::ms_deform_attn_forward(
+      v, ss, lsi, l, a, TensorView(out2.data(), {N, Lq, M * D}, DType::Float32), with_workspace);
   CHECK(out == out2);
   // A float32 call needs none: a misaligned workspace is not even looked at.
   with_workspace.workspace = static_cast<char*>(p256) + 8;
-  msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
-                                   TensorView(out2.data(), {N, Lq, M * D}, DType::Float32),
-                                   with_workspace);
+  msdacore::ms_deform_attn_forward(
+      v, ss, lsi, l, a, TensorView(out2.data(), {N, Lq, M * D}, DType::Float32), with_workspace);
   CHECK(out == out2);
   // A float16 call needs float32 copies: its workspace must be aligned and large enough.
   std::vector<uint16_t> value16(value.size(), 0x3c00), out16(out.size());  // 1.0 in float16
@@ -519,8 +519,9 @@ void test_workspace_and_memory() {
   CHECK(empty.data() != nullptr);
   msdacore::Buffer moved = std::move(empty);
   CHECK(moved.data() != nullptr && empty.data() == nullptr);
-  CHECK(message_of<msdacore::Error>([] { msdacore::allocate(msdacore::Device{}, -1); })
-            .find("bytes must be >= 0") != std::string::npos);
+  CHECK(message_of<msdacore::Error>([] {
+          msdacore::allocate(msdacore::Device{}, -1);
+        }).find("bytes must be >= 0") != std::string::npos);
   if (!msdacore::build_info().cuda_compiled) {
     CHECK(msdacore::cuda_device_count() == 0);
     CHECK(message_of<msdacore::DeviceError>([] {
@@ -538,16 +539,14 @@ void test_overlap_and_limits() {
   std::vector<float> value(N * S * M * D, 1.0f), loc(N * Lq * M * L * P * 2, 0.5f),
       attn(N * Lq * M * L * P, 1.0f), grad(N * Lq * M * D, 1.0f), out(64);
   int64_t shapes[2] = {H, W}, starts[1] = {0};
-  const TensorView v(value.data(), {N, S, M, D}, DType::Float32),
-      ss(shapes, {L, 2}, DType::Int64), lsi(starts, {L}, DType::Int64),
-      l(loc.data(), {N, Lq, M, L, P, 2}, DType::Float32),
+  const TensorView v(value.data(), {N, S, M, D}, DType::Float32), ss(shapes, {L, 2}, DType::Int64),
+      lsi(starts, {L}, DType::Int64), l(loc.data(), {N, Lq, M, L, P, 2}, DType::Float32),
       a(attn.data(), {N, Lq, M, L, P}, DType::Float32),
       g(grad.data(), {N, Lq, M * D}, DType::Float32);
   // output written over the attention weights' memory
   CHECK(message_of<msdacore::Error>([&] {
-          msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
-                                           TensorView(value.data(), {N, Lq, M * D},
-                                                      DType::Float32));
+          msdacore::ms_deform_attn_forward(
+              v, ss, lsi, l, a, TensorView(value.data(), {N, Lq, M * D}, DType::Float32));
         }).find("output overlaps value in memory") != std::string::npos);
   // two gradients in one buffer
   CHECK(message_of<msdacore::Error>([&] {
@@ -557,17 +556,16 @@ void test_overlap_and_limits() {
               TensorView(out.data() + 40, {N, Lq, M, L, P}, DType::Float32));
         }).find("grad_sampling_locations overlaps grad_value") != std::string::npos);
   // adjacent, not overlapping: accepted
-  msdacore::ms_deform_attn_backward(
-      v, ss, lsi, l, a, g, TensorView(out.data(), {N, S, M, D}, DType::Float32),
-      TensorView(out.data() + 8, {N, Lq, M, L, P, 2}, DType::Float32),
-      TensorView(out.data() + 12, {N, Lq, M, L, P}, DType::Float32));
+  msdacore::ms_deform_attn_backward(v, ss, lsi, l, a, g,
+                                    TensorView(out.data(), {N, S, M, D}, DType::Float32),
+                                    TensorView(out.data() + 8, {N, Lq, M, L, P, 2}, DType::Float32),
+                                    TensorView(out.data() + 12, {N, Lq, M, L, P}, DType::Float32));
 
   // A negative N (a broken producer) is blamed on value.
   int64_t bad_shape[4] = {-1, S, M, D}, bad_strides[4] = {S * M * D, M * D, D, 1};
   CHECK(message_of<msdacore::ShapeError>([&] {
           msdacore::check_inputs(
-              TensorView(value.data(), 4, bad_shape, bad_strides, DType::Float32), ss, lsi, l,
-              a);
+              TensorView(value.data(), 4, bad_shape, bad_strides, DType::Float32), ss, lsi, l, a);
         }).find("value must have shape (N, S, M, D) with N >= 0") != std::string::npos);
 
   // A level of exactly 2^63 - 1 tokens fits (value broadcast over them with stride 0).

@@ -3,11 +3,11 @@
 // detail::sample_corners, group_gradients against detail::sample_gradients,
 // DotLanes::fold4 against fold_lanes and GradRow::dot_axpy against dot_axpy. Built once
 // per kernel instruction set (MSDACORE_CPU_ISA, MSDACORE_VEC_BYTES, see CMakeLists.txt).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
-#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -32,8 +32,10 @@ bool same_bits(T a, T b) {
 template <typename T>
 std::vector<T> test_locations(std::mt19937& rng, int64_t H, int64_t W) {
   const T inf = std::numeric_limits<T>::infinity();
-  std::vector<T> v = {T(0), T(1), T(-0.0), T(0.5), T(-1e-7), T(1 + 1e-7), inf, -inf,
-                      std::numeric_limits<T>::quiet_NaN(), T(1e30), T(-1e30)};
+  std::vector<T> v = {T(0),    T(1),     T(-0.0),
+                      T(0.5),  T(-1e-7), T(1 + 1e-7),
+                      inf,     -inf,     std::numeric_limits<T>::quiet_NaN(),
+                      T(1e30), T(-1e30)};
   for (int64_t size : {H, W}) {
     for (T pixel : {T(-1), T(-0.5), T(0), T(size) - 1, T(size) - T(0.5), T(size)}) {
       for (T eps : {T(0), T(1e-4), T(-1e-4)}) v.push_back((pixel + T(0.5) + eps) / T(size));
@@ -191,7 +193,8 @@ int main() {
   const bool runs = MSDACORE_VEC_BYTES == 32
                         ? __builtin_cpu_supports("avx2")
                         : __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+                              __builtin_cpu_supports("avx512dq") &&
+                              __builtin_cpu_supports("avx512bw");
   if (!runs) {
     std::printf("points (%s): skipped, this CPU lacks the instruction set\n",
                 MSDACORE_STRINGIFY(MSDACORE_CPU_ISA));

@@ -38,7 +38,7 @@ MAX_EXAMPLES = {"numpy": 300, "values": 150, "torch": 150, "sizes": 60}
 def _torch_available():
     try:
         import torch  # noqa: F401
-    except Exception:
+    except Exception:  # noqa: BLE001 (a torch that fails to import is absent)
         return False
     return True
 
@@ -47,17 +47,27 @@ def _run_child(target):
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "2")
     try:
-        proc = subprocess.run([sys.executable, str(pathlib.Path(__file__)), target], cwd=HERE,
-                              env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+        proc = subprocess.run(
+            [sys.executable, str(pathlib.Path(__file__)), target],
+            cwd=HERE,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"fuzz target {target!r} hung (no result in {CHILD_TIMEOUT_S} s)\n"
-                    f"{(e.stderr or '')[-4000:] if isinstance(e.stderr, str) else ''}")
+        pytest.fail(
+            f"fuzz target {target!r} hung (no result in {CHILD_TIMEOUT_S} s)\n"
+            f"{(e.stderr or '')[-4000:] if isinstance(e.stderr, str) else ''}"
+        )
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
         pytest.fail(f"fuzz target {target!r} crashed ({name})\n{proc.stderr[-8000:]}")
     if proc.returncode != 0:
-        pytest.fail(f"fuzz target {target!r} failed (exit {proc.returncode})\n"
-                    f"{proc.stdout[-8000:]}\n{proc.stderr[-8000:]}")
+        pytest.fail(
+            f"fuzz target {target!r} failed (exit {proc.returncode})\n"
+            f"{proc.stdout[-8000:]}\n{proc.stderr[-8000:]}"
+        )
     assert "fuzz-ok" in proc.stdout, proc.stdout[-2000:]
 
 
@@ -92,8 +102,14 @@ OK_ERRORS = (ValueError, TypeError)
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 HALF_DTYPES = ("float16", "bfloat16")
 INDEX_DTYPES = ("int32", "int64")
-ARGS = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
-        "attention_weights", "grad_output")
+ARGS = (
+    "value",
+    "spatial_shapes",
+    "level_start_index",
+    "sampling_locations",
+    "attention_weights",
+    "grad_output",
+)
 FLOAT_ARGS = ("value", "sampling_locations", "attention_weights", "grad_output")
 HUGE_SIZES = (2**31 - 1, 2**31, 2**32, 2**40, 2**62, 2**63 - 1)
 
@@ -106,8 +122,13 @@ def _child_main(target):  # pragma: no cover - runs in the child
     fuzz, extra = _make_targets()[target]
     cap = int(os.environ.get("MSDACORE_FUZZ_EXAMPLES", MAX_EXAMPLES[target]))
     derandomize = os.environ.get("MSDACORE_FUZZ_RANDOM") != "1"
-    limited = settings(settings.default, max_examples=min(cap, settings.default.max_examples),
-                       derandomize=derandomize, database=None, deadline=None)
+    limited = settings(
+        settings.default,
+        max_examples=min(cap, settings.default.max_examples),
+        derandomize=derandomize,
+        database=None,
+        deadline=None,
+    )
     limited(fuzz)()
     if extra is not None:
         extra()
@@ -118,15 +139,21 @@ def _make_targets():  # pragma: no cover - runs in the child
     import numpy as np
     from hypothesis import assume, given, note
     from hypothesis import strategies as st
+    from strategies import (
+        assert_close,
+        away_from_integers,
+        cases,
+        comparison_floors,
+        load_reference,
+        make_inputs,
+    )
 
     import msdacore
-    from strategies import (assert_close, away_from_integers, cases, comparison_floors,
-                            load_reference, make_inputs)
 
     ref = load_reference()
     try:
         import torch
-    except Exception:
+    except Exception:  # noqa: BLE001 (a torch that fails to import is absent)
         torch = None
 
     small_cases = cases(max_N=2, max_L=3, max_HW=5, max_M=3, max_D=6, max_P=3, max_Lq=5)
@@ -145,14 +172,19 @@ def _make_targets():  # pragma: no cover - runs in the child
         return None
 
     def plain_torch(x):
-        return (torch is not None and isinstance(x, torch.Tensor) and x.device.type == "cpu"
-                and x.layout == torch.strided and not x.is_conj())
+        return (
+            torch is not None
+            and isinstance(x, torch.Tensor)
+            and x.device.type == "cpu"
+            and x.layout == torch.strided
+            and not x.is_conj()
+        )
 
     def index_ok(x):
         if isinstance(x, (list, tuple)):
             try:
                 a = np.asarray(x)
-            except Exception:
+            except Exception:  # noqa: BLE001 (whatever NumPy cannot read is no index array)
                 return False
             return a.dtype.kind == "i"
         if isinstance(x, np.ndarray) or plain_torch(x):
@@ -170,8 +202,11 @@ def _make_targets():  # pragma: no cover - runs in the child
             if dtype_name(x) not in FLOAT_DTYPES:
                 return False
             # Mixed precision: float32 locations and weights with a half value.
-            mixed_ok = (k in ("sampling_locations", "attention_weights")
-                        and value_dtype in HALF_DTYPES and dtype_name(x) == "float32")
+            mixed_ok = (
+                k in ("sampling_locations", "attention_weights")
+                and value_dtype in HALF_DTYPES
+                and dtype_name(x) == "float32"
+            )
             if dtype_name(x) != value_dtype and not mixed_ok:
                 return False
         if not (index_ok(a["spatial_shapes"]) and index_ok(a["level_start_index"])):
@@ -218,8 +253,13 @@ def _make_targets():  # pragma: no cover - runs in the child
                 same = np.array_equal(x, copy, equal_nan=x.dtype.kind in "fc")
             else:
                 same = torch.equal(x.detach(), copy) or (
-                    x.dtype.is_floating_point and bool(torch.all(
-                        (x.detach() == copy) | (torch.isnan(x.detach()) & torch.isnan(copy)))))
+                    x.dtype.is_floating_point
+                    and bool(
+                        torch.all(
+                            (x.detach() == copy) | (torch.isnan(x.detach()) & torch.isnan(copy))
+                        )
+                    )
+                )
             assert same, f"{k} was modified"
 
     def call(a, backward, align_corners):
@@ -264,8 +304,11 @@ def _make_targets():  # pragma: no cover - runs in the child
         inputs = dict(npa)
         inputs.setdefault("grad_output", np.ones(1))  # term_scales reads it
         floors = comparison_floors(inputs, dtype)
-        finite = all(np.isfinite(npa[k]).all() for k in ("value", "attention_weights",
-                                                         "grad_output") if k in npa)
+        finite = all(
+            np.isfinite(npa[k]).all()
+            for k in ("value", "attention_weights", "grad_output")
+            if k in npa
+        )
         if not finite:
             # NaN / Inf in value, weights or grad_output: SPEC fixes the result only up to
             # the order of the sums; check shapes and dtypes (done), and in float64 the
@@ -273,14 +316,12 @@ def _make_targets():  # pragma: no cover - runs in the child
             if dtype != np.float64:
                 return
         if not backward:
-            expected = ref.ms_deform_attn(*[npa[k] for k in ARGS[:5]],
-                                          align_corners=align_corners)
+            expected = ref.ms_deform_attn(*[npa[k] for k in ARGS[:5]], align_corners=align_corners)
             got = np.asarray(to_numpy(result))
             assert got.shape == expected.shape
             compare_arrays(got, expected, dtype, "output", floors["output"], None, finite)
             return
-        expected = ref.ms_deform_attn_backward(*[npa[k] for k in ARGS],
-                                               align_corners=align_corners)
+        expected = ref.ms_deform_attn_backward(*[npa[k] for k in ARGS], align_corners=align_corners)
         names = ("grad_value", "grad_sampling_locations", "grad_attention_weights")
         for name, g, e in zip(names, results, expected):
             g = np.asarray(to_numpy(g))
@@ -307,18 +348,72 @@ def _make_targets():  # pragma: no cover - runs in the child
             assert float(np.max(np.abs(g[both] - e[both]))) <= 1e-9 * scale, name
 
     # ---- mutations -------------------------------------------------------------------
-    non_arrays = st.sampled_from([None, 3, 2.5, "value", b"\x00\x01", object(), {"a": 1},
-                                  [1.0, 2.0], [[0.5, 0.5]], (), [], 1j, np.float64(1.0),
-                                  np.int64(3), memoryview(b"abcd"), range(3)])
-    other_dtypes = st.sampled_from(["float16", "float32", "float64", "int8", "int16", "int32",
-                                    "int64", "uint8", "uint16", "uint32", "uint64", "bool",
-                                    "complex64", "complex128", ">f4", ">f8", ">i8", "U3",
-                                    "object", "datetime64[s]"])
+    non_arrays = st.sampled_from(
+        [
+            None,
+            3,
+            2.5,
+            "value",
+            b"\x00\x01",
+            object(),
+            {"a": 1},
+            [1.0, 2.0],
+            [[0.5, 0.5]],
+            (),
+            [],
+            1j,
+            np.float64(1.0),
+            np.int64(3),
+            memoryview(b"abcd"),
+            range(3),
+        ]
+    )
+    other_dtypes = st.sampled_from(
+        [
+            "float16",
+            "float32",
+            "float64",
+            "int8",
+            "int16",
+            "int32",
+            "int64",
+            "uint8",
+            "uint16",
+            "uint32",
+            "uint64",
+            "bool",
+            "complex64",
+            "complex128",
+            ">f4",
+            ">f8",
+            ">i8",
+            "U3",
+            "object",
+            "datetime64[s]",
+        ]
+    )
 
     def mutate_array(data, x, name):
-        kind = data.draw(st.sampled_from([
-            "dtype", "rank_add", "rank_drop", "resize", "flip", "broadcast", "as_strided",
-            "fortran", "readonly", "byteswap", "misaligned", "empty", "zero_d"]), label=f"{name} mutation")
+        kind = data.draw(
+            st.sampled_from(
+                [
+                    "dtype",
+                    "rank_add",
+                    "rank_drop",
+                    "resize",
+                    "flip",
+                    "broadcast",
+                    "as_strided",
+                    "fortran",
+                    "readonly",
+                    "byteswap",
+                    "misaligned",
+                    "empty",
+                    "zero_d",
+                ]
+            ),
+            label=f"{name} mutation",
+        )
         if kind == "dtype":
             dt = data.draw(other_dtypes, label="dtype")
             with np.errstate(all="ignore"):
@@ -326,12 +421,21 @@ def _make_targets():  # pragma: no cover - runs in the child
         if kind == "rank_add":
             return x[..., None] if data.draw(st.booleans()) else x[None]
         if kind == "rank_drop":
-            return x[..., 0] if x.ndim and x.shape[-1] else x.reshape(x.shape[:-1] + (0,))[..., 0] if x.ndim else x
+            return (
+                x[..., 0]
+                if x.ndim and x.shape[-1]
+                else x.reshape(x.shape[:-1] + (0,))[..., 0]
+                if x.ndim
+                else x
+            )
         if kind == "resize" and x.ndim:
             axis = data.draw(st.integers(0, x.ndim - 1), label="axis")
             n = data.draw(st.integers(0, 3), label="new size")
-            reps = np.take(x, np.arange(n) % max(x.shape[axis], 1), axis=axis) if x.shape[axis] else \
-                np.zeros(x.shape[:axis] + (n,) + x.shape[axis + 1:], x.dtype)
+            reps = (
+                np.take(x, np.arange(n) % max(x.shape[axis], 1), axis=axis)
+                if x.shape[axis]
+                else np.zeros(x.shape[:axis] + (n,) + x.shape[axis + 1 :], x.dtype)
+            )
             return reps
         if kind == "flip" and x.ndim:
             return np.flip(x, axis=data.draw(st.integers(0, x.ndim - 1), label="axis"))
@@ -363,9 +467,21 @@ def _make_targets():  # pragma: no cover - runs in the child
         return x
 
     def mutate_index(data, a, name):
-        kind = data.draw(st.sampled_from(["negative", "zero", "huge", "off_by_one", "list",
-                                          "list_huge", "int32_wrap", "float_list"]),
-                         label=f"{name} index mutation")
+        kind = data.draw(
+            st.sampled_from(
+                [
+                    "negative",
+                    "zero",
+                    "huge",
+                    "off_by_one",
+                    "list",
+                    "list_huge",
+                    "int32_wrap",
+                    "float_list",
+                ]
+            ),
+            label=f"{name} index mutation",
+        )
         x = np.array(a[name], dtype=np.int64, copy=True)
         if x.size == 0:
             return x
@@ -411,19 +527,35 @@ def _make_targets():  # pragma: no cover - runs in the child
         backward = data.draw(st.booleans(), label="backward")
         for _ in range(data.draw(st.integers(0, 3), label="mutations")):
             name = data.draw(st.sampled_from(ARGS), label="argument")
-            what = data.draw(st.sampled_from(["array", "array", "index", "object"]),
-                             label="what")
+            what = data.draw(st.sampled_from(["array", "array", "index", "object"]), label="what")
             if what == "object":
                 a[name] = data.draw(non_arrays, label="object")
-            elif what == "index" and name in ("spatial_shapes", "level_start_index") \
-                    and isinstance(a[name], np.ndarray):
+            elif (
+                what == "index"
+                and name in ("spatial_shapes", "level_start_index")
+                and isinstance(a[name], np.ndarray)
+            ):
                 a[name] = mutate_index(data, a, name)
             elif isinstance(a[name], np.ndarray):
                 a[name] = mutate_array(data, a[name], name)
         check_call(a, backward, case.align_corners)
 
-    specials = st.sampled_from([np.nan, np.inf, -np.inf, 1e30, -1e30, 3e38, -3e38, 1e300,
-                                -1e300, 2.0**31, -(2.0**31), 5e-324])
+    specials = st.sampled_from(
+        [
+            np.nan,
+            np.inf,
+            -np.inf,
+            1e30,
+            -1e30,
+            3e38,
+            -3e38,
+            1e300,
+            -1e300,
+            2.0**31,
+            -(2.0**31),
+            5e-324,
+        ]
+    )
 
     @given(data=st.data())
     def fuzz_values(data):
@@ -443,8 +575,10 @@ def _make_targets():  # pragma: no cover - runs in the child
                 a[name] = x.astype(case.dtype)
         # Magnitudes whose products overflow: check only that nothing crashes and the
         # shapes are right (no reference comparison for those).
-        big = any(np.nanmax(np.abs(np.where(np.isinf(a[k]), 0, a[k])), initial=0) > 1e31
-                  for k in ("value", "attention_weights", "grad_output"))
+        big = any(
+            np.nanmax(np.abs(np.where(np.isinf(a[k]), 0, a[k])), initial=0) > 1e31
+            for k in ("value", "attention_weights", "grad_output")
+        )
         check_call(a, backward, case.align_corners, compare=not big)
 
     @given(data=st.data())
@@ -455,16 +589,43 @@ def _make_targets():  # pragma: no cover - runs in the child
         for _ in range(data.draw(st.integers(0, 3), label="mutations")):
             name = data.draw(st.sampled_from(ARGS), label="argument")
             x = t[name]
-            kind = data.draw(st.sampled_from(["dtype", "meta", "sparse", "conj", "neg",
-                                              "requires_grad", "expand", "transpose",
-                                              "object", "numpy", "unsqueeze"]),
-                             label="torch mutation")
+            kind = data.draw(
+                st.sampled_from(
+                    [
+                        "dtype",
+                        "meta",
+                        "sparse",
+                        "conj",
+                        "neg",
+                        "requires_grad",
+                        "expand",
+                        "transpose",
+                        "object",
+                        "numpy",
+                        "unsqueeze",
+                    ]
+                ),
+                label="torch mutation",
+            )
             try:
                 if kind == "dtype":
-                    dt = data.draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float32,
-                                                    torch.float64, torch.int32, torch.int64,
-                                                    torch.int8, torch.uint8, torch.bool,
-                                                    torch.complex64]), label="dtype")
+                    dt = data.draw(
+                        st.sampled_from(
+                            [
+                                torch.float16,
+                                torch.bfloat16,
+                                torch.float32,
+                                torch.float64,
+                                torch.int32,
+                                torch.int64,
+                                torch.int8,
+                                torch.uint8,
+                                torch.bool,
+                                torch.complex64,
+                            ]
+                        ),
+                        label="dtype",
+                    )
                     t[name] = x.to(dt)
                 elif kind == "meta":
                     t[name] = torch.empty(x.shape, dtype=x.dtype, device="meta")
@@ -516,9 +677,14 @@ def _make_targets():  # pragma: no cover - runs in the child
         shapes = np.array([[H, W]], np.int64)
         starts = data.draw(st.sampled_from([[0], [1], [-1], [S]]), label="starts")
         align = data.draw(st.booleans(), label="align_corners")
-        a = dict(value=value, spatial_shapes=shapes, level_start_index=np.array(starts),
-                 sampling_locations=loc, attention_weights=attn,
-                 grad_output=np.ones((1, Lq, M * D), dtype))
+        a = dict(
+            value=value,
+            spatial_shapes=shapes,
+            level_start_index=np.array(starts),
+            sampling_locations=loc,
+            attention_weights=attn,
+            grad_output=np.ones((1, Lq, M * D), dtype),
+        )
         note(f"H={H} W={W} S={S} M={M} D={D} starts={starts}")
         if starts != [0]:
             with pytest.raises(ValueError, match="prefix sums"):
@@ -550,8 +716,11 @@ def _make_targets():  # pragma: no cover - runs in the child
             with pytest.raises(ValueError):
                 msdacore.ms_deform_attn(v, [[1, 1]], [0], loc, attn)
 
-    targets = {"numpy": (fuzz_numpy, None), "values": (fuzz_values, None),
-               "sizes": (fuzz_sizes, overflowing_products)}
+    targets = {
+        "numpy": (fuzz_numpy, None),
+        "values": (fuzz_values, None),
+        "sizes": (fuzz_sizes, overflowing_products),
+    }
     if torch is not None:
         targets["torch"] = (fuzz_torch, None)
     return targets

@@ -142,9 +142,9 @@ msdacore_status msdacore_mode_from_name(const char* name, int32_t* mode);
 /* Sizes of a validated call (msdacore_check_inputs). */
 typedef struct msdacore_problem {
   int64_t N, S, M, D, Lq, L;
-  int64_t P;        /* points per level of the uniform layout (0 in the flattened one) */
-  int32_t dtype;    /* dtype of value (and of the output, grad_output and grad_value) */
-  int64_t P_total;  /* points per (query, head): L*P, or the sum of points_per_level */
+  int64_t P;       /* points per level of the uniform layout (0 in the flattened one) */
+  int32_t dtype;   /* dtype of value (and of the output, grad_output and grad_value) */
+  int64_t P_total; /* points per (query, head): L*P, or the sum of points_per_level */
   int32_t loc_dtype, attn_dtype; /* of sampling_locations, attention_weights: dtype, or
                                   * MSDACORE_FLOAT32 with a half value */
 } msdacore_problem;
@@ -162,11 +162,13 @@ msdacore_status msdacore_tensor_contiguous(msdacore_tensor* t, void* data, int32
 /* Validates the five inputs against each other in the layout and mode of `options`
  * (NULL: the defaults), as forward and backward do; on success writes their sizes to
  * *problem when it is not NULL. */
-typedef msdacore_status msdacore_check_inputs_fn(
-    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
-    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
-    const msdacore_tensor* attention_weights, const msdacore_options* options,
-    msdacore_problem* problem);
+typedef msdacore_status msdacore_check_inputs_fn(const msdacore_tensor* value,
+                                                 const msdacore_tensor* spatial_shapes,
+                                                 const msdacore_tensor* level_start_index,
+                                                 const msdacore_tensor* sampling_locations,
+                                                 const msdacore_tensor* attention_weights,
+                                                 const msdacore_options* options,
+                                                 msdacore_problem* problem);
 msdacore_check_inputs_fn msdacore_check_inputs;
 
 /* The check that needs no data: validates a call from its tensors' ndim, shape, dtype and
@@ -187,19 +189,23 @@ msdacore_check_shapes_fn msdacore_check_shapes;
  * msdacore_options.workspace): on the CPU 0 except for half types, on CUDA the buffers of
  * half types, mixed precision, many levels and the deterministic backward. Validates the
  * inputs as the op does; writes *bytes on success. */
-typedef msdacore_status msdacore_workspace_size_fn(
-    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
-    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
-    const msdacore_tensor* attention_weights, const msdacore_options* options, int64_t* bytes);
+typedef msdacore_status msdacore_workspace_size_fn(const msdacore_tensor* value,
+                                                   const msdacore_tensor* spatial_shapes,
+                                                   const msdacore_tensor* level_start_index,
+                                                   const msdacore_tensor* sampling_locations,
+                                                   const msdacore_tensor* attention_weights,
+                                                   const msdacore_options* options, int64_t* bytes);
 msdacore_workspace_size_fn msdacore_forward_workspace_size;
 msdacore_workspace_size_fn msdacore_backward_workspace_size;
 
 /* output (N, Lq, M*D) = sum_l sum_p A * bilinear(value_l, location). */
-typedef msdacore_status msdacore_forward_fn(
-    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
-    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
-    const msdacore_tensor* attention_weights, const msdacore_tensor* output,
-    const msdacore_options* options);
+typedef msdacore_status msdacore_forward_fn(const msdacore_tensor* value,
+                                            const msdacore_tensor* spatial_shapes,
+                                            const msdacore_tensor* level_start_index,
+                                            const msdacore_tensor* sampling_locations,
+                                            const msdacore_tensor* attention_weights,
+                                            const msdacore_tensor* output,
+                                            const msdacore_options* options);
 msdacore_forward_fn msdacore_forward;
 
 /* Gradients of the forward's output for grad_output; see the shapes above. On the CPU
@@ -246,8 +252,7 @@ typedef struct msdacore_c_api_table {
   msdacore_check_shapes_fn* check_shapes;
   msdacore_status (*options_init)(msdacore_options*);
   msdacore_status (*mode_from_name)(const char*, int32_t*);
-  msdacore_status (*tensor_contiguous)(msdacore_tensor*, void*, int32_t, const int64_t*,
-                                       int32_t);
+  msdacore_status (*tensor_contiguous)(msdacore_tensor*, void*, int32_t, const int64_t*, int32_t);
 } msdacore_c_api_table;
 
 /* The library's table (static storage, never NULL). */

@@ -70,27 +70,26 @@ void check_options(const Options& options);
 // The sizes of one call, read from validated inputs.
 struct Problem {
   int64_t N = 0, S = 0, M = 0, D = 0, Lq = 0, L = 0;
-  int64_t P = 0;        // points per level of the uniform layout (0 in the flattened one)
-  int64_t P_total = 0;  // points per (query, head): L*P, or the sum of points_per_level
-  bool flattened = false;            // sampling_locations (N, Lq, M, P_total, 2)
+  int64_t P = 0;           // points per level of the uniform layout (0 in the flattened one)
+  int64_t P_total = 0;     // points per (query, head): L*P, or the sum of points_per_level
+  bool flattened = false;  // sampling_locations (N, Lq, M, P_total, 2)
   SamplingMode mode = SamplingMode::Bilinear;
-  DType dtype = DType::Float32;      // float dtype of value (and of output, grad_output,
-                                     // grad_value)
-  DType loc_dtype = DType::Float32;  // of sampling_locations: dtype, or float32 with a half
-  DType attn_dtype = DType::Float32; // value (mixed precision); likewise attention_weights
-  Device device{};                   // where value and the float inputs live
-  std::vector<int64_t> heights;      // H_l, l < L
-  std::vector<int64_t> widths;       // W_l
-  std::vector<int64_t> level_starts; // level_start_index[l]
-  std::vector<int64_t> points;       // P_l (P for every level in the uniform layout)
-  std::vector<int64_t> point_starts; // index of level l's first point: sum_{j<l} P_j
+  DType dtype = DType::Float32;       // float dtype of value (and of output, grad_output,
+                                      // grad_value)
+  DType loc_dtype = DType::Float32;   // of sampling_locations: dtype, or float32 with a half
+  DType attn_dtype = DType::Float32;  // value (mixed precision); likewise attention_weights
+  Device device{};                    // where value and the float inputs live
+  std::vector<int64_t> heights;       // H_l, l < L
+  std::vector<int64_t> widths;        // W_l
+  std::vector<int64_t> level_starts;  // level_start_index[l]
+  std::vector<int64_t> points;        // P_l (P for every level in the uniform layout)
+  std::vector<int64_t> point_starts;  // index of level l's first point: sum_{j<l} P_j
 };
 
 // Validates the five inputs against each other (in the layout and mode `options` give)
 // and returns their sizes. Throws ShapeError / DTypeError / DeviceError / Error.
 Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
-                     const TensorView& level_start_index,
-                     const TensorView& sampling_locations,
+                     const TensorView& level_start_index, const TensorView& sampling_locations,
                      const TensorView& attention_weights, const Options& options = {});
 
 // The shapes a call returns (row-major; gradients in the layout of the inputs).
@@ -139,8 +138,7 @@ class Call {
                 const TensorView& grad_attention_weights) const;
 
  private:
-  TensorView value_, spatial_shapes_, level_start_index_, sampling_locations_,
-      attention_weights_;
+  TensorView value_, spatial_shapes_, level_start_index_, sampling_locations_, attention_weights_;
   Options options_;
   Problem problem_;
 };
@@ -163,7 +161,6 @@ void ms_deform_attn_backward(const TensorView& value, const TensorView& spatial_
                              const TensorView& attention_weights, const TensorView& grad_output,
                              const TensorView& grad_value,
                              const TensorView& grad_sampling_locations,
-                             const TensorView& grad_attention_weights,
-                             const Options& options = {});
+                             const TensorView& grad_attention_weights, const Options& options = {});
 
 }  // namespace msdacore

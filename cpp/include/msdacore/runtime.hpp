@@ -11,19 +11,19 @@
 namespace msdacore {
 
 struct BuildInfo {
-  std::string version;          // "0.1.0"
-  bool openmp = false;          // CPU kernels parallelised with OpenMP
-  int openmp_version = 0;       // _OPENMP date (e.g. 201511), 0 without OpenMP
-  int num_threads = 1;          // threads the CPU kernels use now
-  int max_threads = 1;          // default thread count (OMP_NUM_THREADS or cores)
-  bool cuda_compiled = false;   // CUDA code compiled into this build
-  bool cuda_kernels = false;    // CUDA forward/backward kernels available
-  int cuda_runtime_version = 0; // CUDA runtime the build links (e.g. 13000), 0 without CUDA
-  std::string cuda_fallback;    // why a build that looked for CUDA has none though a CUDA
-                                // compiler was found ("" otherwise)
-  std::string cpu_isa;          // instruction set the CPU kernels run with ("avx2", "generic")
-  std::string cpu_isas;         // CPU kernel builds compiled in ("generic,avx2")
-  std::string compiler;         // compiler that built the core
+  std::string version;           // "0.1.0"
+  bool openmp = false;           // CPU kernels parallelised with OpenMP
+  int openmp_version = 0;        // _OPENMP date (e.g. 201511), 0 without OpenMP
+  int num_threads = 1;           // threads the CPU kernels use now
+  int max_threads = 1;           // default thread count (OMP_NUM_THREADS or cores)
+  bool cuda_compiled = false;    // CUDA code compiled into this build
+  bool cuda_kernels = false;     // CUDA forward/backward kernels available
+  int cuda_runtime_version = 0;  // CUDA runtime the build links (e.g. 13000), 0 without CUDA
+  std::string cuda_fallback;     // why a build that looked for CUDA has none though a CUDA
+                                 // compiler was found ("" otherwise)
+  std::string cpu_isa;           // instruction set the CPU kernels run with ("avx2", "generic")
+  std::string cpu_isas;          // CPU kernel builds compiled in ("generic,avx2")
+  std::string compiler;          // compiler that built the core
 };
 
 BuildInfo build_info();

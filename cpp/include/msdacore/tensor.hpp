@@ -61,7 +61,7 @@ struct TensorView {
   TensorView(void* data, int32_t ndim, const int64_t* shape, const int64_t* strides, DType dtype,
              Device device = {});
 
-  int64_t numel() const;  // product of the sizes (0 if any is <= 0; INT64_MAX if it overflows)
+  int64_t numel() const;       // product of the sizes (0 if any is <= 0; INT64_MAX if it overflows)
   bool is_contiguous() const;  // row-major, ignoring strides of size-1 dimensions
   std::string shape_string() const;  // "(2, 100, 8)"
 };

@@ -18,6 +18,6 @@ One harness for every timing msdacore does, each module with one job:
 
 msdacore and the grid_sample composition (msdacore.grid_sample) run in the same process,
 on the same inputs and with the same thread count. Absolute times on a shared machine
-drift from run to run; the ratios, measured side by side, are the stable quantity (docs/benchmarks.md
-"Benchmark configurations"). Nothing here needs torch at import time.
+drift from run to run; the ratios, measured side by side, are the stable quantity
+(docs/benchmarks.md "Benchmark configurations"). Nothing here needs torch at import time.
 """

@@ -13,11 +13,20 @@ ONNX Runtime runs the msdacore nodes with :func:`msdacore.onnxruntime.session`.
 from __future__ import annotations
 
 from .export import export, msdacore_calls
-from .schema import (DOMAIN, OP_TYPE, TRT_DOMAIN, TRT_OP_TYPE, TRT_PLUGIN_VERSION,
-                     register_schemas)
+from .schema import DOMAIN, OP_TYPE, TRT_DOMAIN, TRT_OP_TYPE, TRT_PLUGIN_VERSION, register_schemas
 from .translation import TARGETS, translation_table
 
 register_schemas()
 
-__all__ = ["export", "msdacore_calls", "translation_table", "register_schemas", "TARGETS",
-           "DOMAIN", "OP_TYPE", "TRT_DOMAIN", "TRT_OP_TYPE", "TRT_PLUGIN_VERSION"]
+__all__ = [
+    "export",
+    "msdacore_calls",
+    "translation_table",
+    "register_schemas",
+    "TARGETS",
+    "DOMAIN",
+    "OP_TYPE",
+    "TRT_DOMAIN",
+    "TRT_OP_TYPE",
+    "TRT_PLUGIN_VERSION",
+]

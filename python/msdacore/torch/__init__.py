@@ -16,6 +16,7 @@ See docs/torch.md.
 
 from __future__ import annotations
 
+from .api import level_start_index_of, ms_deform_attn
 from .dat import DAttention, DeformableAttention2d
 from .functional import (
     MSDeformAttnFunction,
@@ -25,7 +26,6 @@ from .functional import (
     multi_scale_deformable_attn_pytorch,
 )
 from .msdeform_attn import MSDeformAttn
-from .api import level_start_index_of, ms_deform_attn
 from .transformers_patch import patch_transformers, unpatch_transformers
 
 __all__ = [

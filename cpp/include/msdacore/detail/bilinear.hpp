@@ -50,7 +50,8 @@ MSDACORE_HD Level<T> make_level(int64_t H, int64_t W, bool align_corners) {
 
 // Pixel coordinate of normalized `loc` along an axis with the given scale:
 // loc*W - 0.5 (x) or loc*H - 0.5 (y); with align_corners loc*(W-1) - 0, where subtracting
-// the zero changes nothing, so the result is the rounded product loc*(W-1) as docs/conventions.md writes.
+// the zero changes nothing, so the result is the rounded product loc*(W-1) as docs/conventions.md
+// writes.
 template <typename T>
 MSDACORE_HD T pixel_coord(T loc, T scale, T shift) {
   return loc * scale - shift;
@@ -140,9 +141,9 @@ MSDACORE_HD bool sample_corners(const Level<T>& lv, T x, T y, Corners<T>* c) {
 // t = loc*size + 0.5: clamp(floor(t), 0, size - 1), with t not NaN (+-inf clamp).
 template <typename T>
 MSDACORE_HD int64_t discrete_index(T t, T size_as_t, int64_t size) {
-  if (!(t >= static_cast<T>(1))) return 0;     // floor(t) <= 0
-  if (!(t < size_as_t)) return size - 1;       // floor(t) >= size (no int64 overflow)
-  return static_cast<int64_t>(t);              // t in [1, size): truncation is floor
+  if (!(t >= static_cast<T>(1))) return 0;  // floor(t) <= 0
+  if (!(t < size_as_t)) return size - 1;    // floor(t) >= size (no int64 overflow)
+  return static_cast<int64_t>(t);           // t in [1, size): truncation is floor
 }
 
 // The corners of a discrete-mode sample at normalized (x, y) on level `lv` (corner 0 the

@@ -38,16 +38,12 @@ struct CallAttrs {
 
 }  // namespace
 
-XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(CallAttrs,
-                                      xla::ffi::StructMember<xla::ffi::Span<const int64_t>>(
-                                          "spatial_shapes"),
-                                      xla::ffi::StructMember<xla::ffi::Span<const int64_t>>(
-                                          "level_start_index"),
-                                      xla::ffi::StructMember<xla::ffi::Span<const int64_t>>(
-                                          "points_per_level"),
-                                      xla::ffi::StructMember<int32_t>("align_corners"),
-                                      xla::ffi::StructMember<int32_t>("mode"),
-                                      xla::ffi::StructMember<int32_t>("deterministic"));
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
+    CallAttrs, xla::ffi::StructMember<xla::ffi::Span<const int64_t>>("spatial_shapes"),
+    xla::ffi::StructMember<xla::ffi::Span<const int64_t>>("level_start_index"),
+    xla::ffi::StructMember<xla::ffi::Span<const int64_t>>("points_per_level"),
+    xla::ffi::StructMember<int32_t>("align_corners"), xla::ffi::StructMember<int32_t>("mode"),
+    xla::ffi::StructMember<int32_t>("deterministic"));
 
 namespace {
 
@@ -89,8 +85,8 @@ Common make_common(const msdacore_c_api_table* api, const CallAttrs& attrs) {
   Common c;
   const int64_t ss_shape[2] = {static_cast<int64_t>(attrs.spatial_shapes.size()) / 2, 2};
   const int64_t lsi_shape[1] = {static_cast<int64_t>(attrs.level_start_index.size())};
-  api->tensor_contiguous(&c.spatial_shapes, const_cast<int64_t*>(attrs.spatial_shapes.begin()),
-                         2, ss_shape, MSDACORE_INT64);
+  api->tensor_contiguous(&c.spatial_shapes, const_cast<int64_t*>(attrs.spatial_shapes.begin()), 2,
+                         ss_shape, MSDACORE_INT64);
   api->tensor_contiguous(&c.level_start_index,
                          const_cast<int64_t*>(attrs.level_start_index.begin()), 1, lsi_shape,
                          MSDACORE_INT64);
@@ -105,9 +101,9 @@ Common make_common(const msdacore_c_api_table* api, const CallAttrs& attrs) {
 
 // The error XLA reports for a failed msdacore call: msdacore's own message.
 ffi::Error failure(const msdacore_c_api_table* api, msdacore_status status) {
-  return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                    std::string("msdacore: ") + api->status_name(status) + ": " +
-                        api->last_error());
+  return ffi::Error(
+      ffi::ErrorCode::kInvalidArgument,
+      std::string("msdacore: ") + api->status_name(status) + ": " + api->last_error());
 }
 
 const msdacore_c_api_table* api_or_null() { return g_api.load(std::memory_order_acquire); }
@@ -125,10 +121,11 @@ ffi::ErrorOr<msdacore_tensor> float_view(const msdacore_c_api_table* api, const 
                                          int32_t device_type, int32_t device_index) {
   const int32_t code = dtype_code(type);
   if (code < 0 || static_cast<int32_t>(dims.size()) < rank) {
-    return ffi::Unexpected(ffi::Error(
-        ffi::ErrorCode::kInvalidArgument,
-        std::string("msdacore: ") + name + " must be a float16, bfloat16, float32 or float64 "
-        "array of rank >= " + std::to_string(rank)));
+    return ffi::Unexpected(ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                                      std::string("msdacore: ") + name +
+                                          " must be a float16, bfloat16, float32 or float64 "
+                                          "array of rank >= " +
+                                          std::to_string(rank)));
   }
   return folded_view(api, data, dims, rank, code, device_type, device_index);
 }
@@ -149,14 +146,14 @@ struct Handler {
 
   // float_view of an XLA buffer (operand or result) on the call's device.
   ffi::ErrorOr<msdacore_tensor> view(const char* name, ffi::AnyBuffer buffer, int32_t rank) const {
-    return float_view(api, name, buffer.untyped_data(), buffer.element_type(),
-                      buffer.dimensions(), rank, device.type, device.index);
+    return float_view(api, name, buffer.untyped_data(), buffer.element_type(), buffer.dimensions(),
+                      rank, device.type, device.index);
   }
 };
 
 // Fills *h for a call on `device` (the table, the options, the five input views).
-ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value,
-                 ffi::AnyBuffer loc, ffi::AnyBuffer attn, const CallAttrs& attrs);
+ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value, ffi::AnyBuffer loc,
+                 ffi::AnyBuffer attn, const CallAttrs& attrs);
 
 // Scratch for a call: XLA's scratch allocator on CUDA, msdacore's default allocator (NULL)
 // on the CPU, where only half types need any.
@@ -180,8 +177,8 @@ ffi::Error take_workspace(SizeFn size_fn, ffi::ScratchAllocator* scratch,
   return ffi::Error::Success();
 }
 
-ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value,
-                 ffi::AnyBuffer loc, ffi::AnyBuffer attn, const CallAttrs& attrs) {
+ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value, ffi::AnyBuffer loc,
+                 ffi::AnyBuffer attn, const CallAttrs& attrs) {
   h->api = api_or_null();
   if (h->api == nullptr) return no_api();
   h->c = make_common(h->api, attrs);
@@ -240,8 +237,8 @@ ffi::Error backward(void* stream, ffi::ScratchAllocator* scratch, Device device,
       e.failure()) {
     return e;
   }
-  const msdacore_status s = api->backward(&in[0], &in[1], &in[2], &in[3], &in[4], &*g, &*gv,
-                                          &*gl, &*ga, &h.c.options);
+  const msdacore_status s =
+      api->backward(&in[0], &in[1], &in[2], &in[3], &in[4], &*g, &*gv, &*gl, &*ga, &h.c.options);
   return s == MSDACORE_OK ? ffi::Error::Success() : failure(api, s);
 }
 
@@ -291,22 +288,27 @@ MSDACORE_JAX_EXPORT XLA_FFI_Error* msdacore_jax_backward_cuda(XLA_FFI_CallFrame*
 // XLA's stream, scratch allocator and device ordinal first.
 #define MSDACORE_JAX_FORWARD_BUFFERS \
   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-#define MSDACORE_JAX_BACKWARD_BUFFERS                                                     \
-  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>() \
-      .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-#define MSDACORE_JAX_CUDA_CONTEXT                                                   \
+#define MSDACORE_JAX_BACKWARD_BUFFERS \
+  .Arg<ffi::AnyBuffer>()              \
+      .Arg<ffi::AnyBuffer>()          \
+      .Arg<ffi::AnyBuffer>()          \
+      .Arg<ffi::AnyBuffer>()          \
+      .Ret<ffi::AnyBuffer>()          \
+      .Ret<ffi::AnyBuffer>()          \
+      .Ret<ffi::AnyBuffer>()
+#define MSDACORE_JAX_CUDA_CONTEXT \
   .Ctx<ffi::PlatformStream<void*>>().Ctx<ffi::ScratchAllocator>().Ctx<ffi::DeviceOrdinal>()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_forward_cpu, forward_cpu,
                               ffi::Ffi::Bind() MSDACORE_JAX_FORWARD_BUFFERS MSDACORE_JAX_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_backward_cpu, backward_cpu,
                               ffi::Ffi::Bind() MSDACORE_JAX_BACKWARD_BUFFERS MSDACORE_JAX_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_forward_cuda, forward_cuda,
-                              ffi::Ffi::Bind() MSDACORE_JAX_CUDA_CONTEXT
-                                  MSDACORE_JAX_FORWARD_BUFFERS MSDACORE_JAX_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_backward_cuda, backward_cuda,
-                              ffi::Ffi::Bind() MSDACORE_JAX_CUDA_CONTEXT
-                                  MSDACORE_JAX_BACKWARD_BUFFERS MSDACORE_JAX_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    msdacore_jax_forward_cuda, forward_cuda,
+    ffi::Ffi::Bind() MSDACORE_JAX_CUDA_CONTEXT MSDACORE_JAX_FORWARD_BUFFERS MSDACORE_JAX_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    msdacore_jax_backward_cuda, backward_cuda,
+    ffi::Ffi::Bind() MSDACORE_JAX_CUDA_CONTEXT MSDACORE_JAX_BACKWARD_BUFFERS MSDACORE_JAX_ATTRS);
 
 // Hands the handlers msdacore._core's C API table (the pointer of the PyCapsule
 // "msdacore.c_api"). Returns 0, or -1 for a NULL or too short table.

@@ -1,10 +1,11 @@
 // extension.cpp: the library's entry point for OpenVINO (core.add_extension(path)): the
 // operation itself (IR files, the CPU plugin) and the ONNX and PyTorch conversions.
+#include "openvino/core/extension.hpp"
+
 #include <vector>
 
 #include "frontend_conversions.hpp"
 #include "ms_deform_attn_op.hpp"
-#include "openvino/core/extension.hpp"
 #include "openvino/core/op_extension.hpp"
 
 namespace {

@@ -34,7 +34,8 @@ ov::OutputVector convert_onnx(const ov::frontend::NodeContext& context) {
   FRONT_END_GENERAL_CHECK(context.get_input_size() == 5,
                           "msdacore MultiScaleDeformableAttention takes 5 inputs (value, "
                           "spatial_shapes, level_start_index, sampling_locations, "
-                          "attention_weights), got ", context.get_input_size());
+                          "attention_weights), got ",
+                          context.get_input_size());
   for (int i : {1, 2}) {
     const ov::element::Type t = context.get_input(i).get_element_type();
     FRONT_END_GENERAL_CHECK(t.is_dynamic() || t == ov::element::i64,
@@ -44,7 +45,8 @@ ov::OutputVector convert_onnx(const ov::frontend::NodeContext& context) {
   const int64_t align_corners = context.get_attribute<int64_t>("align_corners", 0);
   FRONT_END_GENERAL_CHECK(align_corners == 0 || align_corners == 1,
                           "msdacore MultiScaleDeformableAttention: attribute align_corners must "
-                          "be 0 or 1, got ", align_corners);
+                          "be 0 or 1, got ",
+                          align_corners);
   const std::string mode = context.get_attribute<std::string>("mode", "bilinear");
   const std::vector<int64_t> points_per_level =
       context.has_attribute("points_per_level")
@@ -107,15 +109,15 @@ ov::OutputVector convert_pytorch(const ov::frontend::NodeContext& context) {
 }  // namespace
 
 std::vector<ov::Extension::Ptr> onnx_conversions() {
-  return {std::make_shared<ov::frontend::onnx::ConversionExtension>(
-      "MultiScaleDeformableAttention", "msdacore", convert_onnx)};
+  return {std::make_shared<ov::frontend::onnx::ConversionExtension>("MultiScaleDeformableAttention",
+                                                                    "msdacore", convert_onnx)};
 }
 
 std::vector<ov::Extension::Ptr> pytorch_conversions() {
   // TorchScript names the operator "msdacore::ms_deform_attn"; torch.export (FX) graphs
   // name its overload "msdacore.ms_deform_attn.default".
-  return {std::make_shared<ov::frontend::pytorch::ConversionExtension>(
-              "msdacore::ms_deform_attn", convert_pytorch),
+  return {std::make_shared<ov::frontend::pytorch::ConversionExtension>("msdacore::ms_deform_attn",
+                                                                       convert_pytorch),
           std::make_shared<ov::frontend::pytorch::ConversionExtension>(
               "msdacore.ms_deform_attn.default", convert_pytorch)};
 }

@@ -81,9 +81,9 @@ msdacore::TensorView view_of(const ov::Tensor& t) {
 
 }  // namespace
 
-MultiScaleDeformableAttention::MultiScaleDeformableAttention(
-    const ov::OutputVector& inputs, bool align_corners, std::string mode,
-    std::vector<int64_t> points_per_level)
+MultiScaleDeformableAttention::MultiScaleDeformableAttention(const ov::OutputVector& inputs,
+                                                             bool align_corners, std::string mode,
+                                                             std::vector<int64_t> points_per_level)
     : ov::op::Op(inputs),
       m_align_corners(align_corners),
       m_mode(std::move(mode)),
@@ -130,7 +130,8 @@ void MultiScaleDeformableAttention::validate_element_types() const {
 void MultiScaleDeformableAttention::validate_and_infer_types() {
   NODE_VALIDATION_CHECK(this, get_input_size() == 5,
                         "takes 5 inputs (value, spatial_shapes, level_start_index, "
-                        "sampling_locations, attention_weights), got ", get_input_size());
+                        "sampling_locations, attention_weights), got ",
+                        get_input_size());
   validate_attributes();
   validate_element_types();
 
@@ -143,9 +144,9 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
 
   NODE_VALIDATION_CHECK(this, value.rank().compatible(4),
                         "value must have shape (N, S, M, D), got ", value);
-  NODE_VALIDATION_CHECK(this, shapes.rank().compatible(2) &&
-                                  (shapes.rank().is_dynamic() || shapes[1].compatible(2)),
-                        "spatial_shapes must have shape (L, 2), got ", shapes);
+  NODE_VALIDATION_CHECK(
+      this, shapes.rank().compatible(2) && (shapes.rank().is_dynamic() || shapes[1].compatible(2)),
+      "spatial_shapes must have shape (L, 2), got ", shapes);
   NODE_VALIDATION_CHECK(this, starts.rank().compatible(1),
                         "level_start_index must have shape (L,), got ", starts);
 
@@ -160,14 +161,14 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
   if (flat) {
     P = ov::Dimension(static_cast<int64_t>(
         std::accumulate(m_points_per_level.begin(), m_points_per_level.end(), int64_t(0))));
-    NODE_VALIDATION_CHECK(this, merge_into(L, ov::Dimension(static_cast<int64_t>(
-                                                  m_points_per_level.size()))),
-                          "points_per_level has ", m_points_per_level.size(),
-                          " counts but spatial_shapes has ", shapes, " rows");
+    NODE_VALIDATION_CHECK(
+        this, merge_into(L, ov::Dimension(static_cast<int64_t>(m_points_per_level.size()))),
+        "points_per_level has ", m_points_per_level.size(), " counts but spatial_shapes has ",
+        shapes, " rows");
   }
   NODE_VALIDATION_CHECK(this, starts.rank().is_dynamic() || merge_into(L, starts[0]),
-                        "level_start_index must have shape (L,) = ",
-                        expected_shape("L", {L}), ", got ", starts);
+                        "level_start_index must have shape (L,) = ", expected_shape("L", {L}),
+                        ", got ", starts);
 
   const char* loc_symbols = flat ? "N, Lq, M, P_total, 2" : "N, Lq, M, L, P, 2";
   const char* attn_symbols = flat ? "N, Lq, M, P_total" : "N, Lq, M, L, P";
@@ -178,14 +179,14 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
   };
   // What value and the index arrays imply, before sampling_locations adds its own sizes.
   const std::string loc_message = expected_shape(loc_symbols, loc_expected());
-  NODE_VALIDATION_CHECK(this, loc.rank().compatible(loc_rank), "sampling_locations must have shape ",
-                        loc_message, ", got ", loc);
+  NODE_VALIDATION_CHECK(this, loc.rank().compatible(loc_rank),
+                        "sampling_locations must have shape ", loc_message, ", got ", loc);
   if (loc.rank().is_static()) {
     bool ok = merge_into(N, loc[0]) && merge_into(Lq, loc[1]) && merge_into(M, loc[2]) &&
               loc[loc_rank - 1].compatible(2);
     ok = ok && (flat ? merge_into(P, loc[3]) : merge_into(L, loc[3]) && merge_into(P, loc[4]));
-    NODE_VALIDATION_CHECK(this, ok, "sampling_locations must have shape ", loc_message,
-                          ", got ", loc);
+    NODE_VALIDATION_CHECK(this, ok, "sampling_locations must have shape ", loc_message, ", got ",
+                          loc);
   }
   auto attn_expected = [&]() {
     std::vector<ov::Dimension> dims = loc_expected();
@@ -198,8 +199,8 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
   if (attn.rank().is_static()) {
     bool ok = merge_into(N, attn[0]) && merge_into(Lq, attn[1]) && merge_into(M, attn[2]);
     ok = ok && (flat ? merge_into(P, attn[3]) : merge_into(L, attn[3]) && merge_into(P, attn[4]));
-    NODE_VALIDATION_CHECK(this, ok, "attention_weights must have shape ", attn_message,
-                          ", got ", attn);
+    NODE_VALIDATION_CHECK(this, ok, "attention_weights must have shape ", attn_message, ", got ",
+                          attn);
   }
   ov::element::Type out_type = get_input_element_type(0);
   set_output_type(0, out_type, ov::PartialShape{N, Lq, M * D});
@@ -235,13 +236,14 @@ bool MultiScaleDeformableAttention::evaluate(ov::TensorVector& outputs,
   // msdacore; the output shape is set from them first so that a dynamic output has room.
   OPENVINO_ASSERT(value.size() == 4 && loc.size() >= 2,
                   "msdacore MultiScaleDeformableAttention: value must have shape (N, S, M, D), "
-                  "got ", value);
+                  "got ",
+                  value);
   outputs[0].set_shape(ov::Shape{value[0], loc[1], value[2] * value[3]});
 
   try {
-    msdacore::ms_deform_attn_forward(view_of(inputs[0]), view_of(inputs[1]),
-                                     view_of(inputs[2]), view_of(inputs[3]),
-                                     view_of(inputs[4]), view_of(outputs[0]), options());
+    msdacore::ms_deform_attn_forward(view_of(inputs[0]), view_of(inputs[1]), view_of(inputs[2]),
+                                     view_of(inputs[3]), view_of(inputs[4]), view_of(outputs[0]),
+                                     options());
   } catch (const std::exception& error) {
     OPENVINO_THROW("msdacore MultiScaleDeformableAttention '", get_friendly_name(),
                    "': ", error.what());

@@ -16,9 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "openvino/op/op.hpp"
-
 #include "msdacore/ops.hpp"
+#include "openvino/op/op.hpp"
 
 namespace msdacore_openvino {
 
