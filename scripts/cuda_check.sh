@@ -3,7 +3,7 @@
 #   build     configure and build the library, C++ tests and Python extension with CUDA
 #             (MSDACORE_CUDA=ON), and stage the package (python/msdacore + the extension)
 #   ctest     the C++ tests
-#   test      the operator tests on every device (tests/python/test_ops.py), the CUDA tests
+#   test      the operator tests on every device (tests/python/test_core_ops.py), the CUDA tests
 #             (tests/python/test_cuda.py) and the torch operator tests
 #   memcheck  compute-sanitizer --tool memcheck over the CUDA tests and a short benchmark
 #   racecheck compute-sanitizer --tool racecheck (shared-memory hazards), same runs
@@ -103,7 +103,7 @@ step_ctest() { ctest --test-dir "$BUILD_DIR" --output-on-failure; }
 
 step_test() {
   cd "$ROOT" && with_stage "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
-    tests/python/test_ops.py tests/python/test_cuda.py tests/python/test_torch_op.py
+    tests/python/test_core_ops.py tests/python/test_cuda.py tests/python/test_torch_op.py
 }
 
 # Under a sanitizer: the CUDA tests with few hypothesis examples, and one short benchmark
@@ -113,7 +113,7 @@ sanitized() {
   cd "$ROOT" || return 1
   MSDACORE_CUDA_SYNC=1 MSDACORE_CUDA_TEST_EXAMPLES="$SANITIZER_EXAMPLES" with_stage \
     compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
-    "$PYTHON" -m pytest -q -p no:cacheprovider -x -m cuda tests/python/test_ops.py \
+    "$PYTHON" -m pytest -q -p no:cacheprovider -x -m cuda tests/python/test_core_ops.py \
     tests/python/test_cuda.py || return $?
   MSDACORE_CUDA_SYNC=1 with_stage compute-sanitizer --tool "$tool" --error-exitcode 3 \
     --print-limit 20 "$PYTHON" -m msdacore bench --device cuda --config detr-dec \

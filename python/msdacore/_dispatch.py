@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from . import _arrays, _core
 
-_FORWARD_INPUTS = (
+# The operator's inputs, by name, in their order in every front end.
+FORWARD_INPUTS = (
     "value",
     "spatial_shapes",
     "level_start_index",
     "sampling_locations",
     "attention_weights",
 )
-_BACKWARD_INPUTS = _FORWARD_INPUTS + ("grad_output",)
+BACKWARD_INPUTS = FORWARD_INPUTS + ("grad_output",)
 _GRADIENTS = ("grad_value", "grad_sampling_locations", "grad_attention_weights")
 _DEFAULT_OPTIONS = _core.Options()
 
@@ -132,7 +133,7 @@ def forward(
     from op_options()."""
     call = _Call(
         fw,
-        _FORWARD_INPUTS,
+        FORWARD_INPUTS,
         (value, spatial_shapes, level_start_index, sampling_locations, attention_weights),
         stream,
     )
@@ -161,7 +162,7 @@ def backward(
     arguments as msdacore.ms_deform_attn_backward, `options` from op_options()."""
     call = _Call(
         fw,
-        _BACKWARD_INPUTS,
+        BACKWARD_INPUTS,
         (
             value,
             spatial_shapes,

@@ -1,5 +1,5 @@
-"""Models exported to ONNX for the ONNX and ONNX Runtime tests (test_onnx_export.py,
-test_onnxruntime.py): small modules that call msdacore.torch.ms_deform_attn directly, in
+"""Models exported to ONNX for the ONNX and ONNX Runtime tests (test_deploy_onnx_export.py,
+test_deploy_onnxruntime.py): small modules that call msdacore.torch.ms_deform_attn directly, in
 every layout and mode, and tiny patched transformers detectors. Exports are cached per
 process: a transformers export takes seconds, and both test files use them."""
 

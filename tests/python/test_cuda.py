@@ -1,6 +1,6 @@
 """CUDA behaviour with no CPU counterpart. The operator's numbers on CUDA (every dtype,
 both align_corners values, both backward modes, strided inputs, many levels, any D, empty
-problems) are checked with the CPU's in test_ops.py, parametrised over device and dtype.
+problems) are checked with the CPU's in test_core_ops.py, parametrised over device and dtype.
 
 GPU tests (marker ``cuda``: skipped with the reason where no GPU is visible, failed where
 one is visible but msdacore or torch cannot use it, see conftest.py): the deterministic
@@ -94,7 +94,7 @@ def _assert_float32_close(got, inputs, align_corners=False, which="forward"):
 def test_deterministic_backward_is_bitwise_reproducible(dtype):
     """The deterministic mode, bitwise, run to run; in the atomic mode the location and
     weight gradients too (reduced in a fixed shuffle order). That the two modes agree is
-    test_ops.py::test_deterministic_keyword."""
+    test_core_ops.py::test_deterministic_keyword."""
     _, inputs = contended_inputs()
     g = place(inputs, "cuda", dtype)
     runs = [backward(g, deterministic=True) for _ in range(3)]

@@ -1,8 +1,8 @@
 """The deployment path end to end: models exported with msdacore.onnx.export (one msdacore
 node per call) run in OpenVINO with msdacore's extension, at another batch size than the
 export's, equal to the float64 reference (direct calls, every layout and mode) and to torch
-(a tiny patched Deformable DETR). test_openvino.py covers the extension on hand-built
-nodes and torch conversion; test_onnxruntime.py the same exports in ONNX Runtime."""
+(a tiny patched Deformable DETR). test_deploy_openvino.py covers the extension on hand-built
+nodes and torch conversion; test_deploy_onnxruntime.py the same exports in ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ov = pytest.importorskip(
 pytest.importorskip("transformers", reason="the detector test builds a transformers model")
 
 import onnx_models as om  # noqa: E402
-from test_onnxruntime import FLOAT32, NETWORK, direct_reference, rel_error  # noqa: E402
+from test_deploy_onnxruntime import FLOAT32, NETWORK, direct_reference, rel_error  # noqa: E402
 
 import msdacore.onnx  # noqa: E402
 import msdacore.openvino  # noqa: E402

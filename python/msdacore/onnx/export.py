@@ -3,6 +3,7 @@ torch operator (translation.py), after a check of every call against the target.
 
 from __future__ import annotations
 
+from .. import _dispatch
 from .schema import TRT_OP_TYPE, register_schemas
 from .translation import TARGETS, tensorrt_problems, translation_table
 
@@ -65,9 +66,11 @@ def _check_tensorrt(program) -> None:
             str(options[name].meta["val"].dtype).replace("torch.", "")
             for name in ("value", "sampling_locations", "attention_weights")
         ]
-        problems = tensorrt_problems(
-            options["align_corners"], options["mode"], options["points_per_level"], dtypes
+        # the operator's arguments after its five tensors are the options, by name
+        call_options = _dispatch.op_options(
+            **{k: v for k, v in options.items() if k not in _dispatch.FORWARD_INPUTS}
         )
+        problems = tensorrt_problems(call_options, dtypes)
         if problems:
             refused.append(f"{_where(node)}: " + "; ".join(problems))
     if refused:

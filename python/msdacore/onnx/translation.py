@@ -33,20 +33,22 @@ _msdacore = onnxscript.values.Opset(DOMAIN, OPSET_VERSION)
 _tensorrt = onnxscript.values.Opset(TRT_DOMAIN, OPSET_VERSION)
 
 
-def tensorrt_problems(align_corners, mode, points_per_level, dtypes) -> list:
-    """What TensorRT's plugin cannot express of one call, as phrases (empty: it can).
-    dtypes: the names of the value, sampling_locations and attention_weights dtypes.
+def tensorrt_problems(options, dtypes) -> list:
+    """What TensorRT's plugin cannot express of one call with these msdacore.Options, as
+    phrases (empty: it can). dtypes: the names of the value, sampling_locations and
+    attention_weights dtypes.
     The plugin computes bilinear sampling with align_corners=False on the uniform
     layout, in float32 or float16, all three float inputs of one dtype. A flattened
     layout with the same count on every level is the uniform layout reshaped."""
     problems = []
-    if mode != "bilinear":
-        problems.append(f"mode={mode!r} (the plugin samples bilinearly only)")
-    if align_corners:
+    if options.mode != "bilinear":
+        problems.append(f"mode={options.mode!r} (the plugin samples bilinearly only)")
+    if options.align_corners:
         problems.append("align_corners=True (the plugin uses align_corners=False only)")
-    if points_per_level is not None and len(set(points_per_level)) > 1:
+    counts = options.points_per_level
+    if counts is not None and len(set(counts)) > 1:
         problems.append(
-            f"points_per_level={list(points_per_level)} (the plugin takes the "
+            f"points_per_level={list(counts)} (the plugin takes the "
             "same number of points on every level)"
         )
     if len(set(dtypes)) > 1 or dtypes[0] not in ("float32", "float16"):
@@ -97,9 +99,8 @@ def _tensorrt_node(
     """TensorRT's plugin node, then a Reshape of its (N, Lq, M, D) output to
     (N, Lq, M*D). export() has already refused what the plugin cannot express; this
     refuses it again for callers of the translation table."""
-    problems = tensorrt_problems(
-        align_corners, mode, points_per_level, ["float32"] * 3
-    )  # dtypes: checked by export()
+    options = _dispatch.op_options(bool(align_corners), False, str(mode), points_per_level)
+    problems = tensorrt_problems(options, ["float32"] * 3)  # dtypes: checked by export()
     if problems:
         raise ValueError(
             'msdacore.onnx.export(target="tensorrt"): TensorRT\'s '

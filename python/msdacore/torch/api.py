@@ -273,9 +273,12 @@ def ms_deform_attn(
         attention_weights,
         *options,
     )
+    # Two routes, both to the same operators: torch.func transforms and forward-mode AD
+    # need an autograd.Function (setup_context, jvp, a vmap rule), which the operator's
+    # registered autograd is not; everywhere else the operator itself is cheaper and is
+    # what Dynamo traces without a graph break. Measured on a 2-core CPU (a tiny call,
+    # N=1, Lq=8, M=2, D=8, torch 2.13): forward without grad 39-47 us against 96-99 us,
+    # with grad 90 against 98-100 us, forward+backward 276-278 against 360-377 us.
     if torch.compiler.is_compiling() or not _transforms_active():
-        # Plain calls and reverse-mode autograd: the operator with its registered
-        # autograd (cheaper per call than an autograd.Function, and what Dynamo traces
-        # without a graph break).
         return _ms_deform_attn_op(*args)
     return _MSDeformAttn.apply(*args)

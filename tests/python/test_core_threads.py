@@ -53,7 +53,7 @@ import dataclasses, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 import msdacore
-from test_threads import MEDIUM
+from test_core_threads import MEDIUM
 from devices import run
 from strategies import make_inputs
 

@@ -292,7 +292,7 @@ def _make_targets():  # pragma: no cover - runs in the child
 
     def compare_with_reference(a, backward, align_corners, result):
         if dtype_name(a["value"]) in HALF_DTYPES:
-            return  # half types: compared with the reference in test_half_types.py
+            return  # half types: compared with the reference in test_core_half_types.py
         used = ARGS if backward else ARGS[:5]
         npa = {k: np.asarray(to_numpy(a[k])) for k in used}
         dtype = npa["value"].dtype
@@ -702,7 +702,7 @@ def _make_targets():  # pragma: no cover - runs in the child
         if S * M * D * itemsize <= 2**26 and dtype == np.float64:
             # Small enough for the reference (float64: float32 coordinates on a level
             # this wide carry about W*eps pixels of error). Larger problems skip the
-            # backward: grad_value (1, S, M, D) would be gigabytes (see test_large.py).
+            # backward: grad_value (1, S, M, D) would be gigabytes (see test_core_large.py).
             check_call(a, True, align)
 
     # Sizes whose products overflow int64 even though the arrays are empty (N = 0).

@@ -1,5 +1,5 @@
 """Input handling: layouts, index dtypes, torch tensors, DLPack producers (empty sizes on
-every device and dtype: test_ops.py::test_empty_batch_or_queries)."""
+every device and dtype: test_core_ops.py::test_empty_batch_or_queries)."""
 
 from __future__ import annotations
 

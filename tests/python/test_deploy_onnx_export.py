@@ -1,7 +1,7 @@
 """msdacore.onnx.export (SPEC "ONNX"): one msdacore::MultiScaleDeformableAttention node per
 call in every layout and mode, or TensorRT's plugin node; onnx's checker and shape
 inference; clear errors for what the TensorRT target cannot express. Running the
-exported models is test_onnxruntime.py."""
+exported models is test_deploy_onnxruntime.py."""
 
 from __future__ import annotations
 

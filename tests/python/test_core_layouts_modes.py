@@ -12,7 +12,7 @@ Two parts:
   These are skipped, with the reason, where the installed msdacore does not take
   points_per_level and mode yet.
 
-Comparisons below float64 follow test_ops.py: the reference runs on the rounded inputs,
+Comparisons below float64 follow test_core_ops.py: the reference runs on the rounded inputs,
 max|ref| is floored at one typical term, the bilinear location gradient is compared only
 away from integer pixel coordinates; and since discrete sampling jumps at every rounding
 boundary (y*H + 0.5 an integer, i.e. y*H - 0.5 an integer), float32 discrete problems keep
