@@ -177,11 +177,12 @@ def _sample_level(value_l, H, W, loc_l, align_corners):
 
     value_l: (N, H*W, M, D) float64; loc_l: (N, Lq, M, P, 2) float64.
     Returns (valid, (hh, hw, lh, lw), corners), where valid and the four weights
-    are (N, Lq, M, P) and corners is a list of four (token, weight, v) for the
+    are (N, Lq, M, P) and corners is a list of four (token, weight, v, read) for the
     corners (h0, w0), (h0, w0+1), (h0+1, w0), (h0+1, w0+1): token (N, Lq, M, P)
     int64 clamped into [0, H*W), weight (N, Lq, M, P) float64 already zero for
     out-of-bounds corners and skipped samples, v (N, Lq, M, P, D) float64 (zero
-    for out-of-bounds corners and skipped samples).
+    for out-of-bounds corners and skipped samples), read (N, Lq, M, P) bool: the
+    corner is in bounds and its sample kept (only those take part in grad_value).
     """
     x = loc_l[..., 0]
     y = loc_l[..., 1]
@@ -214,7 +215,7 @@ def _sample_level(value_l, H, W, loc_l, align_corners):
         inside = valid & (i >= 0) & (i < H) & (j >= 0) & (j < W)
         token = np.clip(i, 0, H - 1) * W + np.clip(j, 0, W - 1)
         v = np.where(inside[..., None], _gather(value_l, token), 0.0)  # (N, Lq, M, P, D)
-        corners.append((token, np.where(inside, cw, 0.0), v))
+        corners.append((token, np.where(inside, cw, 0.0), v, inside))
     return valid, (hh, hw, lh, lw), corners
 
 
@@ -234,7 +235,7 @@ def _sample_level_discrete(value_l, H, W, loc_l):
         j = np.clip(np.floor(x * W + 0.5), 0, W - 1).astype(np.int64)
     token = i * W + j
     v = np.where(valid[..., None], _gather(value_l, token), 0.0)
-    return valid, None, [(token, np.where(valid, 1.0, 0.0), v)]
+    return valid, None, [(token, np.where(valid, 1.0, 0.0), v, valid)]
 
 
 def _sample(value_l, H, W, loc_l, align_corners, mode):
@@ -246,7 +247,7 @@ def _sample(value_l, H, W, loc_l, align_corners, mode):
 def _combine(corners):
     """B = sum of corner weight * corner value, (N, Lq, M, P, D)."""
     out = None
-    for _, cw, v in corners:
+    for _, cw, v, _ in corners:
         term = cw[..., None] * v
         out = term if out is None else out + term
     return out
@@ -376,8 +377,9 @@ def ms_deform_attn_backward(
             grad_loc[:, :, :, points, 1] = np.where(valid, a * sy * np.sum(g * dB_dh, axis=-1), 0.0)
 
         # grad_value: every in-bounds corner of every kept sample scatters A * weight * g
-        for token, cw, _ in corners:
-            contrib = (a * cw)[..., None] * g  # (N, Lq, M, P, D); zero where not read
+        # (a NaN in g reaches exactly those tokens, even where A * weight is 0)
+        for token, cw, _, read in corners:
+            contrib = np.where(read[..., None], (a * cw)[..., None] * g, 0.0)
             np.add.at(grad_value, (n_idx, start + token, m_idx), contrib)
 
     return grad_value, grad_loc.reshape(loc_shape), grad_attn.reshape(attn_shape)

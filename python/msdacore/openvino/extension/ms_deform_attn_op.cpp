@@ -79,6 +79,20 @@ msdacore::TensorView view_of(const ov::Tensor& t) {
                               msdacore_dtype(t.get_element_type()));
 }
 
+// A data-less CPU view of a static input (shape and element type only), for the core's
+// check that needs no data.
+msdacore::TensorView spec_of(const ov::PartialShape& partial, const ov::element::Type& type) {
+  const ov::Shape shape = partial.to_shape();
+  OPENVINO_ASSERT(shape.size() <= static_cast<size_t>(msdacore::TensorView::kMaxDims),
+                  "msdacore MultiScaleDeformableAttention: rank ", shape.size(), " too large");
+  int64_t sizes[msdacore::TensorView::kMaxDims] = {};
+  int64_t strides[msdacore::TensorView::kMaxDims] = {};
+  const int32_t ndim = static_cast<int32_t>(shape.size());
+  for (int32_t i = 0; i < ndim; ++i) sizes[i] = static_cast<int64_t>(shape[i]);
+  msdacore::row_major_strides(ndim, sizes, strides);
+  return msdacore::TensorView(nullptr, ndim, sizes, strides, msdacore_dtype(type));
+}
+
 }  // namespace
 
 MultiScaleDeformableAttention::MultiScaleDeformableAttention(const ov::OutputVector& inputs,
@@ -134,6 +148,32 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
                         get_input_size());
   validate_attributes();
   validate_element_types();
+
+  // Static shapes and types: the core's own check (msdacore::check_shapes), in its words;
+  // the index arrays' values are checked at run time. Otherwise what the partial shapes
+  // tell, below.
+  bool all_static = true;
+  for (size_t i = 0; i < 5; ++i) {
+    all_static = all_static && get_input_partial_shape(i).is_static() &&
+                 get_input_element_type(i).is_static();
+  }
+  if (all_static) {
+    std::vector<int64_t> output;
+    try {
+      msdacore::TensorView specs[5];
+      for (size_t i = 0; i < 5; ++i) {
+        specs[i] = spec_of(get_input_partial_shape(i), get_input_element_type(i));
+      }
+      output = msdacore::call_shapes(msdacore::check_shapes(specs[0], specs[1], specs[2],
+                                                            specs[3], specs[4], options()))
+                   .output;
+    } catch (const std::exception& error) {  // the core's message
+      NODE_VALIDATION_CHECK(this, false, error.what());
+    }
+    set_output_type(0, get_input_element_type(0), ov::PartialShape(ov::Shape(output.begin(),
+                                                                              output.end())));
+    return;
+  }
 
   const bool flat = !m_points_per_level.empty();
   const ov::PartialShape value = get_input_partial_shape(0);
