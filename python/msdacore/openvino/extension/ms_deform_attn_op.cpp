@@ -164,14 +164,14 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
       for (size_t i = 0; i < 5; ++i) {
         specs[i] = spec_of(get_input_partial_shape(i), get_input_element_type(i));
       }
-      output = msdacore::call_shapes(msdacore::check_shapes(specs[0], specs[1], specs[2],
-                                                            specs[3], specs[4], options()))
+      output = msdacore::call_shapes(msdacore::check_shapes(specs[0], specs[1], specs[2], specs[3],
+                                                            specs[4], options()))
                    .output;
     } catch (const std::exception& error) {  // the core's message
       NODE_VALIDATION_CHECK(this, false, error.what());
     }
-    set_output_type(0, get_input_element_type(0), ov::PartialShape(ov::Shape(output.begin(),
-                                                                              output.end())));
+    set_output_type(0, get_input_element_type(0),
+                    ov::PartialShape(ov::Shape(output.begin(), output.end())));
     return;
   }
 
