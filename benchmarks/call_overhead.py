@@ -53,8 +53,7 @@ def main() -> None:
     paths = {
         "numpy forward": lambda: msdacore.ms_deform_attn(value, shapes, starts, loc, attn),
         "numpy backward": lambda: msdacore.ms_deform_attn_backward(
-            value, shapes, starts, loc, attn, grad
-        ),
+            value, shapes, starts, loc, attn, grad),
     }
     try:
         import torch

@@ -56,17 +56,11 @@ def write_inputs(path: str, config: str, queries: int, dtype: str, ppl) -> int:
         attn = attn.reshape(n, lq, m, -1)
     rng = np.random.default_rng(1)
     grad_output = rng.standard_normal((n, lq, m * cfg.D)).astype(np_dtype)
-    np.savez(
-        path,
-        value=inputs["value"],
-        spatial_shapes=inputs["spatial_shapes"],
-        level_start_index=inputs["level_start_index"],
-        sampling_locations=loc,
-        attention_weights=attn,
-        grad_output=grad_output,
-        align_corners=np.array(cfg.align_corners),
-        ppl=np.array(ppl or [], dtype=np.int64),
-    )
+    np.savez(path, value=inputs["value"], spatial_shapes=inputs["spatial_shapes"],
+             level_start_index=inputs["level_start_index"], sampling_locations=loc,
+             attention_weights=attn, grad_output=grad_output,
+             align_corners=np.array(cfg.align_corners),
+             ppl=np.array(ppl or [], dtype=np.int64))
     return attn.size
 
 
@@ -78,26 +72,15 @@ def count(npz: str, isa: str, function: str) -> int:
         with open(runner, "w") as f:
             f.write(RUNNER)
         env = dict(os.environ, MSDACORE_CPU_ISA=isa, OMP_NUM_THREADS="1")
-        subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                f"--toggle-collect=msdacore::cpu::{isa}::{function}(*",
-                sys.executable,
-                runner,
-                npz,
-            ],
-            check=True,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                        f"--toggle-collect=msdacore::cpu::{isa}::{function}(*",
+                        sys.executable, runner, npz],
+                       check=True, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         with open(out) as f:
             text = f.read()
-    match = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(
-        r"^totals:\s+(\d+)", text, re.M
-    )
+    match = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(r"^totals:\s+(\d+)",
+                                                                      text, re.M)
     return int(match.group(1))
 
 
@@ -116,11 +99,9 @@ def main(argv=None) -> int:
         fwd = count(npz, args.isa, "forward")
         bwd = count(npz, args.isa, "backward")
     layout = "flattened" if ppl else "uniform"
-    print(
-        f"{args.config} ({args.queries} queries, {samples} samples, {args.dtype}, "
-        f"{layout}, isa {args.isa}): forward {fwd / samples:.1f}, "
-        f"backward {bwd / samples:.1f} instructions per sample"
-    )
+    print(f"{args.config} ({args.queries} queries, {samples} samples, {args.dtype}, "
+          f"{layout}, isa {args.isa}): forward {fwd / samples:.1f}, "
+          f"backward {bwd / samples:.1f} instructions per sample")
     return 0
 
 

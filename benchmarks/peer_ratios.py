@@ -62,27 +62,17 @@ def ort_forward(torch, inputs, align_corners, threads):
         def forward(self, value, loc, attn):
             return ms_deform_attn_grid_sample(value, shapes, loc, attn, align_corners)
 
-    args = tuple(
-        torch.from_numpy(inputs[k]) for k in ("value", "sampling_locations", "attention_weights")
-    )
+    args = tuple(torch.from_numpy(inputs[k]) for k in
+                 ("value", "sampling_locations", "attention_weights"))
     path = os.path.join(tempfile.mkdtemp(), "composition.onnx")
-    torch.onnx.export(
-        Composition(),
-        args,
-        path,
-        dynamo=True,
-        opset_version=20,
-        input_names=["value", "loc", "attn"],
-    )
+    torch.onnx.export(Composition(), args, path, dynamo=True, opset_version=20,
+                      input_names=["value", "loc", "attn"])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    feed = {
-        "value": inputs["value"],
-        "loc": inputs["sampling_locations"],
-        "attn": inputs["attention_weights"],
-    }
+    feed = {"value": inputs["value"], "loc": inputs["sampling_locations"],
+            "attn": inputs["attention_weights"]}
     return lambda: session.run(None, feed)[0]
 
 
@@ -91,23 +81,11 @@ def run_floor(binary: str, config: str, threads: int) -> dict:
         data = os.path.join(tmp, "in.bin")
         out = os.path.join(tmp, "floor.json")
         here = os.path.dirname(os.path.abspath(__file__))
-        subprocess.run(
-            [
-                sys.executable,
-                os.path.join(here, "floor", "dump_inputs.py"),
-                data,
-                "--config",
-                config,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        subprocess.run(
-            [binary, data, "--threads", str(threads), "--repeats", "10", "--json", out],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            env=dict(os.environ, OMP_PROC_BIND="close"),
-        )
+        subprocess.run([sys.executable, os.path.join(here, "floor", "dump_inputs.py"), data,
+                        "--config", config], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([binary, data, "--threads", str(threads), "--repeats", "10", "--json",
+                        out], check=True, stdout=subprocess.DEVNULL,
+                       env=dict(os.environ, OMP_PROC_BIND="close"))
         with open(out) as f:
             return json.load(f)
 
@@ -134,18 +112,8 @@ def main(argv=None) -> int:
         print(f"ONNX Runtime output against msdacore: max |difference| {diff:.3g}")
 
     fast = 7  # calls per measurement of the fast ones
-    results = {
-        k: []
-        for k in (
-            "msdacore_fwd",
-            "msdacore_fb",
-            "torch_fwd",
-            "torch_fb",
-            "ort_fwd",
-            "floor_fwd",
-            "floor_fb",
-        )
-    }
+    results = {k: [] for k in ("msdacore_fwd", "msdacore_fb", "torch_fwd", "torch_fb",
+                               "ort_fwd", "floor_fwd", "floor_fb")}
     for r in range(args.rounds):
         results["msdacore_fwd"].append(median_ms(ours["forward"], fast))
         results["msdacore_fb"].append(median_ms(ours["forward_backward"], fast))
@@ -157,10 +125,8 @@ def main(argv=None) -> int:
             fl = run_floor(args.floor, args.config, args.threads)
             results["floor_fwd"].append(fl.get("forward_lean_ms", float("nan")))
             results["floor_fb"].append(fl.get("forward_backward_lean_ms", float("nan")))
-        print(
-            f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in results.items() if v),
-            flush=True,
-        )
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in results.items()
+                                           if v), flush=True)
     best = {k: min(v) for k, v in results.items() if v}
     print(f"\n{cfg.name}, float32, {args.threads} threads, min over {args.rounds} rounds (ms):")
     for k, v in best.items():

@@ -52,8 +52,8 @@ struct BackwardPoint {
 // Fills the record of point `point` of head `head`, sampled in mode `Mode` (valid = 0 when
 // there is none, or the sample is skipped).
 template <typename Mode, typename T, typename C>
-__device__ void fill_point(Mode, const BackwardParams<T, C>& p, int64_t head, int64_t point,
-                           BackwardPoint<T>* rec) {
+__device__ void fill_point(
+    Mode, const BackwardParams<T, C>& p, int64_t head, int64_t point, BackwardPoint<T>* rec) {
   rec->valid = 0;
   HeadSample<acc_t<T>> s;
   if (!head_sample<Mode>(p, head, point, &s)) return;
@@ -66,8 +66,8 @@ __device__ void fill_point(Mode, const BackwardParams<T, C>& p, int64_t head, in
 }
 
 template <typename T, int V, typename C>
-__device__ __forceinline__ void load_grad(const BackwardParams<T, C>& p, const T* g_head,
-                                          int64_t vec, acc_t<T> (&g)[V]) {
+__device__ __forceinline__ void load_grad(
+    const BackwardParams<T, C>& p, const T* g_head, int64_t vec, acc_t<T> (&g)[V]) {
   if (V > 1) {
     load_vec<T, V>(g_head + vec * V, g);
   } else {
@@ -193,9 +193,9 @@ struct BackwardBuffers {
 
 // `loc` / `attn`: sampling_locations / attention_weights (views without data, of their
 // shapes and dtypes, when only sizing).
-BackwardBuffers take_backward_buffers(const Problem& p, const Options& options,
-                                      const TensorView& loc, const TensorView& attn,
-                                      cudaStream_t stream, Workspace& workspace) {
+BackwardBuffers take_backward_buffers(
+    const Problem& p, const Options& options, const TensorView& loc, const TensorView& attn,
+    cudaStream_t stream, Workspace& workspace) {
   BackwardBuffers b;
   b.read = widen_companions(p, loc, attn, stream, kOp, workspace);
   const Strides<6> ls = point_strides_of<6>(b.read.loc);
@@ -219,10 +219,10 @@ BackwardBuffers take_backward_buffers(const Problem& p, const Options& options,
 }
 
 template <typename T, typename C>
-void launch_backward(const Problem& p, const Options& options, const TensorView& value,
-                     const TensorView& loc, const TensorView& attn, const TensorView& grad_out,
-                     const TensorView& grad_value, const TensorView& grad_loc,
-                     const TensorView& grad_attn, Workspace& workspace) {
+void launch_backward(
+    const Problem& p, const Options& options, const TensorView& value, const TensorView& loc,
+    const TensorView& attn, const TensorView& grad_out, const TensorView& grad_value,
+    const TensorView& grad_loc, const TensorView& grad_attn, Workspace& workspace) {
   using A = acc_t<T>;
   constexpr bool kHalf = !std::is_same<A, T>::value;
   constexpr bool kMixed = !std::is_same<C, T>::value;  // C = float, T a half type
@@ -230,8 +230,9 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
   const int64_t value_count = p.N * p.S * p.M * p.D;
 
   if (p.Lq == 0) {  // no samples: grad_value is zero, the other two are empty
-    check(cudaMemsetAsync(grad_value.data, 0, value_count * sizeof(T), stream), kOp,
-          "zeroing grad_value");
+    check(
+        cudaMemsetAsync(grad_value.data, 0, value_count * sizeof(T), stream), kOp,
+        "zeroing grad_value");
     return;
   }
 
@@ -244,8 +245,9 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
   if (!options.deterministic) {
     bp.grad_value =
         kHalf ? reinterpret_cast<A*>(buffers.accumulator) : static_cast<A*>(grad_value.data);
-    check(cudaMemsetAsync(bp.grad_value, 0, value_count * sizeof(A), stream), kOp,
-          "zeroing the grad_value accumulator");
+    check(
+        cudaMemsetAsync(bp.grad_value, 0, value_count * sizeof(A), stream), kOp,
+        "zeroing the grad_value accumulator");
   }
 
   bp.grad_out = static_cast<const T*>(grad_out.data);
@@ -259,12 +261,13 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
   bp.S = p.S;
   constexpr int V = kVec<T>;
   const bool vector = vector_ok(value, V, p.D) && vector_ok(grad_out, V, p.D);
-  const LaunchShape shape = set_head_params<BackwardPoint<T>>(p, options, value, buffers.read.loc,
-                                                              buffers.read.attn, vector, &bp);
+  const LaunchShape shape = set_head_params<BackwardPoint<T>>(
+      p, options, value, buffers.read.loc, buffers.read.attn, vector, &bp);
   with_mode(p.mode, [&](auto mode) {
     using Mode = decltype(mode);
-    launch_head_kernel(backward_kernel<T, C, V, Mode>, backward_kernel<T, C, 1, Mode>, vector,
-                       shape, bp, stream, kOp, "backward_kernel");
+    launch_head_kernel(
+        backward_kernel<T, C, V, Mode>, backward_kernel<T, C, 1, Mode>, vector, shape, bp, stream,
+        kOp, "backward_kernel");
   });
   if constexpr (kMixed) {
     // The widened input is of value's type T.
@@ -277,8 +280,9 @@ void launch_backward(const Problem& p, const Options& options, const TensorView&
   }
 
   if (options.deterministic) {
-    gather_grad_value(p, options, bp.levels, buffers.cells, buffers.gather, buffers.read.loc,
-                      buffers.read.attn, grad_out, grad_value);
+    gather_grad_value(
+        p, options, bp.levels, buffers.cells, buffers.gather, buffers.read.loc, buffers.read.attn,
+        grad_out, grad_value);
   } else {
     if constexpr (kHalf) {
       launch_cast<T>(buffers.accumulator, grad_value.data, value_count, stream);
@@ -297,11 +301,12 @@ int64_t backward_workspace_size(const Problem& p, const Options& options, const 
   return workspace.used();
 }
 
-void backward(const Problem& p, const Options& options, const TensorView& value,
-              const TensorView& sampling_locations, const TensorView& attention_weights,
-              const TensorView& grad_output, const TensorView& grad_value,
-              const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights,
-              Workspace& workspace) {
+void backward(
+    const Problem& p, const Options& options, const TensorView& value,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const TensorView& grad_output, const TensorView& grad_value,
+    const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights,
+    Workspace& workspace) {
   DeviceGuard guard(p.device.index, kOp);
   check_input_pointers(kOp, value, sampling_locations, attention_weights);
   check_pointer(kOp, "grad_output", grad_output);
@@ -311,8 +316,9 @@ void backward(const Problem& p, const Options& options, const TensorView& value,
   with_types(p, kOp, [&](auto tag, auto companion) {
     using T = typename decltype(tag)::type;
     using C = typename decltype(companion)::type;
-    launch_backward<T, C>(p, options, value, sampling_locations, attention_weights, grad_output,
-                          grad_value, grad_sampling_locations, grad_attention_weights, workspace);
+    launch_backward<T, C>(
+        p, options, value, sampling_locations, attention_weights, grad_output, grad_value,
+        grad_sampling_locations, grad_attention_weights, workspace);
   });
 }
 

@@ -71,9 +71,9 @@ class DeviceGuard {
 void check_pointer(const char* op, const char* name, const TensorView& t);
 
 // check_pointer for the three float inputs every op reads.
-inline void check_input_pointers(const char* op, const TensorView& value,
-                                 const TensorView& sampling_locations,
-                                 const TensorView& attention_weights) {
+inline void check_input_pointers(
+    const char* op, const TensorView& value, const TensorView& sampling_locations,
+    const TensorView& attention_weights) {
   check_pointer(op, "value", value);
   check_pointer(op, "sampling_locations", sampling_locations);
   check_pointer(op, "attention_weights", attention_weights);
@@ -277,8 +277,9 @@ struct Levels {
 // offsets 0, for sizing only); when L > kInlineLevels the table goes to device memory
 // taken from `workspace` (copied on `stream`; nothing is copied on a counting Workspace).
 // Returns the number of cell keys per (n, m) head, sum of (H + 1) * (W + 1).
-int64_t make_levels(const Problem& p, const Strides<6>* ls, const Strides<5>* as,
-                    cudaStream_t stream, const char* op, Levels* levels, Workspace& workspace);
+int64_t make_levels(
+    const Problem& p, const Strides<6>* ls, const Strides<5>* as, cudaStream_t stream,
+    const char* op, Levels* levels, Workspace& workspace);
 
 // ---- mixed precision ----------------------------------------------------------------
 
@@ -293,8 +294,9 @@ struct Companions {
 // contiguous float32 copy of its shape taken from `workspace` (filled on `stream`) and its
 // view replaced by the copy's. Otherwise returns both as they are. On a counting Workspace
 // only the copy's room is taken (the views may be views without data, of the right shape).
-Companions widen_companions(const Problem& p, const TensorView& loc, const TensorView& attn,
-                            cudaStream_t stream, const char* op, Workspace& workspace);
+Companions widen_companions(
+    const Problem& p, const TensorView& loc, const TensorView& attn, cudaStream_t stream,
+    const char* op, Workspace& workspace);
 
 // Views without data of sampling_locations and attention_weights' shapes and dtypes in `p`
 // (for sizing the workspace).
@@ -390,9 +392,9 @@ struct HeadParams {
 // sampling inputs, the sizes, align_corners, and the lane / chunk geometry for records of
 // `Point`, channel vectors of kVec<T> when `vector`; returns the launch shape.
 template <typename Point, typename T, typename C>
-LaunchShape set_head_params(const Problem& p, const Options& options, const TensorView& value,
-                            const TensorView& loc, const TensorView& attn, bool vector,
-                            HeadParams<T, C>* q) {
+LaunchShape set_head_params(
+    const Problem& p, const Options& options, const TensorView& value, const TensorView& loc,
+    const TensorView& attn, bool vector, HeadParams<T, C>* q) {
   q->value = static_cast<const T*>(value.data);
   q->vs = strides_of<4>(value);
   q->loc = static_cast<const C*>(loc.data);
@@ -411,8 +413,8 @@ LaunchShape set_head_params(const Problem& p, const Options& options, const Tens
   q->heads_per_block = kBlockThreads / q->group;
   q->chunk = chunk_points(q->P_total, q->heads_per_block, sizeof(Point));
   const int64_t head_blocks = (q->heads + q->heads_per_block - 1) / q->heads_per_block;
-  return LaunchShape{grid_for(head_blocks),
-                     sizeof(Point) * static_cast<size_t>(q->heads_per_block) * q->chunk};
+  return LaunchShape{
+      grid_for(head_blocks), sizeof(Point) * static_cast<size_t>(q->heads_per_block) * q->chunk};
 }
 
 // A thread of a per-head kernel: its lane in its group of G, its group's slot in the
@@ -482,9 +484,10 @@ void with_mode(SamplingMode mode, F&& f) {
 // `vector_kernel` (16-byte channel vectors) when `vector`, else `scalar_kernel` (single
 // elements); then check_launch(op, name, stream).
 template <typename Params>
-void launch_head_kernel(void (*vector_kernel)(Params), void (*scalar_kernel)(Params), bool vector,
-                        const LaunchShape& shape, const Params& q, cudaStream_t stream,
-                        const char* op, const char* name) {
+void launch_head_kernel(
+    void (*vector_kernel)(Params), void (*scalar_kernel)(Params), bool vector,
+    const LaunchShape& shape, const Params& q, cudaStream_t stream, const char* op,
+    const char* name) {
   void (*kernel)(Params) = vector ? vector_kernel : scalar_kernel;
   kernel<<<shape.grid, kBlockThreads, shape.shared, stream>>>(q);
   check_launch(op, name, stream);
@@ -504,8 +507,8 @@ struct HeadSample {
 // record stays empty) when the head is past the last one or the sample is skipped (then
 // only some of `s` is written).
 template <typename Mode, typename T, typename C>
-__device__ __forceinline__ bool head_sample(const HeadParams<T, C>& p, int64_t head, int64_t point,
-                                            HeadSample<acc_t<T>>* s) {
+__device__ __forceinline__ bool head_sample(
+    const HeadParams<T, C>& p, int64_t head, int64_t point, HeadSample<acc_t<T>>* s) {
   if (head >= p.heads) return false;
   const int64_t m = head % p.M;
   const int64_t nq = head / p.M;
@@ -517,14 +520,14 @@ __device__ __forceinline__ bool head_sample(const HeadParams<T, C>& p, int64_t h
   s->level = detail::make_level<acc_t<T>>(s->lv.H, s->lv.W, p.align_corners);
   const C* xy =
       p.loc + (n * p.ls.s[0] + q * p.ls.s[1] + m * p.ls.s[2] + s->lv.loc_base + point * p.ls.s[4]);
-  return detail::mode_corners(s->level, Mode::discrete, to_acc(xy[0]), to_acc(xy[p.ls.s[5]]),
-                              &s->c);
+  return detail::mode_corners(
+      s->level, Mode::discrete, to_acc(xy[0]), to_acc(xy[p.ls.s[5]]), &s->c);
 }
 
 // The attention weight A of sample `s` (head_sample returned true).
 template <typename T, typename C>
-__device__ __forceinline__ acc_t<T> attention_weight(const HeadParams<T, C>& p,
-                                                     const HeadSample<acc_t<T>>& s) {
+__device__ __forceinline__ acc_t<T> attention_weight(
+    const HeadParams<T, C>& p, const HeadSample<acc_t<T>>& s) {
   return to_acc(p.attn[s.attn_index]);
 }
 
@@ -541,8 +544,9 @@ __device__ __forceinline__ int fill_chunk(const Params& p, int64_t hb, int64_t c
   for (int i = static_cast<int>(threadIdx.x); i < p.heads_per_block * count;
        i += static_cast<int>(blockDim.x)) {
     const int s = i / count, j = i % count;
-    fill_point(Mode{}, p, hb * p.heads_per_block + s, c0 + j,
-               &records[static_cast<int64_t>(s) * p.chunk + j]);
+    fill_point(
+        Mode{}, p, hb * p.heads_per_block + s, c0 + j,
+        &records[static_cast<int64_t>(s) * p.chunk + j]);
   }
   __syncthreads();
   return count;
@@ -559,25 +563,26 @@ struct GatherBuffers {
 
 // deterministic_sort.cu: takes the gather's buffers from `workspace` for a problem with
 // `cells` cell keys per head (sizes only on a counting Workspace).
-GatherBuffers take_gather_buffers(const Problem& p, int64_t cells, cudaStream_t stream,
-                                  Workspace& workspace);
+GatherBuffers take_gather_buffers(
+    const Problem& p, int64_t cells, cudaStream_t stream, Workspace& workspace);
 
 // deterministic_sort.cu: steps 2 and 3 of the gather, enqueued on `stream`: the sample ids
 // buffers.ids_in sorted (stably) by their keys buffers.keys_in into buffers.ids_out /
 // keys_out, then buffers.seg[k] = the first position of key k in the sorted keys, for
 // k = 0..count_keys (count_keys: the key of skipped samples, which sort last).
-void sort_by_cell(const GatherBuffers& buffers, int64_t samples, int64_t count_keys,
-                  cudaStream_t stream);
+void sort_by_cell(
+    const GatherBuffers& buffers, int64_t samples, int64_t count_keys, cudaStream_t stream);
 
 // deterministic.cu: grad_value (N, S, M, D) of the deterministic backward, by a gather
 // over the samples sorted by the value cell they read (see there). Enqueued on
 // options.stream; `levels` and `cells` as returned by make_levels, `buffers` from
 // take_gather_buffers; sampling_locations and attention_weights are the kernels' views
 // (widen_companions), whose strides the level table's point offsets are for.
-void gather_grad_value(const Problem& p, const Options& options, const Levels& levels,
-                       int64_t cells, const GatherBuffers& buffers,
-                       const TensorView& sampling_locations, const TensorView& attention_weights,
-                       const TensorView& grad_output, const TensorView& grad_value);
+void gather_grad_value(
+    const Problem& p, const Options& options, const Levels& levels, int64_t cells,
+    const GatherBuffers& buffers, const TensorView& sampling_locations,
+    const TensorView& attention_weights, const TensorView& grad_output,
+    const TensorView& grad_value);
 
 }  // namespace cuda
 }  // namespace msdacore

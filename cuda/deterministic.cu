@@ -56,8 +56,8 @@ struct SampleIndex {
 };
 
 // Sample id i = ((n*Lq + q)*M + m)*P_total + point, the order of attention_weights.
-__device__ __forceinline__ SampleIndex decode_sample(int64_t i, int64_t Lq, int64_t M,
-                                                     int64_t P_total) {
+__device__ __forceinline__ SampleIndex
+decode_sample(int64_t i, int64_t Lq, int64_t M, int64_t P_total) {
   SampleIndex s;
   s.point = i % P_total;
   i /= P_total;
@@ -71,9 +71,9 @@ __device__ __forceinline__ SampleIndex decode_sample(int64_t i, int64_t Lq, int6
 // The corners and attention weight of sample `s`, whose level is `lv`, in mode `Mode`
 // (ModeTag); false when the sample is skipped.
 template <typename Mode, typename C>
-__device__ __forceinline__ bool sample_of(const SampleGeometry<C>& g, const SampleIndex& s,
-                                          const LevelDesc& lv, detail::Corners<acc_t<C>>* c,
-                                          acc_t<C>* a) {
+__device__ __forceinline__ bool sample_of(
+    const SampleGeometry<C>& g, const SampleIndex& s, const LevelDesc& lv,
+    detail::Corners<acc_t<C>>* c, acc_t<C>* a) {
   using A = acc_t<C>;
   const detail::Level<A> level = detail::make_level<A>(lv.H, lv.W, g.align_corners);
   const C* xy = g.loc + (s.n * g.ls.s[0] + s.q * g.ls.s[1] + s.m * g.ls.s[2] + lv.loc_base +
@@ -81,15 +81,16 @@ __device__ __forceinline__ bool sample_of(const SampleGeometry<C>& g, const Samp
   if (!detail::mode_corners(level, Mode::discrete, to_acc(xy[0]), to_acc(xy[g.ls.s[5]]), c)) {
     return false;
   }
-  *a = to_acc(g.attn[s.n * g.as.s[0] + s.q * g.as.s[1] + s.m * g.as.s[2] + lv.attn_base +
-                     s.point * g.as.s[4]]);
+  *a = to_acc(g.attn
+                  [s.n * g.as.s[0] + s.q * g.as.s[1] + s.m * g.as.s[2] + lv.attn_base +
+                   s.point * g.as.s[4]]);
   return true;
 }
 
 template <typename C, typename Mode>
-__global__ void keys_kernel(const SampleGeometry<C> g, int64_t samples, int64_t cells,
-                            uint64_t sentinel, uint64_t* __restrict__ keys,
-                            uint64_t* __restrict__ ids) {
+__global__ void keys_kernel(
+    const SampleGeometry<C> g, int64_t samples, int64_t cells, uint64_t sentinel,
+    uint64_t* __restrict__ keys, uint64_t* __restrict__ ids) {
   using A = acc_t<C>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < samples;
@@ -101,8 +102,8 @@ __global__ void keys_kernel(const SampleGeometry<C> g, int64_t samples, int64_t 
     uint64_t key = sentinel;
     if (sample_of<Mode>(g, s, lv, &c, &a)) {
       // The sample's cell, (h0, w0) in -1 .. H-1 x -1 .. W-1 (discrete: the pixel (i, j)).
-      key = static_cast<uint64_t>((s.n * g.M + s.m) * cells + lv.cell_start +
-                                  (c.h0 + 1) * (lv.W + 1) + (c.w0 + 1));
+      key = static_cast<uint64_t>(
+          (s.n * g.M + s.m) * cells + lv.cell_start + (c.h0 + 1) * (lv.W + 1) + (c.w0 + 1));
     }
     keys[i] = key;
     ids[i] = static_cast<uint64_t>(i);
@@ -196,9 +197,10 @@ __global__ void __launch_bounds__(kBlockThreads, (gather_min_blocks<T, V>()))
 }
 
 template <typename T, typename C, typename Mode>
-void run_gather(const Problem& p, const Options& options, const Levels& levels, int64_t cells,
-                const GatherBuffers& buffers, const TensorView& loc, const TensorView& attn,
-                const TensorView& grad_output, const TensorView& grad_value) {
+void run_gather(
+    const Problem& p, const Options& options, const Levels& levels, int64_t cells,
+    const GatherBuffers& buffers, const TensorView& loc, const TensorView& attn,
+    const TensorView& grad_output, const TensorView& grad_value) {
   const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
   const int64_t samples = p.N * p.Lq * p.M * p.P_total;
   const int64_t count_keys = p.N * p.M * cells;  // also the key of skipped samples
@@ -251,16 +253,18 @@ void run_gather(const Problem& p, const Options& options, const Levels& levels, 
 
 }  // namespace
 
-void gather_grad_value(const Problem& p, const Options& options, const Levels& levels,
-                       int64_t cells, const GatherBuffers& buffers,
-                       const TensorView& sampling_locations, const TensorView& attention_weights,
-                       const TensorView& grad_output, const TensorView& grad_value) {
+void gather_grad_value(
+    const Problem& p, const Options& options, const Levels& levels, int64_t cells,
+    const GatherBuffers& buffers, const TensorView& sampling_locations,
+    const TensorView& attention_weights, const TensorView& grad_output,
+    const TensorView& grad_value) {
   with_types(p, kOp, [&](auto tag, auto companion) {
     using T = typename decltype(tag)::type;
     using C = typename decltype(companion)::type;
     with_mode(p.mode, [&](auto mode) {
-      run_gather<T, C, decltype(mode)>(p, options, levels, cells, buffers, sampling_locations,
-                                       attention_weights, grad_output, grad_value);
+      run_gather<T, C, decltype(mode)>(
+          p, options, levels, cells, buffers, sampling_locations, attention_weights, grad_output,
+          grad_value);
     });
   });
 }

@@ -14,8 +14,9 @@ namespace {
 constexpr const char* kOp = "ms_deform_attn_backward (deterministic)";
 
 // seg[k] = number of sorted keys below k, for k = 0..count_keys.
-__global__ void segment_kernel(const uint64_t* __restrict__ sorted_keys, int64_t items,
-                               int64_t count_keys, int64_t* __restrict__ seg) {
+__global__ void segment_kernel(
+    const uint64_t* __restrict__ sorted_keys, int64_t items, int64_t count_keys,
+    int64_t* __restrict__ seg) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k <= count_keys;
        k += stride) {
@@ -34,8 +35,8 @@ __global__ void segment_kernel(const uint64_t* __restrict__ sorted_keys, int64_t
 
 }  // namespace
 
-GatherBuffers take_gather_buffers(const Problem& p, int64_t cells, cudaStream_t stream,
-                                  Workspace& workspace) {
+GatherBuffers take_gather_buffers(
+    const Problem& p, int64_t cells, cudaStream_t stream, Workspace& workspace) {
   GatherBuffers b;
   const int64_t samples = p.N * p.Lq * p.M * p.P_total;
   const int64_t count_keys = p.N * p.M * cells;
@@ -47,27 +48,30 @@ GatherBuffers take_gather_buffers(const Problem& p, int64_t cells, cudaStream_t 
     ++b.end_bit;
   }
   // Sizing pass of the sort: no memory is touched.
-  check(cub::DeviceRadixSort::SortPairs(nullptr, b.sort_temp_bytes, b.keys_in, b.keys_out, b.ids_in,
-                                        b.ids_out, samples, 0, b.end_bit, stream),
-        kOp, "sizing the sample sort");
+  check(
+      cub::DeviceRadixSort::SortPairs(
+          nullptr, b.sort_temp_bytes, b.keys_in, b.keys_out, b.ids_in, b.ids_out, samples, 0,
+          b.end_bit, stream),
+      kOp, "sizing the sample sort");
   b.sort_temp = workspace.take_bytes(static_cast<int64_t>(b.sort_temp_bytes), "the sort");
   b.seg = workspace.take<int64_t>(count_keys + 1, "the segment starts");
   return b;
 }
 
-void sort_by_cell(const GatherBuffers& buffers, int64_t samples, int64_t count_keys,
-                  cudaStream_t stream) {
+void sort_by_cell(
+    const GatherBuffers& buffers, int64_t samples, int64_t count_keys, cudaStream_t stream) {
   // 2. stable radix sort on the bits keys use.
   size_t temp_bytes = buffers.sort_temp_bytes;
-  check(cub::DeviceRadixSort::SortPairs(buffers.sort_temp, temp_bytes, buffers.keys_in,
-                                        buffers.keys_out, buffers.ids_in, buffers.ids_out, samples,
-                                        0, buffers.end_bit, stream),
-        kOp, "sorting the samples by cell");
+  check(
+      cub::DeviceRadixSort::SortPairs(
+          buffers.sort_temp, temp_bytes, buffers.keys_in, buffers.keys_out, buffers.ids_in,
+          buffers.ids_out, samples, 0, buffers.end_bit, stream),
+      kOp, "sorting the samples by cell");
   check_launch(kOp, "cub::DeviceRadixSort::SortPairs", stream);
 
   // 3. segment starts.
-  segment_kernel<<<item_grid(count_keys + 1), kBlockThreads, 0, stream>>>(buffers.keys_out, samples,
-                                                                          count_keys, buffers.seg);
+  segment_kernel<<<item_grid(count_keys + 1), kBlockThreads, 0, stream>>>(
+      buffers.keys_out, samples, count_keys, buffers.seg);
   check_launch(kOp, "segment_kernel", stream);
 }
 

@@ -30,14 +30,16 @@ int device_count() {
   (void)cudaGetLastError();
   if (driver == 0) return 0;  // no CUDA driver installed: a CPU-only machine
   if (err == cudaErrorInsufficientDriver || driver < CUDART_VERSION) {
-    throw RuntimeError("msdacore: the CUDA driver supports CUDA " + version_string(driver) +
-                       ", but this build of msdacore needs CUDA " + version_string(CUDART_VERSION) +
-                       " or newer: update the NVIDIA driver, or install a build of msdacore "
-                       "for an older CUDA (or a CPU-only build, MSDACORE_CUDA=OFF)");
+    throw RuntimeError(
+        "msdacore: the CUDA driver supports CUDA " + version_string(driver) +
+        ", but this build of msdacore needs CUDA " + version_string(CUDART_VERSION) +
+        " or newer: update the NVIDIA driver, or install a build of msdacore "
+        "for an older CUDA (or a CPU-only build, MSDACORE_CUDA=OFF)");
   }
-  throw RuntimeError(std::string("msdacore: counting CUDA devices failed: ") +
-                     cudaGetErrorName(err) + ": " + cudaGetErrorString(err) + " (CUDA driver " +
-                     version_string(driver) + ", runtime " + version_string(CUDART_VERSION) + ")");
+  throw RuntimeError(
+      std::string("msdacore: counting CUDA devices failed: ") + cudaGetErrorName(err) + ": " +
+      cudaGetErrorString(err) + " (CUDA driver " + version_string(driver) + ", runtime " +
+      version_string(CUDART_VERSION) + ")");
 }
 
 // The runtime this build links; known at compile time, so no driver call.

@@ -33,8 +33,8 @@ struct ForwardPoint {
 // Fills the record of point `point` of head `head`, sampled in mode `Mode` (empty when
 // there is none, or the sample is skipped).
 template <typename Mode, typename T, typename C>
-__device__ void fill_point(Mode, const ForwardParams<T, C>& p, int64_t head, int64_t point,
-                           ForwardPoint<T>* rec) {
+__device__ void fill_point(
+    Mode, const ForwardParams<T, C>& p, int64_t head, int64_t point, ForwardPoint<T>* rec) {
   using A = acc_t<T>;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
@@ -104,9 +104,9 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
 // The workspace, in the order it is taken: the float32 copy of sampling_locations or
 // attention_weights (mixed precision, widen_companions), then the level table (many levels).
 template <typename T, typename C>
-void launch_forward(const Problem& p, const Options& options, const TensorView& value,
-                    const TensorView& loc, const TensorView& attn, const TensorView& output,
-                    Workspace& workspace) {
+void launch_forward(
+    const Problem& p, const Options& options, const TensorView& value, const TensorView& loc,
+    const TensorView& attn, const TensorView& output, Workspace& workspace) {
   const cudaStream_t stream = static_cast<cudaStream_t>(options.stream);
   const Companions read = widen_companions(p, loc, attn, stream, kOp, workspace);
   ForwardParams<T, C> fp;
@@ -118,8 +118,9 @@ void launch_forward(const Problem& p, const Options& options, const TensorView& 
   make_levels(p, &fp.ls, &fp.as, stream, kOp, &fp.levels, workspace);
   with_mode(p.mode, [&](auto mode) {
     using Mode = decltype(mode);
-    launch_head_kernel(forward_kernel<T, C, V, Mode>, forward_kernel<T, C, 1, Mode>, vector, shape,
-                       fp, stream, kOp, "forward_kernel");
+    launch_head_kernel(
+        forward_kernel<T, C, V, Mode>, forward_kernel<T, C, 1, Mode>, vector, shape, fp, stream,
+        kOp, "forward_kernel");
   });
 }
 
@@ -136,17 +137,18 @@ int64_t forward_workspace_size(const Problem& p, const Options&, const TensorVie
   return workspace.used();
 }
 
-void forward(const Problem& p, const Options& options, const TensorView& value,
-             const TensorView& sampling_locations, const TensorView& attention_weights,
-             const TensorView& output, Workspace& workspace) {
+void forward(
+    const Problem& p, const Options& options, const TensorView& value,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const TensorView& output, Workspace& workspace) {
   DeviceGuard guard(p.device.index, kOp);
   check_input_pointers(kOp, value, sampling_locations, attention_weights);
   check_pointer(kOp, "output", output);
   with_types(p, kOp, [&](auto tag, auto companion) {
     using T = typename decltype(tag)::type;
     using C = typename decltype(companion)::type;
-    launch_forward<T, C>(p, options, value, sampling_locations, attention_weights, output,
-                         workspace);
+    launch_forward<T, C>(
+        p, options, value, sampling_locations, attention_weights, output, workspace);
   });
 }
 

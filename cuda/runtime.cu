@@ -27,8 +27,9 @@ std::string device_string(int device) { return "cuda:" + std::to_string(device);
 
 void throw_cuda_error(cudaError_t err, const char* op, const char* what) {
   (void)cudaGetLastError();  // clear a non-sticky error so later calls can succeed
-  throw RuntimeError(std::string("msdacore ") + op + ": " + what +
-                     " failed: " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+  throw RuntimeError(
+      std::string("msdacore ") + op + ": " + what + " failed: " + cudaGetErrorName(err) + ": " +
+      cudaGetErrorString(err));
 }
 
 void check_launch(const char* op, const char* kernel, cudaStream_t stream) {
@@ -57,20 +58,22 @@ void check_pointer(const char* op, const char* name, const TensorView& t) {
   const cudaError_t err = cudaPointerGetAttributes(&attr, t.data);
   if (err != cudaSuccess) {
     (void)cudaGetLastError();
-    throw DeviceError(std::string(name) + " is said to be on " + device_name(t.device) +
-                      ", but CUDA does not know its data pointer (" + cudaGetErrorString(err) +
-                      "), in msdacore " + op);
+    throw DeviceError(
+        std::string(name) + " is said to be on " + device_name(t.device) +
+        ", but CUDA does not know its data pointer (" + cudaGetErrorString(err) +
+        "), in msdacore " + op);
   }
   if (attr.type == cudaMemoryTypeUnregistered) {
-    throw DeviceError(std::string(name) + " is said to be on " + device_name(t.device) +
-                      ", but its data pointer is ordinary host memory, not CUDA memory, in "
-                      "msdacore " +
-                      op);
+    throw DeviceError(
+        std::string(name) + " is said to be on " + device_name(t.device) +
+        ", but its data pointer is ordinary host memory, not CUDA memory, in "
+        "msdacore " +
+        op);
   }
   if (attr.type == cudaMemoryTypeDevice && attr.device != t.device.index) {
-    throw DeviceError(std::string(name) + " is said to be on " + device_name(t.device) +
-                      ", but its memory is on " + device_string(attr.device) + ", in msdacore " +
-                      op);
+    throw DeviceError(
+        std::string(name) + " is said to be on " + device_name(t.device) +
+        ", but its memory is on " + device_string(attr.device) + ", in msdacore " + op);
   }
 }
 
@@ -84,8 +87,9 @@ int multiprocessors() {
   return count > 0 ? count : 80;
 }
 
-int64_t make_levels(const Problem& p, const Strides<6>* ls, const Strides<5>* as,
-                    cudaStream_t stream, const char* op, Levels* levels, Workspace& workspace) {
+int64_t make_levels(
+    const Problem& p, const Strides<6>* ls, const Strides<5>* as, cudaStream_t stream,
+    const char* op, Levels* levels, Workspace& workspace) {
   std::vector<LevelDesc> table(static_cast<size_t>(p.L));
   int64_t cells = 0;
   for (int64_t l = 0; l < p.L; ++l) {
@@ -117,9 +121,11 @@ int64_t make_levels(const Problem& p, const Strides<6>* ls, const Strides<5>* as
     if (!workspace.counting_only()) {
       // From pageable memory: the copy is staged before cudaMemcpyAsync returns, so `table`
       // may go out of scope afterwards.
-      check(cudaMemcpyAsync(device_table, table.data(), table.size() * sizeof(LevelDesc),
-                            cudaMemcpyHostToDevice, stream),
-            op, "copying the level table to the device");
+      check(
+          cudaMemcpyAsync(
+              device_table, table.data(), table.size() * sizeof(LevelDesc), cudaMemcpyHostToDevice,
+              stream),
+          op, "copying the level table to the device");
     }
     levels->table = device_table;
   }
@@ -140,8 +146,8 @@ struct WidenSource {
 
 // dst[i] = src[element i in row-major order over src's shape] as float32, i < count.
 template <typename T>
-__global__ void widen_kernel(const T* __restrict__ src, const WidenSource shape,
-                             float* __restrict__ dst, int64_t count) {
+__global__ void widen_kernel(
+    const T* __restrict__ src, const WidenSource shape, float* __restrict__ dst, int64_t count) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += stride) {
@@ -156,8 +162,9 @@ __global__ void widen_kernel(const T* __restrict__ src, const WidenSource shape,
 }
 
 // The float32 copy of `t` (value's half dtype) for widen_companions.
-TensorView widen(const TensorView& t, cudaStream_t stream, const char* op, Workspace& workspace,
-                 const char* what) {
+TensorView widen(
+    const TensorView& t, cudaStream_t stream, const char* op, Workspace& workspace,
+    const char* what) {
   const int64_t count = t.numel();
   float* copy = workspace.take<float>(count, what);
   if (workspace.counting_only() || count == 0) return dense_like(t, copy, DType::Float32);
@@ -174,14 +181,14 @@ TensorView widen(const TensorView& t, cudaStream_t stream, const char* op, Works
   const int64_t cap = static_cast<int64_t>(multiprocessors()) * 32;
   const unsigned int grid = grid_for(blocks < cap ? blocks : cap);
   if (t.dtype == DType::Float16) {
-    widen_kernel<__half><<<grid, kBlockThreads, 0, stream>>>(static_cast<const __half*>(t.data),
-                                                             shape, copy, count);
+    widen_kernel<__half><<<grid, kBlockThreads, 0, stream>>>(
+        static_cast<const __half*>(t.data), shape, copy, count);
   } else if (t.dtype == DType::BFloat16) {
     widen_kernel<__nv_bfloat16><<<grid, kBlockThreads, 0, stream>>>(
         static_cast<const __nv_bfloat16*>(t.data), shape, copy, count);
   } else {
-    throw DTypeError(std::string("msdacore ") + op + ": unexpected dtype " + dtype_name(t.dtype) +
-                     " to widen");
+    throw DTypeError(
+        std::string("msdacore ") + op + ": unexpected dtype " + dtype_name(t.dtype) + " to widen");
   }
   check_launch(op, "widen_kernel", stream);
   return dense_like(t, copy, DType::Float32);
@@ -189,8 +196,9 @@ TensorView widen(const TensorView& t, cudaStream_t stream, const char* op, Works
 
 }  // namespace
 
-Companions widen_companions(const Problem& p, const TensorView& loc, const TensorView& attn,
-                            cudaStream_t stream, const char* op, Workspace& workspace) {
+Companions widen_companions(
+    const Problem& p, const TensorView& loc, const TensorView& attn, cudaStream_t stream,
+    const char* op, Workspace& workspace) {
   Companions c{loc, attn};
   if (companion_is_float(p)) {
     if (p.loc_dtype != DType::Float32) {
@@ -250,8 +258,9 @@ cudaMemPool_t pool_of(int device) {
     props.location.id = device;
     check(cudaMemPoolCreate(&pool, &props), "allocate", "creating the memory pool");
     uint64_t threshold = release_threshold();
-    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "allocate",
-          "setting the memory pool's release threshold");
+    check(
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "allocate",
+        "setting the memory pool's release threshold");
   }
   pools[device] = pool;
   return pool;
@@ -266,8 +275,9 @@ void* pool_allocate(int device, int64_t bytes, void* stream) {
       "allocating " + std::to_string(bytes) + " bytes on " + device_string(device);
   void* ptr = nullptr;
   if (cudaMemPool_t pool = pool_of(device)) {
-    check(cudaMallocFromPoolAsync(&ptr, size, pool, static_cast<cudaStream_t>(stream)), "allocate",
-          what.c_str());
+    check(
+        cudaMallocFromPoolAsync(&ptr, size, pool, static_cast<cudaStream_t>(stream)), "allocate",
+        what.c_str());
   } else {
     check(cudaMalloc(&ptr, size), "allocate", what.c_str());
   }
@@ -297,8 +307,9 @@ void pool_free(int device, void* ptr, void* stream) noexcept {
 
 void synchronize(int device, void* stream) {
   DeviceGuard guard(device, "cuda_synchronize");
-  check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cuda_synchronize",
-        "cudaStreamSynchronize");
+  check(
+      cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cuda_synchronize",
+      "cudaStreamSynchronize");
 }
 
 void stream_wait(int device, void* waiting, void* producer) {

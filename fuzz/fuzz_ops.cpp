@@ -61,51 +61,53 @@ class Bytes {
   size_t pos_ = 0;
 };
 
-const int64_t kOddSizes[] = {0,
-                             -1,
-                             -7,
-                             1,
-                             2,
-                             3,
-                             4,
-                             5,
-                             64,
-                             65,
-                             1000,
-                             int64_t(1) << 31,
-                             (int64_t(1) << 31) - 1,
-                             int64_t(1) << 32,
-                             int64_t(1) << 40,
-                             3037000500LL,
-                             kI64Max / 2,
-                             kI64Max,
-                             kI64Min};
+const int64_t kOddSizes[] = {
+    0,
+    -1,
+    -7,
+    1,
+    2,
+    3,
+    4,
+    5,
+    64,
+    65,
+    1000,
+    int64_t(1) << 31,
+    (int64_t(1) << 31) - 1,
+    int64_t(1) << 32,
+    int64_t(1) << 40,
+    3037000500LL,
+    kI64Max / 2,
+    kI64Max,
+    kI64Min};
 
-const double kSpecialFloats[] = {std::numeric_limits<double>::quiet_NaN(),
-                                 -std::numeric_limits<double>::quiet_NaN(),
-                                 std::numeric_limits<double>::infinity(),
-                                 -std::numeric_limits<double>::infinity(),
-                                 1e30,
-                                 -1e30,
-                                 1e300,
-                                 -1e300,
-                                 3.4e38,
-                                 -3.4e38,
-                                 2147483648.0,
-                                 -2147483649.0,
-                                 9.3e18,
-                                 -9.3e18,
-                                 1e-310,
-                                 -1e-45,
-                                 0.0,
-                                 -0.0,
-                                 1.0,
-                                 0.5,
-                                 -1.0,
-                                 2.0,
-                                 0.9999999,
-                                 1.0000001,
-                                 -0.0000001};
+const double kSpecialFloats[] = {
+    std::numeric_limits<double>::quiet_NaN(),
+    -std::numeric_limits<double>::quiet_NaN(),
+    std::numeric_limits<double>::infinity(),
+    -std::numeric_limits<double>::infinity(),
+    1e30,
+    -1e30,
+    1e300,
+    -1e300,
+    3.4e38,
+    -3.4e38,
+    2147483648.0,
+    -2147483649.0,
+    9.3e18,
+    -9.3e18,
+    1e-310,
+    -1e-45,
+    0.0,
+    -0.0,
+    1.0,
+    0.5,
+    -1.0,
+    2.0,
+    0.9999999,
+    1.0000001,
+    -0.0000001};
 
 int64_t dtype_bytes(DType t) { return msdacore::dtype_size(t); }
 
@@ -290,8 +292,9 @@ struct Output {
       strides[d] = s;
       s *= dims[d];
     }
-    view = TensorView(storage.empty() ? nullptr : storage.data(), static_cast<int32_t>(dims.size()),
-                      dims.data(), strides.data(), dtype);
+    view = TensorView(
+        storage.empty() ? nullptr : storage.data(), static_cast<int32_t>(dims.size()), dims.data(),
+        strides.data(), dtype);
   }
 };
 
@@ -390,8 +393,8 @@ void run_one(const uint8_t* data, size_t size) {
       const int64_t dims[] = {p.N, p.Lq, wrapped}, strides[] = {0, 0, 1};
       const TensorView out(nullptr, 3, dims, strides, p.dtype);
       if (!throws_error([&] {
-            msdacore::ms_deform_attn_forward(value.view, shapes.view, level_start.view, loc.view,
-                                             attn.view, out, options);
+            msdacore::ms_deform_attn_forward(
+                value.view, shapes.view, level_start.view, loc.view, attn.view, out, options);
           })) {
         fail("forward accepted M*D that overflows int64");
       }
@@ -400,12 +403,12 @@ void run_one(const uint8_t* data, size_t size) {
     if (size_ok({p.N, p.Lq, p.M, p.D}, kMaxOutput)) {
       Output out1({p.N, p.Lq, p.M * p.D}, p.dtype), out2({p.N, p.Lq, p.M * p.D}, p.dtype);
       const bool e1 = throws_error([&] {
-        msdacore::ms_deform_attn_forward(value.view, shapes.view, level_start.view, loc.view,
-                                         attn.view, out1.view, options);
+        msdacore::ms_deform_attn_forward(
+            value.view, shapes.view, level_start.view, loc.view, attn.view, out1.view, options);
       });
       const bool e2 = throws_error([&] {
-        msdacore::ms_deform_attn_forward(value.view, shapes.view, level_start.view, loc.view,
-                                         attn.view, out2.view, options);
+        msdacore::ms_deform_attn_forward(
+            value.view, shapes.view, level_start.view, loc.view, attn.view, out2.view, options);
       });
       if (e1 || e2) fail("forward threw on inputs check_inputs accepted");
       if (out1.storage != out2.storage) fail("forward is not deterministic");
@@ -418,14 +421,14 @@ void run_one(const uint8_t* data, size_t size) {
           gl2({p.N, p.Lq, p.M, p.L, p.P, 2}, p.dtype);
       Output ga1({p.N, p.Lq, p.M, p.L, p.P}, p.dtype), ga2({p.N, p.Lq, p.M, p.L, p.P}, p.dtype);
       const bool e1 = throws_error([&] {
-        msdacore::ms_deform_attn_backward(value.view, shapes.view, level_start.view, loc.view,
-                                          attn.view, grad_out.view, gv1.view, gl1.view, ga1.view,
-                                          options);
+        msdacore::ms_deform_attn_backward(
+            value.view, shapes.view, level_start.view, loc.view, attn.view, grad_out.view, gv1.view,
+            gl1.view, ga1.view, options);
       });
       const bool e2 = throws_error([&] {
-        msdacore::ms_deform_attn_backward(value.view, shapes.view, level_start.view, loc.view,
-                                          attn.view, grad_out.view, gv2.view, gl2.view, ga2.view,
-                                          options);
+        msdacore::ms_deform_attn_backward(
+            value.view, shapes.view, level_start.view, loc.view, attn.view, grad_out.view, gv2.view,
+            gl2.view, ga2.view, options);
       });
       if (e1 != e2) fail("backward threw on one of two identical calls");
       if (!e1 && (gv1.storage != gv2.storage || gl1.storage != gl2.storage ||
@@ -437,14 +440,14 @@ void run_one(const uint8_t* data, size_t size) {
     // Every op must reject what check_inputs rejects, before touching the outputs.
     Output out({1, 1, 1}, T);
     const bool e = throws_error([&] {
-      msdacore::ms_deform_attn_forward(value.view, shapes.view, level_start.view, loc.view,
-                                       attn.view, out.view, options);
+      msdacore::ms_deform_attn_forward(
+          value.view, shapes.view, level_start.view, loc.view, attn.view, out.view, options);
     });
     if (!e) fail("forward accepted inputs check_inputs rejected");
     const bool eb = throws_error([&] {
-      msdacore::ms_deform_attn_backward(value.view, shapes.view, level_start.view, loc.view,
-                                        attn.view, grad_out.view, out.view, out.view, out.view,
-                                        options);
+      msdacore::ms_deform_attn_backward(
+          value.view, shapes.view, level_start.view, loc.view, attn.view, grad_out.view, out.view,
+          out.view, out.view, options);
     });
     if (!eb) fail("backward accepted inputs check_inputs rejected");
   }

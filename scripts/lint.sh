@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Lint and format checks, the first step of CI: ruff (lint and format) over the Python
-# sources and clang-format over the C, C++ and CUDA sources, with the checked-in
-# configurations (pyproject.toml [tool.ruff], .clang-format). Needs the `lint` extra's
+# Lint and format checks, the first step of CI: ruff over the Python sources (pycodestyle,
+# pyflakes, import order, bugbear) and clang-format over the C, C++ and CUDA sources, with
+# the checked-in configurations (pyproject.toml [tool.ruff], .clang-format). Needs the `lint` extra's
 # pinned tools:  pip install ruff==0.17.6 clang-format==23.1.5  (or ".[lint]").
 #   bash scripts/lint.sh          # check: exits non-zero on any violation, changes nothing
-#   bash scripts/lint.sh --fix    # apply the formatters and ruff's safe fixes
+#   bash scripts/lint.sh --fix    # apply ruff's safe fixes (import order, ...) and clang-format
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,11 +17,9 @@ fi
 mapfile -t c_sources < <(git ls-files '*.c' '*.cc' '*.cpp' '*.h' '*.hpp' '*.cu' '*.cuh')
 if [[ $fix == 1 ]]; then
   ruff check --fix .
-  ruff format .
   clang-format -i "${c_sources[@]}"
 else
   ruff check .
-  ruff format --check .
   clang-format --dry-run -Werror "${c_sources[@]}"
 fi
 echo "lint: ruff and clang-format clean (${#c_sources[@]} C/C++/CUDA files)"

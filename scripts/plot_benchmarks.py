@@ -53,7 +53,6 @@ THREADS_PNG = "benchmarks_threads.png"
 
 # ----------------------------------------------------------------------------- data
 
-
 def load(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
@@ -102,7 +101,6 @@ def _ms(x) -> str:
 
 # ----------------------------------------------------------------------------- plots
 
-
 def _pyplot():
     import matplotlib
 
@@ -128,23 +126,12 @@ def plot_times(data: dict, out_dir: str, dtype: str = "float32", threads: int = 
         xs = list(range(len(names)))
         ax.bar([x - width / 2 for x in xs], ours, width, label="msdacore", color="#2a6f97")
         if any(g is not None for g in gs):
-            ax.bar(
-                [x + width / 2 for x in xs],
-                [g if g is not None else 0 for g in gs],
-                width,
-                label="grid_sample composition",
-                color="#c9803b",
-            )
+            ax.bar([x + width / 2 for x in xs], [g if g is not None else 0 for g in gs], width,
+                   label="grid_sample composition", color="#c9803b")
         for x, a, b in zip(xs, ours, gs):
             if a and b:
-                ax.annotate(
-                    f"{b / a:.1f}x",
-                    (x, max(a, b)),
-                    textcoords="offset points",
-                    xytext=(0, 4),
-                    ha="center",
-                    fontsize=9,
-                )
+                ax.annotate(f"{b / a:.1f}x", (x, max(a, b)), textcoords="offset points",
+                            xytext=(0, 4), ha="center", fontsize=9)
         ax.set_yscale("log")
         lo_y, hi_y = ax.get_ylim()
         ax.set_ylim(lo_y, hi_y * 1.8)  # room for the labels
@@ -154,9 +141,8 @@ def plot_times(data: dict, out_dir: str, dtype: str = "float32", threads: int = 
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0].set_ylabel("median time (ms, log scale)")
     axes[0].legend(loc="upper right", fontsize=9)
-    fig.suptitle(
-        f"time per configuration, {dtype}, {threads} thread(s); labels: grid_sample / msdacore"
-    )
+    fig.suptitle(f"time per configuration, {dtype}, {threads} thread(s); "
+                 "labels: grid_sample / msdacore")
     fig.tight_layout()
     path = os.path.join(out_dir, TIME_PNG)
     fig.savefig(path, dpi=110)
@@ -189,17 +175,10 @@ def plot_threads(data: dict, out_dir: str):
             ax.bar(offs, speedups, width, label=dtype, color=colors[j % len(colors)])
             for x, s in zip(offs, speedups):
                 if s:
-                    ax.annotate(
-                        f"{s:.2f}",
-                        (x, s),
-                        textcoords="offset points",
-                        xytext=(0, 3),
-                        ha="center",
-                        fontsize=8,
-                    )
-        ax.axhline(
-            hi / lo, color="gray", linestyle="--", linewidth=1, label=f"ideal ({hi / lo:g}x)"
-        )
+                    ax.annotate(f"{s:.2f}", (x, s), textcoords="offset points", xytext=(0, 3),
+                                ha="center", fontsize=8)
+        ax.axhline(hi / lo, color="gray", linestyle="--", linewidth=1,
+                   label=f"ideal ({hi / lo:g}x)")
         ax.axhline(1.0, color="black", linewidth=0.6)
         ax.set_xticks(xs)
         ax.set_xticklabels(names)
@@ -217,7 +196,6 @@ def plot_threads(data: dict, out_dir: str):
 
 # ----------------------------------------------------------------------------- markdown
 
-
 def context_lines(data: dict) -> list:
     mach = data.get("machine", {})
     build = data.get("msdacore", {}).get("build_info", {})
@@ -226,8 +204,7 @@ def context_lines(data: dict) -> list:
     lines = [
         f"Measured {data.get('date', '?')} with `{command}`"
         f" on {mach.get('cpu', '?')} ({mach.get('cores', '?')} cores"
-        + (f"; {mach['caches']}" if mach.get("caches") else "")
-        + "), "
+        + (f"; {mach['caches']}" if mach.get("caches") else "") + "), "
         f"msdacore {data.get('msdacore', {}).get('version', '?')} "
         f"(cpu_isa {build.get('cpu_isa', '?')}, {build.get('compiler', '?')}), "
         f"torch {data.get('torch') or 'not installed'}, NumPy {mach.get('numpy', '?')}; "
@@ -247,11 +224,9 @@ def context_lines(data: dict) -> list:
 
 
 def results_table(data: dict) -> list:
-    lines = [
-        "| configuration | dtype | threads | pass | msdacore ms | grid_sample ms | ratio "
-        "| msdacore peak MB | grid_sample peak MB |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    lines = ["| configuration | dtype | threads | pass | msdacore ms | grid_sample ms | ratio "
+             "| msdacore peak MB | grid_sample peak MB |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in data["results"]:
         for key in PASSES:
             ours = row["msdacore"][key]
@@ -260,16 +235,13 @@ def results_table(data: dict) -> list:
                 f"| `{row['config']}` | {row['dtype']} | {row['threads']} | {PASS_LABELS[key]} "
                 f"| {_ms(ours['median_s'] * 1e3)} | {_ms(gs['median_s'] * 1e3) if gs else '-'} "
                 f"| {fmt_ratio(row['ratios'][key])} | {fmt_mb(ours.get('peak_rss_bytes'))} "
-                f"| {fmt_mb(gs.get('peak_rss_bytes')) if gs else '-'} |"
-            )
+                f"| {fmt_mb(gs.get('peak_rss_bytes')) if gs else '-'} |")
     return lines
 
 
 def sizes_table(data: dict) -> list:
-    lines = [
-        "| configuration | dtype | samples | inputs MB | output MB | gradients MB |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
-    ]
+    lines = ["| configuration | dtype | samples | inputs MB | output MB | gradients MB |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
     seen = set()
     for row in data["results"]:
         key = (row["config"], row["dtype"])
@@ -277,22 +249,17 @@ def sizes_table(data: dict) -> list:
             continue
         seen.add(key)
         s = row["sizes"]
-        lines.append(
-            f"| `{row['config']}` | {row['dtype']} | {s['samples']} "
-            f"| {fmt_mb(s['input_bytes'])} | {fmt_mb(s['output_bytes'])} "
-            f"| {fmt_mb(s['grads_bytes'])} |"
-        )
+        lines.append(f"| `{row['config']}` | {row['dtype']} | {s['samples']} "
+                     f"| {fmt_mb(s['input_bytes'])} | {fmt_mb(s['output_bytes'])} "
+                     f"| {fmt_mb(s['grads_bytes'])} |")
     return lines
 
 
 def targets_table(data: dict, dtype: str = "float32", threads: int = 2) -> list:
     """The issue's targets, met or not, at dtype and threads."""
-    lines = [
-        f"Targets ({dtype}, {threads} threads; ratio = grid_sample / msdacore):",
-        "",
-        "| config | pass | target | measured | |",
-        "| --- | --- | ---: | ---: | --- |",
-    ]
+    lines = [f"Targets ({dtype}, {threads} threads; ratio = grid_sample / msdacore):", "",
+             "| config | pass | target | measured | |",
+             "| --- | --- | ---: | ---: | --- |"]
     for name, targets in TARGETS.items():
         row = find(data, name, dtype, threads)
         for key in PASSES:
@@ -301,10 +268,8 @@ def targets_table(data: dict, dtype: str = "float32", threads: int = 2) -> list:
                 mark = "not measured"
             else:
                 mark = "met" if ratio >= targets[key] else "**not met**"
-            lines.append(
-                f"| `{name}` | {PASS_LABELS[key]} | >= {targets[key]}x "
-                f"| {fmt_ratio(ratio)} | {mark} |"
-            )
+            lines.append(f"| `{name}` | {PASS_LABELS[key]} | >= {targets[key]}x "
+                         f"| {fmt_ratio(ratio)} | {mark} |")
     return lines
 
 
@@ -315,11 +280,9 @@ def floor_lines(data: dict, floor: dict, dtype: str = "float32") -> list:
     threads = floor.get("threads")
     row = find(data, floor.get("config", FLOOR_CONFIG), dtype, threads) if data else None
     lean = floor.get("forward_lean_ms") is not None
-    head = (
-        f"Floor (`{floor.get('config', FLOOR_CONFIG)}`, float32, {threads} threads, "
-        f"`{floor.get('command_line', 'bash benchmarks/floor/run.sh')}`, compiled by "
-        f"{floor.get('compiler', '?')} with `{floor.get('flags', '?')}`): "
-    )
+    head = (f"Floor (`{floor.get('config', FLOOR_CONFIG)}`, float32, {threads} threads, "
+            f"`{floor.get('command_line', 'bash benchmarks/floor/run.sh')}`, compiled by "
+            f"{floor.get('compiler', '?')} with `{floor.get('flags', '?')}`): ")
     if lean:
         text = (
             "the lean floor, the least work of a kernel that computes the op from its "
@@ -329,8 +292,7 @@ def floor_lines(data: dict, floor: dict, dtype: str = "float32") -> list:
             "written once (backward: per corner a dot product with grad_output and a "
             f"weighted add into grad_value). {floor.get('in_bounds', '?')} in-bounds samples "
             f"of {floor.get('samples', '?')}. Beside it, the data-movement floor (precomputed "
-            "corner rows, no weights). See benchmarks/floor/floor.cpp."
-        )
+            "corner rows, no weights). See benchmarks/floor/floor.cpp.")
         columns = ("lean floor ms", "data-movement floor ms", "msdacore / lean floor")
         keys = ("{}_lean_ms", "{}_ms")
     else:
@@ -344,8 +306,7 @@ def floor_lines(data: dict, floor: dict, dtype: str = "float32") -> list:
             "the grad_output row into the grad_value row, each thread owning a block of heads "
             "(race-free, no atomics). Corner rows precomputed from the bench's sampling "
             "locations outside the timing; no attention or bilinear weights (see "
-            "benchmarks/floor/floor.cpp)."
-        )
+            "benchmarks/floor/floor.cpp).")
         columns = ("floor ms", "floor with corner arithmetic ms", "msdacore / floor")
         keys = ("{}_ms", "{}_with_corners_ms")
     lines = [
@@ -360,29 +321,18 @@ def floor_lines(data: dict, floor: dict, dtype: str = "float32") -> list:
         other_ms = floor.get(keys[1].format(key))
         ours = median_ms(row, "msdacore", key)
         factor = ours / f_ms if ours and f_ms else None
-        mark = (
-            "not measured" if factor is None else "met" if factor <= FLOOR_FACTOR else "**not met**"
-        )
-        lines.append(
-            f"| {PASS_LABELS[key]} | {_ms(f_ms)} | {_ms(other_ms)} | {_ms(ours)} "
-            f"| {'-' if factor is None else f'{factor:.1f}x'} | {mark} |"
-        )
+        mark = ("not measured" if factor is None
+                else "met" if factor <= FLOOR_FACTOR else "**not met**")
+        lines.append(f"| {PASS_LABELS[key]} | {_ms(f_ms)} | {_ms(other_ms)} | {_ms(ours)} "
+                     f"| {'-' if factor is None else f'{factor:.1f}x'} | {mark} |")
     return lines
 
 
-def markdown_fragment(
-    data: dict,
-    floor: dict | None = None,
-    dtype: str = "float32",
-    threads: int = 2,
-    images: list | None = None,
-) -> str:
+def markdown_fragment(data: dict, floor: dict | None = None, dtype: str = "float32",
+                      threads: int = 2, images: list | None = None) -> str:
     """The generated part of docs/benchmarks.md."""
-    parts = [
-        "<!-- generated by scripts/plot_benchmarks.py from the JSON of "
-        "`python -m msdacore bench --json`; edit outside the markers -->",
-        "",
-    ]
+    parts = ["<!-- generated by scripts/plot_benchmarks.py from the JSON of "
+             "`python -m msdacore bench --json`; edit outside the markers -->", ""]
     parts += context_lines(data) + [""]
     t = pick_threads(data, dtype, threads)
     if t is not None:
@@ -395,10 +345,8 @@ def markdown_fragment(
     parts += ["Problem sizes:", ""] + sizes_table(data)
     skipped = data.get("skipped") or []
     if skipped:
-        parts += [
-            "",
-            "Skipped: " + ", ".join(f"`{s['config']}` ({s['reason']})" for s in skipped) + ".",
-        ]
+        parts += ["", "Skipped: " + ", ".join(f"`{s['config']}` ({s['reason']})" for s in skipped)
+                  + "."]
     return "\n".join(parts) + "\n"
 
 
@@ -435,47 +383,30 @@ def update_doc(path: str, fragment: str, append: bool = False) -> None:
         text = DOC_TEMPLATE.format(begin=BEGIN, end=END)
     i, j = text.find(BEGIN), text.find(END)
     if i < 0 or j < i:
-        raise SystemExit(
-            f"{path}: has no '{BEGIN}' ... '{END}' markers; add them where the "
-            "generated tables go, or pass --append to add a section at the end"
-        )
-    text = text[: i + len(BEGIN)] + "\n" + fragment + text[j:]
+        raise SystemExit(f"{path}: has no '{BEGIN}' ... '{END}' markers; add them where the "
+                         "generated tables go, or pass --append to add a section at the end")
+    text = text[:i + len(BEGIN)] + "\n" + fragment + text[j:]
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 
 
 # ----------------------------------------------------------------------------- main
 
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", help="JSON written by python -m msdacore bench --json")
     parser.add_argument("--out", default=None, help="folder for the PNG plots")
     parser.add_argument("--floor", default=None, help="JSON of benchmarks/floor/run.sh --json")
-    parser.add_argument(
-        "--markdown",
-        default=None,
-        metavar="PATH",
-        help="write the markdown fragment (tables) to PATH",
-    )
-    parser.add_argument(
-        "--update-doc",
-        default=None,
-        metavar="PATH",
-        help="regenerate the marked part of PATH (e.g. docs/benchmarks.md)",
-    )
-    parser.add_argument(
-        "--append",
-        action="store_true",
-        help="with --update-doc: when PATH has no markers, append a section with them at its end",
-    )
+    parser.add_argument("--markdown", default=None, metavar="PATH",
+                        help="write the markdown fragment (tables) to PATH")
+    parser.add_argument("--update-doc", default=None, metavar="PATH",
+                        help="regenerate the marked part of PATH (e.g. docs/benchmarks.md)")
+    parser.add_argument("--append", action="store_true",
+                        help="with --update-doc: when PATH has no markers, append a section "
+                             "with them at its end")
     parser.add_argument("--dtype", default="float32", help="dtype of the time plot and targets")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=2,
-        help="thread count of the time plot and targets (default 2)",
-    )
+    parser.add_argument("--threads", type=int, default=2,
+                        help="thread count of the time plot and targets (default 2)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
 
@@ -493,13 +424,12 @@ def main(argv=None) -> int:
         try:
             _pyplot()
         except ImportError:
-            print("matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
+            print("matplotlib is not installed: no plots (pip install matplotlib)",
+                  file=sys.stderr)
         else:
             os.makedirs(out_dir, exist_ok=True)
-            for path in (
-                plot_times(data, out_dir, args.dtype, args.threads),
-                plot_threads(data, out_dir),
-            ):
+            for path in (plot_times(data, out_dir, args.dtype, args.threads),
+                         plot_threads(data, out_dir)):
                 if path:
                     written.append(path)
 
@@ -510,14 +440,13 @@ def main(argv=None) -> int:
     if args.update_doc:
         doc_dir = os.path.dirname(os.path.abspath(args.update_doc))
         images = []
-        for title, name in (("time per configuration", TIME_PNG), ("thread scaling", THREADS_PNG)):
+        for title, name in (("time per configuration", TIME_PNG),
+                            ("thread scaling", THREADS_PNG)):
             if os.path.exists(os.path.join(doc_dir, name)):
                 images.append((title, name))
-        update_doc(
-            args.update_doc,
-            markdown_fragment(data, floor, args.dtype, args.threads, images),
-            append=args.append,
-        )
+        update_doc(args.update_doc,
+                   markdown_fragment(data, floor, args.dtype, args.threads, images),
+                   append=args.append)
         written.append(args.update_doc)
     for path in written:
         print(f"wrote {path}")

@@ -55,20 +55,8 @@ def main(argv=None) -> int:
 
     cfg = CONFIGS[args.config]
     locs = make_inputs(cfg, dtype=np.float32, seed=args.seed)["sampling_locations"]
-    header = np.array(
-        [
-            cfg.N,
-            cfg.Lq,
-            cfg.M,
-            cfg.L,
-            cfg.P,
-            cfg.D,
-            cfg.S,
-            int(cfg.align_corners),
-            in_bounds_samples(cfg, locs),
-        ],
-        dtype="<i8",
-    )
+    header = np.array([cfg.N, cfg.Lq, cfg.M, cfg.L, cfg.P, cfg.D, cfg.S,
+                       int(cfg.align_corners), in_bounds_samples(cfg, locs)], dtype="<i8")
     heights = np.array([h for h, _ in cfg.levels], dtype="<i8")
     widths = np.array([w for _, w in cfg.levels], dtype="<i8")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -78,10 +66,8 @@ def main(argv=None) -> int:
         f.write(heights.tobytes())
         f.write(widths.tobytes())
         f.write(np.ascontiguousarray(locs, dtype="<f4").tobytes())
-    print(
-        f"{cfg.describe()}: {locs.size // 2} samples, {int(header[8])} in bounds, "
-        f"written to {args.out}"
-    )
+    print(f"{cfg.describe()}: {locs.size // 2} samples, {int(header[8])} in bounds, "
+          f"written to {args.out}")
     return 0
 
 

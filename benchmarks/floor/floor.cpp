@@ -246,8 +246,8 @@ struct Kernels {
   }
 
   // For the four rows: dot += g . value row, grad_value row += g. Returns the dot.
-  static float corners_backward(const float* g, const float* value, float* gvalue,
-                                const int64_t rows[4], int64_t D) {
+  static float corners_backward(
+      const float* g, const float* value, float* gvalue, const int64_t rows[4], int64_t D) {
     if constexpr (DT > 0) {
       vf16 gv[NV], dot[NV];
       for (int j = 0; j < NV; ++j) {
@@ -347,8 +347,9 @@ struct Lean {
   static constexpr int64_t kStripPixels = 8;
   std::vector<int64_t> order;
 
-  Lean(const Problem& p_, const float* v, const float* a, float* o, const float* g, float* gv,
-       float* gs, bool pf)
+  Lean(
+      const Problem& p_, const float* v, const float* a, float* o, const float* g, float* gv,
+      float* gs, bool pf)
       : p(p_), value(v), attn(a), out(o), gout(g), gvalue(gv), gsample(gs), prefetch(pf) {
     int64_t widest = 1;
     for (int64_t w : p.W) widest = std::max(widest, w);
@@ -400,10 +401,10 @@ struct Lean {
       const int64_t j0 = int64_t(g) * kLanes;
       if (j0 + kLanes <= LP) {
         vf16 lo = load16(loc + 2 * j0), hi = load16(loc + 2 * j0 + 16);
-        x = __builtin_shuffle(lo, hi,
-                              vi16{0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30});
-        y = __builtin_shuffle(lo, hi,
-                              vi16{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
+        x = __builtin_shuffle(
+            lo, hi, vi16{0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30});
+        y = __builtin_shuffle(
+            lo, hi, vi16{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
         A = load16(a + j0);
       } else {
         for (int k = 0; k < kLanes; ++k) {
@@ -429,8 +430,8 @@ struct Lean {
       const vi16 base = (token0 + lanes.start[g] + h0 * lanes.wi[g] + w0) * int32_t(M) + int32_t(m);
       const vi16 inside[4] = {top & left, top & right, bottom & left, bottom & right};
       const vf16 bil[4] = {hh * hw, hh * lw, lh * hw, lh * lw};
-      const vi16 step[4] = {vi16{}, vi16{} + int32_t(M), lanes.wi[g] * int32_t(M),
-                            (lanes.wi[g] + 1) * int32_t(M)};
+      const vi16 step[4] = {
+          vi16{}, vi16{} + int32_t(M), lanes.wi[g] * int32_t(M), (lanes.wi[g] + 1) * int32_t(M)};
       for (int c = 0; c < 4; ++c) {
         const vi16 r = (base + step[c]) & inside[c];
         const vi16 rows = r | (zero_row & ~inside[c]);
@@ -638,10 +639,12 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
     r.cs_gs = checksum(gsample.data(), n_samples);
     return r;
   };
-  const Result pr = measure(Kernels<DT, false>{p, value.data(), pre.data(), out.data(), gout.data(),
-                                               gvalue.data(), gsample.data()});
-  const Result lr = measure(Kernels<DT, true>{p, value.data(), pre.data(), out.data(), gout.data(),
-                                              gvalue.data(), gsample.data()});
+  const Result pr = measure(
+      Kernels<DT, false>{
+          p, value.data(), pre.data(), out.data(), gout.data(), gvalue.data(), gsample.data()});
+  const Result lr = measure(
+      Kernels<DT, true>{
+          p, value.data(), pre.data(), out.data(), gout.data(), gvalue.data(), gsample.data()});
   // The lean floor (weights and bilinear arithmetic included), with and without prefetch;
   // its forward checked against a scalar evaluation of the same sums.
   Floats attn(n_samples);
@@ -650,8 +653,10 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
   Result lean_r[2] = {};
   double lean_err = 0;
   for (int pf = 0; pf < 2 && lean_ok; ++pf) {
-    lean_r[pf] = measure(Lean<DT>(p, value.data(), attn.data(), out.data(), gout.data(),
-                                  gvalue.data(), gsample.data(), pf == 1));
+    lean_r[pf] = measure(
+        Lean<DT>(
+            p, value.data(), attn.data(), out.data(), gout.data(), gvalue.data(), gsample.data(),
+            pf == 1));
     for (int64_t item = 0; item < std::min<int64_t>(p.N * p.Lq * M, 4096); ++item) {
       const int64_t nq = item / M, m = item % M, n = nq / p.Lq;
       std::vector<double> ref(D, 0.0);
@@ -683,18 +688,20 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
       (long long)(p.N * p.Lq), (long long)M, (long long)p.L, (long long)p.P, (long long)n_samples,
       (long long)in_bounds, (long long)p.expected_in_bounds, (long long)D, threads, repeats,
       warmup);
-  std::printf("  gathered per pass: %.0f MB (4 corners x D floats per in-bounds sample)\n",
-              gathered_mb);
-  std::printf("  %-18s %22s %24s\n", "ms (median, min)", "corners precomputed",
-              "with corner arithmetic");
+  std::printf(
+      "  gathered per pass: %.0f MB (4 corners x D floats per in-bounds sample)\n", gathered_mb);
+  std::printf(
+      "  %-18s %22s %24s\n", "ms (median, min)", "corners precomputed", "with corner arithmetic");
   const char* names[3] = {"forward", "backward", "forward+backward"};
   const Stat* ps[3] = {&pr.fwd, &pr.bwd, &pr.fb};
   const Stat* ls[3] = {&lr.fwd, &lr.bwd, &lr.fb};
   for (int j = 0; j < 3; ++j)
-    std::printf("  %-18s %12.2f (%7.2f) %14.2f (%7.2f)\n", names[j], ps[j]->median, ps[j]->min,
-                ls[j]->median, ls[j]->min);
-  std::printf("  checksums: out %.6g / %.6g, grad_value %.6g / %.6g, per-sample %.6g / %.6g\n",
-              pr.cs_out, lr.cs_out, pr.cs_gv, lr.cs_gv, pr.cs_gs, lr.cs_gs);
+    std::printf(
+        "  %-18s %12.2f (%7.2f) %14.2f (%7.2f)\n", names[j], ps[j]->median, ps[j]->min,
+        ls[j]->median, ls[j]->min);
+  std::printf(
+      "  checksums: out %.6g / %.6g, grad_value %.6g / %.6g, per-sample %.6g / %.6g\n", pr.cs_out,
+      lr.cs_out, pr.cs_gv, lr.cs_gv, pr.cs_gs, lr.cs_gs);
   auto differ = [](double a, double b) { return std::fabs(a - b) > 1e-3 * (1.0 + std::fabs(a)); };
   if (differ(pr.cs_out, lr.cs_out) || differ(pr.cs_gv, lr.cs_gv) || differ(pr.cs_gs, lr.cs_gs))
     std::printf("  warning: the two variants disagree\n");
@@ -703,8 +710,9 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
     const Stat* a[3] = {&lean_r[0].fwd, &lean_r[0].bwd, &lean_r[0].fb};
     const Stat* b[3] = {&lean_r[1].fwd, &lean_r[1].bwd, &lean_r[1].fb};
     for (int j = 0; j < 3; ++j)
-      std::printf("  %-18s %12.2f (%7.2f) %14.2f (%7.2f)\n", names[j], a[j]->median, a[j]->min,
-                  b[j]->median, b[j]->min);
+      std::printf(
+          "  %-18s %12.2f (%7.2f) %14.2f (%7.2f)\n", names[j], a[j]->median, a[j]->min,
+          b[j]->median, b[j]->min);
     std::printf("  lean forward against a scalar evaluation: max |difference| %.3g\n", lean_err);
     if (!(lean_err < 1e-3)) std::printf("  warning: the lean floor computes wrong sums\n");
   } else {
@@ -719,22 +727,25 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
       std::fprintf(stderr, "cannot write %s\n", json_path);
       return 1;
     }
-    std::fprintf(f,
-                 "{\n  \"input\": \"%s\",\n  \"N\": %lld, \"Lq\": %lld, \"M\": %lld, "
-                 "\"L\": %lld, \"P\": %lld, \"D\": %lld, \"S\": %lld,\n"
-                 "  \"samples\": %lld, \"in_bounds\": %lld, \"dtype\": \"float32\",\n"
-                 "  \"threads\": %d, \"repeats\": %d, \"warmup\": %d,\n"
-                 "  \"gathered_mb_per_pass\": %.3f,\n",
-                 input, (long long)p.N, (long long)p.Lq, (long long)M, (long long)p.L,
-                 (long long)p.P, (long long)D, (long long)p.S, (long long)n_samples,
-                 (long long)in_bounds, threads, repeats, warmup, gathered_mb);
+    std::fprintf(
+        f,
+        "{\n  \"input\": \"%s\",\n  \"N\": %lld, \"Lq\": %lld, \"M\": %lld, "
+        "\"L\": %lld, \"P\": %lld, \"D\": %lld, \"S\": %lld,\n"
+        "  \"samples\": %lld, \"in_bounds\": %lld, \"dtype\": \"float32\",\n"
+        "  \"threads\": %d, \"repeats\": %d, \"warmup\": %d,\n"
+        "  \"gathered_mb_per_pass\": %.3f,\n",
+        input, (long long)p.N, (long long)p.Lq, (long long)M, (long long)p.L, (long long)p.P,
+        (long long)D, (long long)p.S, (long long)n_samples, (long long)in_bounds, threads, repeats,
+        warmup, gathered_mb);
     const char* keys[3] = {"forward", "backward", "forward_backward"};
     for (int j = 0; j < 3; ++j)
-      std::fprintf(f, "  \"%s_ms\": %.4f, \"%s_min_ms\": %.4f,\n", keys[j], ps[j]->median, keys[j],
-                   ps[j]->min);
+      std::fprintf(
+          f, "  \"%s_ms\": %.4f, \"%s_min_ms\": %.4f,\n", keys[j], ps[j]->median, keys[j],
+          ps[j]->min);
     for (int j = 0; j < 3; ++j)
-      std::fprintf(f, "  \"%s_with_corners_ms\": %.4f, \"%s_with_corners_min_ms\": %.4f,\n",
-                   keys[j], ls[j]->median, keys[j], ls[j]->min);
+      std::fprintf(
+          f, "  \"%s_with_corners_ms\": %.4f, \"%s_with_corners_min_ms\": %.4f,\n", keys[j],
+          ls[j]->median, keys[j], ls[j]->min);
     // The lean floor: the faster of its two variants, per pass.
     if (lean_ok) {
       const Stat* a[3] = {&lean_r[0].fwd, &lean_r[0].bwd, &lean_r[0].fb};
@@ -742,10 +753,11 @@ int run(const Problem& p, int threads, int repeats, const char* json_path, const
       for (int j = 0; j < 3; ++j) {
         const bool pf = b[j]->median < a[j]->median;
         const Stat* best = pf ? b[j] : a[j];
-        std::fprintf(f,
-                     "  \"%s_lean_ms\": %.4f, \"%s_lean_min_ms\": %.4f, "
-                     "\"%s_lean_prefetch\": %s,\n",
-                     keys[j], best->median, keys[j], best->min, keys[j], pf ? "true" : "false");
+        std::fprintf(
+            f,
+            "  \"%s_lean_ms\": %.4f, \"%s_lean_min_ms\": %.4f, "
+            "\"%s_lean_prefetch\": %s,\n",
+            keys[j], best->median, keys[j], best->min, keys[j], pf ? "true" : "false");
       }
     }
     std::fprintf(f, "  \"compiler\": \"%s\", \"flags\": \"%s\"\n}\n", FLOOR_COMPILER, FLOOR_FLAGS);
@@ -771,14 +783,14 @@ int main(int argc, char** argv) {
     else if (!a.empty() && a[0] != '-' && !input)
       input = argv[i];
     else {
-      std::fprintf(stderr, "usage: %s INPUT.bin [--threads T] [--repeats R] [--json PATH]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr, "usage: %s INPUT.bin [--threads T] [--repeats R] [--json PATH]\n", argv[0]);
       return 2;
     }
   }
   if (!input || threads < 1 || repeats < 1) {
-    std::fprintf(stderr, "usage: %s INPUT.bin [--threads T] [--repeats R] [--json PATH]\n",
-                 argv[0]);
+    std::fprintf(
+        stderr, "usage: %s INPUT.bin [--threads T] [--repeats R] [--json PATH]\n", argv[0]);
     return 2;
   }
   try {

@@ -20,18 +20,20 @@
 #include "workspace.hpp"
 
 #define MSDACORE_DECLARE_BACKEND                                                           \
-  int64_t forward_workspace_size(const Problem& p, const Options& options,                 \
-                                 const TensorView& value);                                 \
-  int64_t backward_workspace_size(const Problem& p, const Options& options,                \
-                                  const TensorView& value);                                \
-  void forward(const Problem& p, const Options& options, const TensorView& value,          \
-               const TensorView& sampling_locations, const TensorView& attention_weights,  \
-               const TensorView& output, Workspace& workspace);                            \
-  void backward(const Problem& p, const Options& options, const TensorView& value,         \
-                const TensorView& sampling_locations, const TensorView& attention_weights, \
-                const TensorView& grad_output, const TensorView& grad_value,               \
-                const TensorView& grad_sampling_locations,                                 \
-                const TensorView& grad_attention_weights, Workspace& workspace);
+  int64_t forward_workspace_size(                                                          \
+      const Problem& p, const Options& options, const TensorView& value);                  \
+  int64_t backward_workspace_size(                                                         \
+      const Problem& p, const Options& options, const TensorView& value);                  \
+  void forward(                                                                            \
+      const Problem& p, const Options& options, const TensorView& value,                   \
+      const TensorView& sampling_locations, const TensorView& attention_weights,           \
+      const TensorView& output, Workspace& workspace);                                     \
+  void backward(                                                                           \
+      const Problem& p, const Options& options, const TensorView& value,                   \
+      const TensorView& sampling_locations, const TensorView& attention_weights,           \
+      const TensorView& grad_output, const TensorView& grad_value,                         \
+      const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights, \
+      Workspace& workspace);
 
 namespace msdacore {
 

@@ -75,9 +75,9 @@ DType to_dtype(const char* name, int32_t code) {
   for (const DTypeCode& entry : kDTypeCodes) {
     if (entry.code == code) return entry.dtype;
   }
-  throw msdacore::DTypeError(std::string(name) + " has an unknown dtype code " +
-                             std::to_string(code) +
-                             " (expected one of MSDACORE_FLOAT16 .. MSDACORE_INT64, 0..5)");
+  throw msdacore::DTypeError(
+      std::string(name) + " has an unknown dtype code " + std::to_string(code) +
+      " (expected one of MSDACORE_FLOAT16 .. MSDACORE_INT64, 0..5)");
 }
 
 msdacore::Device to_device(const char* name, int32_t type, int32_t index) {
@@ -87,9 +87,9 @@ msdacore::Device to_device(const char* name, int32_t type, int32_t index) {
   } else if (type == MSDACORE_DEVICE_CUDA) {
     device.type = DeviceType::CUDA;
   } else {
-    throw msdacore::DeviceError(std::string(name) + " has an unknown device type " +
-                                std::to_string(type) +
-                                " (expected MSDACORE_DEVICE_CPU or MSDACORE_DEVICE_CUDA)");
+    throw msdacore::DeviceError(
+        std::string(name) + " has an unknown device type " + std::to_string(type) +
+        " (expected MSDACORE_DEVICE_CPU or MSDACORE_DEVICE_CUDA)");
   }
   device.index = index;
   return device;
@@ -100,11 +100,13 @@ TensorView to_view(const char* name, const msdacore_tensor* t) {
     throw msdacore::Error(std::string(name) + " is a NULL msdacore_tensor pointer");
   }
   if (t->ndim < 0 || t->ndim > MSDACORE_MAX_DIMS) {
-    throw msdacore::ShapeError(std::string(name) + " has ndim = " + std::to_string(t->ndim) +
-                               ", but msdacore_tensor holds 0 to 8 dimensions");
+    throw msdacore::ShapeError(
+        std::string(name) + " has ndim = " + std::to_string(t->ndim) +
+        ", but msdacore_tensor holds 0 to 8 dimensions");
   }
-  return TensorView(t->data, t->ndim, t->shape, t->strides, to_dtype(name, t->dtype),
-                    to_device(name, t->device_type, t->device_index));
+  return TensorView(
+      t->data, t->ndim, t->shape, t->strides, to_dtype(name, t->dtype),
+      to_device(name, t->device_type, t->device_index));
 }
 
 // The five inputs every op takes, as views.
@@ -117,19 +119,21 @@ struct Inputs {
 };
 
 // to_view of the five inputs, in this order.
-Inputs to_inputs(const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
-                 const msdacore_tensor* level_start_index,
-                 const msdacore_tensor* sampling_locations,
-                 const msdacore_tensor* attention_weights) {
-  return Inputs{to_view("value", value), to_view("spatial_shapes", spatial_shapes),
-                to_view("level_start_index", level_start_index),
-                to_view("sampling_locations", sampling_locations),
-                to_view("attention_weights", attention_weights)};
+Inputs to_inputs(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights) {
+  return Inputs{
+      to_view("value", value), to_view("spatial_shapes", spatial_shapes),
+      to_view("level_start_index", level_start_index),
+      to_view("sampling_locations", sampling_locations),
+      to_view("attention_weights", attention_weights)};
 }
 
-static_assert(MSDACORE_MODE_BILINEAR == static_cast<int32_t>(msdacore::SamplingMode::Bilinear) &&
-                  MSDACORE_MODE_DISCRETE == static_cast<int32_t>(msdacore::SamplingMode::Discrete),
-              "the C API's mode codes are the values of msdacore::SamplingMode");
+static_assert(
+    MSDACORE_MODE_BILINEAR == static_cast<int32_t>(msdacore::SamplingMode::Bilinear) &&
+        MSDACORE_MODE_DISCRETE == static_cast<int32_t>(msdacore::SamplingMode::Discrete),
+    "the C API's mode codes are the values of msdacore::SamplingMode");
 
 // The size of the first msdacore_options with struct_size (0.1): every field below it is
 // read; a caller's larger struct (a later header) has fields past it that this library
@@ -165,13 +169,14 @@ msdacore::Options to_options(const msdacore_options* options, int64_t levels) {
           "count per level) or both zero (the uniform layout)");
     }
     if (options->num_levels > 0 && levels >= 0 && options->num_levels != levels) {
-      throw msdacore::ShapeError("points_per_level must have one count per level, L = " +
-                                 std::to_string(levels) + " (from spatial_shapes), got " +
-                                 "options.num_levels = " + std::to_string(options->num_levels));
+      throw msdacore::ShapeError(
+          "points_per_level must have one count per level, L = " + std::to_string(levels) +
+          " (from spatial_shapes), got " +
+          "options.num_levels = " + std::to_string(options->num_levels));
     }
     if (options->num_levels > 0) {
-      out.points_per_level.assign(options->points_per_level,
-                                  options->points_per_level + options->num_levels);
+      out.points_per_level.assign(
+          options->points_per_level, options->points_per_level + options->num_levels);
     }
     if (options->workspace_bytes < 0 ||
         (options->workspace_bytes > 0 && options->workspace == nullptr)) {
@@ -203,19 +208,17 @@ void write_problem(const msdacore::Problem& p, msdacore_problem* out) {
 }
 
 // Writes the workspace size of a forward (backward == false) or backward call to *bytes.
-msdacore_status workspace_size(bool backward, const msdacore_tensor* value,
-                               const msdacore_tensor* spatial_shapes,
-                               const msdacore_tensor* level_start_index,
-                               const msdacore_tensor* sampling_locations,
-                               const msdacore_tensor* attention_weights,
-                               const msdacore_options* options, int64_t* bytes) {
+msdacore_status workspace_size(
+    bool backward, const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_options* options, int64_t* bytes) {
   return guarded([&] {
     if (bytes == nullptr) throw msdacore::Error("bytes is a NULL pointer");
     const Inputs in =
         to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-    const msdacore::Call call(in.value, in.spatial_shapes, in.level_start_index,
-                              in.sampling_locations, in.attention_weights,
-                              to_options(options, in.levels()));
+    const msdacore::Call call(
+        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
+        in.attention_weights, to_options(options, in.levels()));
     *bytes = backward ? call.backward_workspace_size() : call.forward_workspace_size();
   });
 }
@@ -224,13 +227,13 @@ msdacore_status workspace_size(bool backward, const msdacore_tensor* value,
 
 extern "C" {
 
-msdacore_status msdacore_tensor_contiguous(msdacore_tensor* t, void* data, int32_t ndim,
-                                           const int64_t* shape, int32_t dtype) {
+msdacore_status msdacore_tensor_contiguous(
+    msdacore_tensor* t, void* data, int32_t ndim, const int64_t* shape, int32_t dtype) {
   return guarded([&] {
     if (t == nullptr) throw msdacore::Error("t is a NULL msdacore_tensor pointer");
     if (ndim < 0 || ndim > MSDACORE_MAX_DIMS) {
-      throw msdacore::ShapeError("ndim = " + std::to_string(ndim) +
-                                 ", but msdacore_tensor holds 0 to 8 dimensions");
+      throw msdacore::ShapeError(
+          "ndim = " + std::to_string(ndim) + ", but msdacore_tensor holds 0 to 8 dimensions");
     }
     if (ndim > 0 && shape == nullptr) throw msdacore::Error("shape is a NULL pointer");
     msdacore_tensor out{};
@@ -260,39 +263,38 @@ msdacore_status msdacore_mode_from_name(const char* name, int32_t* mode) {
   });
 }
 
-msdacore_status msdacore_check_inputs(const msdacore_tensor* value,
-                                      const msdacore_tensor* spatial_shapes,
-                                      const msdacore_tensor* level_start_index,
-                                      const msdacore_tensor* sampling_locations,
-                                      const msdacore_tensor* attention_weights,
-                                      const msdacore_options* options, msdacore_problem* problem) {
+msdacore_status msdacore_check_inputs(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_options* options,
+    msdacore_problem* problem) {
   return guarded([&] {
     const Inputs in =
         to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-    write_problem(msdacore::check_inputs(in.value, in.spatial_shapes, in.level_start_index,
-                                         in.sampling_locations, in.attention_weights,
-                                         to_options(options, in.levels())),
-                  problem);
+    write_problem(
+        msdacore::check_inputs(
+            in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
+            in.attention_weights, to_options(options, in.levels())),
+        problem);
   });
 }
 
-msdacore_status msdacore_check_shapes(const msdacore_tensor* value,
-                                      const msdacore_tensor* spatial_shapes,
-                                      const msdacore_tensor* level_start_index,
-                                      const msdacore_tensor* sampling_locations,
-                                      const msdacore_tensor* attention_weights,
-                                      const msdacore_tensor* grad_output,
-                                      const msdacore_options* options, msdacore_problem* problem) {
+msdacore_status msdacore_check_shapes(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_tensor* grad_output,
+    const msdacore_options* options, msdacore_problem* problem) {
   return guarded([&] {
     const Inputs in =
         to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
     const TensorView g =
         grad_output != nullptr ? to_view("grad_output", grad_output) : TensorView();
-    write_problem(msdacore::check_shapes(in.value, in.spatial_shapes, in.level_start_index,
-                                         in.sampling_locations, in.attention_weights,
-                                         to_options(options, in.levels()),
-                                         grad_output != nullptr ? &g : nullptr),
-                  problem);
+    write_problem(
+        msdacore::check_shapes(
+            in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
+            in.attention_weights, to_options(options, in.levels()),
+            grad_output != nullptr ? &g : nullptr),
+        problem);
   });
 }
 
@@ -302,26 +304,26 @@ msdacore_status msdacore_check_shapes(const msdacore_tensor* value,
       const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,                         \
       const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,         \
       const msdacore_tensor* attention_weights, const msdacore_options* options, int64_t* bytes) { \
-    return workspace_size(backward, value, spatial_shapes, level_start_index, sampling_locations,  \
-                          attention_weights, options, bytes);                                      \
+    return workspace_size(                                                                         \
+        backward, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, \
+        options, bytes);                                                                           \
   }
 MSDACORE_DEFINE_WORKSPACE_SIZE(msdacore_forward_workspace_size, false)
 MSDACORE_DEFINE_WORKSPACE_SIZE(msdacore_backward_workspace_size, true)
 #undef MSDACORE_DEFINE_WORKSPACE_SIZE
 
-msdacore_status msdacore_forward(const msdacore_tensor* value,
-                                 const msdacore_tensor* spatial_shapes,
-                                 const msdacore_tensor* level_start_index,
-                                 const msdacore_tensor* sampling_locations,
-                                 const msdacore_tensor* attention_weights,
-                                 const msdacore_tensor* output, const msdacore_options* options) {
+msdacore_status msdacore_forward(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_tensor* output,
+    const msdacore_options* options) {
   return guarded([&] {
     const Inputs in =
         to_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
     const TensorView out = to_view("output", output);
-    msdacore::ms_deform_attn_forward(in.value, in.spatial_shapes, in.level_start_index,
-                                     in.sampling_locations, in.attention_weights, out,
-                                     to_options(options, in.levels()));
+    msdacore::ms_deform_attn_forward(
+        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
+        in.attention_weights, out, to_options(options, in.levels()));
   });
 }
 
@@ -338,9 +340,9 @@ msdacore_status msdacore_backward(
     const TensorView gv = to_view("grad_value", grad_value);
     const TensorView gl = to_view("grad_sampling_locations", grad_sampling_locations);
     const TensorView ga = to_view("grad_attention_weights", grad_attention_weights);
-    msdacore::ms_deform_attn_backward(in.value, in.spatial_shapes, in.level_start_index,
-                                      in.sampling_locations, in.attention_weights, g, gv, gl, ga,
-                                      to_options(options, in.levels()));
+    msdacore::ms_deform_attn_backward(
+        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
+        in.attention_weights, g, gv, gl, ga, to_options(options, in.levels()));
   });
 }
 

@@ -77,8 +77,9 @@ const T* zero_row() {
 // planned by plan_points into `plan`). kRowBytes: D * sizeof(T) when the channels are
 // unit stride and GradRow takes that row size, else 0 (dot_axpy on any strides).
 template <typename T, int kRowBytes>
-void query_head(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan, int64_t n,
-                int64_t q, int64_t m, int64_t first_level) {
+void query_head(
+    const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan, int64_t n, int64_t q,
+    int64_t m, int64_t first_level) {
   const Problem& p = a.p;
   const LevelGeometry<T>& level = a.levels[first_level];
   const int64_t D = p.D;
@@ -116,8 +117,9 @@ void query_head(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& 
         for (int k = 0; k < 4; ++k) {
           const int64_t token = b.token[k][j];
           lanes[k] = (b.corners[j] & (1 << k))
-                         ? row.dot_axpy(value_head + token * token_stride, b.scaled[k][j],
-                                        gv_head + token * grad_token_stride)
+                         ? row.dot_axpy(
+                               value_head + token * token_stride, b.scaled[k][j],
+                               gv_head + token * grad_token_stride)
                          : typename DotLanes<T>::Vec{};
         }
         DotLanes<T>::fold4(lanes, dot);
@@ -125,8 +127,9 @@ void query_head(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& 
         for (int k = 0; k < 4; ++k) {
           const int64_t token = b.token[k][j];
           dot[k] = (b.corners[j] & (1 << k))
-                       ? dot_axpy(D, g, gs, value_head + token * token_stride, vs, b.scaled[k][j],
-                                  gv_head + token * grad_token_stride)
+                       ? dot_axpy(
+                             D, g, gs, value_head + token * token_stride, vs, b.scaled[k][j],
+                             gv_head + token * grad_token_stride)
                        : T(0);
         }
       }
@@ -134,8 +137,9 @@ void query_head(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& 
     }
     for (int64_t i0 = 0; i0 < count; i0 += kLanes) {
       typename PointLanes<T>::Vec ga, gx, gy;
-      group_gradients(b, dots, i0, run.scale_x.data() + first + i0, run.scale_y.data() + first + i0,
-                      &ga, &gx, &gy);
+      group_gradients(
+          b, dots, i0, run.scale_x.data() + first + i0, run.scale_y.data() + first + i0, &ga, &gx,
+          &gy);
       const int64_t live = count - i0 < kLanes ? count - i0 : kLanes;
       T* grad_xy = a.grad_loc + (sample0 + first + i0) * 2;
       T* grad_a = a.grad_attn + sample0 + first + i0;
@@ -150,8 +154,9 @@ void query_head(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& 
 
 // query_head for the row size of `a`.
 template <typename T>
-void head_points(const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan, int64_t n,
-                 int64_t q, int64_t m, int64_t first_level) {
+void head_points(
+    const BackwardArgs<T>& a, const PointRun<T>& run, PointPlan<T>& plan, int64_t n, int64_t q,
+    int64_t m, int64_t first_level) {
   const bool unit = a.value.stride[3] == 1 && a.grad_out.stride[2] == 1;
   const int64_t bytes = unit ? a.p.D * static_cast<int64_t>(sizeof(T)) : 0;
   if (bytes == 64) {
@@ -207,17 +212,19 @@ void backward_impl(const BackwardArgs<T>& a) {
 
 }  // namespace
 
-void backward(const Problem& p, const Options& options, const TensorView& value,
-              const TensorView& sampling_locations, const TensorView& attention_weights,
-              const TensorView& grad_output, const TensorView& grad_value,
-              const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights) {
-  with_inputs(p, options, value, sampling_locations, attention_weights,
-              [&](auto tag, const auto& in) {
-                using T = typename decltype(tag)::type;
-                backward_impl<T>({in, Strided<T, 3>(grad_output), static_cast<T*>(grad_value.data),
-                                  static_cast<T*>(grad_sampling_locations.data),
-                                  static_cast<T*>(grad_attention_weights.data)});
-              });
+void backward(
+    const Problem& p, const Options& options, const TensorView& value,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const TensorView& grad_output, const TensorView& grad_value,
+    const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights) {
+  with_inputs(
+      p, options, value, sampling_locations, attention_weights, [&](auto tag, const auto& in) {
+        using T = typename decltype(tag)::type;
+        backward_impl<T>(
+            {in, Strided<T, 3>(grad_output), static_cast<T*>(grad_value.data),
+             static_cast<T*>(grad_sampling_locations.data),
+             static_cast<T*>(grad_attention_weights.data)});
+      });
 }
 
 }  // namespace MSDACORE_CPU_ISA

@@ -74,31 +74,34 @@ int64_t backward_workspace_size(const Problem& p, const Options&, const TensorVi
   return needs_widening(p) ? widened_workspace_size(p, true, value) : 0;
 }
 
-void forward(const Problem& p, const Options& options, const TensorView& value,
-             const TensorView& sampling_locations, const TensorView& attention_weights,
-             const TensorView& output, Workspace& workspace) {
+void forward(
+    const Problem& p, const Options& options, const TensorView& value,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const TensorView& output, Workspace& workspace) {
   if (needs_widening(p)) {
-    widened_forward(p, options, value, sampling_locations, attention_weights, output, workspace,
-                    isa_kernels());
+    widened_forward(
+        p, options, value, sampling_locations, attention_weights, output, workspace, isa_kernels());
     return;
   }
   isa_kernels().forward(p, options, value, sampling_locations, attention_weights, output);
 }
 
 // Deterministic whatever options.deterministic says.
-void backward(const Problem& p, const Options& options, const TensorView& value,
-              const TensorView& sampling_locations, const TensorView& attention_weights,
-              const TensorView& grad_output, const TensorView& grad_value,
-              const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights,
-              Workspace& workspace) {
+void backward(
+    const Problem& p, const Options& options, const TensorView& value,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const TensorView& grad_output, const TensorView& grad_value,
+    const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights,
+    Workspace& workspace) {
   if (needs_widening(p)) {
-    widened_backward(p, options, value, sampling_locations, attention_weights, grad_output,
-                     grad_value, grad_sampling_locations, grad_attention_weights, workspace,
-                     isa_kernels());
+    widened_backward(
+        p, options, value, sampling_locations, attention_weights, grad_output, grad_value,
+        grad_sampling_locations, grad_attention_weights, workspace, isa_kernels());
     return;
   }
-  isa_kernels().backward(p, options, value, sampling_locations, attention_weights, grad_output,
-                         grad_value, grad_sampling_locations, grad_attention_weights);
+  isa_kernels().backward(
+      p, options, value, sampling_locations, attention_weights, grad_output, grad_value,
+      grad_sampling_locations, grad_attention_weights);
 }
 
 std::string selected_isa() { return name(isa()); }

@@ -50,8 +50,9 @@ struct ForwardArgs : InputArgs<T> {
 // never -0). Measured: the
 // mispredicted corner branches cost `small` 13% (its samples often straddle a border).
 template <typename T, bool kVector, bool kEveryCorner = false>
-void head_chunk(const ForwardArgs<T>& a, const PointPlan<T>& plan, int64_t n, int64_t q, int64_t m,
-                int64_t d0, int64_t len) {
+void head_chunk(
+    const ForwardArgs<T>& a, const PointPlan<T>& plan, int64_t n, int64_t q, int64_t m, int64_t d0,
+    int64_t len) {
   const Problem& p = a.p;
   ChunkAccumulator<T> vec_acc;
   T acc[kChunk<T>] = {};
@@ -133,8 +134,8 @@ void forward_impl(const ForwardArgs<T>& a) {
         const int64_t head = n * a.loc.stride[0] + q * a.loc.stride[1] + m * a.loc.stride[2];
         const int64_t attn_head =
             n * a.attn.stride[0] + q * a.attn.stride[1] + m * a.attn.stride[2];
-        plan_points<T, false>(points, a.discrete, a.loc.data + head, a.attn.data + attn_head,
-                              &plan);
+        plan_points<T, false>(
+            points, a.discrete, a.loc.data + head, a.attn.data + attn_head, &plan);
         for (int64_t d0 = 0; d0 < p.D; d0 += chunk) {
           const int64_t len = p.D - d0 < chunk ? p.D - d0 : chunk;
           if (unit && len == chunk && every_corner) {
@@ -152,14 +153,15 @@ void forward_impl(const ForwardArgs<T>& a) {
 
 }  // namespace
 
-void forward(const Problem& p, const Options& options, const TensorView& value,
-             const TensorView& sampling_locations, const TensorView& attention_weights,
-             const TensorView& output) {
-  with_inputs(p, options, value, sampling_locations, attention_weights,
-              [&](auto tag, const auto& in) {
-                using T = typename decltype(tag)::type;
-                forward_impl<T>({in, static_cast<T*>(output.data)});
-              });
+void forward(
+    const Problem& p, const Options& options, const TensorView& value,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const TensorView& output) {
+  with_inputs(
+      p, options, value, sampling_locations, attention_weights, [&](auto tag, const auto& in) {
+        using T = typename decltype(tag)::type;
+        forward_impl<T>({in, static_cast<T*>(output.data)});
+      });
 }
 
 }  // namespace MSDACORE_CPU_ISA

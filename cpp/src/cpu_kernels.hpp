@@ -21,16 +21,17 @@
 namespace msdacore {
 namespace cpu {
 
-#define MSDACORE_DECLARE_CPU_KERNELS(isa)                                                  \
-  namespace isa {                                                                          \
-  void forward(const Problem& p, const Options& options, const TensorView& value,          \
-               const TensorView& sampling_locations, const TensorView& attention_weights,  \
-               const TensorView& output);                                                  \
-  void backward(const Problem& p, const Options& options, const TensorView& value,         \
-                const TensorView& sampling_locations, const TensorView& attention_weights, \
-                const TensorView& grad_output, const TensorView& grad_value,               \
-                const TensorView& grad_sampling_locations,                                 \
-                const TensorView& grad_attention_weights);                                 \
+#define MSDACORE_DECLARE_CPU_KERNELS(isa)                                                   \
+  namespace isa {                                                                           \
+  void forward(                                                                             \
+      const Problem& p, const Options& options, const TensorView& value,                    \
+      const TensorView& sampling_locations, const TensorView& attention_weights,            \
+      const TensorView& output);                                                            \
+  void backward(                                                                            \
+      const Problem& p, const Options& options, const TensorView& value,                    \
+      const TensorView& sampling_locations, const TensorView& attention_weights,            \
+      const TensorView& grad_output, const TensorView& grad_value,                          \
+      const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights); \
   }
 
 MSDACORE_DECLARE_CPU_KERNELS(generic)

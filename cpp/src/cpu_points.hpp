@@ -74,17 +74,19 @@ struct GroupCorners {
 // detail::sample_corners for every lane: x, y the normalized locations.
 // Requires level start + H*W + W + 1 to fit in int32 (PointRun checks S < 2^30).
 template <typename T, int N>
-inline void group_corners(const GroupGeometry<T, N>& g, typename PointLanes<T, N>::Vec x,
-                          typename PointLanes<T, N>::Vec y, GroupCorners<T, N>* c) {
+inline void group_corners(
+    const GroupGeometry<T, N>& g, typename PointLanes<T, N>::Vec x,
+    typename PointLanes<T, N>::Vec y, GroupCorners<T, N>* c) {
   using PL = PointLanes<T, N>;
   using Vec = typename PL::Vec;
   using IVec = typename PL::IVec;
   const Vec h = y * g.scale_y - g.shift;  // detail::pixel_coord
   const Vec w = x * g.scale_x - g.shift;
   // detail::sample_in_range (false for NaN)
-  const IVec ok = PL::narrow((h > static_cast<T>(-1)) & (h < g.height) & (w > static_cast<T>(-1)) &
-                             (w < g.width)) &
-                  g.live;
+  const IVec ok =
+      PL::narrow(
+          (h > static_cast<T>(-1)) & (h < g.height) & (w > static_cast<T>(-1)) & (w < g.width)) &
+      g.live;
   // detail::make_corners on the lanes in range (others computed on 0, then dropped)
   const Vec hs = PL::select(ok, h), ws = PL::select(ok, w);
   IVec h0 = __builtin_convertvector(hs, IVec), w0 = __builtin_convertvector(ws, IVec);
@@ -115,8 +117,8 @@ inline void group_corners(const GroupGeometry<T, N>& g, typename PointLanes<T, N
 // The geometry of the groups of a run of `count` points, point j on level
 // *point_level[j]: groups of N lanes, the lanes past `count` not live.
 template <typename T, int N>
-std::vector<GroupGeometry<T, N>> group_geometry(const LevelGeometry<T>* const* point_level,
-                                                int64_t count) {
+std::vector<GroupGeometry<T, N>> group_geometry(
+    const LevelGeometry<T>* const* point_level, int64_t count) {
   constexpr int kLanes = N;
   std::vector<GroupGeometry<T, N>> groups((count + kLanes - 1) / kLanes);
   for (auto& g : groups) std::memset(&g, 0, sizeof(g));
@@ -139,8 +141,8 @@ std::vector<GroupGeometry<T, N>> group_geometry(const LevelGeometry<T>* const* p
 
 // Splits `src[0 .. 2*kLanes)` = (x0, y0, x1, y1, ...) into x and y.
 template <typename T, int N>
-inline void deinterleave(const T* src, typename PointLanes<T, N>::Vec* x,
-                         typename PointLanes<T, N>::Vec* y) {
+inline void deinterleave(
+    const T* src, typename PointLanes<T, N>::Vec* x, typename PointLanes<T, N>::Vec* y) {
   using Vec = typename PointLanes<T, N>::Vec;
   constexpr int kLanes = N;
   Vec lo, hi;
@@ -277,8 +279,9 @@ struct PointRun {
       const int64_t b1 = std::min<int64_t>(points, b0 + PlanBlock<T>::kBlock);
       std::vector<int32_t> block;
       for (int64_t j = b0; j < b1; ++j) block.push_back(static_cast<int32_t>(j - b0));
-      std::stable_sort(block.begin(), block.end(),
-                       [&](int32_t x, int32_t y) { return rank[b0 + x] < rank[b0 + y]; });
+      std::stable_sort(block.begin(), block.end(), [&](int32_t x, int32_t y) {
+        return rank[b0 + x] < rank[b0 + y];
+      });
       std::copy(block.begin(), block.end(), visit.begin() + b0);
     }
     groups = group_geometry<T, Simd<T>::kLanes>(level.data(), points);
@@ -292,8 +295,9 @@ struct PointRun {
 
 // plan_points' vector form with groups of N lanes.
 template <typename T, bool kGradients, int N>
-void plan_groups(const std::vector<GroupGeometry<T, N>>& group_list, const PointOffsets& offsets,
-                 const T* loc, const T* attn, PointPlan<T>* plan) {
+void plan_groups(
+    const std::vector<GroupGeometry<T, N>>& group_list, const PointOffsets& offsets, const T* loc,
+    const T* attn, PointPlan<T>* plan) {
   using PL = PointLanes<T, N>;
   using Vec = typename PL::Vec;
   using IVec = typename PL::IVec;
@@ -350,8 +354,8 @@ void plan_groups(const std::vector<GroupGeometry<T, N>>& group_list, const Point
 // location and weight are at loc, attn: the vector form when run.vector, otherwise
 // point by point with detail::mode_corners (discrete mode, 2^30 tokens or more).
 template <typename T, bool kGradients>
-void plan_points(const PointRun<T>& run, bool discrete, const T* loc, const T* attn,
-                 PointPlan<T>* plan) {
+void plan_points(
+    const PointRun<T>& run, bool discrete, const T* loc, const T* attn, PointPlan<T>* plan) {
   constexpr int kBlock = PlanBlock<T>::kBlock;
   const int64_t count = plan->count;
   const PointOffsets& offsets = run.offsets;
@@ -405,11 +409,10 @@ inline void corners_of(const PlanBlock<T>& b, int64_t j, detail::Corners<T>* c) 
 // +0 for a skipped point and the location gradients +0 in discrete mode, as the scalar
 // form writes them.
 template <typename T>
-inline void group_gradients(const PlanBlock<T>& b, const T (*dots)[PlanBlock<T>::kBlock],
-                            int64_t i0, const T* scale_x, const T* scale_y,
-                            typename PointLanes<T>::Vec* grad_attention,
-                            typename PointLanes<T>::Vec* grad_x,
-                            typename PointLanes<T>::Vec* grad_y) {
+inline void group_gradients(
+    const PlanBlock<T>& b, const T (*dots)[PlanBlock<T>::kBlock], int64_t i0, const T* scale_x,
+    const T* scale_y, typename PointLanes<T>::Vec* grad_attention,
+    typename PointLanes<T>::Vec* grad_x, typename PointLanes<T>::Vec* grad_y) {
   using PL = PointLanes<T>;
   using Vec = typename PL::Vec;
   using IVec = typename PL::IVec;

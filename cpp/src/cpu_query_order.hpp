@@ -50,8 +50,8 @@ inline int64_t strip_of(T x, int64_t strips) {
 // head 0's first sampling location of each query: loc[n * batch_stride + q *
 // query_stride] (sampling_locations' first two strides, in elements).
 template <typename T>
-std::vector<int64_t> query_order(const Problem& p, const T* loc, int64_t batch_stride,
-                                 int64_t query_stride) {
+std::vector<int64_t> query_order(
+    const Problem& p, const T* loc, int64_t batch_stride, int64_t query_stride) {
   int64_t widest = 1;
   for (int64_t l = 0; l < p.L; ++l) widest = p.widths[l] > widest ? p.widths[l] : widest;
   // No more strips than queries (a level may be wide with no pixels at all: H = 0).

@@ -78,9 +78,8 @@ struct LevelGeometry : detail::Level<T> {
 // The geometry of every level of `p`, for inputs with the (rank-6 view) strides of
 // `loc` and `attn` (see PointStrides).
 template <typename T>
-std::vector<LevelGeometry<T>> level_geometry(const Problem& p, bool align_corners,
-                                             const int64_t* loc_strides,
-                                             const int64_t* attn_strides) {
+std::vector<LevelGeometry<T>> level_geometry(
+    const Problem& p, bool align_corners, const int64_t* loc_strides, const int64_t* attn_strides) {
   std::vector<LevelGeometry<T>> levels(p.L);
   for (int64_t l = 0; l < p.L; ++l) {
     LevelGeometry<T>& g = levels[l];
@@ -114,16 +113,18 @@ struct InputArgs {
 // and `in` the InputArgs<T> of value, loc and attn, whose level geometry (for
 // options.align_corners) lives until f returns.
 template <typename F>
-void with_inputs(const Problem& p, const Options& options, const TensorView& value,
-                 const TensorView& loc, const TensorView& attn, F&& f) {
+void with_inputs(
+    const Problem& p, const Options& options, const TensorView& value, const TensorView& loc,
+    const TensorView& attn, F&& f) {
   const auto run = [&](auto tag) {
     using T = typename decltype(tag)::type;
     const Strided<T, 6> loc_view(loc);
     const Strided<T, 5> attn_view(attn);
     const std::vector<LevelGeometry<T>> levels =
         level_geometry<T>(p, options.align_corners, loc_view.stride, attn_view.stride);
-    f(tag, InputArgs<T>{p, Strided<T, 4>(value), loc_view, attn_view, levels.data(),
-                        p.mode == SamplingMode::Discrete});
+    f(tag, InputArgs<T>{
+               p, Strided<T, 4>(value), loc_view, attn_view, levels.data(),
+               p.mode == SamplingMode::Discrete});
   };
   if (p.dtype == DType::Float64) {
     run(TypeTag<double>{});
@@ -225,8 +226,8 @@ inline T fold_lanes(T* lanes) {
 // of this file) and adds a * g[d * g_stride] to y[d] (y contiguous): the dot product and
 // the grad_value update of one corner in a single pass.
 template <typename T>
-inline T dot_axpy(int64_t D, const T* g, int64_t g_stride, const T* v, int64_t v_stride, T a,
-                  T* y) {
+inline T dot_axpy(
+    int64_t D, const T* g, int64_t g_stride, const T* v, int64_t v_stride, T a, T* y) {
   using S = DotSimd<T>;
   constexpr int kLanes = kDotLanes<T>;
   constexpr int kVecs = kLanes / S::kLanes;

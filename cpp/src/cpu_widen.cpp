@@ -102,6 +102,17 @@ TensorView as_float32(const TensorView& t, Workspace& workspace, const char* wha
   return dense_like(t, buffer, DType::Float32, /*keep_broadcast=*/true);
 }
 
+// float32 copies of the three float inputs, taken from the workspace first, in this order.
+struct Float32Inputs {
+  TensorView value, loc, attn;
+  Float32Inputs(
+      const TensorView& value_, const TensorView& loc_, const TensorView& attn_,
+      Workspace& workspace)
+      : value(as_float32(value_, workspace, "the float32 value", true)),
+        loc(as_float32(loc_, workspace, "the float32 sampling_locations", true)),
+        attn(as_float32(attn_, workspace, "the float32 attention_weights", true)) {}
+};
+
 // The problem as the float32 kernels see it.
 Problem float32_problem(const Problem& p) {
   Problem q = p;
@@ -137,32 +148,29 @@ bool needs_widening(const Problem& p) {
   return p.dtype != DType::Float32 && p.dtype != DType::Float64;
 }
 
-void widened_forward(const Problem& p, const Options& options, const TensorView& value,
-                     const TensorView& loc, const TensorView& attn, const TensorView& output,
-                     Workspace& workspace, const FloatKernels& kernels) {
-  const TensorView v = as_float32(value, workspace, "the float32 value", true);
-  const TensorView l = as_float32(loc, workspace, "the float32 sampling_locations", true);
-  const TensorView a = as_float32(attn, workspace, "the float32 attention_weights", true);
+void widened_forward(
+    const Problem& p, const Options& options, const TensorView& value, const TensorView& loc,
+    const TensorView& attn, const TensorView& output, Workspace& workspace,
+    const FloatKernels& kernels) {
+  const Float32Inputs in(value, loc, attn, workspace);
   const TensorView out = as_float32(output, workspace, "the float32 output", false);
   if (workspace.counting_only()) return;
-  kernels.forward(float32_problem(p), options, v, l, a, out);
+  kernels.forward(float32_problem(p), options, in.value, in.loc, in.attn, out);
   narrow(static_cast<const float*>(out.data), output, output.numel());
 }
 
-void widened_backward(const Problem& p, const Options& options, const TensorView& value,
-                      const TensorView& loc, const TensorView& attn, const TensorView& grad_output,
-                      const TensorView& grad_value, const TensorView& grad_loc,
-                      const TensorView& grad_attn, Workspace& workspace,
-                      const FloatKernels& kernels) {
-  const TensorView v = as_float32(value, workspace, "the float32 value", true);
-  const TensorView l = as_float32(loc, workspace, "the float32 sampling_locations", true);
-  const TensorView a = as_float32(attn, workspace, "the float32 attention_weights", true);
+void widened_backward(
+    const Problem& p, const Options& options, const TensorView& value, const TensorView& loc,
+    const TensorView& attn, const TensorView& grad_output, const TensorView& grad_value,
+    const TensorView& grad_loc, const TensorView& grad_attn, Workspace& workspace,
+    const FloatKernels& kernels) {
+  const Float32Inputs in(value, loc, attn, workspace);
   const TensorView g = as_float32(grad_output, workspace, "the float32 grad_output", true);
   const TensorView gv = as_float32(grad_value, workspace, "the float32 grad_value", false);
   const TensorView gl = as_float32(grad_loc, workspace, "the float32 location gradients", false);
   const TensorView ga = as_float32(grad_attn, workspace, "the float32 weight gradients", false);
   if (workspace.counting_only()) return;
-  kernels.backward(float32_problem(p), options, v, l, a, g, gv, gl, ga);
+  kernels.backward(float32_problem(p), options, in.value, in.loc, in.attn, g, gv, gl, ga);
   narrow(static_cast<const float*>(gv.data), grad_value, grad_value.numel());
   narrow(static_cast<const float*>(gl.data), grad_loc, grad_loc.numel());
   narrow(static_cast<const float*>(ga.data), grad_attn, grad_attn.numel());

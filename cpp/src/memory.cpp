@@ -22,8 +22,8 @@ void* allocate(Device device, int64_t bytes, void* stream) {
     const size_t size = (static_cast<size_t>(bytes) + kHostAlign - 1) / kHostAlign * kHostAlign;
     void* ptr = std::aligned_alloc(kHostAlign, size > 0 ? size : kHostAlign);
     if (ptr == nullptr) {
-      throw RuntimeError("msdacore: allocating " + std::to_string(bytes) +
-                         " bytes of host memory failed");
+      throw RuntimeError(
+          "msdacore: allocating " + std::to_string(bytes) + " bytes of host memory failed");
     }
     return ptr;
   }

@@ -59,8 +59,9 @@ std::string compiler_name() {
 
 void set_num_threads(int n) {
   if (n < 1 || n > kMaxNumThreads) {
-    throw Error("num_threads must be between 1 and " + std::to_string(kMaxNumThreads) + ", got " +
-                std::to_string(n));
+    throw Error(
+        "num_threads must be between 1 and " + std::to_string(kMaxNumThreads) + ", got " +
+        std::to_string(n));
   }
 #ifdef _OPENMP
   g_num_threads.store(n);

@@ -56,10 +56,11 @@ DType dtype_from_name(const std::string& arg, const std::string& name) {
   for (const DTypeInfo& info : kDTypes) {
     if (name == info.name) return info.dtype;
   }
-  throw DTypeError(arg + " has dtype " + name +
-                   ", which msdacore does not support (float32, float64, float16 or bfloat16 "
-                   "for value, sampling_locations and attention_weights; int32 or int64 for "
-                   "spatial_shapes and level_start_index)");
+  throw DTypeError(
+      arg + " has dtype " + name +
+      ", which msdacore does not support (float32, float64, float16 or bfloat16 "
+      "for value, sampling_locations and attention_weights; int32 or int64 for "
+      "spatial_shapes and level_start_index)");
 }
 
 std::string device_name(Device d) {
@@ -67,12 +68,12 @@ std::string device_name(Device d) {
   return "cuda:" + std::to_string(d.index);
 }
 
-TensorView::TensorView(void* data_, std::initializer_list<int64_t> shape_, DType dtype_,
-                       Device device_)
+TensorView::TensorView(
+    void* data_, std::initializer_list<int64_t> shape_, DType dtype_, Device device_)
     : data(data_), dtype(dtype_), device(device_) {
   if (shape_.size() > static_cast<size_t>(kMaxDims)) {
-    throw ShapeError("TensorView supports at most 8 dimensions, got " +
-                     std::to_string(shape_.size()));
+    throw ShapeError(
+        "TensorView supports at most 8 dimensions, got " + std::to_string(shape_.size()));
   }
   ndim = static_cast<int32_t>(shape_.size());
   int i = 0;
@@ -80,8 +81,9 @@ TensorView::TensorView(void* data_, std::initializer_list<int64_t> shape_, DType
   row_major_strides(ndim, shape.data(), strides.data());
 }
 
-TensorView::TensorView(void* data_, int32_t ndim_, const int64_t* shape_, const int64_t* strides_,
-                       DType dtype_, Device device_)
+TensorView::TensorView(
+    void* data_, int32_t ndim_, const int64_t* shape_, const int64_t* strides_, DType dtype_,
+    Device device_)
     : data(data_), ndim(ndim_), dtype(dtype_), device(device_) {
   if (ndim_ < 0 || ndim_ > kMaxDims) {
     throw ShapeError("TensorView supports 0 to 8 dimensions, got " + std::to_string(ndim_));

@@ -55,15 +55,16 @@ std::string describe_shape(const char* symbols, const std::vector<int64_t>& dims
   return os.str();
 }
 
-void expect_shape(const char* name, const TensorView& t, const char* symbols,
-                  const std::vector<int64_t>& dims) {
+void expect_shape(
+    const char* name, const TensorView& t, const char* symbols, const std::vector<int64_t>& dims) {
   bool ok = t.ndim == static_cast<int32_t>(dims.size());
   for (size_t i = 0; ok && i < dims.size(); ++i) {
     if (dims[i] != kUnknown && t.shape[i] != dims[i]) ok = false;
   }
   if (!ok) {
-    throw ShapeError(std::string(name) + " must have shape " + describe_shape(symbols, dims) +
-                     ", got " + t.shape_string());
+    throw ShapeError(
+        std::string(name) + " must have shape " + describe_shape(symbols, dims) + ", got " +
+        t.shape_string());
   }
 }
 
@@ -92,51 +93,56 @@ void check_device_supported(const char* name, Device d) {
   if (d.type == DeviceType::CUDA) {
     const int count = cuda::device_count();
     if (count == 0) {
-      throw DeviceError(std::string(name) + " is on " + device_name(d) +
-                        ", but this build of msdacore sees no CUDA device (no GPU, no CUDA "
-                        "driver, or CUDA_VISIBLE_DEVICES hides them); pass CPU arrays, or run "
-                        "where a CUDA device is visible");
+      throw DeviceError(
+          std::string(name) + " is on " + device_name(d) +
+          ", but this build of msdacore sees no CUDA device (no GPU, no CUDA "
+          "driver, or CUDA_VISIBLE_DEVICES hides them); pass CPU arrays, or run "
+          "where a CUDA device is visible");
     }
     if (d.index < 0 || d.index >= count) {
-      throw DeviceError(std::string(name) + " is on " + device_name(d) + ", but only " +
-                        std::to_string(count) + " CUDA device" + (count == 1 ? " is" : "s are") +
-                        " visible to this process (cuda:0 .. cuda:" + std::to_string(count - 1) +
-                        ")");
+      throw DeviceError(
+          std::string(name) + " is on " + device_name(d) + ", but only " + std::to_string(count) +
+          " CUDA device" + (count == 1 ? " is" : "s are") +
+          " visible to this process (cuda:0 .. cuda:" + std::to_string(count - 1) + ")");
     }
     return;
   }
-  throw DeviceError(std::string(name) + " is on " + device_name(d) +
-                    ", which msdacore does not support (backends: cpu, cuda); pass CPU or "
-                    "CUDA arrays");
+  throw DeviceError(
+      std::string(name) + " is on " + device_name(d) +
+      ", which msdacore does not support (backends: cpu, cuda); pass CPU or "
+      "CUDA arrays");
 #else
-  throw DeviceError(std::string(name) + " is on " + device_name(d) +
-                    ", but this build of msdacore was compiled without CUDA (backends: cpu); " +
-                    kHowToGetCuda);
+  throw DeviceError(
+      std::string(name) + " is on " + device_name(d) +
+      ", but this build of msdacore was compiled without CUDA (backends: cpu); " + kHowToGetCuda);
 #endif
 }
 
 void check_same_device(const char* name, Device d, const char* ref_name, Device ref) {
   if (d != ref) {
-    throw DeviceError(std::string(name) + " is on " + device_name(d) + " but " + ref_name +
-                      " is on " + device_name(ref) + ": all inputs must be on the same device");
+    throw DeviceError(
+        std::string(name) + " is on " + device_name(d) + " but " + ref_name + " is on " +
+        device_name(ref) + ": all inputs must be on the same device");
   }
 }
 
 void check_on_host(const char* name, Device d) {
   if (d.type != DeviceType::CPU) {
-    throw DeviceError(std::string(name) + " is on " + device_name(d) +
-                      ", but msdacore reads spatial_shapes and level_start_index on the host: "
-                      "pass them as CPU arrays (or Python lists)");
+    throw DeviceError(
+        std::string(name) + " is on " + device_name(d) +
+        ", but msdacore reads spatial_shapes and level_start_index on the host: "
+        "pass them as CPU arrays (or Python lists)");
   }
 }
 
 // A floating-point dtype: float32, float64, float16 or bfloat16 (every backend).
 void check_float_dtype(const char* name, DType t) {
   if (!is_float(t)) {
-    throw DTypeError(std::string(name) +
-                     " must be a floating-point array (float32, float64, float16 or bfloat16), "
-                     "got " +
-                     dtype_name(t));
+    throw DTypeError(
+        std::string(name) +
+        " must be a floating-point array (float32, float64, float16 or bfloat16), "
+        "got " +
+        dtype_name(t));
   }
 }
 
@@ -163,9 +169,10 @@ int64_t saturating_product(int64_t a, int64_t b) {
 // p->point_starts and p->P_total; p->L is known.
 void read_points(const std::vector<int64_t>& counts, Problem* p) {
   if (static_cast<int64_t>(counts.size()) != p->L) {
-    throw ShapeError("points_per_level must have one count per level, L = " + std::to_string(p->L) +
-                     " (from spatial_shapes), got " + std::to_string(counts.size()) + ": " +
-                     list_string(counts));
+    throw ShapeError(
+        "points_per_level must have one count per level, L = " + std::to_string(p->L) +
+        " (from spatial_shapes), got " + std::to_string(counts.size()) + ": " +
+        list_string(counts));
   }
   p->points = counts;
   p->point_starts.resize(counts.size());
@@ -190,28 +197,30 @@ void check_elements(const char* name, const char* symbols, std::initializer_list
     if (!overflow) n *= d;
   }
   if (overflow) {
-    throw ShapeError(std::string(name) + " of shape " + symbols +
-                     " would have more than 2^63 - 1 elements");
+    throw ShapeError(
+        std::string(name) + " of shape " + symbols + " would have more than 2^63 - 1 elements");
   }
 }
 
 void check_has_data(const char* name, const TensorView& t) {
   if (t.data == nullptr && t.numel() > 0) {
-    throw Error(std::string(name) + " has " + std::to_string(t.numel()) +
-                " elements but a null data pointer");
+    throw Error(
+        std::string(name) + " has " + std::to_string(t.numel()) +
+        " elements but a null data pointer");
   }
   const int64_t size = dtype_size(t.dtype);
   if (t.numel() > 0 &&
       reinterpret_cast<std::uintptr_t>(t.data) % static_cast<std::uintptr_t>(size) != 0) {
-    throw Error(std::string(name) + " is not aligned to its element size (" + std::to_string(size) +
-                " bytes for " + dtype_name(t.dtype) + "): pass an aligned array (a copy of it)");
+    throw Error(
+        std::string(name) + " is not aligned to its element size (" + std::to_string(size) +
+        " bytes for " + dtype_name(t.dtype) + "): pass an aligned array (a copy of it)");
   }
 }
 
 // Reads spatial_shapes and level_start_index into `p` and checks them against each
 // other and against S.
-void read_levels(const TensorView& spatial_shapes, const TensorView& level_start_index,
-                 Problem* p) {
+void read_levels(
+    const TensorView& spatial_shapes, const TensorView& level_start_index, Problem* p) {
   p->heights.resize(p->L);
   p->widths.resize(p->L);
   p->level_starts.resize(p->L);
@@ -222,8 +231,9 @@ void read_levels(const TensorView& spatial_shapes, const TensorView& level_start
     const int64_t H = read_index(spatial_shapes, row);
     const int64_t W = read_index(spatial_shapes, row + spatial_shapes.strides[1]);
     if (H < 1 || W < 1) {
-      throw ShapeError("spatial_shapes[" + std::to_string(l) + "] = (" + std::to_string(H) + ", " +
-                       std::to_string(W) + "): every level needs H_l >= 1 and W_l >= 1");
+      throw ShapeError(
+          "spatial_shapes[" + std::to_string(l) + "] = (" + std::to_string(H) + ", " +
+          std::to_string(W) + "): every level needs H_l >= 1 and W_l >= 1");
     }
     p->heights[l] = H;
     p->widths[l] = W;
@@ -231,8 +241,9 @@ void read_levels(const TensorView& spatial_shapes, const TensorView& level_start
     expected[l] = total;
     const int64_t big = std::numeric_limits<int64_t>::max();
     if (H > big / W || H * W > big - total) {  // exactly 2^63 - 1 tokens still fit
-      throw ShapeError("spatial_shapes[" + std::to_string(l) + "] = (" + std::to_string(H) + ", " +
-                       std::to_string(W) + "): the levels' H_l*W_l add up past 2^63 - 1 tokens");
+      throw ShapeError(
+          "spatial_shapes[" + std::to_string(l) + "] = (" + std::to_string(H) + ", " +
+          std::to_string(W) + "): the levels' H_l*W_l add up past 2^63 - 1 tokens");
     }
     total += H * W;
   }
@@ -243,9 +254,10 @@ void read_levels(const TensorView& spatial_shapes, const TensorView& level_start
         list_string(expected) + ", got " + list_string(p->level_starts));
   }
   if (total != p->S) {
-    throw ShapeError("spatial_shapes gives S = sum of H_l*W_l = " + std::to_string(total) +
-                     " (level starts " + list_string(expected) +
-                     "), but value has S = " + std::to_string(p->S) + " tokens (value.shape[1])");
+    throw ShapeError(
+        "spatial_shapes gives S = sum of H_l*W_l = " + std::to_string(total) + " (level starts " +
+        list_string(expected) + "), but value has S = " + std::to_string(p->S) +
+        " tokens (value.shape[1])");
   }
 }
 
@@ -256,9 +268,10 @@ enum class Data {
 };
 
 // check_inputs (Data::All) and check_shapes (Data::IfIndexKnown).
-Problem check_call(const TensorView& value, const TensorView& spatial_shapes,
-                   const TensorView& level_start_index, const TensorView& sampling_locations,
-                   const TensorView& attention_weights, const Options& options, Data data) {
+Problem check_call(
+    const TensorView& value, const TensorView& spatial_shapes, const TensorView& level_start_index,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const Options& options, Data data) {
   // 1. Devices: one supported device; index arrays are read on the host.
   check_device_supported("value", value.device);
   check_same_device("sampling_locations", sampling_locations.device, "value", value.device);
@@ -275,14 +288,15 @@ Problem check_call(const TensorView& value, const TensorView& spatial_shapes,
     return t == value.dtype || (is_half(value.dtype) && t == DType::Float32);
   };
   if (!companion_ok(sampling_locations.dtype) || !companion_ok(attention_weights.dtype)) {
-    throw DTypeError(std::string("value, sampling_locations and attention_weights must have "
-                                 "the same dtype") +
-                     (is_half(value.dtype) ? " (or float32 sampling_locations and "
-                                             "attention_weights with a half value)"
-                                           : "") +
-                     ", got " + dtype_name(value.dtype) + ", " +
-                     dtype_name(sampling_locations.dtype) + " and " +
-                     dtype_name(attention_weights.dtype));
+    throw DTypeError(
+        std::string(
+            "value, sampling_locations and attention_weights must have "
+            "the same dtype") +
+        (is_half(value.dtype) ? " (or float32 sampling_locations and "
+                                "attention_weights with a half value)"
+                              : "") +
+        ", got " + dtype_name(value.dtype) + ", " + dtype_name(sampling_locations.dtype) + " and " +
+        dtype_name(attention_weights.dtype));
   }
   check_index_dtype("spatial_shapes", spatial_shapes.dtype);
   check_index_dtype("level_start_index", level_start_index.dtype);
@@ -300,14 +314,16 @@ Problem check_call(const TensorView& value, const TensorView& spatial_shapes,
   p.M = value.shape[2];
   p.D = value.shape[3];
   if (p.N < 0 || p.S < 1 || p.M < 1 || p.D < 1) {
-    throw ShapeError("value must have shape (N, S, M, D) with N >= 0 and S, M, D >= 1, got " +
-                     value.shape_string());
+    throw ShapeError(
+        "value must have shape (N, S, M, D) with N >= 0 and S, M, D >= 1, got " +
+        value.shape_string());
   }
   expect_shape("spatial_shapes", spatial_shapes, "L, 2", {kUnknown, 2});
   p.L = spatial_shapes.shape[0];
   if (p.L < 1) {
-    throw ShapeError("spatial_shapes must have shape (L, 2) with L >= 1 levels, got " +
-                     spatial_shapes.shape_string());
+    throw ShapeError(
+        "spatial_shapes must have shape (L, 2) with L >= 1 levels, got " +
+        spatial_shapes.shape_string());
   }
   expect_shape("level_start_index", level_start_index, "L", {p.L});
 
@@ -321,10 +337,11 @@ Problem check_call(const TensorView& value, const TensorView& spatial_shapes,
     p.Lq = loc_rank_ok
                ? sampling_locations.shape[1]
                : (attention_weights.ndim == rank - 1 ? attention_weights.shape[1] : kUnknown);
-    expect_shape("sampling_locations", sampling_locations, "N, Lq, M, P_total, 2",
-                 {p.N, p.Lq, p.M, p.P_total, 2});
-    expect_shape("attention_weights", attention_weights, "N, Lq, M, P_total",
-                 {p.N, p.Lq, p.M, p.P_total});
+    expect_shape(
+        "sampling_locations", sampling_locations, "N, Lq, M, P_total, 2",
+        {p.N, p.Lq, p.M, p.P_total, 2});
+    expect_shape(
+        "attention_weights", attention_weights, "N, Lq, M, P_total", {p.N, p.Lq, p.M, p.P_total});
   } else {
     const bool loc_rank_ok = sampling_locations.ndim == 6;
     const bool attn_rank_ok = attention_weights.ndim == 5;
@@ -332,10 +349,11 @@ Problem check_call(const TensorView& value, const TensorView& spatial_shapes,
                        : (attn_rank_ok ? attention_weights.shape[1] : kUnknown);
     p.P = loc_rank_ok ? sampling_locations.shape[4]
                       : (attn_rank_ok ? attention_weights.shape[4] : kUnknown);
-    expect_shape("sampling_locations", sampling_locations, "N, Lq, M, L, P, 2",
-                 {p.N, p.Lq, p.M, p.L, p.P, 2});
-    expect_shape("attention_weights", attention_weights, "N, Lq, M, L, P",
-                 {p.N, p.Lq, p.M, p.L, p.P});
+    expect_shape(
+        "sampling_locations", sampling_locations, "N, Lq, M, L, P, 2",
+        {p.N, p.Lq, p.M, p.L, p.P, 2});
+    expect_shape(
+        "attention_weights", attention_weights, "N, Lq, M, L, P", {p.N, p.Lq, p.M, p.L, p.P});
     if (p.P < 1) {
       throw ShapeError(
           "sampling_locations must have shape (N, Lq, M, L, P, 2) with P >= 1 "
@@ -349,14 +367,14 @@ Problem check_call(const TensorView& value, const TensorView& spatial_shapes,
   }
 
   if (p.Lq < 0) {
-    throw ShapeError("sampling_locations must have Lq >= 0 queries, got " +
-                     sampling_locations.shape_string());
+    throw ShapeError(
+        "sampling_locations must have Lq >= 0 queries, got " + sampling_locations.shape_string());
   }
   check_elements("value", "(N, S, M, D)", {p.N, p.S, p.M, p.D});
   check_elements("the output", "(N, Lq, M*D)", {p.N, p.Lq, p.M, p.D});
-  check_elements("sampling_locations",
-                 p.flattened ? "(N, Lq, M, P_total, 2)" : "(N, Lq, M, L, P, 2)",
-                 {p.N, p.Lq, p.M, p.P_total, 2});
+  check_elements(
+      "sampling_locations", p.flattened ? "(N, Lq, M, P_total, 2)" : "(N, Lq, M, L, P, 2)",
+      {p.N, p.Lq, p.M, p.P_total, 2});
 
   // 4. Contents of the index arrays.
   if (data == Data::All) {
@@ -376,8 +394,9 @@ Problem check_call(const TensorView& value, const TensorView& spatial_shapes,
 
 void check_options(const Options& options) {
   if (options.mode != SamplingMode::Bilinear && options.mode != SamplingMode::Discrete) {
-    throw Error("mode must be \"bilinear\" (0) or \"discrete\" (1), got the value " +
-                std::to_string(static_cast<int32_t>(options.mode)));
+    throw Error(
+        "mode must be \"bilinear\" (0) or \"discrete\" (1), got the value " +
+        std::to_string(static_cast<int32_t>(options.mode)));
   }
   if (options.mode == SamplingMode::Discrete && options.align_corners) {
     throw Error(
@@ -389,9 +408,9 @@ void check_options(const Options& options) {
   int64_t total = 0;
   for (size_t l = 0; l < counts.size(); ++l) {
     if (counts[l] < 1) {
-      throw ShapeError("points_per_level[" + std::to_string(l) +
-                       "] = " + std::to_string(counts[l]) +
-                       ": every level needs at least 1 point, got " + list_string(counts));
+      throw ShapeError(
+          "points_per_level[" + std::to_string(l) + "] = " + std::to_string(counts[l]) +
+          ": every level needs at least 1 point, got " + list_string(counts));
     }
     if (counts[l] > big - total) {
       throw ShapeError("points_per_level adds up past 2^63 - 1 points: " + list_string(counts));
@@ -415,22 +434,26 @@ SamplingMode sampling_mode_from_name(const std::string& name) {
   throw Error("mode must be \"bilinear\" or \"discrete\", got \"" + name + "\"");
 }
 
-Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
-                     const TensorView& level_start_index, const TensorView& sampling_locations,
-                     const TensorView& attention_weights, const Options& options) {
-  return check_call(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                    options, Data::All);
+Problem check_inputs(
+    const TensorView& value, const TensorView& spatial_shapes, const TensorView& level_start_index,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const Options& options) {
+  return check_call(
+      value, spatial_shapes, level_start_index, sampling_locations, attention_weights, options,
+      Data::All);
 }
 
-Problem check_shapes(const TensorView& value, const TensorView& spatial_shapes,
-                     const TensorView& level_start_index, const TensorView& sampling_locations,
-                     const TensorView& attention_weights, const Options& options,
-                     const TensorView* grad_output) {
-  const Problem p = check_call(value, spatial_shapes, level_start_index, sampling_locations,
-                               attention_weights, options, Data::IfIndexKnown);
+Problem check_shapes(
+    const TensorView& value, const TensorView& spatial_shapes, const TensorView& level_start_index,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const Options& options, const TensorView* grad_output) {
+  const Problem p = check_call(
+      value, spatial_shapes, level_start_index, sampling_locations, attention_weights, options,
+      Data::IfIndexKnown);
   if (grad_output != nullptr) {
-    validate::check_float_input("grad_output", *grad_output, p, "N, Lq, M*D",
-                                {p.N, p.Lq, p.M * p.D}, p.dtype, "value", /*need_data=*/false);
+    validate::check_float_input(
+        "grad_output", *grad_output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D}, p.dtype, "value",
+        /*need_data=*/false);
   }
   return p;
 }
@@ -451,20 +474,22 @@ CallShapes call_shapes(const Problem& p) {
 
 namespace validate {
 
-void check_float_input(const char* name, const TensorView& t, const Problem& p, const char* symbols,
-                       std::initializer_list<int64_t> dims, DType dtype, const char* dtype_of,
-                       bool need_data) {
+void check_float_input(
+    const char* name, const TensorView& t, const Problem& p, const char* symbols,
+    std::initializer_list<int64_t> dims, DType dtype, const char* dtype_of, bool need_data) {
   check_same_device(name, t.device, "value", p.device);
   if (t.dtype != dtype) {
-    throw DTypeError(std::string(name) + " must have the dtype of " + dtype_of + " (" +
-                     dtype_name(dtype) + "), got " + dtype_name(t.dtype));
+    throw DTypeError(
+        std::string(name) + " must have the dtype of " + dtype_of + " (" + dtype_name(dtype) +
+        "), got " + dtype_name(t.dtype));
   }
   expect_shape(name, t, symbols, std::vector<int64_t>(dims));
   if (need_data) check_has_data(name, t);
 }
 
-void check_output(const char* name, const TensorView& t, const Problem& p, const char* symbols,
-                  std::initializer_list<int64_t> dims, DType dtype, const char* dtype_of) {
+void check_output(
+    const char* name, const TensorView& t, const Problem& p, const char* symbols,
+    std::initializer_list<int64_t> dims, DType dtype, const char* dtype_of) {
   check_float_input(name, t, p, symbols, dims, dtype, dtype_of);
   if (!t.is_contiguous()) {
     throw ShapeError(std::string(name) + " must be a contiguous (row-major) output buffer");
@@ -483,8 +508,9 @@ std::pair<std::uintptr_t, std::uintptr_t> byte_span(const TensorView& t) {
   }
   const auto base = reinterpret_cast<std::uintptr_t>(t.data);
   const auto size = static_cast<std::uintptr_t>(dtype_size(t.dtype));
-  return {base + static_cast<std::uintptr_t>(low) * size,
-          base + static_cast<std::uintptr_t>(high + 1) * size};
+  return {
+      base + static_cast<std::uintptr_t>(low) * size,
+      base + static_cast<std::uintptr_t>(high + 1) * size};
 }
 
 bool overlap(const TensorView& a, const TensorView& b) {
@@ -496,21 +522,23 @@ bool overlap(const TensorView& a, const TensorView& b) {
 
 }  // namespace
 
-void check_no_overlap(std::initializer_list<NamedView> outputs,
-                      std::initializer_list<NamedView> inputs) {
+void check_no_overlap(
+    std::initializer_list<NamedView> outputs, std::initializer_list<NamedView> inputs) {
   for (auto out = outputs.begin(); out != outputs.end(); ++out) {
     for (const NamedView& in : inputs) {
       if (overlap(*out->view, *in.view)) {
-        throw Error(std::string(out->name) + " overlaps " + in.name +
-                    " in memory: outputs must not share memory with the inputs or with "
-                    "each other");
+        throw Error(
+            std::string(out->name) + " overlaps " + in.name +
+            " in memory: outputs must not share memory with the inputs or with "
+            "each other");
       }
     }
     for (auto other = outputs.begin(); other != out; ++other) {
       if (overlap(*out->view, *other->view)) {
-        throw Error(std::string(out->name) + " overlaps " + other->name +
-                    " in memory: outputs must not share memory with the inputs or with "
-                    "each other");
+        throw Error(
+            std::string(out->name) + " overlaps " + other->name +
+            " in memory: outputs must not share memory with the inputs or with "
+            "each other");
       }
     }
   }

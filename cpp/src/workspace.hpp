@@ -37,9 +37,9 @@ class Workspace {
     if (bytes > kLimit - start) too_large(what);
     const int64_t end = start + (bytes > 0 ? bytes : 0);
     if (!counting_ && end > bytes_) {
-      throw RuntimeError("msdacore: the workspace is too small for " + std::string(what) + " (" +
-                         std::to_string(end) + " bytes needed, " + std::to_string(bytes_) +
-                         " given)");
+      throw RuntimeError(
+          "msdacore: the workspace is too small for " + std::string(what) + " (" +
+          std::to_string(end) + " bytes needed, " + std::to_string(bytes_) + " given)");
     }
     used_ = end;
     return reinterpret_cast<void*>(base_ + static_cast<uintptr_t>(start));

@@ -39,8 +39,9 @@ int main(void) {
   double err = 0, scale = 0;
   int ok = 1;
 
-  printf("msdacore %s through the C API, %d threads\n", msdacore_version(),
-         msdacore_get_num_threads());
+  printf(
+      "msdacore %s through the C API, %d threads\n", msdacore_version(),
+      msdacore_get_num_threads());
   for (lv = 0; lv < L; ++lv) {
     shapes[2 * lv] = kShapes[lv][0];
     shapes[2 * lv + 1] = kShapes[lv][1];
@@ -61,8 +62,8 @@ int main(void) {
 
   status = msdacore_forward(&v, &ss, &lsi, &l, &a, &o, &options);
   if (status != MSDACORE_OK) {
-    fprintf(stderr, "msdacore_forward: %s: %s\n", msdacore_status_name(status),
-            msdacore_last_error());
+    fprintf(
+        stderr, "msdacore_forward: %s: %s\n", msdacore_status_name(status), msdacore_last_error());
     return 1;
   }
 
@@ -99,8 +100,9 @@ int main(void) {
   /* Errors come back as a status and a message naming the argument and both shapes. */
   msdacore_tensor_contiguous(&bad, out, 3, bad_shape, MSDACORE_FLOAT64);
   status = msdacore_forward(&v, &ss, &lsi, &l, &a, &bad, NULL);
-  printf("an output of the wrong shape: %s: %s\n", msdacore_status_name(status),
-         msdacore_last_error());
+  printf(
+      "an output of the wrong shape: %s: %s\n", msdacore_status_name(status),
+      msdacore_last_error());
   if (status != MSDACORE_ERROR_SHAPE) ok = 0;
 
   printf(ok ? "c_api_example: OK\n" : "c_api_example: FAILED\n");

@@ -19,9 +19,9 @@ struct Reference {
 };
 
 // The formulas of docs/conventions.md, written plainly in double.
-Reference reference(const std::vector<float>& value, const std::vector<float>& loc,
-                    const std::vector<float>& attn, const std::vector<float>& grad_out, int64_t S,
-                    const std::vector<int64_t>& starts) {
+Reference reference(
+    const std::vector<float>& value, const std::vector<float>& loc, const std::vector<float>& attn,
+    const std::vector<float>& grad_out, int64_t S, const std::vector<int64_t>& starts) {
   Reference r;
   r.out.assign(N * Lq * M * D, 0.0);
   r.grad_value.assign(N * S * M * D, 0.0);
@@ -85,9 +85,10 @@ bool close(const char* name, const std::vector<float>& got, const std::vector<do
 
 int main() {
   const msdacore::BuildInfo info = msdacore::build_info();
-  std::printf("msdacore %s (headers %s): CPU kernels %s, %d threads, CUDA compiled %d\n",
-              info.version.c_str(), MSDACORE_VERSION_STRING, info.cpu_isa.c_str(), info.num_threads,
-              info.cuda_compiled ? 1 : 0);
+  std::printf(
+      "msdacore %s (headers %s): CPU kernels %s, %d threads, CUDA compiled %d\n",
+      info.version.c_str(), MSDACORE_VERSION_STRING, info.cpu_isa.c_str(), info.num_threads,
+      info.cuda_compiled ? 1 : 0);
 
   // The index arrays: level shapes and the prefix sums of H_l*W_l.
   std::vector<int64_t> shapes, starts;
@@ -162,8 +163,8 @@ int main() {
 
   // A mistake is reported, not crashed on: an output of the wrong shape.
   try {
-    msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
-                                     TensorView(out.data(), {N, Lq, D}, DType::Float32));
+    msdacore::ms_deform_attn_forward(
+        v, ss, lsi, l, a, TensorView(out.data(), {N, Lq, D}, DType::Float32));
     std::printf("expected a ShapeError\n");
     ok = false;
   } catch (const msdacore::ShapeError& e) {

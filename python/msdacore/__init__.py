@@ -17,7 +17,8 @@ __version__: str = _core.build_info()["version"]
 # A build that looked for CUDA, found a compiler and could not use it says so here, where
 # a `pip install .` user sees it (pip hides the build's own output).
 if _core.build_info()["cuda_fallback"]:
-    _warnings.warn("msdacore: " + _core.build_info()["cuda_fallback"], RuntimeWarning, stacklevel=2)
+    _warnings.warn("msdacore: " + _core.build_info()["cuda_fallback"], RuntimeWarning,
+                   stacklevel=2)
 
 __all__ = [
     "ms_deform_attn",
@@ -30,18 +31,9 @@ __all__ = [
 ]
 
 
-def ms_deform_attn(
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    *,
-    align_corners=False,
-    stream=None,
-    points_per_level=None,
-    mode="bilinear",
-):
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, *, align_corners=False, stream=None,
+                   points_per_level=None, mode="bilinear"):
     """Multi-scale deformable attention, forward.
 
     value               (N, S, M, D)        float32 | float64 | float16 | bfloat16 (T)
@@ -66,32 +58,17 @@ def ms_deform_attn(
     level_start_index are read on the host (device copies are copied there).
     Raises ValueError (shapes, devices, index arrays) or TypeError (dtypes).
     """
-    return _dispatch.forward(
-        _frameworks.framework_of(value),
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_locations,
-        attention_weights,
-        options=_dispatch.op_options(align_corners, False, mode, points_per_level),
-        stream=stream,
-    )
+    return _dispatch.forward(_frameworks.framework_of(value), value, spatial_shapes,
+                             level_start_index, sampling_locations, attention_weights,
+                             options=_dispatch.op_options(align_corners, False, mode,
+                                                          points_per_level),
+                             stream=stream)
 
 
-def ms_deform_attn_backward(
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    grad_output,
-    *,
-    align_corners=False,
-    deterministic=False,
-    stream=None,
-    points_per_level=None,
-    mode="bilinear",
-):
+def ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights, grad_output, *, align_corners=False,
+                            deterministic=False, stream=None, points_per_level=None,
+                            mode="bilinear"):
     """Gradients of ms_deform_attn given grad_output (N, Lq, M*D) of dtype T.
 
     returns (grad_value (N, S, M, D), grad_sampling_locations (N, Lq, M, L, P, 2),
@@ -103,17 +80,12 @@ def ms_deform_attn_backward(
     is summed with atomics unless deterministic=True, which sorts the samples and gathers
     instead (bitwise reproducible, slower). stream as in ms_deform_attn.
     """
-    return _dispatch.backward(
-        _frameworks.framework_of(value),
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_locations,
-        attention_weights,
-        grad_output,
-        options=_dispatch.op_options(align_corners, deterministic, mode, points_per_level),
-        stream=stream,
-    )
+    return _dispatch.backward(_frameworks.framework_of(value), value, spatial_shapes,
+                              level_start_index, sampling_locations, attention_weights,
+                              grad_output,
+                              options=_dispatch.op_options(align_corners, deterministic,
+                                                           mode, points_per_level),
+                              stream=stream)
 
 
 def build_info() -> dict:
@@ -136,7 +108,7 @@ def set_num_threads(n: int) -> None:
     if isinstance(n, (bool, _np.bool_)) or not isinstance(n, (int, _np.integer)):
         raise TypeError(f"set_num_threads takes an int, got {type(n).__name__} {n!r:.40}")
     n = int(n)
-    if not -(2**31) <= n < 2**31:  # past C int: the core's range error, here
+    if not -2**31 <= n < 2**31:  # past C int: the core's range error, here
         raise ValueError(f"num_threads must be between 1 and {_core.MAX_NUM_THREADS}, got {n}")
     _core.set_num_threads(n)
 

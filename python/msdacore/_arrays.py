@@ -37,7 +37,7 @@ def aligned_empty(shape, dtype) -> np.ndarray:
         count *= int(extent)
     buffer = np.empty(count * dtype.itemsize + CACHE_LINE, dtype=np.uint8)
     start = -buffer.ctypes.data % CACHE_LINE
-    return buffer[start : start + count * dtype.itemsize].view(dtype).reshape(shape)
+    return buffer[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def _normalized_numpy(array: np.ndarray) -> np.ndarray:
@@ -112,14 +112,11 @@ def to_capsule(obj, name: str, stream=None):
     except (TypeError, ValueError):
         raise
     except Exception as error:  # a producer failing in its own way
-        raise TypeError(
-            f"{name} cannot be exported through DLPack: its __dlpack__ raised "
-            f"{type(error).__name__}: {error}"
-        ) from error
+        raise TypeError(f"{name} cannot be exported through DLPack: its __dlpack__ raised "
+                        f"{type(error).__name__}: {error}") from error
 
 
 # ----------------------------------------------------------------------------- CUDA arrays
-
 
 def device_of(obj) -> tuple:
     """(DLPack device type, device id) of an array; (KDL_CPU, 0) for NumPy arrays, lists
@@ -165,9 +162,8 @@ def stream_handle(stream) -> int:
     the legacy / per-thread default stream as in DLPack), or a stream object with
     .cuda_stream (torch) or .ptr (CuPy)."""
     if isinstance(stream, bool):
-        raise TypeError(
-            "stream must be None, an int (cudaStream_t) or a CUDA stream object, got a bool"
-        )
+        raise TypeError("stream must be None, an int (cudaStream_t) or a CUDA stream object, "
+                        "got a bool")
     if isinstance(stream, int):
         value = stream
     elif hasattr(stream, "cuda_stream"):
@@ -175,12 +171,10 @@ def stream_handle(stream) -> int:
     elif hasattr(stream, "ptr"):
         value = int(stream.ptr)
     else:
-        raise TypeError(
-            "stream must be None, an int (cudaStream_t) or a CUDA stream object "
-            "(with .cuda_stream like torch.cuda.Stream, or .ptr like "
-            f"cupy.cuda.Stream), got {type(stream).__module__}."
-            f"{type(stream).__qualname__}"
-        )
+        raise TypeError("stream must be None, an int (cudaStream_t) or a CUDA stream object "
+                        "(with .cuda_stream like torch.cuda.Stream, or .ptr like "
+                        f"cupy.cuda.Stream), got {type(stream).__module__}."
+                        f"{type(stream).__qualname__}")
     if value < 0:
         raise ValueError(f"stream must be a cudaStream_t value >= 0, got {value}")
     return LEGACY_DEFAULT_STREAM if value == 0 else value

@@ -16,13 +16,8 @@ from __future__ import annotations
 from . import _arrays, _core
 
 # The operator's inputs, by name, in their order in every front end.
-FORWARD_INPUTS = (
-    "value",
-    "spatial_shapes",
-    "level_start_index",
-    "sampling_locations",
-    "attention_weights",
-)
+FORWARD_INPUTS = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
+                  "attention_weights")
 BACKWARD_INPUTS = FORWARD_INPUTS + ("grad_output",)
 _GRADIENTS = ("grad_value", "grad_sampling_locations", "grad_attention_weights")
 _DEFAULT_OPTIONS = _core.Options()
@@ -31,19 +26,11 @@ _DEFAULT_OPTIONS = _core.Options()
 def op_options(align_corners=False, deterministic=False, mode="bilinear", points_per_level=None):
     """The operator's options as one msdacore.Options (the core checks each argument's type
     and value); the default options are one shared object."""
-    if (
-        align_corners is False
-        and deterministic is False
-        and mode == "bilinear"
-        and points_per_level is None
-    ):
+    if (align_corners is False and deterministic is False and mode == "bilinear"
+            and points_per_level is None):
         return _DEFAULT_OPTIONS
-    return _core.Options(
-        align_corners=align_corners,
-        mode=mode,
-        points_per_level=points_per_level,
-        deterministic=deterministic,
-    )
+    return _core.Options(align_corners=align_corners, mode=mode,
+                         points_per_level=points_per_level, deterministic=deterministic)
 
 
 class _Call:
@@ -80,9 +67,8 @@ class _Call:
         arrays, names = self.arrays[start:stop], self.names[start:stop]
         if export is None:
             return fw.capsule_list(arrays, names)
-        return [
-            fw.capsule(a, n, export if _arrays.is_cuda(a) else None) for a, n in zip(arrays, names)
-        ]
+        return [fw.capsule(a, n, export if _arrays.is_cuda(a) else None)
+                for a, n in zip(arrays, names)]
 
     def workspace(self, prepared, backward):
         """(keep-alive, address, bytes) of caller-owned scratch for the prepared call, or
@@ -104,9 +90,8 @@ class _Call:
         except (MemoryError, ValueError) as error:  # NumPy: "array is too big"
             names = _GRADIENTS if backward else ("output",)
             sizes = ", ".join(f"{n} {s}" for n, s in zip(names, shapes))
-            raise MemoryError(
-                f"msdacore: the outputs cannot be allocated ({sizes}): {error}"
-            ) from None
+            raise MemoryError(f"msdacore: the outputs cannot be allocated ({sizes}): "
+                              f"{error}") from None
 
     def finish(self, outs, like):
         if self.cuda:
@@ -118,27 +103,14 @@ class _Call:
         return [self.fw.wrap(o, like) for o in outs]
 
 
-def forward(
-    fw,
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    *,
-    options,
-    stream=None,
-):
+def forward(fw, value, spatial_shapes, level_start_index, sampling_locations,
+            attention_weights, *, options, stream=None):
     """output (N, Lq, M*D) of `fw`'s kind; arguments as msdacore.ms_deform_attn, `options`
     from op_options()."""
-    call = _Call(
-        fw,
-        FORWARD_INPUTS,
-        (value, spatial_shapes, level_start_index, sampling_locations, attention_weights),
-        stream,
-    )
+    call = _Call(fw, FORWARD_INPUTS, (value, spatial_shapes, level_start_index,
+                                       sampling_locations, attention_weights), stream)
     prepared = _core.prepare(*call.capsules(0, 5), options, call.stream)
-    keep, address, nbytes = call.workspace(prepared, False) if call.cuda else (None, 0, 0)
+    keep, address, nbytes = (call.workspace(prepared, False) if call.cuda else (None, 0, 0))
     (out,) = call.outputs(prepared, backward=False)
     _core.forward(prepared, *fw.capsule_list((out,), ("output",)), address, nbytes)
     result = call.finish([out], value)[0] if call.cuda else fw.wrap(out, value)
@@ -146,40 +118,19 @@ def forward(
     return result
 
 
-def backward(
-    fw,
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    grad_output,
-    *,
-    options,
-    stream=None,
-):
+def backward(fw, value, spatial_shapes, level_start_index, sampling_locations,
+             attention_weights, grad_output, *, options, stream=None):
     """(grad_value, grad_sampling_locations, grad_attention_weights) of `fw`'s kind;
     arguments as msdacore.ms_deform_attn_backward, `options` from op_options()."""
-    call = _Call(
-        fw,
-        BACKWARD_INPUTS,
-        (
-            value,
-            spatial_shapes,
-            level_start_index,
-            sampling_locations,
-            attention_weights,
-            grad_output,
-        ),
-        stream,
-    )
+    call = _Call(fw, BACKWARD_INPUTS, (value, spatial_shapes, level_start_index,
+                                        sampling_locations, attention_weights, grad_output),
+                 stream)
     # The five inputs are validated before grad_output is exported or anything allocated.
     prepared = _core.prepare(*call.capsules(0, 5), options, call.stream)
-    keep, address, nbytes = call.workspace(prepared, True) if call.cuda else (None, 0, 0)
+    keep, address, nbytes = (call.workspace(prepared, True) if call.cuda else (None, 0, 0))
     outs = call.outputs(prepared, backward=True)
-    _core.backward(
-        prepared, *call.capsules(5, 6), *fw.capsule_list(outs, _GRADIENTS), address, nbytes
-    )
+    _core.backward(prepared, *call.capsules(5, 6), *fw.capsule_list(outs, _GRADIENTS), address,
+                   nbytes)
     result = tuple(call.finish(outs, value) if call.cuda else (fw.wrap(o, value) for o in outs))
     del keep  # after finish(), as in forward()
     return result

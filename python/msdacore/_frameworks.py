@@ -46,11 +46,8 @@ class DLPackFramework:
         dtype attributes is described once through the core's own DLPack reader (its
         shape and dtype size the outputs) and exported again for the call."""
         array = _arrays.as_array(array, name)
-        if (
-            name in _SIZED
-            and hasattr(array, "__dlpack__")
-            and not (hasattr(array, "shape") and hasattr(array, "dtype"))
-        ):
+        if (name in _SIZED and hasattr(array, "__dlpack__")
+                and not (hasattr(array, "shape") and hasattr(array, "dtype"))):
             shape, dtype = _core.describe(_arrays.to_capsule(array, name), name)
             return _Described(array, shape, dtype)
         return array
@@ -136,7 +133,6 @@ class TorchFramework(DLPackFramework):
     def __init__(self):
         import torch  # only constructed when torch is imported already
         from torch.utils.dlpack import to_dlpack
-
         self._torch = torch
         self._to_dlpack = to_dlpack
 

@@ -54,19 +54,11 @@ def _run(step: str, name: str, command: list[str], log: Path) -> None:
         raise PluginBuildError(
             f"msdacore: building the {name} plugin failed at the {step} step (exit "
             f"{result.returncode}); it needs CMake and a C++17 compiler. Full log: {log}\n"
-            f"{tail}"
-        )
+            f"{tail}")
 
 
-def build_plugin(
-    name: str,
-    source_dir: Path,
-    product: str,
-    *,
-    runtime_version: str,
-    cmake_args: list[str] = (),
-    extra_source_dirs: list[Path] = (),
-) -> Path:
+def build_plugin(name: str, source_dir: Path, product: str, *, runtime_version: str,
+                 cmake_args: list[str] = (), extra_source_dirs: list[Path] = ()) -> Path:
     """Builds the CMake project in source_dir (once per key) and returns the path of the
     built file named `product` (e.g. "libmsdacore_openvino.so").
 
@@ -79,15 +71,10 @@ def build_plugin(
     """
     from . import __version__
 
-    key = {
-        "plugin": name,
-        "msdacore": __version__,
-        "runtime": runtime_version,
-        "python": sys.version.split()[0],
-        "cmake_args": list(cmake_args),
-        "sources": _sources_digest(Path(source_dir)),
-        "extra_sources": [_sources_digest(Path(d)) for d in extra_source_dirs],
-    }
+    key = {"plugin": name, "msdacore": __version__, "runtime": runtime_version,
+           "python": sys.version.split()[0], "cmake_args": list(cmake_args),
+           "sources": _sources_digest(Path(source_dir)),
+           "extra_sources": [_sources_digest(Path(d)) for d in extra_source_dirs]}
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     root = cache_dir() / f"{name}-{runtime_version}-{key_hash}"
     built = root / "lib" / product
@@ -97,51 +84,28 @@ def build_plugin(
     if shutil.which("cmake") is None:
         raise PluginBuildError(
             f"msdacore: the {name} plugin is built on first use and needs CMake and a C++17 "
-            f"compiler; cmake was not found on the PATH (pip install cmake)"
-        )
+            f"compiler; cmake was not found on the PATH (pip install cmake)")
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key
         if built.is_file() and manifest.is_file():
             return built
-        print(
-            f"msdacore: building the {name} plugin for {name} {runtime_version} "
-            f"(once, about a minute) in {root}",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"msdacore: building the {name} plugin for {name} {runtime_version} "
+              f"(once, about a minute) in {root}", file=sys.stderr, flush=True)
         start = time.monotonic()
         build = root / "build"
         log = root / "build.log"
         log.write_text("")
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        _run(
-            "configure",
-            name,
-            [
-                "cmake",
-                "-S",
-                str(source_dir),
-                "-B",
-                str(build),
-                *generator,
-                "-DCMAKE_BUILD_TYPE=Release",
-                f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={root / 'lib'}",
-                f"-DPython_EXECUTABLE={sys.executable}",
-                *cmake_args,
-            ],
-            log,
-        )
+        _run("configure", name,
+             ["cmake", "-S", str(source_dir), "-B", str(build), *generator,
+              "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={root / 'lib'}",
+              f"-DPython_EXECUTABLE={sys.executable}", *cmake_args], log)
         _run("build", name, ["cmake", "--build", str(build), "--parallel"], log)
         if not built.is_file():
-            raise PluginBuildError(
-                f"msdacore: the {name} plugin build finished without "
-                f"producing {product}; log: {log}"
-            )
+            raise PluginBuildError(f"msdacore: the {name} plugin build finished without "
+                                   f"producing {product}; log: {log}")
         manifest.write_text(json.dumps(key, indent=1, sort_keys=True))
-        print(
-            f"msdacore: built the {name} plugin in {time.monotonic() - start:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"msdacore: built the {name} plugin in {time.monotonic() - start:.0f} s",
+              file=sys.stderr, flush=True)
         return built

@@ -33,7 +33,6 @@ TOLERANCES = {"float32": 5e-5, "float64": 1e-12}
 
 # ----------------------------------------------------------------------------- checks
 
-
 def sample_queries(Lq: int, k: int, seed: int) -> np.ndarray:
     """k distinct query indices in [0, Lq), sorted (all of them when k >= Lq)."""
     if k >= Lq:
@@ -68,9 +67,9 @@ def check_queries(inputs: dict, grad_output, output, grads, idx, align_corners: 
 
     ref_out = reference.ms_deform_attn(*args64, align_corners=align_corners)
     ref_gv, ref_gl, ref_ga = reference.ms_deform_attn_backward(
-        *args64, g_sliced.astype(np.float64), align_corners=align_corners
-    )
-    gv_sliced, _, _ = msdacore.ms_deform_attn_backward(*args, g_sliced, align_corners=align_corners)
+        *args64, g_sliced.astype(np.float64), align_corners=align_corners)
+    gv_sliced, _, _ = msdacore.ms_deform_attn_backward(*args, g_sliced,
+                                                       align_corners=align_corners)
     _, gl_full, ga_full = grads
     return {
         "output": rel_error(np.asarray(output)[:, idx], ref_out),
@@ -81,7 +80,6 @@ def check_queries(inputs: dict, grad_output, output, grads, idx, align_corners: 
 
 
 # ----------------------------------------------------------------------------- commands
-
 
 def cmd_info(args) -> int:
     import msdacore
@@ -114,10 +112,8 @@ def _print_header(title: str, threads: int, torch) -> dict:
 
     mach = machine_info()
     print(f"msdacore {getattr(msdacore, '__version__', '?')} {title}")
-    print(
-        f"machine : {mach['cpu']}, {mach['cores']} cores ({mach['usable_cores']} usable), "
-        f"{mach['system']}, Python {mach['python']}, NumPy {mach['numpy']}"
-    )
+    print(f"machine : {mach['cpu']}, {mach['cores']} cores ({mach['usable_cores']} usable), "
+          f"{mach['system']}, Python {mach['python']}, NumPy {mach['numpy']}")
     if torch is not None:
         print(f"threads : {threads} (msdacore and torch {torch.__version__})")
     else:
@@ -127,9 +123,8 @@ def _print_header(title: str, threads: int, torch) -> dict:
 
 
 def _print_checks(errors: dict, tol: float, k: int) -> bool:
-    print(
-        f"check vs float64 reference on {k} sampled queries (max|a-b|/max|ref|, tolerance {tol:g})"
-    )
+    print(f"check vs float64 reference on {k} sampled queries "
+          f"(max|a-b|/max|ref|, tolerance {tol:g})")
     ok = True
     for name, err in errors.items():
         good = err <= tol
@@ -139,11 +134,8 @@ def _print_checks(errors: dict, tol: float, k: int) -> bool:
 
 
 def _gs_repeats(args) -> int:
-    return (
-        args.gs_repeats
-        if args.gs_repeats is not None
-        else min(args.repeats, constants.DEMO_GS_REPEATS)
-    )
+    return (args.gs_repeats if args.gs_repeats is not None
+            else min(args.repeats, constants.DEMO_GS_REPEATS))
 
 
 def _outside_fraction(locs) -> float:
@@ -166,32 +158,22 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     inputs, grad_output = build_problem(cfg, args.dtype, args.seed)
     outside = _outside_fraction(inputs["sampling_locations"])
-    print(
-        f"inputs  : built in {time.perf_counter() - t0:.2f} s, seed {args.seed}; "
-        f"{100 * outside:.2f}% of sample points outside [0, 1]"
-    )
+    print(f"inputs  : built in {time.perf_counter() - t0:.2f} s, seed {args.seed}; "
+          f"{100 * outside:.2f}% of sample points outside [0, 1]")
 
     gs_repeats = _gs_repeats(args)
     if torch is None and not args.no_grid_sample:
         print("grid_sample: torch not importable, comparison skipped")
-    ours, gs, ratios = demo_timings(
-        inputs, grad_output, cfg.align_corners, args.repeats, gs_repeats, torch
-    )
+    ours, gs, ratios = demo_timings(inputs, grad_output, cfg.align_corners, args.repeats,
+                                   gs_repeats, torch)
     output, (_, grads) = ours["results"]["forward"], ours["results"]["forward_backward"]
 
-    results = {
-        "command": "demo",
-        "machine": mach,
-        "threads": threads,
-        "config": cfg.name,
-        "dtype": args.dtype,
-        "seed": args.seed,
-        "repeats": args.repeats,
-        "grid_sample_repeats": gs_repeats if gs else None,
-        "msdacore_s": {k: ours[k] for k in ("forward", "forward_backward")},
-        "grid_sample_s": {k: gs[k] for k in ("forward", "forward_backward")} if gs else None,
-        "ratios": ratios,
-    }
+    results = {"command": "demo", "machine": mach, "threads": threads, "config": cfg.name,
+               "dtype": args.dtype, "seed": args.seed, "repeats": args.repeats,
+               "grid_sample_repeats": gs_repeats if gs else None,
+               "msdacore_s": {k: ours[k] for k in ("forward", "forward_backward")},
+               "grid_sample_s": {k: gs[k] for k in ("forward", "forward_backward")} if gs else None,
+               "ratios": ratios}
     if gs:
         diff = rel_error(output, gs["results"]["forward"].numpy())
         results["grid_sample_forward_rel_diff"] = diff
@@ -213,68 +195,41 @@ def cmd_demo(args) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
-
 def _add_common(p):
     p.add_argument("--dtype", choices=sorted(NUMPY_DTYPES), default="float32")
-    p.add_argument(
-        "--threads",
-        type=bounded(int, 1),
-        default=None,
-        help="thread count for msdacore and torch (default: msdacore's default)",
-    )
-    p.add_argument(
-        "--repeats",
-        type=bounded(int, 1),
-        default=constants.DEMO_REPEATS,
-        help="timed runs after one warm-up; the median is reported "
-        f"(default {constants.DEMO_REPEATS})",
-    )
-    p.add_argument(
-        "--gs-repeats",
-        type=bounded(int, 1),
-        default=None,
-        help="timed runs of the grid_sample composition (default "
-        f"min(repeats, {constants.DEMO_GS_REPEATS}))",
-    )
+    p.add_argument("--threads", type=bounded(int, 1), default=None,
+                   help="thread count for msdacore and torch (default: msdacore's default)")
+    p.add_argument("--repeats", type=bounded(int, 1), default=constants.DEMO_REPEATS,
+                   help="timed runs after one warm-up; the median is reported "
+                        f"(default {constants.DEMO_REPEATS})")
+    p.add_argument("--gs-repeats", type=bounded(int, 1), default=None,
+                   help="timed runs of the grid_sample composition (default "
+                        f"min(repeats, {constants.DEMO_GS_REPEATS}))")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--no-grid-sample",
-        action="store_true",
-        help="skip the grid_sample comparison even when torch is available",
-    )
+    p.add_argument("--no-grid-sample", action="store_true",
+                   help="skip the grid_sample comparison even when torch is available")
     p.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m msdacore", description="multi-scale deformable attention"
-    )
+    parser = argparse.ArgumentParser(prog="python -m msdacore",
+                                     description="multi-scale deformable attention")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_info = sub.add_parser("info", help="print build information")
     p_info.set_defaults(func=cmd_info)
 
-    p_demo = sub.add_parser(
-        "demo",
-        help="time and check one configuration",
-        description=f"configurations: {', '.join(CONFIGS)}",
-    )
+    p_demo = sub.add_parser("demo", help="time and check one configuration",
+                            description=f"configurations: {', '.join(CONFIGS)}")
     p_demo.add_argument("--config", default="detr-enc", choices=list(CONFIGS))
-    p_demo.add_argument(
-        "--check-queries",
-        type=bounded(int, 0),
-        default=64,
-        help="queries checked against the float64 reference (0: none)",
-    )
+    p_demo.add_argument("--check-queries", type=bounded(int, 0), default=64,
+                        help="queries checked against the float64 reference (0: none)")
     _add_common(p_demo)
     p_demo.set_defaults(func=cmd_demo)
 
-    p_bench = sub.add_parser(
-        "bench",
-        help="msdacore against grid_sample on the benchmark "
-        "configurations: times, ratios, peak memory",
-        description=(bench.__doc__ or "").split("\n\n")[0],
-    )
+    p_bench = sub.add_parser("bench", help="msdacore against grid_sample on the benchmark "
+                             "configurations: times, ratios, peak memory",
+                             description=(bench.__doc__ or "").split("\n\n")[0])
     add_arguments(p_bench)
     p_bench.set_defaults(func=cmd_bench)
     return parser

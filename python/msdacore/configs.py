@@ -71,10 +71,8 @@ class Config:
     def describe(self) -> str:
         """One line: name, sizes and levels."""
         lv = " ".join(f"({h},{w})" for h, w in self.levels)
-        return (
-            f"{self.name}: N={self.N} M={self.M} D={self.D} P={self.P} L={self.L} "
-            f"S={self.S} Lq={self.Lq} levels={lv} align_corners={self.align_corners}"
-        )
+        return (f"{self.name}: N={self.N} M={self.M} D={self.D} P={self.P} L={self.L} "
+                f"S={self.S} Lq={self.Lq} levels={lv} align_corners={self.align_corners}")
 
 
 _DETR_LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))

@@ -18,9 +18,8 @@ def _level_shapes(spatial_shapes) -> list:
     return [(int(h), int(w)) for h, w in spatial_shapes]
 
 
-def ms_deform_attn_grid_sample(
-    value, spatial_shapes, sampling_locations, attention_weights, align_corners=False
-):
+def ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights,
+                               align_corners=False):
     """Deformable attention via grid_sample (differentiable through autograd).
 
     value               (N, S, M, D)          float tensor
@@ -40,9 +39,8 @@ def ms_deform_attn_grid_sample(
     if len(shapes) != L:
         raise ValueError(f"spatial_shapes has {len(shapes)} levels, sampling_locations has {L}")
     if sum(h * w for h, w in shapes) != S:
-        raise ValueError(
-            f"sum of H*W over spatial_shapes is {sum(h * w for h, w in shapes)}, value has S = {S}"
-        )
+        raise ValueError(f"sum of H*W over spatial_shapes is {sum(h * w for h, w in shapes)}, "
+                         f"value has S = {S}")
 
     value_levels = value.split([h * w for h, w in shapes], dim=1)
     grids = 2.0 * sampling_locations - 1.0
@@ -53,9 +51,8 @@ def ms_deform_attn_grid_sample(
         # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
         g = grids[:, :, :, lvl].transpose(1, 2).reshape(N * M, Lq, P, 2)
         # -> (N*M, D, Lq, P)
-        sampled.append(
-            F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=align_corners)
-        )
+        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros",
+                                     align_corners=align_corners))
     # (N*M, D, Lq, L, P) -> (N*M, D, Lq, L*P)
     stacked = torch.stack(sampled, dim=-2).flatten(-2)
     # (N, Lq, M, L, P) -> (N*M, 1, Lq, L*P)

@@ -50,9 +50,8 @@ def _check_mode(mode, align_corners):
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "discrete" and align_corners:
-        raise ValueError(
-            "align_corners=True does not apply to mode='discrete' (set align_corners=False)"
-        )
+        raise ValueError("align_corners=True does not apply to mode='discrete' "
+                         "(set align_corners=False)")
 
 
 def _point_counts(points_per_level, L):
@@ -64,25 +63,15 @@ def _point_counts(points_per_level, L):
             f"points_per_level must be a sequence of ints, got {points_per_level!r}"
         ) from None
     if len(counts) != L:
-        raise ValueError(
-            f"points_per_level must have L = {L} entries (one per level), "
-            f"got {len(counts)}: {counts}"
-        )
+        raise ValueError(f"points_per_level must have L = {L} entries (one per level), "
+                         f"got {len(counts)}: {counts}")
     if any(p < 1 for p in counts):
         raise ValueError(f"points_per_level must be >= 1 each, got {counts}")
     return counts
 
 
-def _prepare(
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    points_per_level,
-    mode,
-    align_corners,
-):
+def _prepare(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+             points_per_level, mode, align_corners):
     """Convert the inputs and check the shapes the reference relies on.
 
     Returns value, shapes, starts, loc, attn, levels where loc (N, Lq, M, P_total, 2) and
@@ -105,46 +94,30 @@ def _prepare(
         raise ValueError(f"level_start_index must have shape (L,) = ({L},), got {starts.shape}")
 
     if points_per_level is None:  # uniform layout
-        if (
-            loc.ndim != 6
-            or loc.shape[0] != N
-            or loc.shape[2] != M
-            or loc.shape[3] != L
-            or loc.shape[5] != 2
-        ):
+        if (loc.ndim != 6 or loc.shape[0] != N or loc.shape[2] != M or loc.shape[3] != L
+                or loc.shape[5] != 2):
             raise ValueError(
                 f"sampling_locations must have shape (N, Lq, M, L, P, 2) with N={N}, M={M}, "
-                f"L={L}, got {loc.shape}"
-            )
+                f"L={L}, got {loc.shape}")
         Lq, P = loc.shape[1], loc.shape[4]
         if attn.shape != (N, Lq, M, L, P):
-            raise ValueError(
-                f"attention_weights must have shape (N, Lq, M, L, P) = "
-                f"{(N, Lq, M, L, P)}, got {attn.shape}"
-            )
+            raise ValueError(f"attention_weights must have shape (N, Lq, M, L, P) = "
+                             f"{(N, Lq, M, L, P)}, got {attn.shape}")
         counts = [P] * L
         loc = loc.reshape(N, Lq, M, L * P, 2)
         attn = attn.reshape(N, Lq, M, L * P)
     else:  # flattened layout
         counts = _point_counts(points_per_level, L)
         P_total = sum(counts)
-        if (
-            loc.ndim != 5
-            or loc.shape[0] != N
-            or loc.shape[2] != M
-            or loc.shape[3] != P_total
-            or loc.shape[4] != 2
-        ):
+        if (loc.ndim != 5 or loc.shape[0] != N or loc.shape[2] != M or loc.shape[3] != P_total
+                or loc.shape[4] != 2):
             raise ValueError(
                 f"sampling_locations must have shape (N, Lq, M, P_total, 2) with N={N}, M={M}, "
-                f"P_total={P_total} (sum of points_per_level {counts}), got {loc.shape}"
-            )
+                f"P_total={P_total} (sum of points_per_level {counts}), got {loc.shape}")
         Lq = loc.shape[1]
         if attn.shape != (N, Lq, M, P_total):
-            raise ValueError(
-                f"attention_weights must have shape (N, Lq, M, P_total) = "
-                f"{(N, Lq, M, P_total)}, got {attn.shape}"
-            )
+            raise ValueError(f"attention_weights must have shape (N, Lq, M, P_total) = "
+                             f"{(N, Lq, M, P_total)}, got {attn.shape}")
 
     if np.any(shapes < 1):
         raise ValueError(f"spatial_shapes must be >= 1, got {shapes.tolist()}")
@@ -264,34 +237,19 @@ def _combine(corners):
 #   points_per_level    None (uniform layout) or L ints >= 1 (flattened layout)
 #   mode                "bilinear" or "discrete"
 #   returns out         (N, Lq, M*D)          float64
-def ms_deform_attn(
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    align_corners=False,
-    *,
-    points_per_level=None,
-    mode="bilinear",
-):
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, align_corners=False, *, points_per_level=None,
+                   mode="bilinear"):
     """Forward: out[n, q, m*D + d] = sum_l sum_p A[n,q,m,l,p] * B_l(n, m, d; h, w)."""
     value, shapes, starts, loc, attn, levels = _prepare(
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_locations,
-        attention_weights,
-        points_per_level,
-        mode,
-        align_corners,
-    )
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+        points_per_level, mode, align_corners)
     N, S, M, D = value.shape
     Lq = loc.shape[1]
     out = np.zeros((N, Lq, M, D), dtype=np.float64)
     for H, W, start, first, count in levels:
         points = slice(first, first + count)
-        value_l = value[:, start : start + H * W]
+        value_l = value[:, start:start + H * W]
         valid, _, corners = _sample(value_l, H, W, loc[:, :, :, points], align_corners, mode)
         a = np.where(valid, attn[:, :, :, points], 0.0)  # skipped samples contribute nothing
         out += np.sum(a[..., None] * _combine(corners), axis=3)
@@ -306,38 +264,21 @@ def ms_deform_attn(
 #   returns (grad_value (N, S, M, D), grad_sampling_locations, grad_attention_weights),
 #           all float64, the last two in the layout (shape) of sampling_locations and
 #           attention_weights
-def ms_deform_attn_backward(
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    grad_output,
-    align_corners=False,
-    *,
-    points_per_level=None,
-    mode="bilinear",
-):
+def ms_deform_attn_backward(value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights, grad_output, align_corners=False, *,
+                            points_per_level=None, mode="bilinear"):
     """Backward of ms_deform_attn for the loss <grad_output, out>."""
     loc_shape = np.shape(sampling_locations)
     attn_shape = np.shape(attention_weights)
     value, shapes, starts, loc, attn, levels = _prepare(
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_locations,
-        attention_weights,
-        points_per_level,
-        mode,
-        align_corners,
-    )
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+        points_per_level, mode, align_corners)
     N, S, M, D = value.shape
     Lq = loc.shape[1]
     G = np.asarray(grad_output, dtype=np.float64)
     if G.shape != (N, Lq, M * D):
         raise ValueError(
-            f"grad_output must have shape (N, Lq, M*D) = {(N, Lq, M * D)}, got {G.shape}"
-        )
+            f"grad_output must have shape (N, Lq, M*D) = {(N, Lq, M * D)}, got {G.shape}")
     g = G.reshape(N, Lq, M, 1, D)  # broadcast over points
 
     grad_value = np.zeros_like(value)
@@ -348,8 +289,9 @@ def ms_deform_attn_backward(
 
     for H, W, start, first, count in levels:
         points = slice(first, first + count)
-        value_l = value[:, start : start + H * W]
-        valid, weights, corners = _sample(value_l, H, W, loc[:, :, :, points], align_corners, mode)
+        value_l = value[:, start:start + H * W]
+        valid, weights, corners = _sample(
+            value_l, H, W, loc[:, :, :, points], align_corners, mode)
         a = np.where(valid, attn[:, :, :, points], 0.0)
 
         # grad_attention_weights = <g, B>
@@ -361,20 +303,14 @@ def ms_deform_attn_backward(
             hh, hw, lh, lw = weights
             sx, sy = (W - 1, H - 1) if align_corners else (W, H)
             v00, v01, v10, v11 = (c[2] for c in corners)
-            dB_dw = (
-                -hh[..., None] * v00
-                + hh[..., None] * v01
-                - lh[..., None] * v10
-                + lh[..., None] * v11
-            )
-            dB_dh = (
-                -hw[..., None] * v00
-                - lw[..., None] * v01
-                + hw[..., None] * v10
-                + lw[..., None] * v11
-            )
-            grad_loc[:, :, :, points, 0] = np.where(valid, a * sx * np.sum(g * dB_dw, axis=-1), 0.0)
-            grad_loc[:, :, :, points, 1] = np.where(valid, a * sy * np.sum(g * dB_dh, axis=-1), 0.0)
+            dB_dw = (-hh[..., None] * v00 + hh[..., None] * v01
+                     - lh[..., None] * v10 + lh[..., None] * v11)
+            dB_dh = (-hw[..., None] * v00 - lw[..., None] * v01
+                     + hw[..., None] * v10 + lw[..., None] * v11)
+            grad_loc[:, :, :, points, 0] = np.where(
+                valid, a * sx * np.sum(g * dB_dw, axis=-1), 0.0)
+            grad_loc[:, :, :, points, 1] = np.where(
+                valid, a * sy * np.sum(g * dB_dh, axis=-1), 0.0)
 
         # grad_value: every in-bounds corner of every kept sample scatters A * weight * g
         # (a NaN in g reaches exactly those tokens, even where A * weight is 0)

@@ -66,9 +66,9 @@ DLPackInput::DLPackInput(py::handle capsule, std::string name) : name_(std::move
     if (legacy_ == nullptr) throw py::error_already_set();
     PyCapsule_SetName(cap, "used_dltensor");
   } else {
-    throw py::type_error(name_ + ": the DLPack capsule is named '" +
-                         std::string(cap_name ? cap_name : "") +
-                         "' (already consumed, or not a DLPack tensor)");
+    throw py::type_error(
+        name_ + ": the DLPack capsule is named '" + std::string(cap_name ? cap_name : "") +
+        "' (already consumed, or not a DLPack tensor)");
   }
 }
 
@@ -79,9 +79,9 @@ DLPackInput::~DLPackInput() {
 
 TensorView DLPackInput::view() const {
   if (versioned_ != nullptr && versioned_->version.major != 1) {
-    throw DTypeError(name_ + " was exported with DLPack " +
-                     std::to_string(versioned_->version.major) + "." +
-                     std::to_string(versioned_->version.minor) + ", but msdacore reads DLPack 1.x");
+    throw DTypeError(
+        name_ + " was exported with DLPack " + std::to_string(versioned_->version.major) + "." +
+        std::to_string(versioned_->version.minor) + ", but msdacore reads DLPack 1.x");
   }
   const DLTensor& t = versioned_ != nullptr ? versioned_->dl_tensor : legacy_->dl_tensor;
 
@@ -92,19 +92,21 @@ TensorView DLPackInput::view() const {
   } else if (t.device.device_type == kDLCUDA) {
     device = Device{DeviceType::CUDA, t.device.device_id};
   } else {
-    throw DeviceError(name_ + " is on " + dl_device_name(t.device.device_type) +
-                      " (DLPack device type " + std::to_string(t.device.device_type) +
-                      "), which msdacore does not support: pass CPU arrays");
+    throw DeviceError(
+        name_ + " is on " + dl_device_name(t.device.device_type) + " (DLPack device type " +
+        std::to_string(t.device.device_type) +
+        "), which msdacore does not support: pass CPU arrays");
   }
   if (t.ndim < 0 || t.ndim > TensorView::kMaxDims) {
-    throw ShapeError(name_ + " has " + std::to_string(t.ndim) +
-                     " dimensions; msdacore inputs have at most " +
-                     std::to_string(TensorView::kMaxDims));
+    throw ShapeError(
+        name_ + " has " + std::to_string(t.ndim) + " dimensions; msdacore inputs have at most " +
+        std::to_string(TensorView::kMaxDims));
   }
   if (t.ndim > 0 && t.shape == nullptr) {
-    throw ShapeError(name_ + " was exported with " + std::to_string(t.ndim) +
-                     " dimensions but no shape (a null shape pointer): a broken DLPack "
-                     "producer");
+    throw ShapeError(
+        name_ + " was exported with " + std::to_string(t.ndim) +
+        " dimensions but no shape (a null shape pointer): a broken DLPack "
+        "producer");
   }
   int64_t strides[TensorView::kMaxDims];
   if (t.strides != nullptr) {

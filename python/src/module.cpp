@@ -96,23 +96,23 @@ class DeviceArray {
     for (int64_t d : shape_) {
       if (d < 0) throw msdacore::ShapeError("cuda_empty: sizes must be >= 0");
       if (d > 0 && bytes > big / d) {
-        throw msdacore::ShapeError("cuda_empty: an output of shape " +
-                                   py::str(py::cast(shape_)).cast<std::string>() +
-                                   " would have more than 2^63 - 1 bytes");
+        throw msdacore::ShapeError(
+            "cuda_empty: an output of shape " + py::str(py::cast(shape_)).cast<std::string>() +
+            " would have more than 2^63 - 1 bytes");
       }
       bytes *= d;
     }
     buffer_ = std::make_shared<DeviceBuffer>(device, bytes, stream);
   }
 
-  py::object dlpack(py::object stream, py::object max_version, py::object dl_device,
-                    py::object copy) const {
+  py::object dlpack(
+      py::object stream, py::object max_version, py::object dl_device, py::object copy) const {
     (void)stream;  // the data is ready (see the class comment): nothing to order
     if (!dl_device.is_none()) {
       const py::tuple dev = dl_device.cast<py::tuple>();
       if (dev.size() != 2 || dev[0].cast<int>() != kDLCUDA || dev[1].cast<int>() != device_) {
-        PyErr_SetString(PyExc_BufferError,
-                        "msdacore DeviceArray: export to another device is not supported");
+        PyErr_SetString(
+            PyExc_BufferError, "msdacore DeviceArray: export to another device is not supported");
         throw py::error_already_set();
       }
     }
@@ -126,8 +126,8 @@ class DeviceArray {
       versioned = mv.size() >= 1 && mv[0].cast<int>() >= 1;
     }
     if (versioned)
-      return make_capsule<DLManagedTensorVersioned>("dltensor_versioned",
-                                                    versioned_capsule_destructor);
+      return make_capsule<DLManagedTensorVersioned>(
+          "dltensor_versioned", versioned_capsule_destructor);
     return make_capsule<DLManagedTensor>("dltensor", legacy_capsule_destructor);
   }
 
@@ -187,9 +187,10 @@ class Views {
   using Arg = std::pair<py::handle, const char*>;  // a capsule and its argument name
 
   // The five inputs every op takes, then `more` (outputs, grad_output), in this order.
-  Views(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
-        py::handle sampling_locations, py::handle attention_weights,
-        std::initializer_list<Arg> more = {}) {
+  Views(
+      py::handle value, py::handle spatial_shapes, py::handle level_start_index,
+      py::handle sampling_locations, py::handle attention_weights,
+      std::initializer_list<Arg> more = {}) {
     if (5 + more.size() > kMax) throw std::logic_error("Views: too many arguments");
     add(value, "value");
     add(spatial_shapes, "spatial_shapes");
@@ -238,23 +239,24 @@ bool as_flag(py::handle v, const char* name) {
 std::vector<int64_t> as_counts(py::handle v) {
   if (v.is_none()) return {};
   if (PyUnicode_Check(v.ptr()) || PyBytes_Check(v.ptr()) || !py::hasattr(v, "__len__")) {
-    throw msdacore::DTypeError("points_per_level must be a sequence of ints (one per level), got " +
-                               std::string(Py_TYPE(v.ptr())->tp_name));
+    throw msdacore::DTypeError(
+        "points_per_level must be a sequence of ints (one per level), got " +
+        std::string(Py_TYPE(v.ptr())->tp_name));
   }
   const py::object items =
       py::hasattr(v, "tolist") ? v.attr("tolist")() : py::reinterpret_borrow<py::object>(v);
   std::vector<int64_t> counts;
   for (py::handle c : items) {
     if (PyBool_Check(c.ptr()) || PyFloat_Check(c.ptr()) || !PyIndex_Check(c.ptr())) {
-      throw msdacore::DTypeError("points_per_level must hold ints, got " +
-                                 py::repr(c).cast<std::string>().substr(0, 40));
+      throw msdacore::DTypeError(
+          "points_per_level must hold ints, got " + py::repr(c).cast<std::string>().substr(0, 40));
     }
     const py::int_ value = py::reinterpret_steal<py::int_>(PyNumber_Index(c.ptr()));
     int overflow = 0;
     const long long n = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
     if (overflow != 0) {
-      throw msdacore::Error("points_per_level holds " + py::str(value).cast<std::string>() +
-                            ", past int64");
+      throw msdacore::Error(
+          "points_per_level holds " + py::str(value).cast<std::string>() + ", past int64");
     }
     counts.push_back(static_cast<int64_t>(n));
   }
@@ -268,14 +270,16 @@ std::vector<int64_t> as_counts(py::handle v) {
 
 msdacore::SamplingMode as_mode(py::handle v) {
   if (!PyUnicode_Check(v.ptr())) {
-    throw msdacore::DTypeError("mode must be a str, \"bilinear\" or \"discrete\", got " +
-                               std::string(Py_TYPE(v.ptr())->tp_name));
+    throw msdacore::DTypeError(
+        "mode must be a str, \"bilinear\" or \"discrete\", got " +
+        std::string(Py_TYPE(v.ptr())->tp_name));
   }
   return msdacore::sampling_mode_from_name(v.cast<std::string>());
 }
 
-msdacore::Options make_options(py::handle align_corners, py::handle mode,
-                               py::handle points_per_level, py::handle deterministic) {
+msdacore::Options make_options(
+    py::handle align_corners, py::handle mode, py::handle points_per_level,
+    py::handle deterministic) {
   msdacore::Options o;
   o.align_corners = as_flag(align_corners, "align_corners");
   o.mode = as_mode(mode);
@@ -311,9 +315,10 @@ bool same_options(const msdacore::Options& a, const msdacore::Options& b) {
 // with its framework, then runs it.
 class PreparedCall {
  public:
-  PreparedCall(py::handle value, py::handle spatial_shapes, py::handle level_start_index,
-               py::handle sampling_locations, py::handle attention_weights,
-               const msdacore::Options& options, std::uintptr_t stream)
+  PreparedCall(
+      py::handle value, py::handle spatial_shapes, py::handle level_start_index,
+      py::handle sampling_locations, py::handle attention_weights, const msdacore::Options& options,
+      std::uintptr_t stream)
       : views_(value, spatial_shapes, level_start_index, sampling_locations, attention_weights),
         call_(views_[0], views_[1], views_[2], views_[3], views_[4], options) {
     call_.options().stream = reinterpret_cast<void*>(stream);
@@ -345,9 +350,9 @@ class PreparedCall {
     call_.forward(view);
   }
 
-  void backward(py::handle grad_output, py::handle grad_value, py::handle grad_sampling_locations,
-                py::handle grad_attention_weights, std::uintptr_t workspace,
-                int64_t workspace_bytes) {
+  void backward(
+      py::handle grad_output, py::handle grad_value, py::handle grad_sampling_locations,
+      py::handle grad_attention_weights, std::uintptr_t workspace, int64_t workspace_bytes) {
     set_workspace(workspace, workspace_bytes);
     const DLPackInput g(grad_output, "grad_output"), gv(grad_value, "grad_value"),
         gl(grad_sampling_locations, "grad_sampling_locations"),
@@ -371,14 +376,16 @@ class PreparedCall {
 // type ("cpu", "cuda", or another framework's device name), device index); `values`
 // (int64, row-major), when given, are its data (index arrays), stored in `storage` in the
 // view's dtype.
-msdacore::TensorView spec_view(const char* name, const py::tuple& spec, py::handle values,
-                               std::vector<int64_t>* storage64, std::vector<int32_t>* storage32) {
+msdacore::TensorView spec_view(
+    const char* name, const py::tuple& spec, py::handle values, std::vector<int64_t>* storage64,
+    std::vector<int32_t>* storage32) {
   if (spec.size() != 4) throw std::logic_error("spec_view: (shape, dtype, device, index)");
   const auto shape = spec[0].cast<std::vector<int64_t>>();
   if (shape.size() > static_cast<size_t>(msdacore::TensorView::kMaxDims)) {
-    throw msdacore::ShapeError(std::string(name) + " has " + std::to_string(shape.size()) +
-                               " dimensions; msdacore inputs have at most " +
-                               std::to_string(msdacore::TensorView::kMaxDims));
+    throw msdacore::ShapeError(
+        std::string(name) + " has " + std::to_string(shape.size()) +
+        " dimensions; msdacore inputs have at most " +
+        std::to_string(msdacore::TensorView::kMaxDims));
   }
   const msdacore::DType dtype = msdacore::dtype_from_name(name, spec[1].cast<std::string>());
   const std::string device = spec[2].cast<std::string>();
@@ -386,8 +393,9 @@ msdacore::TensorView spec_view(const char* name, const py::tuple& spec, py::hand
   if (device == "cuda") {
     d = msdacore::Device{msdacore::DeviceType::CUDA, spec[3].cast<int32_t>()};
   } else if (device != "cpu") {
-    throw msdacore::DeviceError(std::string(name) + " is on " + device +
-                                ", which msdacore does not support: pass CPU arrays");
+    throw msdacore::DeviceError(
+        std::string(name) + " is on " + device +
+        ", which msdacore does not support: pass CPU arrays");
   }
   std::vector<int64_t> strides(shape.size());
   msdacore::row_major_strides(static_cast<int32_t>(shape.size()), shape.data(), strides.data());
@@ -406,16 +414,16 @@ msdacore::TensorView spec_view(const char* name, const py::tuple& spec, py::hand
       data = storage64->data();
     }  // other dtypes: the core refuses the dtype before reading any value
   }
-  return msdacore::TensorView(data, static_cast<int32_t>(shape.size()), shape.data(),
-                              strides.data(), dtype, d);
+  return msdacore::TensorView(
+      data, static_cast<int32_t>(shape.size()), shape.data(), strides.data(), dtype, d);
 }
 
 // check_shapes from specs: the output and gradient shapes, or the core's error.
-py::dict check_shapes(const py::tuple& specs, const msdacore::Options& options,
-                      py::handle spatial_shapes_values, py::handle level_start_index_values,
-                      py::handle grad_output) {
-  static const char* const names[5] = {"value", "spatial_shapes", "level_start_index",
-                                       "sampling_locations", "attention_weights"};
+py::dict check_shapes(
+    const py::tuple& specs, const msdacore::Options& options, py::handle spatial_shapes_values,
+    py::handle level_start_index_values, py::handle grad_output) {
+  static const char* const names[5] = {
+      "value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"};
   if (specs.size() != 5) throw std::logic_error("check_shapes: five specs");
   std::vector<int64_t> s64[6];
   std::vector<int32_t> s32[6];
@@ -428,26 +436,27 @@ py::dict check_shapes(const py::tuple& specs, const msdacore::Options& options,
   if (!grad_output.is_none()) {
     v[5] = spec_view("grad_output", grad_output.cast<py::tuple>(), py::none(), &s64[5], &s32[5]);
   }
-  const msdacore::Problem p = msdacore::check_shapes(v[0], v[1], v[2], v[3], v[4], options,
-                                                     grad_output.is_none() ? nullptr : &v[5]);
+  const msdacore::Problem p = msdacore::check_shapes(
+      v[0], v[1], v[2], v[3], v[4], options, grad_output.is_none() ? nullptr : &v[5]);
   const msdacore::CallShapes s = msdacore::call_shapes(p);
   using namespace py::literals;
-  return py::dict("output"_a = py::tuple(py::cast(s.output)),
-                  "grad_value"_a = py::tuple(py::cast(s.grad_value)),
-                  "grad_sampling_locations"_a = py::tuple(py::cast(s.grad_sampling_locations)),
-                  "grad_attention_weights"_a = py::tuple(py::cast(s.grad_attention_weights)));
+  return py::dict(
+      "output"_a = py::tuple(py::cast(s.output)),
+      "grad_value"_a = py::tuple(py::cast(s.grad_value)),
+      "grad_sampling_locations"_a = py::tuple(py::cast(s.grad_sampling_locations)),
+      "grad_attention_weights"_a = py::tuple(py::cast(s.grad_attention_weights)));
 }
 
 py::dict build_info() {
   using namespace py::literals;
   const msdacore::BuildInfo info = msdacore::build_info();
-  return py::dict("version"_a = info.version, "openmp"_a = info.openmp,
-                  "openmp_version"_a = info.openmp_version, "num_threads"_a = info.num_threads,
-                  "max_threads"_a = info.max_threads, "cuda_compiled"_a = info.cuda_compiled,
-                  "cuda_kernels"_a = info.cuda_kernels,
-                  "cuda_runtime_version"_a = info.cuda_runtime_version,
-                  "cuda_fallback"_a = info.cuda_fallback, "cpu_isa"_a = info.cpu_isa,
-                  "cpu_isas"_a = info.cpu_isas, "compiler"_a = info.compiler);
+  return py::dict(
+      "version"_a = info.version, "openmp"_a = info.openmp,
+      "openmp_version"_a = info.openmp_version, "num_threads"_a = info.num_threads,
+      "max_threads"_a = info.max_threads, "cuda_compiled"_a = info.cuda_compiled,
+      "cuda_kernels"_a = info.cuda_kernels, "cuda_runtime_version"_a = info.cuda_runtime_version,
+      "cuda_fallback"_a = info.cuda_fallback, "cpu_isa"_a = info.cpu_isa,
+      "cpu_isas"_a = info.cpu_isas, "compiler"_a = info.compiler);
 }
 
 }  // namespace
@@ -467,8 +476,8 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
-  py::enum_<msdacore::SamplingMode>(m, "SamplingMode",
-                                    "How a sample reads its level (the C API's MSDACORE_MODE_*).")
+  py::enum_<msdacore::SamplingMode>(
+      m, "SamplingMode", "How a sample reads its level (the C API's MSDACORE_MODE_*).")
       .value("bilinear", msdacore::SamplingMode::Bilinear)
       .value("discrete", msdacore::SamplingMode::Discrete);
 
@@ -479,53 +488,63 @@ PYBIND11_MODULE(_core, m) {
       "  mode              \"bilinear\" or \"discrete\" (nearest pixel, clamped)\n"
       "  points_per_level  None (uniform layout) or L counts >= 1 (flattened layout)\n"
       "  deterministic     CUDA backward without atomics (bitwise reproducible)")
-      .def(py::init(&make_options), py::kw_only(), py::arg("align_corners") = false,
-           py::arg("mode") = "bilinear", py::arg("points_per_level") = py::none(),
-           py::arg("deterministic") = false)
-      .def_property_readonly("align_corners",
-                             [](const msdacore::Options& o) { return o.align_corners; })
+      .def(
+          py::init(&make_options), py::kw_only(), py::arg("align_corners") = false,
+          py::arg("mode") = "bilinear", py::arg("points_per_level") = py::none(),
+          py::arg("deterministic") = false)
+      .def_property_readonly(
+          "align_corners", [](const msdacore::Options& o) { return o.align_corners; })
       .def_property_readonly(
           "mode", [](const msdacore::Options& o) { return msdacore::sampling_mode_name(o.mode); })
       .def_property_readonly(
           "mode_code", [](const msdacore::Options& o) { return static_cast<int>(o.mode); },
           "The mode's code (MSDACORE_MODE_*, the JAX handlers' attribute).")
       .def_property_readonly("points_per_level", &counts_or_none)
-      .def_property_readonly("deterministic",
-                             [](const msdacore::Options& o) { return o.deterministic; })
+      .def_property_readonly(
+          "deterministic", [](const msdacore::Options& o) { return o.deterministic; })
       .def("__repr__", &options_repr)
-      .def("__eq__",
-           [](const msdacore::Options& a, py::handle b) {
-             return py::isinstance<msdacore::Options>(b) &&
-                    same_options(a, b.cast<msdacore::Options&>());
-           })
-      .def("__hash__",
-           [](const msdacore::Options& o) {
-             return py::hash(py::make_tuple(o.align_corners, static_cast<int>(o.mode),
-                                            counts_or_none(o), o.deterministic));
-           })
-      .def(py::pickle(
+      .def(
+          "__eq__",
+          [](const msdacore::Options& a, py::handle b) {
+            return py::isinstance<msdacore::Options>(b) &&
+                   same_options(a, b.cast<msdacore::Options&>());
+          })
+      .def(
+          "__hash__",
           [](const msdacore::Options& o) {
-            return py::make_tuple(o.align_corners, msdacore::sampling_mode_name(o.mode),
-                                  counts_or_none(o), o.deterministic);
-          },
-          [](const py::tuple& t) { return make_options(t[0], t[1], t[2], t[3]); }));
+            return py::hash(
+                py::make_tuple(
+                    o.align_corners, static_cast<int>(o.mode), counts_or_none(o), o.deterministic));
+          })
+      .def(
+          py::pickle(
+              [](const msdacore::Options& o) {
+                return py::make_tuple(
+                    o.align_corners, msdacore::sampling_mode_name(o.mode), counts_or_none(o),
+                    o.deterministic);
+              },
+              [](const py::tuple& t) { return make_options(t[0], t[1], t[2], t[3]); }));
 
-  py::class_<PreparedCall>(m, "PreparedCall",
-                           "One call with its five inputs validated once (prepare()).")
-      .def("shapes", &PreparedCall::shapes, py::arg("backward"),
-           "[output shape], or the three gradients' shapes with backward=True.")
-      .def("workspace_size", &PreparedCall::workspace_size, py::arg("backward"),
-           "Bytes of device scratch the forward / backward needs.");
+  py::class_<PreparedCall>(
+      m, "PreparedCall", "One call with its five inputs validated once (prepare()).")
+      .def(
+          "shapes", &PreparedCall::shapes, py::arg("backward"),
+          "[output shape], or the three gradients' shapes with backward=True.")
+      .def(
+          "workspace_size", &PreparedCall::workspace_size, py::arg("backward"),
+          "Bytes of device scratch the forward / backward needs.");
   // The runs are module functions (not methods): what runs the kernels is
   // msdacore._core.forward / backward, with the GIL released inside.
-  m.def("forward", &PreparedCall::forward, py::arg("call"), py::arg("output"),
-        py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
-        "Runs a prepared call's forward into the `output` capsule (workspace: address and "
-        "size of caller-owned device scratch; 0: the default allocator).");
-  m.def("backward", &PreparedCall::backward, py::arg("call"), py::arg("grad_output"),
-        py::arg("grad_value"), py::arg("grad_sampling_locations"),
-        py::arg("grad_attention_weights"), py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
-        "Runs a prepared call's backward into the three gradient capsules.");
+  m.def(
+      "forward", &PreparedCall::forward, py::arg("call"), py::arg("output"),
+      py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
+      "Runs a prepared call's forward into the `output` capsule (workspace: address and "
+      "size of caller-owned device scratch; 0: the default allocator).");
+  m.def(
+      "backward", &PreparedCall::backward, py::arg("call"), py::arg("grad_output"),
+      py::arg("grad_value"), py::arg("grad_sampling_locations"), py::arg("grad_attention_weights"),
+      py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
+      "Runs a prepared call's backward into the three gradient capsules.");
   m.def(
       "prepare",
       [](py::handle v, py::handle ss, py::handle lsi, py::handle loc, py::handle attn,
@@ -537,15 +556,16 @@ PYBIND11_MODULE(_core, m) {
       py::arg("stream") = 0,
       "Consumes the five input capsules and validates the call (the core's errors); stream: "
       "the cudaStream_t the call runs on.");
-  m.def("check_shapes", &check_shapes, py::arg("specs"), py::arg("options"),
-        py::arg("spatial_shapes_values") = py::none(),
-        py::arg("level_start_index_values") = py::none(), py::arg("grad_output") = py::none(),
-        "The check that needs no data (msdacore::check_shapes). specs: five (shape, dtype "
-        "name, device type, device index) tuples of value, spatial_shapes, "
-        "level_start_index, sampling_locations, attention_weights; the index arrays' values "
-        "(int sequences, row-major) where known; grad_output's spec for a backward. Returns "
-        "{'output', 'grad_value', 'grad_sampling_locations', 'grad_attention_weights'} "
-        "shapes, or raises the core's error.");
+  m.def(
+      "check_shapes", &check_shapes, py::arg("specs"), py::arg("options"),
+      py::arg("spatial_shapes_values") = py::none(),
+      py::arg("level_start_index_values") = py::none(), py::arg("grad_output") = py::none(),
+      "The check that needs no data (msdacore::check_shapes). specs: five (shape, dtype "
+      "name, device type, device index) tuples of value, spatial_shapes, "
+      "level_start_index, sampling_locations, attention_weights; the index arrays' values "
+      "(int sequences, row-major) where known; grad_output's spec for a backward. Returns "
+      "{'output', 'grad_value', 'grad_sampling_locations', 'grad_attention_weights'} "
+      "shapes, or raises the core's error.");
   m.def(
       "check_dtype_name",
       [](const std::string& arg, const std::string& name) {
@@ -568,8 +588,9 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "cuda_empty",
       [](std::vector<int64_t> shape, const std::string& dtype, int device, std::uintptr_t stream) {
-        return DeviceArray(device, std::move(shape), msdacore::dtype_from_name("cuda_empty", dtype),
-                           reinterpret_cast<void*>(stream));
+        return DeviceArray(
+            device, std::move(shape), msdacore::dtype_from_name("cuda_empty", dtype),
+            reinterpret_cast<void*>(stream));
       },
       py::arg("shape"), py::arg("dtype"), py::arg("device"), py::arg("stream") = 0,
       "A DeviceArray of msdacore's default allocator on cuda:`device`, ordered on `stream`.");
@@ -577,8 +598,8 @@ PYBIND11_MODULE(_core, m) {
       "cuda_stream_wait",
       [](int device, std::uintptr_t waiting, std::uintptr_t producer) {
         py::gil_scoped_release release;
-        msdacore::cuda_stream_wait(device, reinterpret_cast<void*>(waiting),
-                                   reinterpret_cast<void*>(producer));
+        msdacore::cuda_stream_wait(
+            device, reinterpret_cast<void*>(waiting), reinterpret_cast<void*>(producer));
       },
       py::arg("device"), py::arg("waiting"), py::arg("producer"),
       "Makes CUDA stream `waiting` wait for the work enqueued so far on `producer`.");
@@ -589,14 +610,17 @@ PYBIND11_MODULE(_core, m) {
         msdacore::cuda_synchronize(device, reinterpret_cast<void*>(stream));
       },
       py::arg("device"), py::arg("stream"), "Waits for the work enqueued on a CUDA stream.");
-  m.def("cuda_device_count", &msdacore::cuda_device_count,
-        "CUDA devices visible (starts the CUDA driver; RuntimeError for a driver too old).");
-  py::class_<DeviceArray>(m, "DeviceArray",
-                          "A CUDA array msdacore allocated: a DLPack producer "
-                          "(torch.from_dlpack, cupy.from_dlpack, ...).")
-      .def("__dlpack__", &DeviceArray::dlpack, py::kw_only(), py::arg("stream") = py::none(),
-           py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(),
-           py::arg("copy") = py::none())
+  m.def(
+      "cuda_device_count", &msdacore::cuda_device_count,
+      "CUDA devices visible (starts the CUDA driver; RuntimeError for a driver too old).");
+  py::class_<DeviceArray>(
+      m, "DeviceArray",
+      "A CUDA array msdacore allocated: a DLPack producer "
+      "(torch.from_dlpack, cupy.from_dlpack, ...).")
+      .def(
+          "__dlpack__", &DeviceArray::dlpack, py::kw_only(), py::arg("stream") = py::none(),
+          py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(),
+          py::arg("copy") = py::none())
       .def("__dlpack_device__", &DeviceArray::dlpack_device)
       .def_property_readonly("shape", &DeviceArray::shape)
       .def_property_readonly("dtype", &DeviceArray::dtype)
@@ -606,8 +630,9 @@ PYBIND11_MODULE(_core, m) {
                ", dtype=" + a.dtype() + ", device=" + a.device() + ")";
       });
   m.def("build_info", &build_info, "What this build can do (dict).");
-  m.def("set_num_threads", &msdacore::set_num_threads, py::arg("n"),
-        "Threads used by the CPU kernels (n >= 1).");
+  m.def(
+      "set_num_threads", &msdacore::set_num_threads, py::arg("n"),
+      "Threads used by the CPU kernels (n >= 1).");
   m.attr("MAX_NUM_THREADS") = msdacore::kMaxNumThreads;
   m.def("get_num_threads", &msdacore::get_num_threads, "Threads used by the CPU kernels.");
   // The C API as a table of function pointers (msdacore_c.h), for native plugins that run

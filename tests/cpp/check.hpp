@@ -31,18 +31,19 @@ inline int report(const char* passed) {
   do {                                                                                             \
     const double a_ = (a), b_ = (b);                                                               \
     if (!(std::fabs(a_ - b_) <= (tol))) {                                                          \
-      std::fprintf(stderr, "%s:%d: %s = %.17g, expected %s = %.17g\n", __FILE__, __LINE__, #a, a_, \
-                   #b, b_);                                                                        \
+      std::fprintf(                                                                                \
+          stderr, "%s:%d: %s = %.17g, expected %s = %.17g\n", __FILE__, __LINE__, #a, a_, #b, b_); \
       ++g_failures;                                                                                \
     }                                                                                              \
   } while (0)
 
-#define CHECK_EQ_STR(a, b)                                                                   \
-  do {                                                                                       \
-    const std::string a_ = (a), b_ = (b);                                                    \
-    if (a_ != b_) {                                                                          \
-      std::fprintf(stderr, "%s:%d: got\n  \"%s\"\nexpected\n  \"%s\"\n", __FILE__, __LINE__, \
-                   a_.c_str(), b_.c_str());                                                  \
-      ++g_failures;                                                                          \
-    }                                                                                        \
+#define CHECK_EQ_STR(a, b)                                                                      \
+  do {                                                                                          \
+    const std::string a_ = (a), b_ = (b);                                                       \
+    if (a_ != b_) {                                                                             \
+      std::fprintf(                                                                             \
+          stderr, "%s:%d: got\n  \"%s\"\nexpected\n  \"%s\"\n", __FILE__, __LINE__, a_.c_str(), \
+          b_.c_str());                                                                          \
+      ++g_failures;                                                                             \
+    }                                                                                           \
   } while (0)

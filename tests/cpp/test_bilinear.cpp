@@ -187,9 +187,10 @@ void test_errors() {
   } catch (const std::invalid_argument& e) {  // ShapeError derives from it
     message = e.what();
   }
-  CHECK(message ==
-        "sampling_locations must have shape (N, Lq, M, L, P, 2) = (1, 3, 1, 1, 2, 2), "
-        "got (1, 3, 1, 1, 2)");
+  CHECK(
+      message ==
+      "sampling_locations must have shape (N, Lq, M, L, P, 2) = (1, 3, 1, 1, 2, 2), "
+      "got (1, 3, 1, 1, 2)");
   bool dtype_error = false;
   TensorView v64(value.data(), {1, 3, 1, 1}, DType::Float64);
   try {

@@ -16,23 +16,25 @@ static int g_failures = 0;
     }                                                                          \
   } while (0)
 
-#define CHECK_STATUS(call, expected)                                                          \
-  do {                                                                                        \
-    const msdacore_status s_ = (call);                                                        \
-    if (s_ != (expected)) {                                                                   \
-      fprintf(stderr, "%s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, #call, \
-              msdacore_status_name(s_), msdacore_last_error(), #expected);                    \
-      ++g_failures;                                                                           \
-    }                                                                                         \
+#define CHECK_STATUS(call, expected)                                                      \
+  do {                                                                                    \
+    const msdacore_status s_ = (call);                                                    \
+    if (s_ != (expected)) {                                                               \
+      fprintf(                                                                            \
+          stderr, "%s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, #call, \
+          msdacore_status_name(s_), msdacore_last_error(), #expected);                    \
+      ++g_failures;                                                                       \
+    }                                                                                     \
   } while (0)
 
-#define CHECK_MESSAGE(expected)                                                                \
-  do {                                                                                         \
-    if (strcmp(msdacore_last_error(), (expected)) != 0) {                                      \
-      fprintf(stderr, "%s:%d: last error\n  \"%s\"\nexpected\n  \"%s\"\n", __FILE__, __LINE__, \
-              msdacore_last_error(), (expected));                                              \
-      ++g_failures;                                                                            \
-    }                                                                                          \
+#define CHECK_MESSAGE(expected)                                                            \
+  do {                                                                                     \
+    if (strcmp(msdacore_last_error(), (expected)) != 0) {                                  \
+      fprintf(                                                                             \
+          stderr, "%s:%d: last error\n  \"%s\"\nexpected\n  \"%s\"\n", __FILE__, __LINE__, \
+          msdacore_last_error(), (expected));                                              \
+      ++g_failures;                                                                        \
+    }                                                                                      \
   } while (0)
 
 /* One 2x3 level, value[0, s, 0, 0] = s, three queries with one point each. */
@@ -98,16 +100,17 @@ static void test_forward_backward(void) {
   CHECK(problem.N == 1 && problem.S == 6 && problem.M == 1 && problem.D == 1);
   CHECK(problem.Lq == 3 && problem.L == 1 && problem.P == 1 && problem.dtype == MSDACORE_FLOAT64);
 
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL), MSDACORE_OK);
   CHECK_MESSAGE("");
   CHECK(fabs(out[0] - 10.0) < 1e-12);                  /* 2 * pixel (1, 2) = 2 * 5 */
   CHECK(fabs(out[1] - (0 + 1 + 3 + 4) / 4.0) < 1e-12); /* middle of the 2x2 block */
   CHECK(out[2] == 0.0);                                /* outside: skipped */
 
-  CHECK_STATUS(msdacore_backward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl, &ga,
-                                 &options),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_backward(
+          &v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl, &ga, &options),
+      MSDACORE_OK);
   CHECK(fabs(grad_value[5] - 2.0) < 1e-12);
   for (i = 0; i < 5; ++i) CHECK(grad_value[i] == 0.0);
   CHECK(fabs(grad_attn[0] - 5.0) < 1e-12 && grad_attn[1] == 0.0 && grad_attn[2] == 0.0);
@@ -118,8 +121,8 @@ static void test_forward_backward(void) {
   loc[0] = 1.0;
   loc[1] = 1.0;
   options.align_corners = 1;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options), MSDACORE_OK);
   CHECK(fabs(out[0] - 10.0) < 1e-12);
   loc[0] = 2.5 / 3;
   loc[1] = 1.5 / 2;
@@ -138,31 +141,35 @@ static void test_errors(void) {
 
   /* Wrong output shape: a shape error naming the argument, expected and received shape. */
   bad = view_of(out, 3, wrong_shape, MSDACORE_FLOAT64);
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &bad, NULL),
-               MSDACORE_ERROR_SHAPE);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &bad, NULL),
+      MSDACORE_ERROR_SHAPE);
   CHECK_MESSAGE("output must have shape (N, Lq, M*D) = (1, 3, 1), got (1, 3, 2)");
   CHECK(out[0] == -1 && out[1] == -1 && out[2] == -1); /* nothing written */
 
   /* Wrong rank of sampling_locations. */
   bad = v.loc;
   bad.ndim = 5;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
-               MSDACORE_ERROR_SHAPE);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
+      MSDACORE_ERROR_SHAPE);
   CHECK_MESSAGE(
       "sampling_locations must have shape (N, Lq, M, L, P, 2) = (1, 3, 1, 1, 1, 2), "
       "got (1, 3, 1, 1, 1)");
 
   /* A float32 output for float64 inputs. */
   bad = view_of(out32, 3, out_shape, MSDACORE_FLOAT32);
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &bad, NULL),
-               MSDACORE_ERROR_DTYPE);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &bad, NULL),
+      MSDACORE_ERROR_DTYPE);
   CHECK_MESSAGE("output must have the dtype of value (float64), got float32");
 
   /* An unknown dtype code. */
   bad = v.attn;
   bad.dtype = 42;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &bad, &o, NULL),
-               MSDACORE_ERROR_DTYPE);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &bad, &o, NULL),
+      MSDACORE_ERROR_DTYPE);
   CHECK_MESSAGE(
       "attention_weights has an unknown dtype code 42 (expected one of "
       "MSDACORE_FLOAT16 .. MSDACORE_INT64, 0..5)");
@@ -170,36 +177,40 @@ static void test_errors(void) {
   /* Mixed devices, an unknown device type. */
   bad = v.loc;
   bad.device_type = MSDACORE_DEVICE_CUDA;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
-               MSDACORE_ERROR_DEVICE);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
+      MSDACORE_ERROR_DEVICE);
   CHECK_MESSAGE(
       "sampling_locations is on cuda:0 but value is on cpu: all inputs must be on "
       "the same device");
   bad.device_type = 7;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
-               MSDACORE_ERROR_DEVICE);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &bad, &v.attn, &o, NULL),
+      MSDACORE_ERROR_DEVICE);
   CHECK_MESSAGE(
       "sampling_locations has an unknown device type 7 (expected MSDACORE_DEVICE_CPU "
       "or MSDACORE_DEVICE_CUDA)");
 
   /* NULL pointers, too many dimensions, a bad thread count. */
-  CHECK_STATUS(msdacore_forward(&v.value, NULL, &v.starts, &v.loc, &v.attn, &o, NULL),
-               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, NULL, &v.starts, &v.loc, &v.attn, &o, NULL),
+      MSDACORE_ERROR_INVALID_ARGUMENT);
   CHECK_MESSAGE("spatial_shapes is a NULL msdacore_tensor pointer");
-  CHECK_STATUS(msdacore_tensor_contiguous(&bad, out, 9, nine, MSDACORE_FLOAT64),
-               MSDACORE_ERROR_SHAPE);
+  CHECK_STATUS(
+      msdacore_tensor_contiguous(&bad, out, 9, nine, MSDACORE_FLOAT64), MSDACORE_ERROR_SHAPE);
   CHECK_MESSAGE("ndim = 9, but msdacore_tensor holds 0 to 8 dimensions");
   bad = v.value;
   bad.ndim = -1;
-  CHECK_STATUS(msdacore_forward(&bad, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
-               MSDACORE_ERROR_SHAPE);
+  CHECK_STATUS(
+      msdacore_forward(&bad, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
+      MSDACORE_ERROR_SHAPE);
   CHECK_MESSAGE("value has ndim = -1, but msdacore_tensor holds 0 to 8 dimensions");
   CHECK_STATUS(msdacore_set_num_threads(0), MSDACORE_ERROR_INVALID_ARGUMENT);
   CHECK_MESSAGE("num_threads must be between 1 and 1024, got 0");
 
   /* A success clears the message. */
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL), MSDACORE_OK);
   CHECK_MESSAGE("");
 }
 
@@ -221,8 +232,9 @@ static void test_overlap(void) {
   const int64_t out_shape[3] = {1, 3, 1};
   double grad_out[3] = {1, 0, 0};
   o = view_of(value, 3, out_shape, MSDACORE_FLOAT64);
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
-               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, NULL),
+      MSDACORE_ERROR_INVALID_ARGUMENT);
   CHECK(strstr(msdacore_last_error(), "output overlaps value in memory") != NULL);
   CHECK(value[5] == 5.0); /* nothing written */
   g = view_of(grad_out, 3, out_shape, MSDACORE_FLOAT64);
@@ -250,15 +262,15 @@ static void test_layouts_and_modes(void) {
   msdacore_options options;
   msdacore_options_init(&options);
   o = view_of(uniform, 3, out_shape, MSDACORE_FLOAT64);
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options), MSDACORE_OK);
   options.points_per_level = counts;
   options.num_levels = 1;
   fl = view_of(loc, 5, flat_loc, MSDACORE_FLOAT64);
   fa = view_of(attn, 4, flat_attn, MSDACORE_FLOAT64);
   o.data = flat;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options), MSDACORE_OK);
   CHECK(memcmp(uniform, flat, sizeof flat) == 0);
   {
     msdacore_problem problem;
@@ -267,23 +279,26 @@ static void test_layouts_and_modes(void) {
         MSDACORE_OK);
     CHECK(problem.P_total == 1 && problem.P == 0 && problem.L == 1);
     CHECK(problem.loc_dtype == MSDACORE_FLOAT64 && problem.attn_dtype == MSDACORE_FLOAT64);
-    CHECK_STATUS(msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &fl, &fa, NULL, &problem),
-                 MSDACORE_ERROR_SHAPE); /* the uniform layout wants rank 6 */
+    CHECK_STATUS(
+        msdacore_check_inputs(&v.value, &v.shapes, &v.starts, &fl, &fa, NULL, &problem),
+        MSDACORE_ERROR_SHAPE); /* the uniform layout wants rank 6 */
   }
   options.mode = MSDACORE_MODE_DISCRETE;
   o.data = discrete;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options), MSDACORE_OK);
   /* query 0 at (x, y) = (2.5/3, 1.5/2) on the 2x3 level: pixel (floor(2), floor(3)) ->
    * clamped (1, 2), value 5, times A = 2 */
   CHECK(discrete[0] == 10.0);
   options.align_corners = 1;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
-               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
+      MSDACORE_ERROR_INVALID_ARGUMENT);
   options.align_corners = 0;
   options.mode = 7;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
-               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &fl, &fa, &o, &options),
+      MSDACORE_ERROR_INVALID_ARGUMENT);
 }
 
 /* Workspace sizes, a caller-provided workspace (float16 value with float32 locations and
@@ -311,9 +326,10 @@ static void test_workspace(void) {
   int i;
 
   /* float64 on the CPU: no scratch. */
-  CHECK_STATUS(msdacore_forward_workspace_size(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn,
-                                               NULL, &bytes),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_forward_workspace_size(
+          &v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL, &bytes),
+      MSDACORE_OK);
   CHECK(bytes == 0);
 
   for (i = 0; i < 6; ++i) loc32[i] = (float)loc[i];
@@ -328,13 +344,15 @@ static void test_workspace(void) {
   gl = view_of(grad_loc32, 6, loc_shape, MSDACORE_FLOAT32);
   ga = view_of(grad_attn32, 5, attn_shape, MSDACORE_FLOAT32);
 
-  CHECK_STATUS(msdacore_forward_workspace_size(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn,
-                                               NULL, &bytes),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_forward_workspace_size(
+          &v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL, &bytes),
+      MSDACORE_OK);
   CHECK(bytes > 0 && bytes <= 16384);
-  CHECK_STATUS(msdacore_backward_workspace_size(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn,
-                                                NULL, &backward_bytes),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_backward_workspace_size(
+          &v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL, &backward_bytes),
+      MSDACORE_OK);
   CHECK(backward_bytes > 0 && backward_bytes <= 16384);
   CHECK_STATUS(
       msdacore_forward_workspace_size(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, NULL, NULL),
@@ -344,27 +362,31 @@ static void test_workspace(void) {
   msdacore_options_init(&options);
   options.workspace = aligned;
   options.workspace_bytes = 16384;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
-               MSDACORE_OK);
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o_default, NULL),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options), MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o_default, NULL),
+      MSDACORE_OK);
   CHECK(out16[0] == 0x4900 && out16[1] == 0x4000 && out16[2] == 0x0000); /* 10, 2, 0 */
   CHECK(memcmp(out16, out16_default, sizeof out16) == 0);
-  CHECK_STATUS(msdacore_backward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl, &ga,
-                                 &options),
-               MSDACORE_OK);
+  CHECK_STATUS(
+      msdacore_backward(
+          &v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl, &ga, &options),
+      MSDACORE_OK);
   CHECK(grad_value16[5] == 0x4000); /* 2 */
   CHECK(grad_attn32[0] == 5.0f);
 
   /* Too small, and a size without an address. */
   options.workspace_bytes = bytes - 1;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
-               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
+      MSDACORE_ERROR_INVALID_ARGUMENT);
   CHECK(strstr(msdacore_last_error(), "workspace") != NULL);
   options.workspace = NULL;
   options.workspace_bytes = 64;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
-               MSDACORE_ERROR_INVALID_ARGUMENT);
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
+      MSDACORE_ERROR_INVALID_ARGUMENT);
   CHECK(strstr(msdacore_last_error(), "options.workspace_bytes") != NULL);
 
   /* The table holds the functions themselves. */
@@ -395,12 +417,14 @@ static void test_options_and_shapes(void) {
   memset(&unset, 0, sizeof unset); /* struct_size 0: refused, nothing written */
   msdacore_tensor_contiguous(&o, out, 3, out_shape, MSDACORE_FLOAT64);
   out[0] = -7;
-  CHECK_STATUS(msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &unset),
-               MSDACORE_ERROR_INVALID_ARGUMENT);
-  snprintf(expected, sizeof expected,
-           "options.struct_size is 0, expected %d or more (sizeof(msdacore_options)): start "
-           "from msdacore_options_init() or MSDACORE_OPTIONS_INIT",
-           (int)sizeof(msdacore_options));
+  CHECK_STATUS(
+      msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &unset),
+      MSDACORE_ERROR_INVALID_ARGUMENT);
+  snprintf(
+      expected, sizeof expected,
+      "options.struct_size is 0, expected %d or more (sizeof(msdacore_options)): start "
+      "from msdacore_options_init() or MSDACORE_OPTIONS_INIT",
+      (int)sizeof(msdacore_options));
   CHECK_MESSAGE(expected);
   CHECK(out[0] == -7);
   CHECK_STATUS(msdacore_options_init(NULL), MSDACORE_ERROR_INVALID_ARGUMENT);

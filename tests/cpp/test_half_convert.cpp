@@ -71,8 +71,9 @@ uint16_t reference_float_to_bfloat16(float f) {
 
 void test_widening() {
   for (uint32_t h = 0; h < 65536; ++h) {
-    CHECK(to_bits(half_to_float(static_cast<uint16_t>(h))) ==
-          reference_half_to_float(static_cast<uint16_t>(h)));
+    CHECK(
+        to_bits(half_to_float(static_cast<uint16_t>(h))) ==
+        reference_half_to_float(static_cast<uint16_t>(h)));
     CHECK(to_bits(bfloat16_to_float(static_cast<uint16_t>(h))) == h << 16);
   }
 }
@@ -89,8 +90,9 @@ void test_narrowing() {
     for (uint32_t exponent = 0; exponent < 256; ++exponent) {
       const uint32_t base = (sign << 31) | (exponent << 23);
       // Mantissas at and around the half and bfloat16 rounding points.
-      for (uint32_t m : {0u, 1u, 0xfffu, 0x1000u, 0x1001u, 0x1fffu, 0x2000u, 0x3000u, 0x7fffu,
-                         0x8000u, 0x8001u, 0x18000u, 0x7fffffu, 0x7ff000u, 0x400000u, 0x3ff000u}) {
+      for (uint32_t m :
+           {0u, 1u, 0xfffu, 0x1000u, 0x1001u, 0x1fffu, 0x2000u, 0x3000u, 0x7fffu, 0x8000u, 0x8001u,
+            0x18000u, 0x7fffffu, 0x7ff000u, 0x400000u, 0x3ff000u}) {
         check_narrowing(base | m);
       }
       for (int i = 0; i < 2000; ++i) check_narrowing(base | (rng() & 0x7fffffu));

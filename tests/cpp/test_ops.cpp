@@ -206,18 +206,19 @@ void check_config(const Config& c, bool strided, uint64_t seed) {
   msdacore::Options options;
   options.align_corners = c.align_corners;
   const std::vector<T> value_before = strided ? value_nmsd : value;
-  msdacore::ms_deform_attn_forward(v, ss, lsi, l, a, TensorView(out.data(), {N, Lq, M * D}, dt),
-                                   options);
-  msdacore::ms_deform_attn_backward(v, ss, lsi, l, a, g, TensorView(gv.data(), {N, S, M, D}, dt),
-                                    TensorView(gl.data(), {N, Lq, M, L, P, 2}, dt),
-                                    TensorView(ga.data(), {N, Lq, M, L, P}, dt), options);
+  msdacore::ms_deform_attn_forward(
+      v, ss, lsi, l, a, TensorView(out.data(), {N, Lq, M * D}, dt), options);
+  msdacore::ms_deform_attn_backward(
+      v, ss, lsi, l, a, g, TensorView(gv.data(), {N, S, M, D}, dt),
+      TensorView(gl.data(), {N, Lq, M, L, P, 2}, dt), TensorView(ga.data(), {N, Lq, M, L, P}, dt),
+      options);
   const double e_out = relative_error(out, ref.out), e_gv = relative_error(gv, ref.grad_value),
                e_gl = relative_error(gl, ref.grad_loc), e_ga = relative_error(ga, ref.grad_attn);
   const bool ok = e_out <= tol && e_gv <= tol && e_gl <= tol && e_ga <= tol;
-  std::printf("%-14s %-7s %s%s: output %.2e  grad_value %.2e  grad_loc %.2e  grad_attn %.2e\n",
-              c.name, sizeof(T) == 8 ? "float64" : "float32",
-              c.align_corners ? "align_corners " : "", strided ? "strided" : "contiguous", e_out,
-              e_gv, e_gl, e_ga);
+  std::printf(
+      "%-14s %-7s %s%s: output %.2e  grad_value %.2e  grad_loc %.2e  grad_attn %.2e\n", c.name,
+      sizeof(T) == 8 ? "float64" : "float32", c.align_corners ? "align_corners " : "",
+      strided ? "strided" : "contiguous", e_out, e_gv, e_gl, e_ga);
   CHECK(ok);
   CHECK((strided ? value_nmsd : value) == value_before);  // inputs never modified
 }
@@ -255,10 +256,10 @@ void test_empty() {
     TensorView o(out.data(), {N, Lq, 1}, DType::Float64);
     msdacore::ms_deform_attn_forward(v, ss, lsi, l, a, o);
     CHECK(out[0] == 42.0);
-    msdacore::ms_deform_attn_backward(v, ss, lsi, l, a, o,
-                                      TensorView(gv.data(), {N, 6, 1, 1}, DType::Float64),
-                                      TensorView(loc.data(), {N, Lq, 1, 1, 1, 2}, DType::Float64),
-                                      TensorView(attn.data(), {N, Lq, 1, 1, 1}, DType::Float64));
+    msdacore::ms_deform_attn_backward(
+        v, ss, lsi, l, a, o, TensorView(gv.data(), {N, 6, 1, 1}, DType::Float64),
+        TensorView(loc.data(), {N, Lq, 1, 1, 1, 2}, DType::Float64),
+        TensorView(attn.data(), {N, Lq, 1, 1, 1}, DType::Float64));
     // Lq = 0 with N = 1: grad_value is all zero (no query reads any token).
     CHECK(gv[0] == (N == 0 ? 42.0 : 0.0));
   }
@@ -291,50 +292,55 @@ void test_error_messages() {
   TensorView l(loc.data(), {2, 4, 2, 2, 3, 2}, f32), a(attn.data(), {2, 4, 2, 2, 3}, f32);
   TensorView o(out.data(), {2, 4, 6}, f32);
 
-  CHECK_EQ_STR(message_of<msdacore::ShapeError>([&] {
-                 msdacore::ms_deform_attn_forward(
-                     v, ss, lsi, TensorView(loc.data(), {2, 4, 2, 2, 2}, f32), a, o);
-               }),
-               // P comes from attention_weights when sampling_locations has the wrong rank.
-               "sampling_locations must have shape (N, Lq, M, L, P, 2) = (2, 4, 2, 2, 3, 2), "
-               "got (2, 4, 2, 2, 2)");
-  CHECK_EQ_STR(message_of<msdacore::ShapeError>([&] {
-                 msdacore::ms_deform_attn_forward(v, ss, lsi, l,
-                                                  TensorView(attn.data(), {2, 4, 2, 3, 3}, f32), o);
-               }),
-               "attention_weights must have shape (N, Lq, M, L, P) = (2, 4, 2, 2, 3), "
-               "got (2, 4, 2, 3, 3)");
-  CHECK_EQ_STR(message_of<msdacore::ShapeError>([&] {
-                 msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
-                                                  TensorView(out.data(), {2, 4, 3}, f32));
-               }),
-               "output must have shape (N, Lq, M*D) = (2, 4, 6), got (2, 4, 3)");
-  CHECK_EQ_STR(message_of<msdacore::ShapeError>([&] {
-                 msdacore::ms_deform_attn_forward(
-                     v, ss, TensorView(bad_starts.data(), {2}, DType::Int64), l, a, o);
-               }),
-               "level_start_index must hold the prefix sums of H_l*W_l from spatial_shapes: "
-               "expected [0, 42], got [0, 40]");
-  CHECK_EQ_STR(message_of<msdacore::ShapeError>([&] {
-                 msdacore::ms_deform_attn_forward(
-                     v, TensorView(bad_shapes.data(), {2, 2}, DType::Int64), lsi, l, a, o);
-               }),
-               "spatial_shapes gives S = sum of H_l*W_l = 54 (level starts [0, 42]), but value "
-               "has S = 57 tokens (value.shape[1])");
-  CHECK_EQ_STR(message_of<msdacore::DTypeError>([&] {
-                 msdacore::ms_deform_attn_forward(
-                     v, ss, lsi, TensorView(loc64.data(), {2, 4, 2, 2, 3, 2}, DType::Float64), a,
-                     o);
-               }),
-               "value, sampling_locations and attention_weights must have the same dtype, got "
-               "float32, float64 and float32");
-  CHECK_EQ_STR(message_of<msdacore::DeviceError>([&] {
-                 TensorView l_gpu = l;
-                 l_gpu.device = {msdacore::DeviceType::CUDA, 0};
-                 msdacore::ms_deform_attn_forward(v, ss, lsi, l_gpu, a, o);
-               }),
-               "sampling_locations is on cuda:0 but value is on cpu: all inputs must be on the "
-               "same device");
+  CHECK_EQ_STR(
+      message_of<msdacore::ShapeError>([&] {
+        msdacore::ms_deform_attn_forward(
+            v, ss, lsi, TensorView(loc.data(), {2, 4, 2, 2, 2}, f32), a, o);
+      }),
+      // P comes from attention_weights when sampling_locations has the wrong rank.
+      "sampling_locations must have shape (N, Lq, M, L, P, 2) = (2, 4, 2, 2, 3, 2), "
+      "got (2, 4, 2, 2, 2)");
+  CHECK_EQ_STR(
+      message_of<msdacore::ShapeError>([&] {
+        msdacore::ms_deform_attn_forward(
+            v, ss, lsi, l, TensorView(attn.data(), {2, 4, 2, 3, 3}, f32), o);
+      }),
+      "attention_weights must have shape (N, Lq, M, L, P) = (2, 4, 2, 2, 3), "
+      "got (2, 4, 2, 3, 3)");
+  CHECK_EQ_STR(
+      message_of<msdacore::ShapeError>([&] {
+        msdacore::ms_deform_attn_forward(v, ss, lsi, l, a, TensorView(out.data(), {2, 4, 3}, f32));
+      }),
+      "output must have shape (N, Lq, M*D) = (2, 4, 6), got (2, 4, 3)");
+  CHECK_EQ_STR(
+      message_of<msdacore::ShapeError>([&] {
+        msdacore::ms_deform_attn_forward(
+            v, ss, TensorView(bad_starts.data(), {2}, DType::Int64), l, a, o);
+      }),
+      "level_start_index must hold the prefix sums of H_l*W_l from spatial_shapes: "
+      "expected [0, 42], got [0, 40]");
+  CHECK_EQ_STR(
+      message_of<msdacore::ShapeError>([&] {
+        msdacore::ms_deform_attn_forward(
+            v, TensorView(bad_shapes.data(), {2, 2}, DType::Int64), lsi, l, a, o);
+      }),
+      "spatial_shapes gives S = sum of H_l*W_l = 54 (level starts [0, 42]), but value "
+      "has S = 57 tokens (value.shape[1])");
+  CHECK_EQ_STR(
+      message_of<msdacore::DTypeError>([&] {
+        msdacore::ms_deform_attn_forward(
+            v, ss, lsi, TensorView(loc64.data(), {2, 4, 2, 2, 3, 2}, DType::Float64), a, o);
+      }),
+      "value, sampling_locations and attention_weights must have the same dtype, got "
+      "float32, float64 and float32");
+  CHECK_EQ_STR(
+      message_of<msdacore::DeviceError>([&] {
+        TensorView l_gpu = l;
+        l_gpu.device = {msdacore::DeviceType::CUDA, 0};
+        msdacore::ms_deform_attn_forward(v, ss, lsi, l_gpu, a, o);
+      }),
+      "sampling_locations is on cuda:0 but value is on cpu: all inputs must be on the "
+      "same device");
   // All on a device the build cannot run on: the message says how to get support.
   {
     TensorView v_gpu = v, l_gpu = l, a_gpu = a, o_gpu = o;
@@ -347,18 +353,21 @@ void test_error_messages() {
     } else {
       // A CUDA build: either no device is visible ("... but this build of msdacore sees no
       // CUDA device"), or a host pointer is refused as device memory.
-      CHECK(m.rfind("value is on cuda:1, but ", 0) == 0 ||
-            m.find("is said to be on cuda:1") != std::string::npos);
+      CHECK(
+          m.rfind("value is on cuda:1, but ", 0) == 0 ||
+          m.find("is said to be on cuda:1") != std::string::npos);
     }
   }
-  CHECK_EQ_STR(message_of<msdacore::ShapeError>([&] {
-                 const int64_t shape[3] = {2, 4, 6}, strides[3] = {24, 1, 4};
-                 msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
-                                                  TensorView(out.data(), 3, shape, strides, f32));
-               }),
-               "output must be a contiguous (row-major) output buffer");
-  CHECK_EQ_STR(message_of<msdacore::Error>([] { msdacore::set_num_threads(-2); }),
-               "num_threads must be between 1 and 1024, got -2");
+  CHECK_EQ_STR(
+      message_of<msdacore::ShapeError>([&] {
+        const int64_t shape[3] = {2, 4, 6}, strides[3] = {24, 1, 4};
+        msdacore::ms_deform_attn_forward(
+            v, ss, lsi, l, a, TensorView(out.data(), 3, shape, strides, f32));
+      }),
+      "output must be a contiguous (row-major) output buffer");
+  CHECK_EQ_STR(
+      message_of<msdacore::Error>([] { msdacore::set_num_threads(-2); }),
+      "num_threads must be between 1 and 1024, got -2");
   // Every input error is a std::invalid_argument; device failures are std::runtime_error.
   CHECK(message_of<std::invalid_argument>([&] {
           msdacore::check_inputs(v, ss, TensorView(bad_starts.data(), {2}, DType::Int64), l, a);
@@ -400,12 +409,12 @@ struct ThreadProblem {
     TensorView l(self->loc.data(), {N, Lq, M, L, P, 2}, f32);
     TensorView a(self->attn.data(), {N, Lq, M, L, P}, f32);
     TensorView g(self->grad_out.data(), {N, Lq, M * D}, f32);
-    msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
-                                     TensorView(r.out.data(), {N, Lq, M * D}, f32));
-    msdacore::ms_deform_attn_backward(v, ss, lsi, l, a, g,
-                                      TensorView(r.gv.data(), {N, S, M, D}, f32),
-                                      TensorView(r.gl.data(), {N, Lq, M, L, P, 2}, f32),
-                                      TensorView(r.ga.data(), {N, Lq, M, L, P}, f32));
+    msdacore::ms_deform_attn_forward(
+        v, ss, lsi, l, a, TensorView(r.out.data(), {N, Lq, M * D}, f32));
+    msdacore::ms_deform_attn_backward(
+        v, ss, lsi, l, a, g, TensorView(r.gv.data(), {N, S, M, D}, f32),
+        TensorView(r.gl.data(), {N, Lq, M, L, P, 2}, f32),
+        TensorView(r.ga.data(), {N, Lq, M, L, P}, f32));
     return r;
   }
 };
@@ -427,8 +436,9 @@ void test_thread_determinism() {
   }
   CHECK(same(problem.run(), one));  // and from run to run
   msdacore::set_num_threads(saved);
-  std::printf("threads: bitwise identical for 1, 2 and 3 threads (openmp %d)\n",
-              msdacore::build_info().openmp ? 1 : 0);
+  std::printf(
+      "threads: bitwise identical for 1, 2 and 3 threads (openmp %d)\n",
+      msdacore::build_info().openmp ? 1 : 0);
 
   // Calls from several application threads at once.
   Run results[3];
@@ -452,8 +462,9 @@ void test_c_api_thread_local_error() {
   t.join();
   CHECK_EQ_STR(other_before, "");
   CHECK_EQ_STR(other_after, "num_threads must be between 1 and 1024, got -5");
-  CHECK_EQ_STR(msdacore_last_error(),
-               "num_threads must be between 1 and 1024, got 0");  // unchanged here
+  CHECK_EQ_STR(
+      msdacore_last_error(),
+      "num_threads must be between 1 and 1024, got 0");  // unchanged here
   CHECK(msdacore_set_num_threads(msdacore_get_num_threads()) == MSDACORE_OK);
   CHECK_EQ_STR(msdacore_last_error(), "");
 }
@@ -480,8 +491,8 @@ void test_workspace_and_memory() {
   // A caller's workspace (aligned) changes nothing; a misaligned one is refused.
   msdacore::Buffer scratch(msdacore::Device{}, 1024);
   CHECK(scratch.data() != nullptr && reinterpret_cast<uintptr_t>(scratch.data()) % 64 == 0);
-  msdacore::ms_deform_attn_forward(v, ss, lsi, l, a,
-                                   TensorView(out.data(), {N, Lq, M * D}, DType::Float32));
+  msdacore::ms_deform_attn_forward(
+      v, ss, lsi, l, a, TensorView(out.data(), {N, Lq, M * D}, DType::Float32));
   msdacore::Options with_workspace;
   with_workspace.workspace_bytes = 1024;
   std::vector<char> aligned(4096);
@@ -556,10 +567,10 @@ void test_overlap_and_limits() {
               TensorView(out.data() + 40, {N, Lq, M, L, P}, DType::Float32));
         }).find("grad_sampling_locations overlaps grad_value") != std::string::npos);
   // adjacent, not overlapping: accepted
-  msdacore::ms_deform_attn_backward(v, ss, lsi, l, a, g,
-                                    TensorView(out.data(), {N, S, M, D}, DType::Float32),
-                                    TensorView(out.data() + 8, {N, Lq, M, L, P, 2}, DType::Float32),
-                                    TensorView(out.data() + 12, {N, Lq, M, L, P}, DType::Float32));
+  msdacore::ms_deform_attn_backward(
+      v, ss, lsi, l, a, g, TensorView(out.data(), {N, S, M, D}, DType::Float32),
+      TensorView(out.data() + 8, {N, Lq, M, L, P, 2}, DType::Float32),
+      TensorView(out.data() + 12, {N, Lq, M, L, P}, DType::Float32));
 
   // A negative N (a broken producer) is blamed on value.
   int64_t bad_shape[4] = {-1, S, M, D}, bad_strides[4] = {S * M * D, M * D, D, 1};

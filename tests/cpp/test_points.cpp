@@ -196,8 +196,9 @@ int main() {
                               __builtin_cpu_supports("avx512dq") &&
                               __builtin_cpu_supports("avx512bw");
   if (!runs) {
-    std::printf("points (%s): skipped, this CPU lacks the instruction set\n",
-                MSDACORE_STRINGIFY(MSDACORE_CPU_ISA));
+    std::printf(
+        "points (%s): skipped, this CPU lacks the instruction set\n",
+        MSDACORE_STRINGIFY(MSDACORE_CPU_ISA));
     return 0;
   }
 #endif

@@ -52,8 +52,9 @@ void test_order() {
   const int64_t N = 2, Lq = 9, width = 4 * kStripPixels;  // 4 strips
   const Problem p = problem(N, Lq, width);
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  const float xs[N][Lq] = {{0.9f, 0.1f, 0.6f, 0.3f, 0.2f, nan, 1.5f, -0.2f, 0.55f},
-                           {0.0f, 0.0f, 0.0f, 0.99f, 0.0f, 0.26f, 0.0f, 0.0f, 0.0f}};
+  const float xs[N][Lq] = {
+      {0.9f, 0.1f, 0.6f, 0.3f, 0.2f, nan, 1.5f, -0.2f, 0.55f},
+      {0.0f, 0.0f, 0.0f, 0.99f, 0.0f, 0.26f, 0.0f, 0.0f, 0.0f}};
   const int64_t query_stride = 4, batch_stride = Lq * query_stride;
   std::vector<float> loc(N * batch_stride, 0.5f);
   for (int64_t n = 0; n < N; ++n)

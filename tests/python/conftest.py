@@ -49,9 +49,8 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
-_profile = os.environ.get("MSDACORE_HYPOTHESIS_PROFILE") or (
-    "ci" if os.environ.get("CI") else "dev"
-)
+_profile = (os.environ.get("MSDACORE_HYPOTHESIS_PROFILE")
+            or ("ci" if os.environ.get("CI") else "dev"))
 settings.load_profile(_profile)
 
 NO_CUDA_ENV = "MSDACORE_TESTS_NO_CUDA"
@@ -63,14 +62,11 @@ def pytest_report_header(config):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers",
-        "cuda: needs a usable CUDA device (skipped without a visible GPU, failed "
-        f"with one that msdacore or torch cannot use unless {NO_CUDA_ENV}=1)",
-    )
+        "markers", "cuda: needs a usable CUDA device (skipped without a visible GPU, failed "
+                   f"with one that msdacore or torch cannot use unless {NO_CUDA_ENV}=1)")
 
 
 # ----------------------------------------------------------------------------- CUDA
-
 
 def cuda_device_count():
     """The CUDA devices msdacore can use (starts the CUDA driver: call it lazily)."""
@@ -88,7 +84,8 @@ def visible_gpu():
     exe = shutil.which("nvidia-smi")
     if exe:
         try:
-            listing = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=60).stdout
+            listing = subprocess.run([exe, "-L"], capture_output=True, text=True,
+                                     timeout=60).stdout
         except (OSError, subprocess.SubprocessError):
             listing = ""
         for line in listing.splitlines():
@@ -102,10 +99,8 @@ def cuda_unusable():
     import msdacore
 
     if not msdacore.build_info().get("cuda_kernels"):
-        return (
-            "msdacore was built without CUDA kernels (build_info()['cuda_kernels'] is "
-            "False): build with a CUDA compiler on the PATH"
-        )
+        return ("msdacore was built without CUDA kernels (build_info()['cuda_kernels'] is "
+                "False): build with a CUDA compiler on the PATH")
     try:
         if cuda_device_count() == 0:
             return "msdacore sees no CUDA device (cuda_device_count() == 0)"
@@ -116,10 +111,8 @@ def cuda_unusable():
     except ImportError:
         return "torch is not installed (the CUDA tests use torch CUDA tensors)"
     if not torch.cuda.is_available():
-        return (
-            f"torch {torch.__version__} has no CUDA support or sees no CUDA device "
-            "(torch.cuda.is_available() is False)"
-        )
+        return (f"torch {torch.__version__} has no CUDA support or sees no CUDA device "
+                "(torch.cuda.is_available() is False)")
     return None
 
 
@@ -132,10 +125,8 @@ def cuda_verdict(unusable, gpu, opted_out):
         return "skip", f"{unusable}; no GPU is visible (no /dev/nvidia*, no GPU in nvidia-smi -L)"
     if opted_out:
         return "skip", f"{unusable} ({NO_CUDA_ENV}=1 on a machine with a GPU: {gpu})"
-    return "fail", (
-        f"a GPU is visible ({gpu}) but {unusable}. Fix the build, torch or the "
-        f"driver, or set {NO_CUDA_ENV}=1 to skip the CUDA tests on purpose."
-    )
+    return "fail", (f"a GPU is visible ({gpu}) but {unusable}. Fix the build, torch or the "
+                    f"driver, or set {NO_CUDA_ENV}=1 to skip the CUDA tests on purpose.")
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,7 +155,6 @@ def pytest_pyfunc_call(pyfuncitem):
 
 
 # ----------------------------------------------------------------------------- fixtures
-
 
 @pytest.fixture
 def restore_threads():

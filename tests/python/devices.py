@@ -43,9 +43,8 @@ ref = load_reference()
 def device_dtypes(cpu=CPU_DTYPES, cuda=CUDA_DTYPES):
     """Parameters for @pytest.mark.parametrize("device,dtype", ...): each CPU dtype, then
     each CUDA dtype (marked ``cuda``)."""
-    return [pytest.param("cpu", d, id=f"cpu-{d}") for d in cpu] + [
-        pytest.param("cuda", d, id=f"cuda-{d}", marks=pytest.mark.cuda) for d in cuda
-    ]
+    return ([pytest.param("cpu", d, id=f"cpu-{d}") for d in cpu]
+            + [pytest.param("cuda", d, id=f"cuda-{d}", marks=pytest.mark.cuda) for d in cuda])
 
 
 # MSDACORE_CUDA_TEST_EXAMPLES=k caps the hypothesis examples of the property tests
@@ -69,8 +68,7 @@ def place(inputs, device, dtype):
             import torch
 
             out[key] = torch.from_numpy(np.ascontiguousarray(val)).to(
-                device=device, dtype=getattr(torch, dtype)
-            )
+                device=device, dtype=getattr(torch, dtype))
     return out
 
 
@@ -100,9 +98,8 @@ def forward(inputs, align_corners=False, **kw):
 
 
 def backward(inputs, align_corners=False, deterministic=False, **kw):
-    return msdacore.ms_deform_attn_backward(
-        *backward_args(inputs), align_corners=align_corners, deterministic=deterministic, **kw
-    )
+    return msdacore.ms_deform_attn_backward(*backward_args(inputs), align_corners=align_corners,
+                                            deterministic=deterministic, **kw)
 
 
 # The results each call gives, by the `which` of run() and reference().
@@ -120,15 +117,11 @@ def run(inputs, align_corners=False, deterministic=False, which="both", **kw):
 
 def reference(inputs64, align_corners=False, which="both"):
     """The float64 NumPy reference's results, as run() gives them."""
-    out = (
-        (ref.ms_deform_attn(*forward_args(inputs64), align_corners=align_corners),)
-        if which != "backward"
-        else ()
-    )
+    out = (ref.ms_deform_attn(*forward_args(inputs64), align_corners=align_corners),) \
+        if which != "backward" else ()
     if which != "forward":
-        out += tuple(
-            ref.ms_deform_attn_backward(*backward_args(inputs64), align_corners=align_corners)
-        )
+        out += tuple(ref.ms_deform_attn_backward(*backward_args(inputs64),
+                                                 align_corners=align_corners))
     return out
 
 
@@ -137,16 +130,13 @@ def check_kind(results, placed, dtype, names=RESULTS):
     dtype, contiguous, of its SPEC shape."""
     value = placed["value"]
     N, S, M, D = value.shape
-    shapes = {
-        "output": (N, placed["sampling_locations"].shape[1], M * D),
-        "grad_value": tuple(value.shape),
-        "grad_sampling_locations": tuple(placed["sampling_locations"].shape),
-        "grad_attention_weights": tuple(placed["attention_weights"].shape),
-    }
+    shapes = {"output": (N, placed["sampling_locations"].shape[1], M * D),
+              "grad_value": tuple(value.shape),
+              "grad_sampling_locations": tuple(placed["sampling_locations"].shape),
+              "grad_attention_weights": tuple(placed["attention_weights"].shape)}
     for name, r in zip(names, results):
         assert tuple(r.shape) == shapes[name], (
-            f"{name}: shape {tuple(r.shape)}, expected {shapes[name]}"
-        )
+            f"{name}: shape {tuple(r.shape)}, expected {shapes[name]}")
         if isinstance(value, np.ndarray):
             assert isinstance(r, np.ndarray), f"{name}: {type(r)}"
             assert r.dtype == np.dtype(dtype), f"{name}: {r.dtype}"
@@ -160,9 +150,8 @@ def check_kind(results, placed, dtype, names=RESULTS):
             assert r.is_contiguous(), name
 
 
-def assert_results_close(
-    results, expected, inputs64, levels, align_corners, dtype, what="", names=RESULTS
-):
+def assert_results_close(results, expected, inputs64, levels, align_corners, dtype, what="",
+                         names=RESULTS):
     """results (any device) against expected (float64 or another backend's arrays) with the
     SPEC tolerance of dtype. Below float64 a result is measured against at least one typical
     term (strategies.term_scales), and location gradients only at points whose pixel
@@ -170,31 +159,20 @@ def assert_results_close(
     differ between precisions."""
     exact = dtype == "float64"
     floors = dict.fromkeys(RESULTS, 0.0) if exact else term_scales(inputs64)
-    keep = (
-        None if exact else away_from_integers(inputs64["sampling_locations"], levels, align_corners)
-    )
+    keep = None if exact else away_from_integers(inputs64["sampling_locations"], levels,
+                                                 align_corners)
     for name, got, exp in zip(names, results, expected):
         mask = keep if name == "grad_sampling_locations" else None
-        assert_close(
-            host64(got),
-            host64(exp),
-            np.float64,
-            f"{what}{name}",
-            mask=mask,
-            tol=TOLERANCE[dtype],
-            floor=floors[name],
-        )
+        assert_close(host64(got), host64(exp), np.float64, f"{what}{name}", mask=mask,
+                     tol=TOLERANCE[dtype], floor=floors[name])
 
 
 def same_bits(a, b):
     """Whether two result tuples have the same dtypes, shapes and bytes (NaN payloads and
     signed zeros included)."""
-    return all(
-        x.dtype == y.dtype
-        and x.shape == y.shape
-        and np.ascontiguousarray(x).tobytes() == np.ascontiguousarray(y).tobytes()
-        for x, y in zip(a, b)
-    )
+    return all(x.dtype == y.dtype and x.shape == y.shape
+               and np.ascontiguousarray(x).tobytes() == np.ascontiguousarray(y).tobytes()
+               for x, y in zip(a, b))
 
 
 def assert_same_bits(a, b, what=""):
@@ -235,19 +213,8 @@ def is_contiguous(x):
 def contended_inputs(seed=5):
     """Many samples on few cells (the worst case for the order of atomic additions), with
     a few NaN and infinite coordinates; float64."""
-    case = Case(
-        N=2,
-        levels=((6, 7), (3, 3)),
-        M=2,
-        D=40,
-        P=4,
-        Lq=600,
-        align_corners=False,
-        dtype=np.float64,
-        seed=seed,
-        special_fraction=0.1,
-        nonfinite_fraction=0.0,
-    )
+    case = Case(N=2, levels=((6, 7), (3, 3)), M=2, D=40, P=4, Lq=600, align_corners=False,
+                dtype=np.float64, seed=seed, special_fraction=0.1, nonfinite_fraction=0.0)
     inputs = make_inputs(case)
     rng = np.random.default_rng(seed)
     loc = rng.uniform(0.3, 0.7, inputs["sampling_locations"].shape)

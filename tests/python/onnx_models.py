@@ -21,7 +21,6 @@ HEADS, CHANNELS, QUERIES = 2, 3, 7
 @dataclasses.dataclass(frozen=True)
 class Call:
     """One kind of call: the options given to ms_deform_attn."""
-
     name: str
     mode: str = "bilinear"
     align_corners: bool = False
@@ -30,17 +29,15 @@ class Call:
     @property
     def point_shape(self) -> tuple:
         """The (L, P) or (P_total,) part of the location and weight shapes."""
-        return (len(LEVELS), 2) if self.points_per_level is None else (sum(self.points_per_level),)
+        return (len(LEVELS), 2) if self.points_per_level is None \
+            else (sum(self.points_per_level),)
 
 
-CALLS = [
-    Call("bilinear"),
-    Call("align_corners", align_corners=True),
-    Call("flattened", points_per_level=(3, 1, 2)),
-    Call("flattened_even", points_per_level=(2, 2, 2)),
-    Call("discrete", mode="discrete"),
-    Call("discrete_flattened", mode="discrete", points_per_level=(1, 4, 2)),
-]
+CALLS = [Call("bilinear"), Call("align_corners", align_corners=True),
+         Call("flattened", points_per_level=(3, 1, 2)),
+         Call("flattened_even", points_per_level=(2, 2, 2)),
+         Call("discrete", mode="discrete"),
+         Call("discrete_flattened", mode="discrete", points_per_level=(1, 4, 2))]
 BY_NAME = {c.name: c for c in CALLS}
 
 
@@ -68,16 +65,9 @@ class DirectCall(torch.nn.Module):
         import msdacore.torch as mt
 
         locations, weights = self.sampling(queries)
-        out = mt.ms_deform_attn(
-            value,
-            list(LEVELS),
-            None,
-            locations,
-            weights,
-            align_corners=self.call.align_corners,
-            mode=self.call.mode,
-            points_per_level=self.call.points_per_level,
-        )
+        out = mt.ms_deform_attn(value, list(LEVELS), None, locations, weights,
+                                align_corners=self.call.align_corners, mode=self.call.mode,
+                                points_per_level=self.call.points_per_level)
         return out * 2.0
 
 
@@ -101,12 +91,9 @@ def export_direct(name: str, target: str = "msdacore", dtype=torch.float32):
     import msdacore.onnx
 
     batch = torch.export.Dim("batch", min=1, max=64)
-    program = msdacore.onnx.export(
-        direct_model(name, dtype),
-        direct_inputs(2, dtype),
-        target=target,
-        dynamic_shapes=({0: batch}, {0: batch}),
-    )
+    program = msdacore.onnx.export(direct_model(name, dtype), direct_inputs(2, dtype),
+                                   target=target,
+                                   dynamic_shapes=({0: batch}, {0: batch}))
     return program.model_proto
 
 
@@ -138,13 +125,9 @@ def export_detector(name: str, target: str = "msdacore"):
     dynamic = None
     if DETECTORS[name][1]:
         dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=64)}}
-    program = msdacore.onnx.export(
-        detector(name),
-        (),
-        kwargs={"pixel_values": detector_pixels(2)},
-        target=target,
-        dynamic_shapes=dynamic,
-    )
+    program = msdacore.onnx.export(detector(name), (),
+                                   kwargs={"pixel_values": detector_pixels(2)},
+                                   target=target, dynamic_shapes=dynamic)
     return program.model_proto
 
 

@@ -78,27 +78,12 @@ def _size_or_empty(draw, low, high):
 
 
 @st.composite
-def cases(
-    draw,
-    max_N=3,
-    max_L=4,
-    max_HW=9,
-    max_M=4,
-    max_D=40,
-    max_P=4,
-    max_Lq=20,
-    min_N=0,
-    min_Lq=0,
-    dtypes=(np.float32, np.float64),
-    align_corners=(False, True),
-    special=True,
-):
+def cases(draw, max_N=3, max_L=4, max_HW=9, max_M=4, max_D=40, max_P=4, max_Lq=20,
+          min_N=0, min_Lq=0, dtypes=(np.float32, np.float64), align_corners=(False, True),
+          special=True):
     """Random sizes within the bounds, dtype, align_corners and a seed."""
-    levels = draw(
-        st.lists(
-            st.tuples(st.integers(1, max_HW), st.integers(1, max_HW)), min_size=1, max_size=max_L
-        )
-    )
+    levels = draw(st.lists(st.tuples(st.integers(1, max_HW), st.integers(1, max_HW)),
+                           min_size=1, max_size=max_L))
     return Case(
         N=_size_or_empty(draw, min_N, max_N),
         levels=tuple(levels),
@@ -134,9 +119,8 @@ def _special_coordinates(rng, size, count, align_corners):
     return np.where(rng.random(count) < 0.25, border, pixel)
 
 
-def make_locations(
-    rng, N, Lq, M, levels, P, align_corners, special_fraction=0.0, nonfinite_fraction=0.0
-):
+def make_locations(rng, N, Lq, M, levels, P, align_corners, special_fraction=0.0,
+                   nonfinite_fraction=0.0):
     """(N, Lq, M, L, P, 2) float64 locations spread over [-0.3, 1.3]."""
     L = len(levels)
     loc = rng.uniform(-0.3, 1.3, size=(N, Lq, M, L, P, 2))
@@ -163,17 +147,8 @@ def make_inputs(case, rng=None):
     dtype = np.dtype(case.dtype)
     N, M, D, P, Lq = case.N, case.M, case.D, case.P, case.Lq
     value = rng.standard_normal((N, case.S, M, D))
-    loc = make_locations(
-        rng,
-        N,
-        Lq,
-        M,
-        case.levels,
-        P,
-        case.align_corners,
-        case.special_fraction,
-        case.nonfinite_fraction,
-    )
+    loc = make_locations(rng, N, Lq, M, case.levels, P, case.align_corners,
+                         case.special_fraction, case.nonfinite_fraction)
     # Not normalized, some negative.
     attn = rng.uniform(-0.5, 1.0, size=(N, Lq, M, case.L, P))
     grad_output = rng.standard_normal((N, Lq, M * D))
@@ -188,13 +163,8 @@ def make_inputs(case, rng=None):
 
 
 def forward_args(inputs):
-    return (
-        inputs["value"],
-        inputs["spatial_shapes"],
-        inputs["level_start_index"],
-        inputs["sampling_locations"],
-        inputs["attention_weights"],
-    )
+    return (inputs["value"], inputs["spatial_shapes"], inputs["level_start_index"],
+            inputs["sampling_locations"], inputs["attention_weights"])
 
 
 def backward_args(inputs):
@@ -284,9 +254,8 @@ def assert_close(got, ref, dtype, name, mask=None, tol=None, floor=0.0):
     tol = TOLERANCE[dtype.name] if tol is None else tol
     err = relative_error(got_arr, ref, mask, floor)
     scale = float(np.max(np.abs(ref), initial=0.0))
-    assert err <= tol, (
-        f"{name}: relative error {err:.3e} > {tol:.1e} (max|ref| {scale:.3e}, floor {floor:.3e})"
-    )
+    assert err <= tol, (f"{name}: relative error {err:.3e} > {tol:.1e} "
+                        f"(max|ref| {scale:.3e}, floor {floor:.3e})")
 
 
 def copies(inputs):

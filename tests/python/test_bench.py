@@ -18,9 +18,8 @@ PASSES = ("forward", "forward_backward")
 
 
 def run_cli(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "msdacore", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "msdacore", *args], capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def _has_torch():
@@ -29,32 +28,13 @@ def _has_torch():
 
 # ----------------------------------------------------------------------------- bench
 
-
 @pytest.fixture(scope="module")
 def bench_json(tmp_path_factory):
     """One small run shared by the tests below: dat and small, float32, 1 and 2 threads."""
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    res = run_cli(
-        "bench",
-        "--config",
-        "dat",
-        "--config",
-        "small",
-        "--dtype",
-        "float32",
-        "--threads",
-        "1",
-        "--threads",
-        "2",
-        "--repeats",
-        "1",
-        "--gs-repeats",
-        "1",
-        "--min-seconds",
-        "0",
-        "--json",
-        str(path),
-    )
+    res = run_cli("bench", "--config", "dat", "--config", "small", "--dtype", "float32",
+                  "--threads", "1", "--threads", "2", "--repeats", "1", "--gs-repeats", "1",
+                  "--min-seconds", "0", "--json", str(path))
     assert res.returncode == 0, res.stdout + res.stderr
     return json.loads(path.read_text()), res.stdout
 
@@ -70,22 +50,17 @@ def test_bench_json_layout(bench_json):
     recorded, here = data["msdacore"]["build_info"], msdacore.build_info()
     assert recorded.keys() == here.keys()
     assert {k: v for k, v in recorded.items() if k != "num_threads"} == {
-        k: v for k, v in here.items() if k != "num_threads"
-    }
+        k: v for k, v in here.items() if k != "num_threads"}
     assert data["msdacore"]["version"] == msdacore.__version__
     assert data["date"]
     assert data["settings"]["repeats"] == 1 and data["settings"]["threads"] == [1, 2]
     assert [(r["config"], r["dtype"], r["threads"]) for r in data["results"]] == [
-        ("dat", "float32", 1),
-        ("dat", "float32", 2),
-        ("small", "float32", 1),
-        ("small", "float32", 2),
-    ]
+        ("dat", "float32", 1), ("dat", "float32", 2),
+        ("small", "float32", 1), ("small", "float32", 2)]
     for row in data["results"]:
         assert row["threads_msdacore"] == row["threads"]
-        assert row["sizes"]["output_bytes"] == (
-            row["sizes"]["N"] * row["sizes"]["Lq"] * row["sizes"]["M"] * row["sizes"]["D"] * 4
-        )
+        assert row["sizes"]["output_bytes"] == (row["sizes"]["N"] * row["sizes"]["Lq"]
+                                                * row["sizes"]["M"] * row["sizes"]["D"] * 4)
         for key in PASSES:
             m = row["msdacore"][key]
             assert m["median_s"] > 0 and m["runs"] == len(m["times_s"]) >= 1
@@ -101,10 +76,8 @@ def test_bench_compares_with_grid_sample(bench_json):
         for key in PASSES:
             assert row["grid_sample"][key]["median_s"] > 0
             assert row["ratios"][key] > 0
-            assert math.isclose(
-                row["ratios"][key],
-                row["grid_sample"][key]["median_s"] / row["msdacore"][key]["median_s"],
-            )
+            assert math.isclose(row["ratios"][key], row["grid_sample"][key]["median_s"]
+                                / row["msdacore"][key]["median_s"])
         # same problem: the two implementations agree (float32)
         assert max(row["grid_sample_rel_diff"].values()) < 1e-3
         assert row["threads_torch"] == row["threads"]
@@ -119,20 +92,18 @@ def test_bench_peak_memory_counts_outputs(bench_json):
         ours = row["msdacore"]
         # the output is held at the end of the call, so it is part of the peak
         assert ours["forward"]["peak_rss_bytes"] >= 0.9 * row["sizes"]["output_bytes"]
-        assert ours["forward_backward"]["peak_rss_bytes"] >= 0.9 * (
-            row["sizes"]["output_bytes"] + row["sizes"]["grads_bytes"]
-        )
+        assert (ours["forward_backward"]["peak_rss_bytes"]
+                >= 0.9 * (row["sizes"]["output_bytes"] + row["sizes"]["grads_bytes"]))
 
 
 def test_bench_without_torch_times_msdacore_only(tmp_path):
     path = tmp_path / "b.json"
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from msdacore.cli import main\n"
-        f"sys.exit(main(['bench', '--config', 'dat', '--dtype', 'float64', '--threads', '1',"
-        f" '--repeats', '1', '--min-seconds', '0', '--no-memory', '--json', {str(path)!r}]))"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from msdacore.cli import main\n"
+            f"sys.exit(main(['bench', '--config', 'dat', '--dtype', 'float64', '--threads', '1',"
+            f" '--repeats', '1', '--min-seconds', '0', '--no-memory', '--json', {str(path)!r}]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "torch not importable" in res.stdout
     data = json.loads(path.read_text())
@@ -145,24 +116,9 @@ def test_bench_without_torch_times_msdacore_only(tmp_path):
 
 def test_bench_skips_gpu_configs(tmp_path):
     path = tmp_path / "b.json"
-    res = run_cli(
-        "bench",
-        "--config",
-        "detr-enc-b8",
-        "--config",
-        "dat",
-        "--dtype",
-        "float32",
-        "--threads",
-        "1",
-        "--repeats",
-        "1",
-        "--min-seconds",
-        "0",
-        "--no-grid-sample",
-        "--json",
-        str(path),
-    )
+    res = run_cli("bench", "--config", "detr-enc-b8", "--config", "dat", "--dtype", "float32",
+                  "--threads", "1", "--repeats", "1", "--min-seconds", "0", "--no-grid-sample",
+                  "--json", str(path))
     assert res.returncode == 0, res.stdout + res.stderr
     data = json.loads(path.read_text())
     assert [s["config"] for s in data["skipped"]] == ["detr-enc-b8"]
@@ -200,30 +156,15 @@ def test_cuda_min_bytes_reads_inputs_and_writes_outputs_once():
     assert nbytes["forward_backward_deterministic"] == nbytes["forward_backward"]
 
 
-@pytest.mark.parametrize(
-    "model,modules,size", [("deformable-detr", 12, ("64", "96")), ("d-fine", 0, ("320", "320"))]
-)
+@pytest.mark.parametrize("model,modules,size", [("deformable-detr", 12, ("64", "96")),
+                                                ("d-fine", 0, ("320", "320"))])
 def test_transformers_model_bench_runs(model, modules, size):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "msdacore.bench.transformers_model",
-            "--model",
-            model,
-            "--height",
-            size[0],
-            "--width",
-            size[1],
-            "--repeats",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = subprocess.run([sys.executable, "-m", "msdacore.bench.transformers_model",
+                          "--model", model, "--height", size[0], "--width", size[1],
+                          "--repeats", "1"],
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     switched = int(res.stdout.split(" attention modules switched")[0].rsplit(" ", 1)[-1])
     assert switched == modules if modules else switched > 0
@@ -268,7 +209,6 @@ def test_peak_memory_sees_an_allocation():
 
 # ----------------------------------------------------------------------------- plots, docs
 
-
 def _synthetic(configs=("detr-enc", "small", "detr-dec", "dat"), threads=(1, 2)):
     """A tiny bench JSON: msdacore 10 ms at 1 thread, 6 ms at 2; grid_sample 40x slower."""
     rows = []
@@ -279,82 +219,38 @@ def _synthetic(configs=("detr-enc", "small", "detr-dec", "dat"), threads=(1, 2))
                 entry = {}
                 for who, scale in (("msdacore", 1.0), ("grid_sample", 40.0)):
                     entry[who] = {
-                        key: {
-                            "median_s": ours * scale * (3 if key != "forward" else 1),
-                            "min_s": ours,
-                            "times_s": [ours],
-                            "runs": 1,
-                            "peak_rss_bytes": None
-                            if who == "grid_sample" and i == 0
-                            else 2**20 * (i + 1),
-                        }
-                        for key in PASSES
-                    }
-                rows.append(
-                    {
-                        "config": name,
-                        "dtype": dtype,
-                        "threads": t,
-                        "sizes": {
-                            "N": 1,
-                            "S": 10,
-                            "M": 8,
-                            "D": 32,
-                            "L": 1,
-                            "P": 1,
-                            "Lq": 10,
-                            "samples": 80,
-                            "input_bytes": 4096,
-                            "output_bytes": 2048,
-                            "grad_output_bytes": 2048,
-                            "grads_bytes": 4096,
-                        },
-                        "ratios": {k: 40.0 if name != "small" else 20.0 for k in PASSES},
-                        **entry,
-                    }
-                )
-    return {
-        "schema": 1,
-        "command": "bench",
-        "command_line": "python -m msdacore bench",
-        "date": "2026-01-01T00:00:00+00:00",
-        "machine": {
-            "cpu": "test cpu",
-            "cores": 2,
-            "usable_cores": 2,
-            "numpy": "2",
-            "loadavg_start": [0.1, 0.1, 0.1],
-            "loadavg_end": [0.2, 0.1, 0.1],
-        },
-        "msdacore": {"version": "0.0", "build_info": {"cpu_isa": "generic"}},
-        "torch": "2.13.0",
-        "settings": {"repeats": 1, "grid_sample_repeats": 1, "warmup": 1, "memory": True},
-        "results": rows,
-        "skipped": [{"config": "detr-enc-b8", "reason": "GPU-only configuration"}],
-    }
+                        key: {"median_s": ours * scale * (3 if key != "forward" else 1),
+                              "min_s": ours, "times_s": [ours], "runs": 1,
+                              "peak_rss_bytes": None if who == "grid_sample" and i == 0
+                              else 2**20 * (i + 1)}
+                        for key in PASSES}
+                rows.append({"config": name, "dtype": dtype, "threads": t,
+                             "sizes": {"N": 1, "S": 10, "M": 8, "D": 32, "L": 1, "P": 1,
+                                       "Lq": 10, "samples": 80, "input_bytes": 4096,
+                                       "output_bytes": 2048, "grad_output_bytes": 2048,
+                                       "grads_bytes": 4096},
+                             "ratios": {k: 40.0 if name != "small" else 20.0 for k in PASSES},
+                             **entry})
+    return {"schema": 1, "command": "bench", "command_line": "python -m msdacore bench",
+            "date": "2026-01-01T00:00:00+00:00",
+            "machine": {"cpu": "test cpu", "cores": 2, "usable_cores": 2, "numpy": "2",
+                        "loadavg_start": [0.1, 0.1, 0.1], "loadavg_end": [0.2, 0.1, 0.1]},
+            "msdacore": {"version": "0.0", "build_info": {"cpu_isa": "generic"}},
+            "torch": "2.13.0", "settings": {"repeats": 1, "grid_sample_repeats": 1,
+                                            "warmup": 1, "memory": True},
+            "results": rows, "skipped": [{"config": "detr-enc-b8",
+                                          "reason": "GPU-only configuration"}]}
 
 
 def _floor():
-    return {
-        "config": "detr-enc",
-        "threads": 2,
-        "samples": 100,
-        "in_bounds": 90,
-        "gathered_mb_per_pass": 12.0,
-        "forward_ms": 5.0,
-        "forward_with_corners_ms": 8.0,
-        "forward_backward_ms": 40.0,
-        "forward_backward_with_corners_ms": 50.0,
-    }
+    return {"config": "detr-enc", "threads": 2, "samples": 100, "in_bounds": 90,
+            "gathered_mb_per_pass": 12.0, "forward_ms": 5.0, "forward_with_corners_ms": 8.0,
+            "forward_backward_ms": 40.0, "forward_backward_with_corners_ms": 50.0}
 
 
 def _run_plot(*args):
-    return subprocess.run(
-        [sys.executable, str(PLOT_SCRIPT), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return subprocess.run([sys.executable, str(PLOT_SCRIPT), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_plot_script_markdown(tmp_path):
@@ -382,14 +278,8 @@ def test_plot_script_lean_floor(tmp_path):
     lean = dict(_floor(), forward_lean_ms=2.5, forward_backward_lean_ms=30.0)
     (tmp_path / "floor.json").write_text(json.dumps(lean))
     (tmp_path / "bench.json").write_text(json.dumps(_synthetic()))
-    res = _run_plot(
-        tmp_path / "bench.json",
-        "--floor",
-        tmp_path / "floor.json",
-        "--markdown",
-        tmp_path / "fragment.md",
-        "--no-plots",
-    )
+    res = _run_plot(tmp_path / "bench.json", "--floor", tmp_path / "floor.json",
+                    "--markdown", tmp_path / "fragment.md", "--no-plots")
     assert res.returncode == 0, res.stdout + res.stderr
     text = (tmp_path / "fragment.md").read_text()
     assert "| forward | 2.5 | 5 | 6 | 2.4x | **not met** |" in text and "lean floor" in text
@@ -399,10 +289,8 @@ def test_plot_script_update_doc_keeps_hand_written_text(tmp_path):
     results = tmp_path / "bench.json"
     results.write_text(json.dumps(_synthetic()))
     doc = tmp_path / "benchmarks.md"
-    doc.write_text(
-        "# Title\n\nhand text before\n\n<!-- benchmarks:begin -->\nold\n"
-        "<!-- benchmarks:end -->\n\nhand text after\n"
-    )
+    doc.write_text("# Title\n\nhand text before\n\n<!-- benchmarks:begin -->\nold\n"
+                   "<!-- benchmarks:end -->\n\nhand text after\n")
     res = _run_plot(results, "--update-doc", doc, "--no-plots")
     assert res.returncode == 0, res.stdout + res.stderr
     text = doc.read_text()

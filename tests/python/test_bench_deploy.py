@@ -24,31 +24,25 @@ def test_every_runtime_and_variant_gets_a_row(tmp_path):
     inputs = make_inputs(cfg, seed=1)
     feeds = {k: inputs[k] for k in ("value", "sampling_locations", "attention_weights")}
     args = tuple(torch.from_numpy(v) for v in feeds.values())
-    models = {v: deploy._call_module(cfg.levels, False, v == "msdacore") for v in deploy.VARIANTS}
+    models = {v: deploy._call_module(cfg.levels, False, v == "msdacore")
+              for v in deploy.VARIANTS}
     lines = []
-    rows = deploy._measure("tiny", models, args, {}, feeds, str(tmp_path), 1, 1, lines.append)
-    assert [(r["runtime"], r["variant"]) for r in rows] == [
-        (rt, v) for rt in deploy.RUNTIMES for v in deploy.VARIANTS
-    ]
+    rows = deploy._measure("tiny", models, args, {}, feeds, str(tmp_path), 1, 1,
+                           lines.append)
+    assert [(r["runtime"], r["variant"]) for r in rows] == \
+        [(rt, v) for rt in deploy.RUNTIMES for v in deploy.VARIANTS]
     assert len(lines) == len(rows)
     by = {(r["runtime"], r["variant"]): r for r in rows}
-    for key in [
-        ("onnxruntime", "composition"),
-        ("onnxruntime", "msdacore"),
-        ("torch", "composition"),
-        ("torch", "msdacore"),
-    ]:
+    for key in [("onnxruntime", "composition"), ("onnxruntime", "msdacore"),
+                ("torch", "composition"), ("torch", "msdacore")]:
         assert by[key]["median_s"] > 0 and by[key]["rel_error"] < 5e-5, by[key]
     openvino = importlib.util.find_spec("openvino") is not None
     if not openvino:
         assert "openvino" in by[("openvino", "composition")]["skipped"]
     if importlib.util.find_spec("msdacore.openvino") is None:
-        assert (
-            "msdacore.openvino is not importable" in by[("openvino", "msdacore")]["skipped"]
-            or not openvino
-        )
+        assert "msdacore.openvino is not importable" in \
+            by[("openvino", "msdacore")]["skipped"] or not openvino
     found = deploy.ratios(rows)
     assert found[("tiny", "torch")] == pytest.approx(
-        by[("torch", "composition")]["median_s"] / by[("torch", "msdacore")]["median_s"]
-    )
+        by[("torch", "composition")]["median_s"] / by[("torch", "msdacore")]["median_s"])
     assert np.isfinite(list(found.values())).all()

@@ -14,13 +14,11 @@ CPU_CONFIGS = [n for n, c in configs.CONFIGS.items() if not c.gpu]
 
 
 def run_cli(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "msdacore", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "msdacore", *args], capture_output=True,
+                          text=True, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- command line
-
 
 def test_info_prints_build_info():
     res = run_cli("info")
@@ -34,18 +32,9 @@ def test_demo_small_passes(tmp_path):
     res = run_cli("demo", "--config", "small", "--repeats", "1", "--json", str(out_json))
     assert res.returncode == 0, res.stdout + res.stderr
     text = res.stdout
-    for needle in (
-        "machine",
-        "threads",
-        "config  : small",
-        "dtype   : float32",
-        "forward+backward",
-        "output",
-        "grad_value",
-        "grad_sampling_locations",
-        "grad_attention_weights",
-        "result  : PASS",
-    ):
+    for needle in ("machine", "threads", "config  : small", "dtype   : float32",
+                   "forward+backward", "output", "grad_value", "grad_sampling_locations",
+                   "grad_attention_weights", "result  : PASS"):
         assert needle in text, f"{needle!r} missing from:\n{text}"
     assert "FAIL" not in text
     results = json.loads(out_json.read_text())
@@ -53,29 +42,13 @@ def test_demo_small_passes(tmp_path):
     assert results["config"] == "small"
     assert results["checks"]["queries"] == 64
     assert results["msdacore_s"]["forward"] > 0
-    assert set(results["checks"]["errors"]) == {
-        "output",
-        "grad_value",
-        "grad_sampling_locations",
-        "grad_attention_weights",
-    }
+    assert set(results["checks"]["errors"]) == {"output", "grad_value", "grad_sampling_locations",
+                                                "grad_attention_weights"}
 
 
 def test_demo_float64_dat_passes():
-    res = run_cli(
-        "demo",
-        "--config",
-        "dat",
-        "--dtype",
-        "float64",
-        "--repeats",
-        "1",
-        "--threads",
-        "1",
-        "--check-queries",
-        "16",
-        "--no-grid-sample",
-    )
+    res = run_cli("demo", "--config", "dat", "--dtype", "float64", "--repeats", "1",
+                  "--threads", "1", "--check-queries", "16", "--no-grid-sample")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "tolerance 1e-12" in res.stdout
     assert "result  : PASS" in res.stdout
@@ -88,11 +61,9 @@ def test_demo_rejects_unknown_config():
 
 
 def test_demo_without_torch_skips_grid_sample():
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from msdacore.cli import main\n"
-        "sys.exit(main(['demo', '--config', 'dat', '--repeats', '1', '--check-queries', '8']))"
-    )
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from msdacore.cli import main\n"
+            "sys.exit(main(['demo', '--config', 'dat', '--repeats', '1', '--check-queries', '8']))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "torch not importable" in res.stdout
@@ -100,7 +71,6 @@ def test_demo_without_torch_skips_grid_sample():
 
 
 # ----------------------------------------------------------------------------- configs
-
 
 def test_config_table():
     c = configs.CONFIGS
@@ -197,7 +167,6 @@ def test_encoder_reference_points_are_pixel_centres():
 
 # ----------------------------------------------------------------------------- grid_sample
 
-
 @pytest.mark.parametrize("name", ["small", "dat"])
 def test_grid_sample_composition_matches_reference(name):
     torch = pytest.importorskip("torch")
@@ -206,31 +175,27 @@ def test_grid_sample_composition_matches_reference(name):
 
     cfg = configs.CONFIGS[name]
     inp = configs.make_inputs(cfg, dtype=np.float64, seed=5)
-    q = np.r_[0:24, cfg.Lq - 24 : cfg.Lq]  # border queries included
+    q = np.r_[0:24, cfg.Lq - 24:cfg.Lq]  # border queries included
     locs = np.ascontiguousarray(inp["sampling_locations"][:, q])
     weights = np.ascontiguousarray(inp["attention_weights"][:, q])
     grad_out = np.random.default_rng(0).standard_normal((cfg.N, len(q), cfg.M * cfg.D))
     common = (inp["value"], inp["spatial_shapes"], inp["level_start_index"], locs, weights)
 
     ref = reference.ms_deform_attn(*common, align_corners=cfg.align_corners)
-    ref_grads = reference.ms_deform_attn_backward(
-        *common, grad_out, align_corners=cfg.align_corners
-    )
+    ref_grads = reference.ms_deform_attn_backward(*common, grad_out,
+                                                  align_corners=cfg.align_corners)
 
     leaves = [torch.from_numpy(a).requires_grad_() for a in (inp["value"], locs, weights)]
     for shapes in (torch.from_numpy(inp["spatial_shapes"]), list(cfg.levels)):
-        out = ms_deform_attn_grid_sample(
-            leaves[0], shapes, leaves[1], leaves[2], align_corners=cfg.align_corners
-        )
+        out = ms_deform_attn_grid_sample(leaves[0], shapes, leaves[1], leaves[2],
+                                         align_corners=cfg.align_corners)
         assert out.shape == (cfg.N, len(q), cfg.M * cfg.D) and out.is_contiguous()
-        np.testing.assert_allclose(
-            out.detach().numpy(), ref, rtol=0, atol=1e-12 * np.abs(ref).max()
-        )
+        np.testing.assert_allclose(out.detach().numpy(), ref, rtol=0,
+                                   atol=1e-12 * np.abs(ref).max())
     grads = torch.autograd.grad(out, leaves, torch.from_numpy(grad_out))
     for name_, g, r in zip(("value", "sampling_locations", "attention_weights"), grads, ref_grads):
-        np.testing.assert_allclose(
-            g.numpy(), r, rtol=0, atol=1e-12 * np.abs(r).max(), err_msg=name_
-        )
+        np.testing.assert_allclose(g.numpy(), r, rtol=0, atol=1e-12 * np.abs(r).max(),
+                                   err_msg=name_)
 
 
 def test_grid_sample_composition_float32_close_to_float64():
@@ -241,14 +206,11 @@ def test_grid_sample_composition_float32_close_to_float64():
     inp64 = configs.make_inputs("small", dtype=np.float64, seed=2)
     outs = []
     for inp in (inp32, inp64):
-        outs.append(
-            ms_deform_attn_grid_sample(
-                torch.from_numpy(inp["value"]),
-                inp["spatial_shapes"],
-                torch.from_numpy(inp["sampling_locations"]),
-                torch.from_numpy(inp["attention_weights"]),
-            ).numpy()
-        )
+        outs.append(ms_deform_attn_grid_sample(
+            torch.from_numpy(inp["value"]), inp["spatial_shapes"],
+            torch.from_numpy(inp["sampling_locations"]),
+            torch.from_numpy(inp["attention_weights"])).numpy())
     assert outs[0].dtype == np.float32
     err = np.abs(outs[0].astype(np.float64) - outs[1]).max() / np.abs(outs[1]).max()
     assert err < 5e-5
+

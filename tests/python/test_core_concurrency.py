@@ -17,33 +17,18 @@ from strategies import Case, backward_args, forward_args, make_inputs
 
 import msdacore
 
-BASE = Case(
-    N=1,
-    levels=((16, 20), (8, 10), (4, 5)),
-    M=2,
-    D=8,
-    P=3,
-    Lq=40,
-    align_corners=False,
-    dtype=np.float32,
-    seed=0,
-    special_fraction=0.1,
-    nonfinite_fraction=0.02,
-)
+BASE = Case(N=1, levels=((16, 20), (8, 10), (4, 5)), M=2, D=8, P=3, Lq=40,
+            align_corners=False, dtype=np.float32, seed=0, special_fraction=0.1,
+            nonfinite_fraction=0.02)
 
 
 def _problems():
     """Eight different problems (dtypes, align_corners, sizes, strided inputs)."""
     out = []
     for k in range(8):
-        case = dataclasses.replace(
-            BASE,
-            seed=100 + k,
-            dtype=(np.float32, np.float64)[k % 2],
-            align_corners=bool(k & 2),
-            Lq=BASE.Lq + 7 * k,
-            N=1 + (k % 3),
-        )
+        case = dataclasses.replace(BASE, seed=100 + k, dtype=(np.float32, np.float64)[k % 2],
+                                   align_corners=bool(k & 2), Lq=BASE.Lq + 7 * k,
+                                   N=1 + (k % 3))
         inputs = make_inputs(case)
         if k & 4:
             inputs["value"] = np.asfortranarray(inputs["value"])
@@ -155,16 +140,8 @@ def test_set_num_threads_while_other_threads_compute(restore_threads):
 MAX_CALLS = 500
 EXTENSION = "msdacore"  # the module prefix of the C functions counted
 # A few milliseconds per call, so that a waiting thread is usually scheduled within one call.
-GIL_CASE = dataclasses.replace(
-    BASE,
-    levels=((32, 32), (16, 16)),
-    M=4,
-    D=16,
-    P=4,
-    Lq=1000,
-    special_fraction=0.0,
-    nonfinite_fraction=0.0,
-)
+GIL_CASE = dataclasses.replace(BASE, levels=((32, 32), (16, 16)), M=4, D=16, P=4, Lq=1000,
+                               special_fraction=0.0, nonfinite_fraction=0.0)
 
 
 class _InsideCounter:
@@ -176,9 +153,8 @@ class _InsideCounter:
         self.most = 0
 
     def hook(self, frame, event, arg):
-        if event in ("c_call", "c_return", "c_exception") and (
-            getattr(arg, "__module__", None) or ""
-        ).startswith(EXTENSION):
+        if event in ("c_call", "c_return", "c_exception") and \
+                (getattr(arg, "__module__", None) or "").startswith(EXTENSION):
             if event == "c_call":
                 self.inside += 1
                 self.calls += 1
@@ -242,10 +218,8 @@ def test_gil_released_python_runs_during_a_call(direction):
 
     _run_threads([threading.Thread(target=caller), threading.Thread(target=watcher)])
     assert counter.calls > 0, "no call into msdacore's extension was seen"
-    assert seen.is_set(), (
-        f"in {counter.calls} calls, Python code never ran while a call "
-        "was inside the extension: is the GIL held during the call?"
-    )
+    assert seen.is_set(), (f"in {counter.calls} calls, Python code never ran while a call "
+                           "was inside the extension: is the GIL held during the call?")
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
@@ -260,12 +234,9 @@ def test_gil_released_two_calls_overlap(direction):
             call()
             if counter.most >= 2:
                 both.set()
-
         _calls_until(counter, both, step)
 
     _run_threads([threading.Thread(target=caller) for _ in range(2)])
     assert counter.calls > 0, "no call into msdacore's extension was seen"
-    assert counter.most >= 2, (
-        f"in {counter.calls} calls, never two threads inside the "
-        "extension at once: is the GIL held during the call?"
-    )
+    assert counter.most >= 2, (f"in {counter.calls} calls, never two threads inside the "
+                               "extension at once: is the GIL held during the call?")

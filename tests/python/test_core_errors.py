@@ -13,19 +13,8 @@ from strategies import Case, copies, make_inputs
 import msdacore
 
 # N=2, S=20+9+4=33, M=3, D=5, Lq=7, L=3, P=2; level starts [0, 20, 29].
-BASE = Case(
-    N=2,
-    levels=((4, 5), (3, 3), (2, 2)),
-    M=3,
-    D=5,
-    P=2,
-    Lq=7,
-    align_corners=False,
-    dtype=np.float64,
-    seed=3,
-    special_fraction=0.0,
-    nonfinite_fraction=0.0,
-)
+BASE = Case(N=2, levels=((4, 5), (3, 3), (2, 2)), M=3, D=5, P=2, Lq=7, align_corners=False,
+            dtype=np.float64, seed=3, special_fraction=0.0, nonfinite_fraction=0.0)
 ARGS = ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")
 
 
@@ -52,7 +41,7 @@ def _raises(exc, inputs, match, backward_too=True):
     Returns the last error message."""
     saved = copies({k: v for k, v in inputs.items() if isinstance(v, np.ndarray)})
     message = None
-    for backward in (False, True) if backward_too else (True,):
+    for backward in ((False, True) if backward_too else (True,)):
         with pytest.raises(exc, match=match) as info:
             _call(inputs, backward)
         message = str(info.value)
@@ -76,25 +65,13 @@ def _assert_shape_error(inputs, arg, symbols, expected, got, backward_too=True):
 
 
 def test_spec_example_message_exactly():
-    case = Case(
-        N=2,
-        levels=((4, 4), (2, 2), (1, 1), (1, 2)),
-        M=8,
-        D=4,
-        P=4,
-        Lq=100,
-        align_corners=False,
-        dtype=np.float32,
-        seed=0,
-        special_fraction=0.0,
-        nonfinite_fraction=0.0,
-    )
+    case = Case(N=2, levels=((4, 4), (2, 2), (1, 1), (1, 2)), M=8, D=4, P=4, Lq=100,
+                align_corners=False, dtype=np.float32, seed=0, special_fraction=0.0,
+                nonfinite_fraction=0.0)
     inputs = make_inputs(case)
     inputs["sampling_locations"] = inputs["sampling_locations"][:, :, :, :, 0]  # (2, 100, 8, 4, 2)
-    expected = (
-        "sampling_locations must have shape (N, Lq, M, L, P, 2) = (2, 100, 8, 4, 4, 2), "
-        "got (2, 100, 8, 4, 2)"
-    )
+    expected = ("sampling_locations must have shape (N, Lq, M, L, P, 2) = (2, 100, 8, 4, 4, 2), "
+                "got (2, 100, 8, 4, 2)")
     _raises(ValueError, inputs, re.escape(expected))
 
 
@@ -119,55 +96,33 @@ def test_level_start_index_shape(shape):
     _assert_shape_error(inputs, "level_start_index", "L,", (3,), shape)
 
 
-@pytest.mark.parametrize(
-    "shape",
-    [
-        (2, 7, 3, 3, 2, 3),  # last axis not (x, y)
-        (1, 7, 3, 3, 2, 2),  # N differs from value
-        (2, 7, 4, 3, 2, 2),  # M differs from value
-        (2, 7, 3, 2, 2, 2),  # L differs from spatial_shapes
-        (2, 7, 3, 3, 2, 2, 1),  # rank 7
-    ],
-)
+@pytest.mark.parametrize("shape", [
+    (2, 7, 3, 3, 2, 3),  # last axis not (x, y)
+    (1, 7, 3, 3, 2, 2),  # N differs from value
+    (2, 7, 4, 3, 2, 2),  # M differs from value
+    (2, 7, 3, 2, 2, 2),  # L differs from spatial_shapes
+    (2, 7, 3, 3, 2, 2, 1),  # rank 7
+])
 def test_sampling_locations_shape(shape):
-    _assert_shape_error(
-        _reshaped("sampling_locations", shape),
-        "sampling_locations",
-        "N, Lq, M, L, P, 2",
-        (2, 7, 3, 3, 2, 2),
-        shape,
-    )
+    _assert_shape_error(_reshaped("sampling_locations", shape), "sampling_locations",
+                        "N, Lq, M, L, P, 2", (2, 7, 3, 3, 2, 2), shape)
 
 
-@pytest.mark.parametrize(
-    "shape",
-    [
-        (2, 7, 3, 3, 3),  # P differs from sampling_locations
-        (2, 8, 3, 3, 2),  # Lq differs
-        (2, 7, 3, 6),  # rank 4
-        (2, 7, 3, 3, 2, 1),  # rank 6
-    ],
-)
+@pytest.mark.parametrize("shape", [
+    (2, 7, 3, 3, 3),  # P differs from sampling_locations
+    (2, 8, 3, 3, 2),  # Lq differs
+    (2, 7, 3, 6),  # rank 4
+    (2, 7, 3, 3, 2, 1),  # rank 6
+])
 def test_attention_weights_shape(shape):
-    _assert_shape_error(
-        _reshaped("attention_weights", shape),
-        "attention_weights",
-        "N, Lq, M, L, P",
-        (2, 7, 3, 3, 2),
-        shape,
-    )
+    _assert_shape_error(_reshaped("attention_weights", shape), "attention_weights",
+                        "N, Lq, M, L, P", (2, 7, 3, 3, 2), shape)
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 16), (2, 7, 3, 5), (2, 6, 15), (7, 15)])
 def test_grad_output_shape(shape):
-    _assert_shape_error(
-        _reshaped("grad_output", shape),
-        "grad_output",
-        "N, Lq, M*D",
-        (2, 7, 15),
-        shape,
-        backward_too=False,
-    )
+    _assert_shape_error(_reshaped("grad_output", shape), "grad_output", "N, Lq, M*D",
+                        (2, 7, 15), shape, backward_too=False)
 
 
 # ---------------------------------------------------------------------------
@@ -188,30 +143,23 @@ def _with_sizes(M=3, D=5, P=2, levels=((4, 5), (3, 3), (2, 2)), S=None):
     )
 
 
-@pytest.mark.parametrize(
-    "sizes,pattern",
-    [
-        (dict(M=0), r"\bvalue\b.*\bM\b.*got \(2, 33, 0, 5\)"),
-        (dict(D=0), r"\bvalue\b.*\bD\b.*got \(2, 33, 3, 0\)"),
-        (dict(P=0), r"\bP\b.*got \(2, 7, 3, 3, 0, 2\)"),
-        (dict(levels=(), S=33), r"\bspatial_shapes\b.*\bL\b.*got \(0, 2\)"),
-        (dict(S=0), r"\bvalue\b.*\bS\b.*got \(2, 0, 3, 5\)"),
-    ],
-    ids=["M0", "D0", "P0", "L0", "S0"],
-)
+@pytest.mark.parametrize("sizes,pattern", [
+    (dict(M=0), r"\bvalue\b.*\bM\b.*got \(2, 33, 0, 5\)"),
+    (dict(D=0), r"\bvalue\b.*\bD\b.*got \(2, 33, 3, 0\)"),
+    (dict(P=0), r"\bP\b.*got \(2, 7, 3, 3, 0, 2\)"),
+    (dict(levels=(), S=33), r"\bspatial_shapes\b.*\bL\b.*got \(0, 2\)"),
+    (dict(S=0), r"\bvalue\b.*\bS\b.*got \(2, 0, 3, 5\)"),
+], ids=["M0", "D0", "P0", "L0", "S0"])
 def test_zero_sizes(sizes, pattern):
     _raises(ValueError, _with_sizes(**sizes), pattern)
 
 
-@pytest.mark.parametrize(
-    "levels",
-    [
-        ((0, 5), (3, 3), (2, 2)),
-        ((4, 5), (3, 0), (2, 2)),
-        ((-4, -5), (3, 3), (2, 2)),  # H*W = 20 still, but negative sizes
-        ((4, 5), (3, 3), (-2, 2)),
-    ],
-)
+@pytest.mark.parametrize("levels", [
+    ((0, 5), (3, 3), (2, 2)),
+    ((4, 5), (3, 0), (2, 2)),
+    ((-4, -5), (3, 3), (2, 2)),  # H*W = 20 still, but negative sizes
+    ((4, 5), (3, 3), (-2, 2)),
+])
 def test_nonpositive_spatial_shapes(levels):
     inputs = _inputs(spatial_shapes=np.asarray(levels, dtype=np.int64))
     message = _raises(ValueError, inputs, r"\bspatial_shapes\b")
@@ -229,13 +177,10 @@ def _astype(inputs, keys, dtype):
 
 def test_mixed_precision_only_with_a_half_value():
     """float32 locations / weights are allowed with a half value, not other mixes."""
-    inputs = _astype(_astype(_inputs(), FLOATS, np.float16), ("sampling_locations",), np.float64)
-    _raises(
-        TypeError,
-        inputs,
-        r"or float32 sampling_locations and attention_weights with a "
-        r"half value\), got float16, float64 and float16",
-    )
+    inputs = _astype(_astype(_inputs(), FLOATS, np.float16), ("sampling_locations",),
+                     np.float64)
+    _raises(TypeError, inputs, r"or float32 sampling_locations and attention_weights with a "
+                               r"half value\), got float16, float64 and float16")
     inputs = _astype(_inputs(), ("attention_weights",), np.float16)
     _raises(TypeError, inputs, r"must have the same dtype, got float64, float64 and float16")
 
@@ -285,9 +230,8 @@ def test_inconsistent_level_start_index_as_list():
     _raises(ValueError, inputs, re.escape("[0, 20, 29]"))
 
 
-@pytest.mark.parametrize(
-    "levels,total", [(((4, 5), (3, 3), (2, 3)), 35), (((4, 5), (3, 3), (1, 1)), 30)]
-)
+@pytest.mark.parametrize("levels,total", [(((4, 5), (3, 3), (2, 3)), 35),
+                                          (((4, 5), (3, 3), (1, 1)), 30)])
 def test_sum_of_level_sizes_differs_from_S(levels, total):
     inputs = _inputs(spatial_shapes=np.asarray(levels, dtype=np.int64))
     message = _raises(ValueError, inputs, rf"\b{total}\b")
@@ -297,20 +241,16 @@ def test_sum_of_level_sizes_differs_from_S(levels, total):
 def test_level_sizes_that_overflow_int64():
     """2^32 x 2^32 wraps to 0 in 64-bit arithmetic: a level that would make the
     level starts and S look consistent to unchecked code must still be refused."""
-    inputs = _inputs(
-        spatial_shapes=np.array([[2**32, 2**32], [4, 5], [3, 3]], dtype=np.int64),
-        level_start_index=np.array([0, 0, 20], dtype=np.int64),
-        value=np.ones((2, 29, 3, 5)),
-    )
+    inputs = _inputs(spatial_shapes=np.array([[2**32, 2**32], [4, 5], [3, 3]], dtype=np.int64),
+                     level_start_index=np.array([0, 0, 20], dtype=np.int64),
+                     value=np.ones((2, 29, 3, 5)))
     _raises(ValueError, inputs, r"\blevel_start_index\b|\bspatial_shapes\b")
 
 
 def test_huge_level_sizes():
     big = 2**63 - 1
-    inputs = _inputs(
-        spatial_shapes=np.array([[2**40, 2**40], [3, 3], [2, 2]], dtype=np.int64),
-        level_start_index=np.array([0, big, big], dtype=np.int64),
-    )
+    inputs = _inputs(spatial_shapes=np.array([[2**40, 2**40], [3, 3], [2, 2]], dtype=np.int64),
+                     level_start_index=np.array([0, big, big], dtype=np.int64))
     _raises(ValueError, inputs, r"\blevel_start_index\b|\bspatial_shapes\b")
 
 
@@ -347,9 +287,8 @@ def test_level_sizes_adding_past_int64_are_refused():
     value = torch.ones(1, 1, 1, 1, dtype=torch.float64).expand(1, 2**63 - 1, 1, 1)
     loc = torch.full((1, 1, 1, 1, 1, 2), 0.5, dtype=torch.float64)
     attn = torch.ones(1, 1, 1, 1, 1, dtype=torch.float64)
-    with pytest.raises(
-        ValueError, match=r"spatial_shapes\[0\] = \(4611686018427387904, 4\).*2\^63"
-    ):
+    with pytest.raises(ValueError,
+                       match=r"spatial_shapes\[0\] = \(4611686018427387904, 4\).*2\^63"):
         msdacore.ms_deform_attn(value, [[2**62, 4]], [0], loc, attn)
 
 

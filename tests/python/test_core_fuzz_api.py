@@ -47,27 +47,17 @@ def _run_child(target):
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "2")
     try:
-        proc = subprocess.run(
-            [sys.executable, str(pathlib.Path(__file__)), target],
-            cwd=HERE,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT_S,
-        )
+        proc = subprocess.run([sys.executable, str(pathlib.Path(__file__)), target], cwd=HERE,
+                              env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
-        pytest.fail(
-            f"fuzz target {target!r} hung (no result in {CHILD_TIMEOUT_S} s)\n"
-            f"{(e.stderr or '')[-4000:] if isinstance(e.stderr, str) else ''}"
-        )
+        pytest.fail(f"fuzz target {target!r} hung (no result in {CHILD_TIMEOUT_S} s)\n"
+                    f"{(e.stderr or '')[-4000:] if isinstance(e.stderr, str) else ''}")
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
         pytest.fail(f"fuzz target {target!r} crashed ({name})\n{proc.stderr[-8000:]}")
     if proc.returncode != 0:
-        pytest.fail(
-            f"fuzz target {target!r} failed (exit {proc.returncode})\n"
-            f"{proc.stdout[-8000:]}\n{proc.stderr[-8000:]}"
-        )
+        pytest.fail(f"fuzz target {target!r} failed (exit {proc.returncode})\n"
+                    f"{proc.stdout[-8000:]}\n{proc.stderr[-8000:]}")
     assert "fuzz-ok" in proc.stdout, proc.stdout[-2000:]
 
 
@@ -102,14 +92,8 @@ OK_ERRORS = (ValueError, TypeError)
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 HALF_DTYPES = ("float16", "bfloat16")
 INDEX_DTYPES = ("int32", "int64")
-ARGS = (
-    "value",
-    "spatial_shapes",
-    "level_start_index",
-    "sampling_locations",
-    "attention_weights",
-    "grad_output",
-)
+ARGS = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
+        "attention_weights", "grad_output")
 FLOAT_ARGS = ("value", "sampling_locations", "attention_weights", "grad_output")
 HUGE_SIZES = (2**31 - 1, 2**31, 2**32, 2**40, 2**62, 2**63 - 1)
 
@@ -122,13 +106,8 @@ def _child_main(target):  # pragma: no cover - runs in the child
     fuzz, extra = _make_targets()[target]
     cap = int(os.environ.get("MSDACORE_FUZZ_EXAMPLES", MAX_EXAMPLES[target]))
     derandomize = os.environ.get("MSDACORE_FUZZ_RANDOM") != "1"
-    limited = settings(
-        settings.default,
-        max_examples=min(cap, settings.default.max_examples),
-        derandomize=derandomize,
-        database=None,
-        deadline=None,
-    )
+    limited = settings(settings.default, max_examples=min(cap, settings.default.max_examples),
+                       derandomize=derandomize, database=None, deadline=None)
     limited(fuzz)()
     if extra is not None:
         extra()
@@ -172,13 +151,8 @@ def _make_targets():  # pragma: no cover - runs in the child
         return None
 
     def plain_torch(x):
-        return (
-            torch is not None
-            and isinstance(x, torch.Tensor)
-            and x.device.type == "cpu"
-            and x.layout == torch.strided
-            and not x.is_conj()
-        )
+        return (torch is not None and isinstance(x, torch.Tensor) and x.device.type == "cpu"
+                and x.layout == torch.strided and not x.is_conj())
 
     def index_ok(x):
         if isinstance(x, (list, tuple)):
@@ -202,11 +176,8 @@ def _make_targets():  # pragma: no cover - runs in the child
             if dtype_name(x) not in FLOAT_DTYPES:
                 return False
             # Mixed precision: float32 locations and weights with a half value.
-            mixed_ok = (
-                k in ("sampling_locations", "attention_weights")
-                and value_dtype in HALF_DTYPES
-                and dtype_name(x) == "float32"
-            )
+            mixed_ok = (k in ("sampling_locations", "attention_weights")
+                        and value_dtype in HALF_DTYPES and dtype_name(x) == "float32")
             if dtype_name(x) != value_dtype and not mixed_ok:
                 return False
         if not (index_ok(a["spatial_shapes"]) and index_ok(a["level_start_index"])):
@@ -254,12 +225,8 @@ def _make_targets():  # pragma: no cover - runs in the child
             else:
                 same = torch.equal(x.detach(), copy) or (
                     (x.dtype.is_floating_point or x.dtype.is_complex)  # NaN equal to NaN
-                    and bool(
-                        torch.all(
-                            (x.detach() == copy) | (torch.isnan(x.detach()) & torch.isnan(copy))
-                        )
-                    )
-                )
+                    and bool(torch.all(
+                        (x.detach() == copy) | (torch.isnan(x.detach()) & torch.isnan(copy)))))
             assert same, f"{k} was modified"
 
     def call(a, backward, align_corners):
@@ -304,16 +271,10 @@ def _make_targets():  # pragma: no cover - runs in the child
         inputs = dict(npa)
         inputs.setdefault("grad_output", np.ones(1))  # term_scales reads it
         floors = comparison_floors(inputs, dtype)
-        finite = all(
-            np.isfinite(npa[k]).all()
-            for k in ("value", "attention_weights", "grad_output")
-            if k in npa
-        )
-        infinite = any(
-            np.isinf(npa[k]).any()
-            for k in ("value", "attention_weights", "grad_output")
-            if k in npa
-        )
+        finite = all(np.isfinite(npa[k]).all() for k in ("value", "attention_weights",
+                                                         "grad_output") if k in npa)
+        infinite = any(np.isinf(npa[k]).any() for k in ("value", "attention_weights",
+                                                         "grad_output") if k in npa)
         if not finite:
             # NaN / Inf in value, weights or grad_output: SPEC fixes the result only up to
             # the order of the sums; check shapes and dtypes (done), and in float64 the
@@ -321,12 +282,14 @@ def _make_targets():  # pragma: no cover - runs in the child
             if dtype != np.float64:
                 return
         if not backward:
-            expected = ref.ms_deform_attn(*[npa[k] for k in ARGS[:5]], align_corners=align_corners)
+            expected = ref.ms_deform_attn(*[npa[k] for k in ARGS[:5]],
+                                          align_corners=align_corners)
             got = np.asarray(to_numpy(result))
             assert got.shape == expected.shape
             compare_arrays(got, expected, dtype, "output", floors["output"], None, finite, infinite)
             return
-        expected = ref.ms_deform_attn_backward(*[npa[k] for k in ARGS], align_corners=align_corners)
+        expected = ref.ms_deform_attn_backward(*[npa[k] for k in ARGS],
+                                               align_corners=align_corners)
         names = ("grad_value", "grad_sampling_locations", "grad_attention_weights")
         for name, g, e in zip(names, results, expected):
             g = np.asarray(to_numpy(g))
@@ -362,72 +325,19 @@ def _make_targets():  # pragma: no cover - runs in the child
             assert float(np.max(np.abs(g[both] - e[both]))) <= 1e-9 * scale, name
 
     # ---- mutations -------------------------------------------------------------------
-    non_arrays = st.sampled_from(
-        [
-            None,
-            3,
-            2.5,
-            "value",
-            b"\x00\x01",
-            object(),
-            {"a": 1},
-            [1.0, 2.0],
-            [[0.5, 0.5]],
-            (),
-            [],
-            1j,
-            np.float64(1.0),
-            np.int64(3),
-            memoryview(b"abcd"),
-            range(3),
-        ]
-    )
-    other_dtypes = st.sampled_from(
-        [
-            "float16",
-            "float32",
-            "float64",
-            "int8",
-            "int16",
-            "int32",
-            "int64",
-            "uint8",
-            "uint16",
-            "uint32",
-            "uint64",
-            "bool",
-            "complex64",
-            "complex128",
-            ">f4",
-            ">f8",
-            ">i8",
-            "U3",
-            "object",
-            "datetime64[s]",
-        ]
-    )
+    non_arrays = st.sampled_from([None, 3, 2.5, "value", b"\x00\x01", object(), {"a": 1},
+                                  [1.0, 2.0], [[0.5, 0.5]], (), [], 1j, np.float64(1.0),
+                                  np.int64(3), memoryview(b"abcd"), range(3)])
+    other_dtypes = st.sampled_from(["float16", "float32", "float64", "int8", "int16", "int32",
+                                    "int64", "uint8", "uint16", "uint32", "uint64", "bool",
+                                    "complex64", "complex128", ">f4", ">f8", ">i8", "U3",
+                                    "object", "datetime64[s]"])
 
     def mutate_array(data, x, name):
-        kind = data.draw(
-            st.sampled_from(
-                [
-                    "dtype",
-                    "rank_add",
-                    "rank_drop",
-                    "resize",
-                    "flip",
-                    "broadcast",
-                    "as_strided",
-                    "fortran",
-                    "readonly",
-                    "byteswap",
-                    "misaligned",
-                    "empty",
-                    "zero_d",
-                ]
-            ),
-            label=f"{name} mutation",
-        )
+        kind = data.draw(st.sampled_from([
+            "dtype", "rank_add", "rank_drop", "resize", "flip", "broadcast", "as_strided",
+            "fortran", "readonly", "byteswap", "misaligned", "empty", "zero_d"]),
+            label=f"{name} mutation")
         if kind == "dtype":
             dt = data.draw(other_dtypes, label="dtype")
             with np.errstate(all="ignore"):
@@ -435,21 +345,16 @@ def _make_targets():  # pragma: no cover - runs in the child
         if kind == "rank_add":
             return x[..., None] if data.draw(st.booleans()) else x[None]
         if kind == "rank_drop":
-            return (
-                x[..., 0]
-                if x.ndim and x.shape[-1]
-                else x.reshape(x.shape[:-1] + (0,))[..., 0]
-                if x.ndim
-                else x
-            )
+            if not x.ndim:
+                return x
+            return x[..., 0] if x.shape[-1] else x.reshape(x.shape[:-1] + (0,))[..., 0]
         if kind == "resize" and x.ndim:
             axis = data.draw(st.integers(0, x.ndim - 1), label="axis")
             n = data.draw(st.integers(0, 3), label="new size")
-            reps = (
-                np.take(x, np.arange(n) % max(x.shape[axis], 1), axis=axis)
-                if x.shape[axis]
-                else np.zeros(x.shape[:axis] + (n,) + x.shape[axis + 1 :], x.dtype)
-            )
+            if x.shape[axis]:
+                reps = np.take(x, np.arange(n) % max(x.shape[axis], 1), axis=axis)
+            else:
+                reps = np.zeros(x.shape[:axis] + (n,) + x.shape[axis + 1:], x.dtype)
             return reps
         if kind == "flip" and x.ndim:
             return np.flip(x, axis=data.draw(st.integers(0, x.ndim - 1), label="axis"))
@@ -481,21 +386,9 @@ def _make_targets():  # pragma: no cover - runs in the child
         return x
 
     def mutate_index(data, a, name):
-        kind = data.draw(
-            st.sampled_from(
-                [
-                    "negative",
-                    "zero",
-                    "huge",
-                    "off_by_one",
-                    "list",
-                    "list_huge",
-                    "int32_wrap",
-                    "float_list",
-                ]
-            ),
-            label=f"{name} index mutation",
-        )
+        kind = data.draw(st.sampled_from(["negative", "zero", "huge", "off_by_one", "list",
+                                          "list_huge", "int32_wrap", "float_list"]),
+                         label=f"{name} index mutation")
         x = np.array(a[name], dtype=np.int64, copy=True)
         if x.size == 0:
             return x
@@ -541,35 +434,19 @@ def _make_targets():  # pragma: no cover - runs in the child
         backward = data.draw(st.booleans(), label="backward")
         for _ in range(data.draw(st.integers(0, 3), label="mutations")):
             name = data.draw(st.sampled_from(ARGS), label="argument")
-            what = data.draw(st.sampled_from(["array", "array", "index", "object"]), label="what")
+            what = data.draw(st.sampled_from(["array", "array", "index", "object"]),
+                             label="what")
             if what == "object":
                 a[name] = data.draw(non_arrays, label="object")
-            elif (
-                what == "index"
-                and name in ("spatial_shapes", "level_start_index")
-                and isinstance(a[name], np.ndarray)
-            ):
+            elif what == "index" and name in ("spatial_shapes", "level_start_index") \
+                    and isinstance(a[name], np.ndarray):
                 a[name] = mutate_index(data, a, name)
             elif isinstance(a[name], np.ndarray):
                 a[name] = mutate_array(data, a[name], name)
         check_call(a, backward, case.align_corners)
 
-    specials = st.sampled_from(
-        [
-            np.nan,
-            np.inf,
-            -np.inf,
-            1e30,
-            -1e30,
-            3e38,
-            -3e38,
-            1e300,
-            -1e300,
-            2.0**31,
-            -(2.0**31),
-            5e-324,
-        ]
-    )
+    specials = st.sampled_from([np.nan, np.inf, -np.inf, 1e30, -1e30, 3e38, -3e38, 1e300,
+                                -1e300, 2.0**31, -(2.0**31), 5e-324])
 
     @given(data=st.data())
     def fuzz_values(data):
@@ -589,10 +466,8 @@ def _make_targets():  # pragma: no cover - runs in the child
                 a[name] = x.astype(case.dtype)
         # Magnitudes whose products overflow: check only that nothing crashes and the
         # shapes are right (no reference comparison for those).
-        big = any(
-            np.nanmax(np.abs(np.where(np.isinf(a[k]), 0, a[k])), initial=0) > 1e31
-            for k in ("value", "attention_weights", "grad_output")
-        )
+        big = any(np.nanmax(np.abs(np.where(np.isinf(a[k]), 0, a[k])), initial=0) > 1e31
+                  for k in ("value", "attention_weights", "grad_output"))
         check_call(a, backward, case.align_corners, compare=not big)
 
     @given(data=st.data())
@@ -603,43 +478,16 @@ def _make_targets():  # pragma: no cover - runs in the child
         for _ in range(data.draw(st.integers(0, 3), label="mutations")):
             name = data.draw(st.sampled_from(ARGS), label="argument")
             x = t[name]
-            kind = data.draw(
-                st.sampled_from(
-                    [
-                        "dtype",
-                        "meta",
-                        "sparse",
-                        "conj",
-                        "neg",
-                        "requires_grad",
-                        "expand",
-                        "transpose",
-                        "object",
-                        "numpy",
-                        "unsqueeze",
-                    ]
-                ),
-                label="torch mutation",
-            )
+            kind = data.draw(st.sampled_from(["dtype", "meta", "sparse", "conj", "neg",
+                                              "requires_grad", "expand", "transpose",
+                                              "object", "numpy", "unsqueeze"]),
+                             label="torch mutation")
             try:
                 if kind == "dtype":
-                    dt = data.draw(
-                        st.sampled_from(
-                            [
-                                torch.float16,
-                                torch.bfloat16,
-                                torch.float32,
-                                torch.float64,
-                                torch.int32,
-                                torch.int64,
-                                torch.int8,
-                                torch.uint8,
-                                torch.bool,
-                                torch.complex64,
-                            ]
-                        ),
-                        label="dtype",
-                    )
+                    dt = data.draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float32,
+                                                    torch.float64, torch.int32, torch.int64,
+                                                    torch.int8, torch.uint8, torch.bool,
+                                                    torch.complex64]), label="dtype")
                     t[name] = x.to(dt)
                 elif kind == "meta":
                     t[name] = torch.empty(x.shape, dtype=x.dtype, device="meta")
@@ -691,14 +539,9 @@ def _make_targets():  # pragma: no cover - runs in the child
         shapes = np.array([[H, W]], np.int64)
         starts = data.draw(st.sampled_from([[0], [1], [-1], [S]]), label="starts")
         align = data.draw(st.booleans(), label="align_corners")
-        a = dict(
-            value=value,
-            spatial_shapes=shapes,
-            level_start_index=np.array(starts),
-            sampling_locations=loc,
-            attention_weights=attn,
-            grad_output=np.ones((1, Lq, M * D), dtype),
-        )
+        a = dict(value=value, spatial_shapes=shapes, level_start_index=np.array(starts),
+                 sampling_locations=loc, attention_weights=attn,
+                 grad_output=np.ones((1, Lq, M * D), dtype))
         note(f"H={H} W={W} S={S} M={M} D={D} starts={starts}")
         if starts != [0]:
             with pytest.raises(ValueError, match="prefix sums"):
@@ -730,11 +573,8 @@ def _make_targets():  # pragma: no cover - runs in the child
             with pytest.raises(ValueError):
                 msdacore.ms_deform_attn(v, [[1, 1]], [0], loc, attn)
 
-    targets = {
-        "numpy": (fuzz_numpy, None),
-        "values": (fuzz_values, None),
-        "sizes": (fuzz_sizes, overflowing_products),
-    }
+    targets = {"numpy": (fuzz_numpy, None), "values": (fuzz_values, None),
+               "sizes": (fuzz_sizes, overflowing_products)}
     if torch is not None:
         targets["torch"] = (fuzz_torch, None)
     return targets

@@ -65,14 +65,13 @@ def test_half_types_match_the_reference(dtype, companions, mode):
     kw = dict(points_per_level=points, mode=mode)
     out = msdacore.ms_deform_attn(value_h, SHAPES, STARTS, loc_h, attn_h, **kw)
     assert str(out.dtype).endswith(dtype)
-    assert (
-        _rel(_np(out), reference.ms_deform_attn(v64, SHAPES, STARTS, l64, a64, **kw)) <= TOL[dtype]
-    )
-    grads = msdacore.ms_deform_attn_backward(value_h, SHAPES, STARTS, loc_h, attn_h, grad_h, **kw)
+    assert _rel(_np(out), reference.ms_deform_attn(v64, SHAPES, STARTS, l64, a64, **kw)) \
+        <= TOL[dtype]
+    grads = msdacore.ms_deform_attn_backward(value_h, SHAPES, STARTS, loc_h, attn_h, grad_h,
+                                             **kw)
     expected = reference.ms_deform_attn_backward(v64, SHAPES, STARTS, l64, a64, g64, **kw)
-    for got, ref, like, name in zip(
-        grads, expected, (value_h, loc_h, attn_h), ("grad_value", "grad_loc", "grad_attn")
-    ):
+    for got, ref, like, name in zip(grads, expected, (value_h, loc_h, attn_h),
+                                    ("grad_value", "grad_loc", "grad_attn")):
         assert got.dtype == like.dtype, name  # each gradient in its input's dtype
         if name == "grad_loc" and mode == "discrete":
             assert not np.any(_np(got)), name
@@ -92,17 +91,10 @@ def test_half_types_are_thread_count_independent(dtype):
     try:
         for threads in (1, 2):
             msdacore.set_num_threads(threads)
-            results.append(
-                [
-                    _np(x)
-                    for x in (
-                        msdacore.ms_deform_attn(*args, points_per_level=points),
-                        *msdacore.ms_deform_attn_backward(
-                            *args, _as(grad, dtype, fw), points_per_level=points
-                        ),
-                    )
-                ]
-            )
+            results.append([_np(x) for x in (
+                msdacore.ms_deform_attn(*args, points_per_level=points),
+                *msdacore.ms_deform_attn_backward(*args, _as(grad, dtype, fw),
+                                                  points_per_level=points))])
     finally:
         msdacore.set_num_threads(previous)
     for a, b in zip(*results):
@@ -114,24 +106,13 @@ def test_half_outputs_are_rounded_once():
     float32 computation on the same (widened) inputs."""
     value, loc, attn, _, points = _inputs(3)
     v16 = value.astype(np.float16)
-    out16 = msdacore.ms_deform_attn(
-        v16,
-        SHAPES,
-        STARTS,
-        loc.astype(np.float32),
-        attn.astype(np.float32),
-        points_per_level=points,
-    )
+    out16 = msdacore.ms_deform_attn(v16, SHAPES, STARTS, loc.astype(np.float32),
+                                    attn.astype(np.float32), points_per_level=points)
     # Widening a half value is exact, so the float32 problem has the same inputs; the
     # float16 mixed path keeps float32 locations as they are.
-    out32 = msdacore.ms_deform_attn(
-        v16.astype(np.float32),
-        SHAPES,
-        STARTS,
-        loc.astype(np.float32),
-        attn.astype(np.float32),
-        points_per_level=points,
-    )
+    out32 = msdacore.ms_deform_attn(v16.astype(np.float32), SHAPES, STARTS,
+                                    loc.astype(np.float32), attn.astype(np.float32),
+                                    points_per_level=points)
     assert np.array_equal(out16, out32.astype(np.float16))
 
 
@@ -140,28 +121,9 @@ def test_half_rounding_matches_numpy_and_torch(dtype):
     """Rounding float32 to the half type (ties to even, overflow to infinity, subnormals,
     NaN) as NumPy / torch do: out = A * v with v = 1 (half) and A = the float32 specials
     (mixed precision) on a 1x1 level sampled at its centre (corner weight exactly 1)."""
-    specials = np.array(
-        [
-            65504,
-            65519.99,
-            65520,
-            1e6,
-            -1e6,
-            2**-24,
-            2**-25,
-            3 * 2**-25,
-            2**-14,
-            1 + 2**-11,
-            1 + 3 * 2**-11,
-            1 + 2**-8,
-            1 + 3 * 2**-8,
-            3e38,
-            np.nan,
-            np.inf,
-            -np.inf,
-        ],
-        dtype=np.float32,
-    )
+    specials = np.array([65504, 65519.99, 65520, 1e6, -1e6, 2**-24, 2**-25, 3 * 2**-25,
+                         2**-14, 1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-8, 1 + 3 * 2**-8,
+                         3e38, np.nan, np.inf, -np.inf], dtype=np.float32)
     n = specials.size
     fw = _framework(dtype)
     value = _as(np.ones((n, 1, 1, 1)), dtype, fw)
@@ -170,7 +132,6 @@ def test_half_rounding_matches_numpy_and_torch(dtype):
     out = msdacore.ms_deform_attn(value, [[1, 1]], [0], loc, attn)
     if fw == "torch":
         import torch
-
         expected = torch.from_numpy(specials).to(torch.bfloat16).float().numpy()
     else:
         expected = specials.astype(np.float16).astype(np.float32)

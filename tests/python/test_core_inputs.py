@@ -11,19 +11,8 @@ import pytest
 from devices import FLOATS, assert_same_bits, run
 from strategies import Case, assert_unchanged, copies, make_inputs
 
-BASE = Case(
-    N=2,
-    levels=((4, 5), (3, 3), (1, 1), (2, 6)),
-    M=3,
-    D=7,
-    P=3,
-    Lq=9,
-    align_corners=False,
-    dtype=np.float64,
-    seed=11,
-    special_fraction=0.1,
-    nonfinite_fraction=0.05,
-)
+BASE = Case(N=2, levels=((4, 5), (3, 3), (1, 1), (2, 6)), M=3, D=7, P=3, Lq=9, align_corners=False,
+            dtype=np.float64, seed=11, special_fraction=0.1, nonfinite_fraction=0.05)
 
 
 def _case(**changes):
@@ -67,21 +56,15 @@ def _broadcast(x):
     return np.broadcast_to(x[:1], x.shape)
 
 
-LAYOUTS = {
-    "transposed": _transposed,
-    "stepped": _stepped,
-    "reversed": _reversed,
-    "broadcast": _broadcast,
-}
+LAYOUTS = {"transposed": _transposed, "stepped": _stepped, "reversed": _reversed,
+           "broadcast": _broadcast}
 
 
 # Broadcasting an index array would make it inconsistent: float arrays only.
-STRIDED_CASES = [
-    (name, layout)
-    for name in FLOATS + ("spatial_shapes", "level_start_index", "all")
-    for layout in LAYOUTS
-    if not (layout == "broadcast" and name in ("spatial_shapes", "level_start_index"))
-]
+STRIDED_CASES = [(name, layout)
+                 for name in FLOATS + ("spatial_shapes", "level_start_index", "all")
+                 for layout in LAYOUTS
+                 if not (layout == "broadcast" and name in ("spatial_shapes", "level_start_index"))]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -142,12 +125,9 @@ def test_outputs_are_fresh_contiguous_arrays(dtype, align_corners):
     case = _case(dtype=dtype, align_corners=align_corners)
     inputs = make_inputs(case)
     out, gv, gl, ga = run(inputs, align_corners)
-    for x, shape in (
-        (out, (case.N, case.Lq, case.M * case.D)),
-        (gv, inputs["value"].shape),
-        (gl, inputs["sampling_locations"].shape),
-        (ga, inputs["attention_weights"].shape),
-    ):
+    for x, shape in ((out, (case.N, case.Lq, case.M * case.D)), (gv, inputs["value"].shape),
+                     (gl, inputs["sampling_locations"].shape),
+                     (ga, inputs["attention_weights"].shape)):
         assert isinstance(x, np.ndarray)
         assert x.shape == shape and x.dtype == np.dtype(dtype)
         assert x.flags.c_contiguous and x.flags.writeable
@@ -174,8 +154,7 @@ def test_torch_tensors_in_torch_tensors_out(dtype):
     _assert_same([x.numpy() for x in got], expected)
     for k, t in tensors.items():
         assert torch.equal(t, saved[k]) or torch.allclose(t, saved[k], equal_nan=True), (
-            f"{k} was modified"
-        )
+            f"{k} was modified")
 
 
 @pytest.mark.parametrize("N,Lq", [(0, 4), (2, 0)])
@@ -284,9 +263,8 @@ def test_dlpack_producers(producer, dtype):
         assert calls, f"{key}: __dlpack__ was never called"
         if producer is VersionedProducer:
             # A DLPack 1.x consumer asks for (and so gets) the versioned capsule.
-            assert all(
-                v is not None and v[0] >= 1 and name == "dltensor_versioned" for v, name in calls
-            ), calls
+            assert all(v is not None and v[0] >= 1 and name == "dltensor_versioned"
+                       for v, name in calls), calls
         else:
             assert all(name == "dltensor" for name in calls), calls
     assert_unchanged(inputs, saved)

@@ -61,10 +61,10 @@ def test_contiguous_value_past_2_31_elements(sparse_dir):
     value = np.memmap(path, dtype=np.float32, mode="r+", shape=(1, S, 1, D))
     # Known values at tokens whose element offsets pass 2^31 and 2^32.
     targets = [  # (level, h, w)
-        (0, H - 1, W - 1),  # token 2^30 - 1: element ~2^32 - 4
-        (0, (3 * H) // 4, 17),  # element ~3 * 2^30
-        (0, H // 2 + 1, W // 2),  # element ~2^31 + 2^17 (just past 2^31)
-        (1, 1, 0),  # level 1: tokens 2^30 + 2, element 2^32 + 8
+        (0, H - 1, W - 1),          # token 2^30 - 1: element ~2^32 - 4
+        (0, (3 * H) // 4, 17),      # element ~3 * 2^30
+        (0, H // 2 + 1, W // 2),    # element ~2^31 + 2^17 (just past 2^31)
+        (1, 1, 0),                  # level 1: tokens 2^30 + 2, element 2^32 + 8
     ]
     levels = [(H, W), (2, 2)]
     starts = [0, H * W]
@@ -83,9 +83,8 @@ def test_contiguous_value_past_2_31_elements(sparse_dir):
     level_start_index = np.array(starts, np.int64)
 
     out = msdacore.ms_deform_attn(value, spatial_shapes, level_start_index, loc, attn)
-    expected = np.stack(
-        [2.0 * np.arange(1, D + 1) * (k + 1) * 1.5 for k in range(len(targets))]
-    ).astype(np.float32)
+    expected = np.stack([2.0 * np.arange(1, D + 1) * (k + 1) * 1.5
+                         for k in range(len(targets))]).astype(np.float32)
     np.testing.assert_array_equal(out[0], expected)
     del value
 
@@ -105,10 +104,8 @@ def test_strided_value_offsets_past_2_32_forward_and_backward(sparse_dir):
     base = np.memmap(path, dtype=np.float64, mode="r+", shape=(span,))
     # Element (n, s, m, d) at n*batch_stride + s*token_stride + m*head_stride + (D-1-d).
     value = np.lib.stride_tricks.as_strided(
-        base[D - 1 :],
-        shape=(N, S, M, D),
-        strides=(8 * batch_stride, 8 * token_stride, 8 * head_stride, -8),
-    )
+        base[D - 1:], shape=(N, S, M, D),
+        strides=(8 * batch_stride, 8 * token_stride, 8 * head_stride, -8))
     picks = [(0, 6, 5, 1), (1, 7, 7, 0), (1, 3, 2, 1), (0, 0, 0, 0)]  # (n, h, w, m)
     for k, (n, h, w, m) in enumerate(picks):
         value[n, h * Wl + w, m, :] = [10.0 * (k + 1) + d for d in range(D)]
@@ -125,7 +122,7 @@ def test_strided_value_offsets_past_2_32_forward_and_backward(sparse_dir):
     out = msdacore.ms_deform_attn(value, shapes, starts, loc, attn)
     expected = np.zeros((N, Lq, M * D))
     for k, (n, _h, _w, m) in enumerate(picks):
-        expected[n, k % Lq, m * D : (m + 1) * D] = (0.5 + k) * (10.0 * (k + 1) + np.arange(D))
+        expected[n, k % Lq, m * D:(m + 1) * D] = (0.5 + k) * (10.0 * (k + 1) + np.arange(D))
     np.testing.assert_array_equal(out, expected)
 
     grad_output = np.arange(1.0, 1.0 + N * Lq * M * D).reshape(N, Lq, M * D)
@@ -135,7 +132,7 @@ def test_strided_value_offsets_past_2_32_forward_and_backward(sparse_dir):
     exp_ga = np.zeros((N, Lq, M, L, P))
     for k, (n, h, w, m) in enumerate(picks):
         q = k % Lq
-        g = grad_output[n, q, m * D : (m + 1) * D]
+        g = grad_output[n, q, m * D:(m + 1) * D]
         v = 10.0 * (k + 1) + np.arange(D)
         A = 0.5 + k
         exp_gv[n, h * Wl + w, m] = A * g

@@ -65,9 +65,8 @@ else:
     _NO_API = None
     for _fn in (msdacore.ms_deform_attn, msdacore.ms_deform_attn_backward):
         if not _takes_new_arguments(_fn):
-            _NO_API = (
-                f"the installed msdacore.{_fn.__name__} does not take points_per_level and mode yet"
-            )
+            _NO_API = (f"the installed msdacore.{_fn.__name__} does not take points_per_level "
+                       "and mode yet")
             break
 
 needs_api = pytest.mark.skipif(_NO_API is not None, reason=_NO_API or "")
@@ -120,23 +119,9 @@ class LayoutCase(LevelSizes):
 
 
 @st.composite
-def layout_cases(
-    draw,
-    max_N=2,
-    max_L=4,
-    max_HW=7,
-    max_M=3,
-    max_D=24,
-    max_P=6,
-    max_Lq=8,
-    modes=("bilinear", "discrete"),
-    dtypes=(np.float64, np.float32),
-    uniform=(False, True),
-    min_N=0,
-    min_Lq=0,
-    special=True,
-    equal_counts=False,
-):
+def layout_cases(draw, max_N=2, max_L=4, max_HW=7, max_M=3, max_D=24, max_P=6, max_Lq=8,
+                 modes=("bilinear", "discrete"), dtypes=(np.float64, np.float32),
+                 uniform=(False, True), min_N=0, min_Lq=0, special=True, equal_counts=False):
     L = draw(st.integers(1, max_L))
     # Small sizes, with 1-pixel axes (and 1x1 levels) well represented.
     side = st.one_of(st.just(1), st.integers(1, max_HW))
@@ -144,9 +129,8 @@ def layout_cases(
     if equal_counts:
         counts = (draw(st.integers(1, max_P)),) * L
     else:
-        counts = tuple(
-            draw(st.lists(st.one_of(st.just(1), st.integers(1, max_P)), min_size=L, max_size=L))
-        )
+        counts = tuple(draw(st.lists(st.one_of(st.just(1), st.integers(1, max_P)),
+                                     min_size=L, max_size=L)))
     is_uniform = len(set(counts)) == 1 and draw(st.sampled_from(uniform))
     mode = draw(st.sampled_from(modes))
     align_corners = draw(st.booleans()) if mode == "bilinear" else False
@@ -157,16 +141,9 @@ def layout_cases(
         return draw(st.integers(max(low, 1), high))
 
     return LayoutCase(
-        N=size(min_N, max_N),
-        levels=levels,
-        counts=counts,
-        uniform=is_uniform,
-        M=draw(st.integers(1, max_M)),
-        D=draw(st.integers(1, max_D)),
-        Lq=size(min_Lq, max_Lq),
-        mode=mode,
-        align_corners=align_corners,
-        dtype=draw(st.sampled_from(dtypes)),
+        N=size(min_N, max_N), levels=levels, counts=counts, uniform=is_uniform,
+        M=draw(st.integers(1, max_M)), D=draw(st.integers(1, max_D)), Lq=size(min_Lq, max_Lq),
+        mode=mode, align_corners=align_corners, dtype=draw(st.sampled_from(dtypes)),
         seed=draw(st.integers(0, 2**32 - 1)),
         special_fraction=draw(st.sampled_from((0.0, 0.1, 0.3, 1.0))) if special else 0.0,
         nonfinite_fraction=draw(st.sampled_from((0.0, 0.0, 0.05, 0.2))) if special else 0.0,
@@ -216,25 +193,14 @@ def move_off_integers_flat(loc, levels, counts, align_corners, rng, margin):
     raise RuntimeError("could not move the sampling locations off integer pixel coordinates")
 
 
-def make_flat_locations(
-    rng,
-    N,
-    Lq,
-    M,
-    levels,
-    counts,
-    align_corners,
-    special_fraction=0.0,
-    nonfinite_fraction=0.0,
-    far_fraction=0.0,
-):
+def make_flat_locations(rng, N, Lq, M, levels, counts, align_corners, special_fraction=0.0,
+                        nonfinite_fraction=0.0, far_fraction=0.0):
     """(N, Lq, M, P_total, 2) float64: each level's points drawn as strategies.make_locations
     draws them for that level, then a share moved far outside."""
     parts = []
     for (H, W), P in zip(levels, counts):
-        part = make_locations(
-            rng, N, Lq, M, [(H, W)], P, align_corners, special_fraction, nonfinite_fraction
-        )
+        part = make_locations(rng, N, Lq, M, [(H, W)], P, align_corners, special_fraction,
+                              nonfinite_fraction)
         parts.append(part.reshape(N, Lq, M, P, 2))
     loc = np.concatenate(parts, axis=3)
     if far_fraction > 0:
@@ -250,41 +216,23 @@ def make_layout_inputs(case):
     rng = np.random.default_rng(case.seed)
     N, M, D, Lq = case.N, case.M, case.D, case.Lq
     value = rng.standard_normal((N, case.S, M, D))
-    loc = make_flat_locations(
-        rng,
-        N,
-        Lq,
-        M,
-        case.levels,
-        case.counts,
-        case.align_corners,
-        case.special_fraction,
-        case.nonfinite_fraction,
-        case.far_fraction,
-    )
+    loc = make_flat_locations(rng, N, Lq, M, case.levels, case.counts, case.align_corners,
+                              case.special_fraction, case.nonfinite_fraction, case.far_fraction)
     if case.mode == "discrete" and np.dtype(case.dtype) != np.float64:
         move_off_integers_flat(loc, case.levels, case.counts, False, rng, MARGIN)
     attn = rng.uniform(-0.5, 1.0, size=(N, Lq, M, case.P_total))
     grad_output = rng.standard_normal((N, Lq, M * D))
-    return dict(
-        value=value,
-        spatial_shapes=np.asarray(case.levels, dtype=np.int64).reshape(-1, 2),
-        level_start_index=level_start_index(case.levels),
-        sampling_locations=loc,
-        attention_weights=attn,
-        grad_output=grad_output,
-    )
+    return dict(value=value, spatial_shapes=np.asarray(case.levels, dtype=np.int64).reshape(-1, 2),
+                level_start_index=level_start_index(case.levels), sampling_locations=loc,
+                attention_weights=attn, grad_output=grad_output)
 
 
 def to_uniform(inputs, L):
     """The same data in the uniform layout (counts all equal)."""
     loc, attn = inputs["sampling_locations"], inputs["attention_weights"]
     N, Lq, M, Pt = attn.shape
-    return dict(
-        inputs,
-        sampling_locations=loc.reshape(N, Lq, M, L, Pt // L, 2),
-        attention_weights=attn.reshape(N, Lq, M, L, Pt // L),
-    )
+    return dict(inputs, sampling_locations=loc.reshape(N, Lq, M, L, Pt // L, 2),
+                attention_weights=attn.reshape(N, Lq, M, L, Pt // L))
 
 
 def placed(inputs, case, dtype):
@@ -294,55 +242,40 @@ def placed(inputs, case, dtype):
 
 
 def as64(inputs):
-    return {
-        k: (np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v)
-        for k, v in inputs.items()
-    }
+    return {k: (np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v)
+            for k, v in inputs.items()}
 
 
 def _args(x):
-    return (
-        x["value"],
-        x["spatial_shapes"],
-        x["level_start_index"],
-        x["sampling_locations"],
-        x["attention_weights"],
-    )
+    return (x["value"], x["spatial_shapes"], x["level_start_index"], x["sampling_locations"],
+            x["attention_weights"])
 
 
 def ref_run(x, points_per_level=None, mode="bilinear", align_corners=False):
     """Reference (output, grad_value, grad_sampling_locations, grad_attention_weights)."""
-    out = ref.ms_deform_attn(*_args(x), align_corners, points_per_level=points_per_level, mode=mode)
-    grads = ref.ms_deform_attn_backward(
-        *_args(x), x["grad_output"], align_corners, points_per_level=points_per_level, mode=mode
-    )
+    out = ref.ms_deform_attn(*_args(x), align_corners, points_per_level=points_per_level,
+                             mode=mode)
+    grads = ref.ms_deform_attn_backward(*_args(x), x["grad_output"], align_corners,
+                                        points_per_level=points_per_level, mode=mode)
     return (out,) + tuple(grads)
 
 
 def lib_run(x, points_per_level=None, mode="bilinear", align_corners=False, deterministic=False):
     """msdacore (output, grad_value, grad_sampling_locations, grad_attention_weights)."""
-    out = msdacore.ms_deform_attn(
-        *_args(x), align_corners=align_corners, points_per_level=points_per_level, mode=mode
-    )
-    grads = msdacore.ms_deform_attn_backward(
-        *_args(x),
-        x["grad_output"],
-        align_corners=align_corners,
-        deterministic=deterministic,
-        points_per_level=points_per_level,
-        mode=mode,
-    )
+    out = msdacore.ms_deform_attn(*_args(x), align_corners=align_corners,
+                                  points_per_level=points_per_level, mode=mode)
+    grads = msdacore.ms_deform_attn_backward(*_args(x), x["grad_output"],
+                                             align_corners=align_corners,
+                                             deterministic=deterministic,
+                                             points_per_level=points_per_level, mode=mode)
     assert isinstance(grads, tuple) and len(grads) == 3
     return (out,) + tuple(grads)
 
 
 def same_bits(a, b):
     a, b = np.asarray(a), np.asarray(b)
-    return (
-        a.dtype == b.dtype
-        and a.shape == b.shape
-        and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
-    )
+    return (a.dtype == b.dtype and a.shape == b.shape
+            and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
 
 
 def assert_same_bits(a, b, what):
@@ -358,16 +291,11 @@ def assert_matches_reference(results, x, case, dtype):
     keep = None
     if np.dtype(dtype) != np.float64 and case.mode == "bilinear":
         flat = x64["sampling_locations"].reshape(case.N, case.Lq, case.M, case.P_total, 2)
-        keep = ~near_integers_flat(
-            flat, case.levels, case.counts, case.align_corners, INTEGER_MARGIN
-        )
+        keep = ~near_integers_flat(flat, case.levels, case.counts, case.align_corners,
+                                   INTEGER_MARGIN)
         keep = keep.reshape(x64["attention_weights"].shape)
-    shapes = (
-        None,
-        x64["value"].shape,
-        x64["sampling_locations"].shape,
-        x64["attention_weights"].shape,
-    )
+    shapes = (None, x64["value"].shape, x64["sampling_locations"].shape,
+              x64["attention_weights"].shape)
     for name, got, exp, shape in zip(RESULT_NAMES, results, expected, shapes):
         if shape is not None:
             assert np.shape(got) == shape, f"{name}: shape {np.shape(got)}, expected {shape}"
@@ -379,17 +307,8 @@ def assert_matches_reference(results, x, case, dtype):
 # Plain loops over every sample, straight from SPEC, in the flattened layout.
 
 
-def loop_reference(
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    grad_output,
-    counts,
-    mode="bilinear",
-    align_corners=False,
-):
+def loop_reference(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, grad_output, counts, mode="bilinear", align_corners=False):
     value = np.asarray(value, np.float64)
     loc = np.asarray(sampling_locations, np.float64)
     attn = np.asarray(attention_weights, np.float64)
@@ -405,7 +324,7 @@ def loop_reference(
     for n in range(N):
         for q in range(Lq):
             for m in range(M):
-                g = G[n, q, m * D : (m + 1) * D]
+                g = G[n, q, m * D:(m + 1) * D]
                 p = 0
                 for l, (H, W) in enumerate(levels):
                     for _ in range(counts[l]):
@@ -424,16 +343,14 @@ def loop_reference(
                                     token = starts[l] + i * W + j
                                     B += weight * value[n, token, m]
                                     grad_value[n, token, m] += A * weight * g
-                            out[n, q, m * D : (m + 1) * D] += A * B
+                            out[n, q, m * D:(m + 1) * D] += A * B
                             grad_attn[n, q, m, p] = g @ B
                             if mode == "bilinear":
                                 sx, sy = (W - 1, H - 1) if align_corners else (W, H)
-                                dB_dw = sum(
-                                    c * _v(value, n, m, starts[l], H, W, i, j) for (i, j), c in dw
-                                )
-                                dB_dh = sum(
-                                    c * _v(value, n, m, starts[l], H, W, i, j) for (i, j), c in dh
-                                )
+                                dB_dw = sum(c * _v(value, n, m, starts[l], H, W, i, j)
+                                            for (i, j), c in dw)
+                                dB_dh = sum(c * _v(value, n, m, starts[l], H, W, i, j)
+                                            for (i, j), c in dh)
                                 grad_loc[n, q, m, p, 0] = A * sx * (g @ dB_dw)
                                 grad_loc[n, q, m, p, 1] = A * sy * (g @ dB_dh)
                         p += 1
@@ -456,12 +373,8 @@ def _bilinear_reads(x, y, H, W, align_corners):
     h0, w0 = math.floor(h), math.floor(w)
     lh, lw = h - h0, w - w0
     hh, hw = 1 - lh, 1 - lw
-    pixels = [
-        ((h0, w0), hh * hw),
-        ((h0, w0 + 1), hh * lw),
-        ((h0 + 1, w0), lh * hw),
-        ((h0 + 1, w0 + 1), lh * lw),
-    ]
+    pixels = [((h0, w0), hh * hw), ((h0, w0 + 1), hh * lw),
+              ((h0 + 1, w0), lh * hw), ((h0 + 1, w0 + 1), lh * lw)]
     dw = [((h0, w0), -hh), ((h0, w0 + 1), hh), ((h0 + 1, w0), -lh), ((h0 + 1, w0 + 1), lh)]
     dh = [((h0, w0), -hw), ((h0, w0 + 1), -lw), ((h0 + 1, w0), hw), ((h0 + 1, w0 + 1), lw)]
     return pixels, dw, dh
@@ -494,19 +407,8 @@ def _close(got, exp, tol=1e-12, what=""):
 # ============================================================================= the reference
 
 
-@given(
-    case=layout_cases(
-        max_N=2,
-        max_L=3,
-        max_HW=5,
-        max_M=2,
-        max_D=4,
-        max_P=5,
-        max_Lq=4,
-        dtypes=(np.float64,),
-        uniform=(False,),
-    )
-)
+@given(case=layout_cases(max_N=2, max_L=3, max_HW=5, max_M=2, max_D=4, max_P=5, max_Lq=4,
+                         dtypes=(np.float64,), uniform=(False,)))
 def test_reference_matches_loops(case):
     x = make_layout_inputs(case)
     got = ref_run(x, list(case.counts), case.mode, case.align_corners)
@@ -533,24 +435,8 @@ def test_reference_layouts_agree_bit_for_bit(case):
 
 @pytest.mark.parametrize("mode", ["bilinear", "discrete"])
 def test_reference_gradients_in_the_layout_given(mode):
-    x = make_layout_inputs(
-        LayoutCase(
-            2,
-            ((3, 4), (1, 1), (2, 5)),
-            (3, 6, 3),
-            False,
-            2,
-            5,
-            4,
-            mode,
-            False,
-            np.float64,
-            3,
-            0.1,
-            0.05,
-            0.05,
-        )
-    )
+    x = make_layout_inputs(LayoutCase(2, ((3, 4), (1, 1), (2, 5)), (3, 6, 3), False, 2, 5, 4,
+                                      mode, False, np.float64, 3, 0.1, 0.05, 0.05))
     out, gv, gl, ga = ref_run(x, [3, 6, 3], mode)
     assert out.shape == (2, 4, 10) and gv.shape == x["value"].shape
     assert gl.shape == (2, 4, 2, 12, 2) and ga.shape == (2, 4, 2, 12)
@@ -574,12 +460,12 @@ def test_reference_discrete_hand_examples():
     ]
     loc = np.array([p for p, _ in pts]).reshape(1, len(pts), 1, 1, 2)
     attn = np.full((1, len(pts), 1, 1), 2.0)
-    out = ref.ms_deform_attn(value, [[H, W]], [0], loc, attn, points_per_level=[1], mode="discrete")
+    out = ref.ms_deform_attn(value, [[H, W]], [0], loc, attn, points_per_level=[1],
+                             mode="discrete")
     np.testing.assert_array_equal(out.ravel(), [2.0 * e for _, e in pts])
     go = np.ones((1, len(pts), 1))
-    gv, gl, ga = ref.ms_deform_attn_backward(
-        value, [[H, W]], [0], loc, attn, go, points_per_level=[1], mode="discrete"
-    )
+    gv, gl, ga = ref.ms_deform_attn_backward(value, [[H, W]], [0], loc, attn, go,
+                                             points_per_level=[1], mode="discrete")
     np.testing.assert_array_equal(gl, 0.0)
     np.testing.assert_array_equal(ga.ravel(), [e for _, e in pts])
     # tokens read, once each with weight 2: 0, 1, 5, 3, 2, 4
@@ -596,13 +482,10 @@ def test_reference_uneven_counts_by_hand():
     attn = np.array([1.0, 10.0, 100.0]).reshape(1, 1, 1, 3)
     # level 1, bilinear: x = 0.25 -> w = 0 (pixel 0), x = 0.75 -> w = 1 (pixel 1);
     # discrete: j = floor(0.25*2 + 0.5) = 1, floor(0.75*2 + 0.5) = 2 -> clamped to 1.
-    for mode, expected in (
-        ("bilinear", 5.0 + 10.0 * 1.0 + 100.0 * 3.0),
-        ("discrete", 5.0 + 10.0 * 3.0 + 100.0 * 3.0),
-    ):
-        out = ref.ms_deform_attn(
-            value, [[1, 1], [1, 2]], [0, 1], loc, attn, points_per_level=[1, 2], mode=mode
-        )
+    for mode, expected in (("bilinear", 5.0 + 10.0 * 1.0 + 100.0 * 3.0),
+                           ("discrete", 5.0 + 10.0 * 3.0 + 100.0 * 3.0)):
+        out = ref.ms_deform_attn(value, [[1, 1], [1, 2]], [0, 1], loc, attn,
+                                 points_per_level=[1, 2], mode=mode)
         assert out.ravel().tolist() == [expected], mode
 
 
@@ -610,30 +493,12 @@ def test_reference_uneven_counts_by_hand():
 def test_reference_flattened_finite_differences(align_corners):
     rng = np.random.default_rng(11 + align_corners)
     levels, counts = [(3, 4), (1, 1), (2, 5)], [3, 1, 2]
-    x = make_layout_inputs(
-        LayoutCase(
-            2,
-            tuple(levels),
-            tuple(counts),
-            False,
-            2,
-            3,
-            3,
-            "bilinear",
-            align_corners,
-            np.float64,
-            11,
-            0.0,
-            0.0,
-            0.0,
-        )
-    )
+    x = make_layout_inputs(LayoutCase(2, tuple(levels), tuple(counts), False, 2, 3, 3,
+                                      "bilinear", align_corners, np.float64, 11, 0.0, 0.0, 0.0))
     move_off_integers_flat(x["sampling_locations"], levels, counts, align_corners, rng, 1e-2)
-    _check_finite_differences(
-        lambda y: ref.ms_deform_attn(*_args(y), align_corners, points_per_level=counts),
-        ref_run(x, counts, "bilinear", align_corners),
-        x,
-    )
+    _check_finite_differences(lambda y: ref.ms_deform_attn(
+        *_args(y), align_corners, points_per_level=counts),
+        ref_run(x, counts, "bilinear", align_corners), x)
 
 
 def _check_finite_differences(forward, results, x):
@@ -642,11 +507,9 @@ def _check_finite_differences(forward, results, x):
     go = x["grad_output"]
     f = lambda: float(np.sum(np.asarray(forward(x), np.float64) * go))  # noqa: E731
     _, gv, gl, ga = results
-    for name, key, analytic, step in (
-        ("value", "value", gv, 1e-3),
-        ("attention_weights", "attention_weights", ga, 1e-3),
-        ("sampling_locations", "sampling_locations", gl, 1e-6),
-    ):
+    for name, key, analytic, step in (("value", "value", gv, 1e-3),
+                                      ("attention_weights", "attention_weights", ga, 1e-3),
+                                      ("sampling_locations", "sampling_locations", gl, 1e-6)):
         arr = x[key]
         numeric = np.zeros_like(arr)
         for index in np.ndindex(arr.shape):
@@ -680,14 +543,12 @@ def _bad_inputs():
 
 def _bad_problem(dtype=np.float64):
     rng = np.random.default_rng(0)
-    x = dict(
-        value=rng.standard_normal((1, 6, 1, 2)),
-        spatial_shapes=np.array([[2, 2], [1, 2]]),
-        level_start_index=np.array([0, 4]),
-        sampling_locations=rng.uniform(0, 1, (1, 2, 1, 5, 2)),
-        attention_weights=rng.uniform(0, 1, (1, 2, 1, 5)),
-        grad_output=rng.standard_normal((1, 2, 2)),
-    )
+    x = dict(value=rng.standard_normal((1, 6, 1, 2)),
+             spatial_shapes=np.array([[2, 2], [1, 2]]),
+             level_start_index=np.array([0, 4]),
+             sampling_locations=rng.uniform(0, 1, (1, 2, 1, 5, 2)),
+             attention_weights=rng.uniform(0, 1, (1, 2, 1, 5)),
+             grad_output=rng.standard_normal((1, 2, 2)))
     return {k: (v.astype(dtype) if v.dtype == np.float64 else v) for k, v in x.items()}
 
 
@@ -704,9 +565,8 @@ def _apply_bad(x, kwargs_changes, array_changes):
     return x, kw
 
 
-@pytest.mark.parametrize(
-    "what,kwargs_changes,array_changes", _bad_inputs(), ids=[b[0] for b in _bad_inputs()]
-)
+@pytest.mark.parametrize("what,kwargs_changes,array_changes", _bad_inputs(),
+                         ids=[b[0] for b in _bad_inputs()])
 def test_reference_bad_inputs(what, kwargs_changes, array_changes):
     x, kw = _apply_bad(_bad_problem(), kwargs_changes, array_changes)
     ac = kw.pop("align_corners")
@@ -719,28 +579,11 @@ def test_reference_bad_inputs(what, kwargs_changes, array_changes):
 def test_reference_default_is_unchanged():
     """points_per_level=None and mode="bilinear" are the defaults: the same numbers as
     calling without them."""
-    x = make_layout_inputs(
-        LayoutCase(
-            2,
-            ((3, 4), (2, 2)),
-            (2, 2),
-            True,
-            2,
-            3,
-            5,
-            "bilinear",
-            False,
-            np.float64,
-            5,
-            0.1,
-            0.05,
-            0.0,
-        )
-    )
+    x = make_layout_inputs(LayoutCase(2, ((3, 4), (2, 2)), (2, 2), True, 2, 3, 5, "bilinear",
+                                      False, np.float64, 5, 0.1, 0.05, 0.0))
     u = to_uniform(x, 2)
     a = (ref.ms_deform_attn(*_args(u)),) + tuple(
-        ref.ms_deform_attn_backward(*_args(u), u["grad_output"])
-    )
+        ref.ms_deform_attn_backward(*_args(u), u["grad_output"]))
     b = ref_run(u)
     assert_same_bits(a, b, "defaults")
 
@@ -763,22 +606,17 @@ def test_matches_reference(case):
 
 @needs_api
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize(
-    "mode,align_corners", [("bilinear", False), ("bilinear", True), ("discrete", False)]
-)
-@pytest.mark.parametrize(
-    "levels,counts",
-    [
-        (((6, 7), (3, 4), (2, 2)), (3, 6, 3)),  # RT-DETRv2's num_points_list
-        (((5, 5), (1, 1)), (1, 4)),
-        (((1, 1),), (1,)),
-        (((1, 7), (7, 1), (1, 1), (4, 3)), (1, 2, 1, 5)),
-    ],
-)
+@pytest.mark.parametrize("mode,align_corners", [("bilinear", False), ("bilinear", True),
+                                                ("discrete", False)])
+@pytest.mark.parametrize("levels,counts", [
+    (((6, 7), (3, 4), (2, 2)), (3, 6, 3)),  # RT-DETRv2's num_points_list
+    (((5, 5), (1, 1)), (1, 4)),
+    (((1, 1),), (1,)),
+    (((1, 7), (7, 1), (1, 1), (4, 3)), (1, 2, 1, 5)),
+])
 def test_uneven_counts(dtype, mode, align_corners, levels, counts):
-    case = LayoutCase(
-        2, levels, counts, False, 3, 9, 11, mode, align_corners, dtype, sum(counts), 0.2, 0.05, 0.05
-    )
+    case = LayoutCase(2, levels, counts, False, 3, 9, 11, mode, align_corners, dtype, sum(counts),
+                      0.2, 0.05, 0.05)
     x = placed(make_layout_inputs(case), case, dtype)
     for deterministic in (False, True):
         results = lib_run(x, list(counts), mode, align_corners, deterministic)
@@ -788,9 +626,8 @@ def test_uneven_counts(dtype, mode, align_corners, levels, counts):
 @needs_api
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_points_per_level_as_tuple(dtype):
-    case = LayoutCase(
-        1, ((3, 3), (2, 1)), (2, 3), False, 2, 4, 5, "bilinear", False, dtype, 1, 0.0, 0.0, 0.0
-    )
+    case = LayoutCase(1, ((3, 3), (2, 1)), (2, 3), False, 2, 4, 5, "bilinear", False, dtype, 1,
+                      0.0, 0.0, 0.0)
     x = placed(make_layout_inputs(case), case, dtype)
     assert_same_bits(lib_run(x, (2, 3)), lib_run(x, [2, 3]), "tuple vs list")
 
@@ -799,26 +636,11 @@ def test_points_per_level_as_tuple(dtype):
 @pytest.mark.parametrize("mode", ["bilinear", "discrete"])
 def test_strided_flattened_inputs(mode):
     """Flattened arrays with doubled strides give the contiguous arrays' bits."""
-    case = LayoutCase(
-        2,
-        ((4, 3), (1, 1), (2, 5)),
-        (3, 6, 3),
-        False,
-        2,
-        5,
-        6,
-        mode,
-        False,
-        np.float64,
-        12,
-        0.1,
-        0.05,
-        0.05,
-    )
+    case = LayoutCase(2, ((4, 3), (1, 1), (2, 5)), (3, 6, 3), False, 2, 5, 6, mode, False,
+                      np.float64, 12, 0.1, 0.05, 0.05)
     x = make_layout_inputs(case)
-    strided = {
-        k: (np.stack([v, v], -1)[..., 0] if v.dtype == np.float64 else v) for k, v in x.items()
-    }
+    strided = {k: (np.stack([v, v], -1)[..., 0] if v.dtype == np.float64 else v)
+               for k, v in x.items()}
     assert not strided["sampling_locations"].flags.c_contiguous
     assert_same_bits(lib_run(strided, [3, 6, 3], mode), lib_run(x, [3, 6, 3], mode), "strided")
 
@@ -845,28 +667,20 @@ def test_layouts_agree_bit_for_bit(case):
 @pytest.mark.parametrize("mode", ["bilinear", "discrete"])
 def test_default_mode_and_layout(dtype, mode):
     """mode="bilinear" and points_per_level=None are the defaults."""
-    case = LayoutCase(
-        2, ((4, 5), (2, 3)), (3, 3), True, 2, 6, 7, "bilinear", False, dtype, 4, 0.1, 0.05, 0.0
-    )
+    case = LayoutCase(2, ((4, 5), (2, 3)), (3, 3), True, 2, 6, 7, "bilinear", False, dtype, 4,
+                      0.1, 0.05, 0.0)
     x = placed(make_layout_inputs(case), case, dtype)
     args = _args(x)
     plain = (msdacore.ms_deform_attn(*args),) + tuple(
-        msdacore.ms_deform_attn_backward(*args, x["grad_output"])
-    )
+        msdacore.ms_deform_attn_backward(*args, x["grad_output"]))
     assert_same_bits(plain, lib_run(x, None, "bilinear"), "defaults")
     # and the flattened layout equals it too
-    flat = dict(
-        x,
-        sampling_locations=x["sampling_locations"].reshape(2, 7, 2, 6, 2),
-        attention_weights=x["attention_weights"].reshape(2, 7, 2, 6),
-    )
+    flat = dict(x, sampling_locations=x["sampling_locations"].reshape(2, 7, 2, 6, 2),
+                attention_weights=x["attention_weights"].reshape(2, 7, 2, 6))
     got = lib_run(flat, [3, 3], mode)
     exp = lib_run(x, None, mode)
-    assert_same_bits(
-        got,
-        (exp[0], exp[1], exp[2].reshape(got[2].shape), exp[3].reshape(got[3].shape)),
-        "flattened vs uniform",
-    )
+    assert_same_bits(got, (exp[0], exp[1], exp[2].reshape(got[2].shape),
+                           exp[3].reshape(got[3].shape)), "flattened vs uniform")
 
 
 @needs_api
@@ -875,12 +689,8 @@ def test_discrete_location_gradient_is_exactly_zero(case):
     x = placed(make_layout_inputs(case), case, case.dtype)
     for deterministic in (False, True):
         _, grad_loc = msdacore.ms_deform_attn_backward(
-            *_args(x),
-            x["grad_output"],
-            deterministic=deterministic,
-            points_per_level=case.points_per_level,
-            mode="discrete",
-        )[:2]
+            *_args(x), x["grad_output"], deterministic=deterministic,
+            points_per_level=case.points_per_level, mode="discrete")[:2]
         assert grad_loc.shape == x["sampling_locations"].shape
         assert grad_loc.dtype == np.dtype(case.dtype)
         np.testing.assert_array_equal(grad_loc, 0.0)
@@ -901,12 +711,8 @@ def test_nonfinite_points_are_skipped(case):
     loc[..., 1] = np.where(axis == 1, bad, loc[..., 1])
     x["sampling_locations"] = loc.astype(case.dtype)
     out, gv, gl, ga = lib_run(x, case.points_per_level, case.mode, case.align_corners)
-    for name, r in (
-        ("output", out),
-        ("grad_value", gv),
-        ("grad_sampling_locations", gl),
-        ("grad_attention_weights", ga),
-    ):
+    for name, r in (("output", out), ("grad_value", gv), ("grad_sampling_locations", gl),
+                    ("grad_attention_weights", ga)):
         np.testing.assert_array_equal(r, 0.0, err_msg=name)
 
 
@@ -935,14 +741,9 @@ def test_discrete_huge_finite_coordinates_are_clamped(dtype):
     pts = [(big, big), (-big, -big), (big, -big), (-big, big), (0.5, big), (big, 0.5)]
     loc = np.array(pts).reshape(1, len(pts), 1, 1, 2)
     attn = np.ones((1, len(pts), 1, 1))
-    x = dict(
-        value=value,
-        spatial_shapes=np.array([[H, W]]),
-        level_start_index=np.array([0]),
-        sampling_locations=loc,
-        attention_weights=attn,
-        grad_output=np.ones((1, len(pts), 1)),
-    )
+    x = dict(value=value, spatial_shapes=np.array([[H, W]]), level_start_index=np.array([0]),
+             sampling_locations=loc, attention_weights=attn,
+             grad_output=np.ones((1, len(pts), 1)))
     x = {k: (v.astype(dtype) if v.dtype == np.float64 else v) for k, v in x.items()}
     expected = ref_run(as64(x), [1], "discrete")
     # pixels (1, 2), (0, 0), (0, 2), (1, 0), (1, 2), (1, 2): values 6, 1, 3, 4, 6, 6
@@ -950,18 +751,16 @@ def test_discrete_huge_finite_coordinates_are_clamped(dtype):
     assert expected[0].ravel().tolist() == [6.0, 1.0, 3.0, 4.0, 6.0, 6.0]
     got = lib_run(x, [1], "discrete")
     for name, a, b in zip(RESULT_NAMES, got, expected):
-        np.testing.assert_array_equal(
-            np.asarray(a, np.float64), np.reshape(b, np.shape(a)), err_msg=name
-        )
+        np.testing.assert_array_equal(np.asarray(a, np.float64), np.reshape(b, np.shape(a)),
+                                      err_msg=name)
 
 
 @needs_api
 @pytest.mark.parametrize("N,Lq", [(0, 3), (2, 0), (0, 0)])
 @pytest.mark.parametrize("mode", ["bilinear", "discrete"])
 def test_empty(N, Lq, mode):
-    case = LayoutCase(
-        N, ((3, 2), (1, 1)), (1, 3), False, 2, 3, Lq, mode, False, np.float64, 0, 0.0, 0.0, 0.0
-    )
+    case = LayoutCase(N, ((3, 2), (1, 1)), (1, 3), False, 2, 3, Lq, mode, False, np.float64, 0,
+                      0.0, 0.0, 0.0)
     x = make_layout_inputs(case)
     out, gv, gl, ga = lib_run(x, [1, 3], mode)
     assert out.shape == (N, Lq, 6) and gv.shape == x["value"].shape
@@ -976,32 +775,12 @@ def test_flattened_finite_differences(align_corners):
     forward (float64, points at least 1e-2 pixel off integers)."""
     rng = np.random.default_rng(21 + align_corners)
     levels, counts = [(3, 4), (1, 1), (2, 5), (1, 3)], [3, 1, 2, 1]
-    x = make_layout_inputs(
-        LayoutCase(
-            2,
-            tuple(levels),
-            tuple(counts),
-            False,
-            2,
-            3,
-            3,
-            "bilinear",
-            align_corners,
-            np.float64,
-            21,
-            0.0,
-            0.0,
-            0.0,
-        )
-    )
+    x = make_layout_inputs(LayoutCase(2, tuple(levels), tuple(counts), False, 2, 3, 3,
+                                      "bilinear", align_corners, np.float64, 21, 0.0, 0.0, 0.0))
     move_off_integers_flat(x["sampling_locations"], levels, counts, align_corners, rng, 1e-2)
-    _check_finite_differences(
-        lambda y: msdacore.ms_deform_attn(
-            *_args(y), align_corners=align_corners, points_per_level=counts
-        ),
-        lib_run(x, counts, "bilinear", align_corners),
-        x,
-    )
+    _check_finite_differences(lambda y: msdacore.ms_deform_attn(
+        *_args(y), align_corners=align_corners, points_per_level=counts),
+        lib_run(x, counts, "bilinear", align_corners), x)
 
 
 @needs_api
@@ -1010,24 +789,8 @@ def test_discrete_finite_differences():
     central differences, and the output does not move with the locations."""
     rng = np.random.default_rng(31)
     levels, counts = [(3, 4), (1, 1), (2, 5)], [2, 1, 3]
-    x = make_layout_inputs(
-        LayoutCase(
-            2,
-            tuple(levels),
-            tuple(counts),
-            False,
-            2,
-            3,
-            3,
-            "discrete",
-            False,
-            np.float64,
-            31,
-            0.0,
-            0.0,
-            0.05,
-        )
-    )
+    x = make_layout_inputs(LayoutCase(2, tuple(levels), tuple(counts), False, 2, 3, 3,
+                                      "discrete", False, np.float64, 31, 0.0, 0.0, 0.05))
     move_off_integers_flat(x["sampling_locations"], levels, counts, False, rng, 1e-2)
     results = lib_run(x, counts, "discrete")
     assert np.all(results[2] == 0)
@@ -1054,27 +817,13 @@ MEDIUM_LEVELS = ((20, 24), (10, 12), (5, 6))
 
 @needs_api
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(
-    "mode,align_corners", [("bilinear", False), ("bilinear", True), ("discrete", False)]
-)
+@pytest.mark.parametrize("mode,align_corners", [("bilinear", False), ("bilinear", True),
+                                                ("discrete", False)])
 @pytest.mark.parametrize("counts", [(3, 6, 3), (4, 4, 4)])
-def test_thread_count_does_not_change_results(restore_threads, dtype, mode, align_corners, counts):
-    case = LayoutCase(
-        2,
-        MEDIUM_LEVELS,
-        counts,
-        counts == (4, 4, 4),
-        4,
-        16,
-        300,
-        mode,
-        align_corners,
-        dtype,
-        2024,
-        0.1,
-        0.01,
-        0.01,
-    )
+def test_thread_count_does_not_change_results(restore_threads, dtype, mode, align_corners,
+                                              counts):
+    case = LayoutCase(2, MEDIUM_LEVELS, counts, counts == (4, 4, 4), 4, 16, 300, mode,
+                      align_corners, dtype, 2024, 0.1, 0.01, 0.01)
     x = placed(make_layout_inputs(case), case, dtype)
     msdacore.set_num_threads(1)
     one = lib_run(x, case.points_per_level, mode, align_corners)
@@ -1087,9 +836,8 @@ def test_thread_count_does_not_change_results(restore_threads, dtype, mode, alig
 
 @needs_api
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize(
-    "what,kwargs_changes,array_changes", _bad_inputs(), ids=[b[0] for b in _bad_inputs()]
-)
+@pytest.mark.parametrize("what,kwargs_changes,array_changes", _bad_inputs(),
+                         ids=[b[0] for b in _bad_inputs()])
 def test_bad_inputs(dtype, what, kwargs_changes, array_changes):
     x, kw = _apply_bad(_bad_problem(dtype), kwargs_changes, array_changes)
     with pytest.raises(ValueError):
@@ -1100,23 +848,12 @@ def test_bad_inputs(dtype, what, kwargs_changes, array_changes):
 
 @needs_api
 @pytest.mark.parametrize("mode", ["bilinear", "discrete"])
-@pytest.mark.parametrize(
-    "changes",
-    [
-        dict(value=np.float32),
-        dict(sampling_locations=np.float32),
-        dict(attention_weights=np.float32),
-        dict(grad_output=np.float32),
-        dict(value=np.int32),
-        dict(
-            value=np.int64,
-            sampling_locations=np.int64,
-            attention_weights=np.int64,
-            grad_output=np.int64,
-        ),
-    ],
-    ids=["value32", "loc32", "attn32", "grad32", "value-int32", "all-int64"],
-)
+@pytest.mark.parametrize("changes", [
+    dict(value=np.float32), dict(sampling_locations=np.float32),
+    dict(attention_weights=np.float32), dict(grad_output=np.float32), dict(value=np.int32),
+    dict(value=np.int64, sampling_locations=np.int64, attention_weights=np.int64,
+         grad_output=np.int64),
+], ids=["value32", "loc32", "attn32", "grad32", "value-int32", "all-int64"])
 def test_bad_dtypes(mode, changes):
     x = _bad_problem(np.float64)
     for k, dtype in changes.items():
@@ -1139,9 +876,8 @@ def test_bad_error_messages_name_the_problem():
     with pytest.raises(ValueError, match="mode"):
         msdacore.ms_deform_attn(*_args(x), points_per_level=[2, 3], mode="nearest")
     with pytest.raises(ValueError, match="align_corners"):
-        msdacore.ms_deform_attn(
-            *_args(x), points_per_level=[2, 3], mode="discrete", align_corners=True
-        )
+        msdacore.ms_deform_attn(*_args(x), points_per_level=[2, 3], mode="discrete",
+                                align_corners=True)
 
 
 # ============================================================================= msdacore.torch
@@ -1154,23 +890,15 @@ def _torch_inputs(x, requires_grad=True):
     return t
 
 
-def torch_run(
-    t, points_per_level, mode, align_corners, deterministic=False, starts=True, shapes=None
-):
-    out = mt.ms_deform_attn(
-        t["value"],
-        t["spatial_shapes"] if shapes is None else shapes,
-        t["level_start_index"] if starts else None,
-        t["sampling_locations"],
-        t["attention_weights"],
-        align_corners=align_corners,
-        deterministic=deterministic,
-        points_per_level=points_per_level,
-        mode=mode,
-    )
-    grads = torch.autograd.grad(
-        out, (t["value"], t["sampling_locations"], t["attention_weights"]), t["grad_output"]
-    )
+def torch_run(t, points_per_level, mode, align_corners, deterministic=False, starts=True,
+              shapes=None):
+    out = mt.ms_deform_attn(t["value"], t["spatial_shapes"] if shapes is None else shapes,
+                            t["level_start_index"] if starts else None,
+                            t["sampling_locations"], t["attention_weights"],
+                            align_corners=align_corners, deterministic=deterministic,
+                            points_per_level=points_per_level, mode=mode)
+    grads = torch.autograd.grad(out, (t["value"], t["sampling_locations"],
+                                      t["attention_weights"]), t["grad_output"])
     return tuple(r.detach().numpy() for r in (out,) + tuple(grads))
 
 
@@ -1186,27 +914,19 @@ def test_torch_matches_reference(case):
 
 
 @needs_torch
-@pytest.mark.parametrize(
-    "mode,align_corners", [("bilinear", False), ("bilinear", True), ("discrete", False)]
-)
+@pytest.mark.parametrize("mode,align_corners", [("bilinear", False), ("bilinear", True),
+                                                ("discrete", False)])
 def test_torch_argument_forms(mode, align_corners):
     """level_start_index None and spatial_shapes as a list give the same bits, and match
     the NumPy API."""
     levels, counts = ((4, 5), (1, 1), (2, 3)), (3, 6, 3)
-    case = LayoutCase(
-        2, levels, counts, False, 2, 5, 6, mode, align_corners, np.float64, 9, 0.1, 0.05, 0.05
-    )
+    case = LayoutCase(2, levels, counts, False, 2, 5, 6, mode, align_corners, np.float64, 9,
+                      0.1, 0.05, 0.05)
     x = make_layout_inputs(case)
     full = torch_run(_torch_inputs(x), list(counts), mode, align_corners)
     no_starts = torch_run(_torch_inputs(x), list(counts), mode, align_corners, starts=False)
-    as_list = torch_run(
-        _torch_inputs(x),
-        counts,
-        mode,
-        align_corners,
-        starts=False,
-        shapes=[list(s) for s in levels],
-    )
+    as_list = torch_run(_torch_inputs(x), counts, mode, align_corners, starts=False,
+                        shapes=[list(s) for s in levels])
     numpy_api = lib_run(x, list(counts), mode, align_corners)
     assert_same_bits(full, no_starts, "level_start_index=None")
     assert_same_bits(full, as_list, "spatial_shapes as a list")
@@ -1214,81 +934,44 @@ def test_torch_argument_forms(mode, align_corners):
 
 
 @needs_torch
-@pytest.mark.parametrize(
-    "mode,align_corners", [("bilinear", False), ("bilinear", True), ("discrete", False)]
-)
+@pytest.mark.parametrize("mode,align_corners", [("bilinear", False), ("bilinear", True),
+                                                ("discrete", False)])
 @pytest.mark.parametrize("counts", [(2, 1), (1, 3)])
 def test_torch_gradcheck(mode, align_corners, counts):
     rng = np.random.default_rng(sum(counts) + align_corners)
     levels = ((3, 2), (1, 2))
-    case = LayoutCase(
-        1, levels, counts, False, 2, 2, 2, mode, align_corners, np.float64, 41, 0.0, 0.0, 0.0
-    )
+    case = LayoutCase(1, levels, counts, False, 2, 2, 2, mode, align_corners, np.float64, 41,
+                      0.0, 0.0, 0.0)
     x = make_layout_inputs(case)
-    move_off_integers_flat(
-        x["sampling_locations"],
-        levels,
-        counts,
-        align_corners if mode == "bilinear" else False,
-        rng,
-        1e-2,
-    )
+    move_off_integers_flat(x["sampling_locations"], levels, counts,
+                           align_corners if mode == "bilinear" else False, rng, 1e-2)
     t = _torch_inputs(x)
     shapes, starts = t["spatial_shapes"], t["level_start_index"]
 
     def f(value, loc, attn):
-        return mt.ms_deform_attn(
-            value,
-            shapes,
-            starts,
-            loc,
-            attn,
-            align_corners=align_corners,
-            points_per_level=list(counts),
-            mode=mode,
-        )
+        return mt.ms_deform_attn(value, shapes, starts, loc, attn, align_corners=align_corners,
+                                 points_per_level=list(counts), mode=mode)
 
     assert torch.autograd.gradcheck(
-        f, (t["value"], t["sampling_locations"], t["attention_weights"]), eps=1e-6, atol=1e-7
-    )
+        f, (t["value"], t["sampling_locations"], t["attention_weights"]), eps=1e-6, atol=1e-7)
 
 
 @needs_torch
 def test_torch_gradients_in_the_layout_given():
-    x = make_layout_inputs(
-        LayoutCase(
-            2,
-            ((3, 3), (2, 2)),
-            (2, 2),
-            False,
-            2,
-            3,
-            4,
-            "bilinear",
-            False,
-            np.float64,
-            2,
-            0.0,
-            0.0,
-            0.0,
-        )
-    )
+    x = make_layout_inputs(LayoutCase(2, ((3, 3), (2, 2)), (2, 2), False, 2, 3, 4, "bilinear",
+                                      False, np.float64, 2, 0.0, 0.0, 0.0))
     flat = torch_run(_torch_inputs(x), [2, 2], "bilinear", False)
     assert flat[2].shape == (2, 4, 2, 4, 2) and flat[3].shape == (2, 4, 2, 4)
     u = to_uniform(x, 2)
     uni = torch_run(_torch_inputs(u), None, "bilinear", False)
     assert uni[2].shape == (2, 4, 2, 2, 2, 2) and uni[3].shape == (2, 4, 2, 2, 2)
-    assert_same_bits(
-        flat,
-        (uni[0], uni[1], uni[2].reshape(flat[2].shape), uni[3].reshape(flat[3].shape)),
-        "flattened vs uniform",
-    )
+    assert_same_bits(flat, (uni[0], uni[1], uni[2].reshape(flat[2].shape),
+                            uni[3].reshape(flat[3].shape)), "flattened vs uniform")
 
 
 @needs_torch
-@pytest.mark.parametrize(
-    "what,kwargs_changes,array_changes", _bad_inputs(), ids=[b[0] for b in _bad_inputs()]
-)
+@pytest.mark.parametrize("what,kwargs_changes,array_changes", _bad_inputs(),
+                         ids=[b[0] for b in _bad_inputs()])
 def test_torch_bad_inputs(what, kwargs_changes, array_changes):
     x, kw = _apply_bad(_bad_problem(), kwargs_changes, array_changes)
     t = _torch_inputs(x, requires_grad=False)

@@ -15,27 +15,11 @@ from strategies import Case, backward_args, forward_args, make_inputs
 
 import msdacore
 
-CASE = Case(
-    N=1,
-    levels=((12, 16), (6, 8), (3, 4)),
-    M=2,
-    D=8,
-    P=2,
-    Lq=30,
-    align_corners=False,
-    dtype=np.float32,
-    seed=7,
-    special_fraction=0.1,
-    nonfinite_fraction=0.02,
-)
-NAMES = (
-    "value",
-    "spatial_shapes",
-    "level_start_index",
-    "sampling_locations",
-    "attention_weights",
-    "grad_output",
-)
+CASE = Case(N=1, levels=((12, 16), (6, 8), (3, 4)), M=2, D=8, P=2, Lq=30,
+            align_corners=False, dtype=np.float32, seed=7, special_fraction=0.1,
+            nonfinite_fraction=0.02)
+NAMES = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
+         "attention_weights", "grad_output")
 
 
 def _rss_bytes():
@@ -74,8 +58,7 @@ needs_proc = pytest.mark.skipif(_rss_bytes() is None, reason="needs /proc/self/s
 # quarantine, so the resident set grows by design; the unsanitized run measures it.
 not_sanitized = pytest.mark.skipif(
     os.environ.get("MSDACORE_SANITIZED") == "1",
-    reason="ASan's quarantine keeps freed memory resident; RSS is measured by the plain run",
-)
+    reason="ASan's quarantine keeps freed memory resident; RSS is measured by the plain run")
 # A leak of even one small buffer per call over 4000 calls: D*M*Lq*4 bytes = 1.9 kB
 # per output, so 4000 leaked outputs are 7.7 MB; allocator noise is far below 4 MB.
 TOLERANCE = 4 << 20
@@ -130,7 +113,6 @@ def test_repeated_torch_calls_do_not_grow():
 
 
 # ---- DLPack capsules ---------------------------------------------------------------------
-
 
 class CountingProducer:
     """A foreign DLPack producer: wraps a NumPy array, and for each __dlpack__ call
@@ -217,9 +199,8 @@ def test_capsules_released_when_the_call_fails(bad):
     with pytest.raises((ValueError, TypeError)):
         msdacore.ms_deform_attn_backward(*args)
     with pytest.raises((ValueError, TypeError)):
-        msdacore.ms_deform_attn(*args[:5]) if bad != "object" else msdacore.ms_deform_attn(
-            *args[:4], object()
-        )
+        msdacore.ms_deform_attn(*args[:5]) if bad != "object" else \
+            msdacore.ms_deform_attn(*args[:4], object())
     for k, (exported, released) in _counts(producers).items():
         assert exported == released, f"{k}: {exported} capsules exported, {released} released"
 
@@ -265,16 +246,13 @@ def test_torch_tensors_are_released():
 
 # ---- no state left behind by failures ----------------------------------------------------
 
-
 def test_failed_calls_change_no_later_result():
     """A valid call gives the same bytes before and after a long series of failing
     calls of every kind (and the inputs are unchanged)."""
     inputs = make_inputs(dataclasses.replace(CASE, dtype=np.float64, align_corners=True))
     saved = {k: v.copy() for k, v in inputs.items()}
-    before = [
-        msdacore.ms_deform_attn(*forward_args(inputs), align_corners=True),
-        *msdacore.ms_deform_attn_backward(*backward_args(inputs), align_corners=True),
-    ]
+    before = [msdacore.ms_deform_attn(*forward_args(inputs), align_corners=True),
+              *msdacore.ms_deform_attn_backward(*backward_args(inputs), align_corners=True)]
     bads = [
         dict(inputs, value=inputs["value"][..., :0]),
         dict(inputs, value=inputs["value"].astype(np.float32)),
@@ -289,10 +267,8 @@ def test_failed_calls_change_no_later_result():
         for bad in bads:
             with pytest.raises((ValueError, TypeError)):
                 msdacore.ms_deform_attn_backward(*backward_args(bad), align_corners=True)
-    after = [
-        msdacore.ms_deform_attn(*forward_args(inputs), align_corners=True),
-        *msdacore.ms_deform_attn_backward(*backward_args(inputs), align_corners=True),
-    ]
+    after = [msdacore.ms_deform_attn(*forward_args(inputs), align_corners=True),
+             *msdacore.ms_deform_attn_backward(*backward_args(inputs), align_corners=True)]
     for b, a in zip(before, after):
         assert b.tobytes() == a.tobytes()
     for k, v in saved.items():

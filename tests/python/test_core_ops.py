@@ -72,9 +72,8 @@ def _check(results, placed, inputs64, case, dtype, which="both", what=""):
         cpu = place(inputs64, "cpu", dtype)
         expected.append(("CPU backend: ", run(cpu, case.align_corners, which=which)))
     for source, exp in expected:
-        assert_results_close(
-            results, exp, inputs64, case.levels, case.align_corners, dtype, what + source, names
-        )
+        assert_results_close(results, exp, inputs64, case.levels, case.align_corners, dtype,
+                             what + source, names)
 
 
 def _exactly_scaled(got, base, factor, dtype, what):
@@ -82,13 +81,12 @@ def _exactly_scaled(got, base, factor, dtype, what):
     float32 sum to a float16 subnormal does not commute with doubling."""
     got, want = host64(got), factor * host64(base)
     if dtype == "float16":
-        keep = np.abs(want) >= 2.0**-13
+        keep = np.abs(want) >= 2.0 ** -13
         got, want = got[keep], want[keep]
     np.testing.assert_array_equal(got, want, err_msg=what)
 
 
 # ----------------------------------------------------------------------------- forward
-
 
 @pytest.mark.parametrize("device,dtype", ALL)
 @capped_examples
@@ -109,12 +107,8 @@ def test_forward_is_linear_in_value_and_weights(device, dtype, case):
     placed, _ = problem(case, device, dtype)
     v, a = placed["value"], placed["attention_weights"]
     out = forward(placed, case.align_corners)
-    for changes, factor in (
-        ({"value": 2 * v}, 2),
-        ({"attention_weights": 2 * a}, 2),
-        ({"value": -v}, -1),
-        ({"attention_weights": -a}, -1),
-    ):
+    for changes, factor in (({"value": 2 * v}, 2), ({"attention_weights": 2 * a}, 2),
+                            ({"value": -v}, -1), ({"attention_weights": -a}, -1)):
         got = forward(dict(placed, **changes), case.align_corners)
         _exactly_scaled(got, out, factor, dtype, f"{list(changes)} x {factor}")
 
@@ -127,19 +121,15 @@ def test_forward_skips_nonfinite_and_out_of_range_points(device, dtype):
     if dtype == "float64":
         points.append([-1 / 6, 0.5])
     Lq = len(points)
-    inputs = dict(
-        value=np.ones((1, 6, 1, 3)),
-        spatial_shapes=np.array([[2, 3]]),
-        level_start_index=np.array([0]),
-        sampling_locations=np.array(points).reshape(1, Lq, 1, 1, 1, 2),
-        attention_weights=np.full((1, Lq, 1, 1, 1), 3.0),
-    )
+    inputs = dict(value=np.ones((1, 6, 1, 3)), spatial_shapes=np.array([[2, 3]]),
+                  level_start_index=np.array([0]),
+                  sampling_locations=np.array(points).reshape(1, Lq, 1, 1, 1, 2),
+                  attention_weights=np.full((1, Lq, 1, 1, 1), 3.0))
     out = forward(place(inputs, device, dtype))
     np.testing.assert_array_equal(host64(out), 0.0)
 
 
 # ----------------------------------------------------------------------------- backward
-
 
 @pytest.mark.parametrize("device,dtype", ALL)
 @capped_examples
@@ -182,15 +172,13 @@ def test_backward_is_linear_in_grad_output(device, dtype, case):
     exactly 2 (deterministic mode: CUDA's atomic additions have no fixed order)."""
     placed, _ = problem(case, device, dtype)
     once = backward(placed, case.align_corners, deterministic=True)
-    twice = backward(
-        dict(placed, grad_output=2 * placed["grad_output"]), case.align_corners, deterministic=True
-    )
+    twice = backward(dict(placed, grad_output=2 * placed["grad_output"]), case.align_corners,
+                     deterministic=True)
     for name, a, b in zip(RESULTS[1:], once, twice):
         _exactly_scaled(b, a, 2, dtype, name)
 
 
 # ----------------------------------------------------------------------------- both, by shape
-
 
 def _check_both_modes(case, device, dtype, what=""):
     placed, inputs64 = problem(case, device, dtype)
@@ -204,38 +192,17 @@ def _check_both_modes(case, device, dtype, what=""):
 @pytest.mark.parametrize("device,dtype", ALL)
 def test_larger_problem(device, dtype, D, align_corners):
     """Channel counts past one register chunk (and odd remainders), bigger levels."""
-    case = Case(
-        N=2,
-        levels=((12, 17), (6, 9), (3, 5), (1, 2)),
-        M=4,
-        D=D,
-        P=4,
-        Lq=60,
-        align_corners=align_corners,
-        dtype=np.float64,
-        seed=D,
-        special_fraction=0.1,
-        nonfinite_fraction=0.02,
-    )
+    case = Case(N=2, levels=((12, 17), (6, 9), (3, 5), (1, 2)), M=4, D=D, P=4, Lq=60,
+                align_corners=align_corners, dtype=np.float64, seed=D, special_fraction=0.1,
+                nonfinite_fraction=0.02)
     _check_both_modes(case, device, dtype)
 
 
 @pytest.mark.parametrize("D", [1, 3, 8, 33, 129, 300])
 @pytest.mark.parametrize("device,dtype", ALL)
 def test_any_channel_count(device, dtype, D):
-    case = Case(
-        N=1,
-        levels=((7, 5), (2, 3)),
-        M=2,
-        D=D,
-        P=2,
-        Lq=9,
-        align_corners=False,
-        dtype=np.float64,
-        seed=D,
-        special_fraction=0.1,
-        nonfinite_fraction=0.0,
-    )
+    case = Case(N=1, levels=((7, 5), (2, 3)), M=2, D=D, P=2, Lq=9, align_corners=False,
+                dtype=np.float64, seed=D, special_fraction=0.1, nonfinite_fraction=0.0)
     _check_both_modes(case, device, dtype, f"D={D} ")
 
 
@@ -243,38 +210,17 @@ def test_any_channel_count(device, dtype, D):
 def test_many_levels(device, dtype):
     """More than 8 levels (CUDA keeps up to 8 in constant memory, more in a device table)."""
     levels = tuple((1 + l % 4, 2 + l % 3) for l in range(11))
-    case = Case(
-        N=2,
-        levels=levels,
-        M=2,
-        D=8,
-        P=2,
-        Lq=7,
-        align_corners=False,
-        dtype=np.float64,
-        seed=9,
-        special_fraction=0.1,
-        nonfinite_fraction=0.05,
-    )
+    case = Case(N=2, levels=levels, M=2, D=8, P=2, Lq=7, align_corners=False,
+                dtype=np.float64, seed=9, special_fraction=0.1, nonfinite_fraction=0.05)
     _check_both_modes(case, device, dtype, "11 levels: ")
 
 
 @pytest.mark.parametrize("N,Lq", [(0, 5), (2, 0), (0, 0)])
 @pytest.mark.parametrize("device,dtype", ALL)
 def test_empty_batch_or_queries(device, dtype, N, Lq):
-    case = Case(
-        N=N,
-        levels=((4, 5), (3, 3), (1, 1), (2, 6)),
-        M=3,
-        D=7,
-        P=3,
-        Lq=Lq,
-        align_corners=False,
-        dtype=np.float64,
-        seed=11,
-        special_fraction=0.1,
-        nonfinite_fraction=0.05,
-    )
+    case = Case(N=N, levels=((4, 5), (3, 3), (1, 1), (2, 6)), M=3, D=7, P=3, Lq=Lq,
+                align_corners=False, dtype=np.float64, seed=11, special_fraction=0.1,
+                nonfinite_fraction=0.05)
     placed, inputs64 = problem(case, device, dtype)
     for deterministic in (False, True):
         results = run(placed, deterministic=deterministic)
@@ -289,19 +235,8 @@ def test_empty_batch_or_queries(device, dtype, N, Lq):
 def test_strided_inputs(device, dtype, layout, deterministic):
     """value as a (N, M, S, D) array seen as (N, S, M, D); every float input with doubled
     strides; or value starting one element into its buffer (no 16-byte vector loads)."""
-    case = Case(
-        N=2,
-        levels=((5, 6), (3, 4)),
-        M=3,
-        D=16,
-        P=3,
-        Lq=11,
-        align_corners=True,
-        dtype=np.float64,
-        seed=3,
-        special_fraction=0.1,
-        nonfinite_fraction=0.05,
-    )
+    case = Case(N=2, levels=((5, 6), (3, 4)), M=3, D=16, P=3, Lq=11, align_corners=True,
+                dtype=np.float64, seed=3, special_fraction=0.1, nonfinite_fraction=0.05)
     placed, inputs64 = problem(case, device, dtype)
     if layout == "misaligned":
         placed["value"] = restrided(placed["value"], "misaligned")
@@ -318,7 +253,6 @@ def test_strided_inputs(device, dtype, layout, deterministic):
 
 
 # ----------------------------------------------------------------------------- determinism
-
 
 @pytest.mark.parametrize("device,dtype", ALL)
 def test_forward_is_reproducible(device, dtype):
@@ -339,16 +273,8 @@ def test_deterministic_keyword(device, dtype):
     assert_same_bits(atomic[1:], ordered[1:], "deterministic=False vs True")
     if device == "cpu":
         assert_same_bits(atomic, ordered, "deterministic=False vs True")
-    assert_results_close(
-        atomic[:1],
-        ordered[:1],
-        rounded(placed),
-        case.levels,
-        False,
-        dtype,
-        "atomic vs deterministic: ",
-        names=RESULTS[1:2],
-    )
+    assert_results_close(atomic[:1], ordered[:1], rounded(placed), case.levels, False, dtype,
+                         "atomic vs deterministic: ", names=RESULTS[1:2])
 
 
 # ----------------------------------------------------------------------------- finite differences
@@ -386,9 +312,8 @@ def _probe_indices(rng, shape, limit):
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize(
-    "config", FD_CONFIGS, ids=lambda c: f"N{c[0]}L{len(c[1])}M{c[2]}D{c[3]}P{c[4]}Lq{c[5]}"
-)
+@pytest.mark.parametrize("config", FD_CONFIGS,
+                         ids=lambda c: f"N{c[0]}L{len(c[1])}M{c[2]}D{c[3]}P{c[4]}Lq{c[5]}")
 @pytest.mark.parametrize("device,dtype", FLOAT64)
 def test_gradients_match_finite_differences(device, dtype, config, align_corners):
     """Central differences in float64 through the backend's own forward, against its
@@ -408,11 +333,9 @@ def test_gradients_match_finite_differences(device, dtype, config, align_corners
 
     # A 1e-6 step moves a pixel coordinate by at most 6e-6, well inside the 1e-2 margin
     # kept from integers.
-    for name, step, limit in (
-        ("value", 1e-3, MAX_PROBES),
-        ("attention_weights", 1e-3, MAX_PROBES),
-        ("sampling_locations", 1e-6, None),
-    ):
+    for name, step, limit in (("value", 1e-3, MAX_PROBES),
+                              ("attention_weights", 1e-3, MAX_PROBES),
+                              ("sampling_locations", 1e-6, None)):
         x = p[name]
         indices = _probe_indices(rng, x.shape, limit if limit is not None else x.size)
         numeric = np.array([central_difference(loss, x, index, step) for index in indices])

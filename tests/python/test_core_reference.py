@@ -53,9 +53,8 @@ def test_align_corners_corners_and_midpoints():
     loc = loc.reshape(1, 6, 1, 1, 1, 2)
     attn = np.full((1, 6, 1, 1, 1), 2.0)
     out = ref.ms_deform_attn(v, [[H, W]], [0], loc, attn, align_corners=True)
-    np.testing.assert_allclose(
-        out.ravel(), 2.0 * np.array([1, 2, 3, 4, 2.5, 1.5]), rtol=0, atol=1e-14
-    )
+    np.testing.assert_allclose(out.ravel(), 2.0 * np.array([1, 2, 3, 4, 2.5, 1.5]), rtol=0,
+                               atol=1e-14)
 
 
 def test_zero_padding_and_skip_rule():
@@ -76,9 +75,8 @@ def test_zero_padding_and_skip_rule():
     attn = np.ones((1, len(pts), 1, 1, 1))
     out = ref.ms_deform_attn(value, [[1, 1]], [0], loc, attn)
     np.testing.assert_array_equal(out.ravel(), [p[2] for p in pts])
-    gv, gl, ga = ref.ms_deform_attn_backward(
-        value, [[1, 1]], [0], loc, attn, np.ones((1, len(pts), 1))
-    )
+    gv, gl, ga = ref.ms_deform_attn_backward(value, [[1, 1]], [0], loc, attn,
+                                             np.ones((1, len(pts), 1)))
     assert np.all(np.isfinite(gv)) and np.all(np.isfinite(gl)) and np.all(np.isfinite(ga))
     np.testing.assert_array_equal(gl[0, 4:], 0.0)
     np.testing.assert_array_equal(ga[0, 4:], 0.0)
@@ -98,9 +96,8 @@ def test_skipped_samples_ignore_nonfinite_weights():
 def test_empty_batch_and_queries():
     rng = np.random.default_rng(0)
     for N, Lq in ((0, 5), (2, 0), (0, 0)):
-        value, shapes, starts, loc, attn, go = _random_problem(
-            rng, N, [(3, 2), (1, 1)], 2, 3, 2, Lq, False
-        )
+        value, shapes, starts, loc, attn, go = _random_problem(rng, N, [(3, 2), (1, 1)], 2, 3, 2,
+                                                               Lq, False)
         out = ref.ms_deform_attn(value, shapes, starts, loc, attn)
         assert out.shape == (N, Lq, 6) and out.dtype == np.float64
         gv, gl, ga = ref.ms_deform_attn_backward(value, shapes, starts, loc, attn, go)
@@ -136,18 +133,15 @@ def _loss(value, shapes, starts, loc, attn, go, align_corners):
 def test_finite_differences(align_corners):
     rng = np.random.default_rng(7 + align_corners)
     value, shapes, starts, loc, attn, go = _random_problem(
-        rng, 2, FD_LEVELS, 2, 3, 2, 4, align_corners
-    )
+        rng, 2, FD_LEVELS, 2, 3, 2, 4, align_corners)
     gv, gl, ga = ref.ms_deform_attn_backward(value, shapes, starts, loc, attn, go, align_corners)
     f = lambda: _loss(value, shapes, starts, loc, attn, go, align_corners)  # noqa: E731
 
     # Points moved at least 1e-2 pixel off integers; a 1e-6 step moves them at most
     # 5e-6 pixel, inside one cell, where the loss is linear in each coordinate.
-    for name, x, analytic, step in (
-        ("value", value, gv, 1e-3),
-        ("attention_weights", attn, ga, 1e-3),
-        ("sampling_locations", loc, gl, 1e-6),
-    ):
+    for name, x, analytic, step in (("value", value, gv, 1e-3),
+                                    ("attention_weights", attn, ga, 1e-3),
+                                    ("sampling_locations", loc, gl, 1e-6)):
         numeric = np.zeros_like(x)
         for index in np.ndindex(x.shape):
             numeric[index] = central_difference(f, x, index, step)
@@ -170,12 +164,11 @@ def _grid_sample_composition(torch, value, shapes, loc, attn, align_corners):
     total = torch.zeros((N * M, D, Lq), dtype=value.dtype)
     start = 0
     for l, (H, W) in enumerate(shapes):
-        v = value[:, start : start + H * W].permute(0, 2, 3, 1).reshape(N * M, D, H, W)
+        v = value[:, start:start + H * W].permute(0, 2, 3, 1).reshape(N * M, D, H, W)
         start += H * W
         grid = 2 * loc[:, :, :, l].permute(0, 2, 1, 3, 4).reshape(N * M, Lq, P, 2) - 1
-        sampled = F.grid_sample(
-            v, grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners
-        )  # (N*M, D, Lq, P)
+        sampled = F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=align_corners)  # (N*M, D, Lq, P)
         a = attn[:, :, :, l].permute(0, 2, 1, 3).reshape(N * M, 1, Lq, P)
         total = total + (sampled * a).sum(-1)
     return total.reshape(N, M * D, Lq).transpose(1, 2).contiguous()
@@ -198,8 +191,7 @@ def test_against_torch_grid_sample(align_corners, seed):
     rng = np.random.default_rng(100 + seed)
     levels = [(5, 7), (1, 1), (3, 1), (1, 4), (6, 6)]
     value, shapes, starts, loc, attn, go = _random_problem(
-        rng, 2, levels, 3, 5, 3, 11, align_corners, off_integers=False
-    )
+        rng, 2, levels, 3, 5, 3, 11, align_corners, off_integers=False)
     # Keep clear of the h = -1 / w = -1 boundaries, where grid_sample and SPEC may
     # legitimately differ (measure zero, but keep the check honest).
     h_scale = np.array([h - 1 if align_corners else h for h, _ in levels], dtype=np.float64)
@@ -218,12 +210,10 @@ def test_against_torch_grid_sample(align_corners, seed):
     tout = _grid_sample_composition(torch, tv, levels, tl, ta, align_corners)
     tout.backward(torch.tensor(go))
 
-    for name, mine, theirs in (
-        ("output", out, tout.detach().numpy()),
-        ("grad_value", gv, tv.grad.numpy()),
-        ("grad_sampling_locations", gl, tl.grad.numpy()),
-        ("grad_attention_weights", ga, ta.grad.numpy()),
-    ):
+    for name, mine, theirs in (("output", out, tout.detach().numpy()),
+                               ("grad_value", gv, tv.grad.numpy()),
+                               ("grad_sampling_locations", gl, tl.grad.numpy()),
+                               ("grad_attention_weights", ga, ta.grad.numpy())):
         scale = np.max(np.abs(theirs))
         assert scale > 0, name
         err = np.max(np.abs(mine - theirs)) / scale

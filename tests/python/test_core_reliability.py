@@ -19,40 +19,21 @@ import msdacore
 
 def _small(dtype=np.float32):
     rng = np.random.default_rng(0)
-    return (
-        rng.standard_normal((1, 12, 2, 4)).astype(dtype),
-        [[3, 4]],
-        [0],
-        rng.uniform(0, 1, (1, 3, 2, 1, 2, 2)).astype(dtype),
-        rng.uniform(0, 1, (1, 3, 2, 1, 2)).astype(dtype),
-    )
+    return (rng.standard_normal((1, 12, 2, 4)).astype(dtype), [[3, 4]], [0],
+            rng.uniform(0, 1, (1, 3, 2, 1, 2, 2)).astype(dtype),
+            rng.uniform(0, 1, (1, 3, 2, 1, 2)).astype(dtype))
 
 
 TESTS_DIR = str(pathlib.Path(__file__).resolve().parent)
 
 
 def _run(code: str, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize(
-    "dtype",
-    [
-        object,
-        "U3",
-        "S3",
-        "datetime64[s]",
-        "timedelta64[s]",
-        [("a", np.float32)],
-        "V4",
-        np.longdouble,
-    ],
-)
+@pytest.mark.parametrize("dtype", [object, "U3", "S3", "datetime64[s]", "timedelta64[s]",
+                                   [("a", np.float32)], "V4", np.longdouble])
 @pytest.mark.parametrize("arg", [0, 3, 4])
 def test_numpy_dtypes_dlpack_cannot_carry_raise_type_error(dtype, arg):
     args = list(_small())
@@ -91,7 +72,7 @@ def test_thread_count_must_be_an_int(n):
         msdacore.set_num_threads(n)
 
 
-@pytest.mark.parametrize("n", [2**31, -(2**31) - 1, 10**30, 0, 1025])
+@pytest.mark.parametrize("n", [2**31, -2**31 - 1, 10**30, 0, 1025])
 def test_thread_count_out_of_range_is_a_value_error(n):
     with pytest.raises(ValueError, match="between 1 and 1024"):
         msdacore.set_num_threads(n)
@@ -113,11 +94,8 @@ def test_outputs_too_large_raise_memory_error_naming_them():
 def test_producer_whose_dlpack_raises_gives_type_error(error):
     args = list(_small())
     args[0] = RefusingProducer(error)
-    with pytest.raises(
-        TypeError,
-        match=r"value cannot be exported through DLPack: its "
-        r"__dlpack__ raised",
-    ):
+    with pytest.raises(TypeError, match=r"value cannot be exported through DLPack: its "
+                                        r"__dlpack__ raised"):
         msdacore.ms_deform_attn(*args)
 
 
@@ -163,17 +141,14 @@ def test_nested_torch_tensors_give_type_error():
     with pytest.raises((TypeError, ValueError)):
         msdacore.ms_deform_attn(*args)
     import msdacore.torch as mt
-
     with pytest.raises((TypeError, ValueError)):
-        mt.ms_deform_attn(
-            nested, [[3, 4]], [0], torch.from_numpy(args[3]), torch.from_numpy(args[4])
-        )
+        mt.ms_deform_attn(nested, [[3, 4]], [0], torch.from_numpy(args[3]),
+                          torch.from_numpy(args[4]))
 
 
 def test_fork_after_a_parallel_call_does_not_hang():
     """GNU libgomp's pool does not survive fork(): the child starts at one thread."""
-    res = _run(
-        """
+    res = _run("""
         import os, sys
         import numpy as np
         import msdacore
@@ -191,16 +166,13 @@ def test_fork_after_a_parallel_call_does_not_hang():
             os._exit(0 if ok else 3)
         _, status = os.waitpid(pid, 0)
         sys.exit(os.waitstatus_to_exitcode(status))
-    """,
-        timeout=60,
-    )
+    """, timeout=60)
     assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
 
 
 def test_dataloader_workers_after_a_parallel_call():
     pytest.importorskip("torch")
-    res = _run(
-        """
+    res = _run("""
         import numpy as np, torch
         import msdacore
         import msdacore.torch as mt
@@ -223,9 +195,7 @@ def test_dataloader_workers_after_a_parallel_call():
         outs = list(loader)
         assert len(outs) == 4 and all(torch.equal(o, expected) for o in outs)
         print("ok")
-    """,
-        timeout=120,
-    )
+    """, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, (res.returncode, res.stderr[-2000:])
 
 
@@ -270,11 +240,10 @@ def test_inputs_of_two_frameworks_in_one_call():
     value, shapes, starts, loc, attn = _small(np.float64)
     grad = np.ones((1, 3, 8))
     expected = msdacore.ms_deform_attn_backward(value, shapes, starts, loc, attn, grad)
-    for args in (
-        (value, torch.from_numpy(loc), attn, grad),
-        (torch.from_numpy(value), loc, torch.from_numpy(attn), torch.from_numpy(grad)),
-    ):
-        grads = msdacore.ms_deform_attn_backward(args[0], shapes, starts, args[1], args[2], args[3])
+    for args in ((value, torch.from_numpy(loc), attn, grad),
+                 (torch.from_numpy(value), loc, torch.from_numpy(attn), torch.from_numpy(grad))):
+        grads = msdacore.ms_deform_attn_backward(args[0], shapes, starts, args[1], args[2],
+                                                 args[3])
         for g, e in zip(grads, expected):
             assert type(g) is type(args[0])
             assert np.array_equal(np.asarray(g), e)

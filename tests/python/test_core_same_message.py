@@ -28,10 +28,7 @@ def base() -> dict:
         level_start_index=np.array([0, 20], np.int64),
         sampling_locations=rng.uniform(0, 1, (N, Lq, M, len(LEVELS), P, 2)).astype(np.float32),
         attention_weights=rng.uniform(0, 1, (N, Lq, M, len(LEVELS), P)).astype(np.float32),
-        align_corners=False,
-        mode="bilinear",
-        points_per_level=None,
-    )
+        align_corners=False, mode="bilinear", points_per_level=None)
 
 
 def case(**changes):
@@ -40,7 +37,6 @@ def case(**changes):
         for name, change in changes.items():
             call[name] = change(call[name]) if callable(change) else change
         return call
-
     return make
 
 
@@ -63,18 +59,12 @@ BAD_CALLS = {
     "float_index": (case(spatial_shapes=np.array(LEVELS, np.float32)), False),
     "mode_name": (case(mode="nearest"), False),
     "discrete_align_corners": (case(mode="discrete", align_corners=True), False),
-    "zero_points_per_level": (
-        case(points_per_level=[0, 5], sampling_locations=LOC_FLAT, attention_weights=ATTN_FLAT),
-        False,
-    ),
-    "points_per_level_length": (
-        case(points_per_level=[5], sampling_locations=LOC_FLAT, attention_weights=ATTN_FLAT),
-        False,
-    ),
-    "flattened_total": (
-        case(points_per_level=[2, 2], sampling_locations=LOC_FLAT, attention_weights=ATTN_FLAT),
-        False,
-    ),
+    "zero_points_per_level": (case(points_per_level=[0, 5], sampling_locations=LOC_FLAT,
+                                   attention_weights=ATTN_FLAT), False),
+    "points_per_level_length": (case(points_per_level=[5], sampling_locations=LOC_FLAT,
+                                     attention_weights=ATTN_FLAT), False),
+    "flattened_total": (case(points_per_level=[2, 2], sampling_locations=LOC_FLAT,
+                             attention_weights=ATTN_FLAT), False),
     "level_starts": (case(level_start_index=np.array([0, 19], np.int64)), True),
     "tokens": (case(spatial_shapes=np.array([(4, 5), (2, 2)], np.int64)), True),
     "empty_level": (case(spatial_shapes=np.array([(4, 5), (0, 3)], np.int64)), True),
@@ -95,40 +85,20 @@ def expected():
 def test_the_table_is_large_and_its_messages_name_arguments(expected):
     assert len(expected) >= 12
     for _error_type, message in expected.values():
-        assert any(
-            name in message
-            for name in (
-                "value",
-                "sampling_locations",
-                "attention_weights",
-                "spatial_shapes",
-                "level_start_index",
-                "mode",
-                "points_per_level",
-                "align_corners",
-            )
-        )
+        assert any(name in message for name in ("value", "sampling_locations",
+                                                "attention_weights", "spatial_shapes",
+                                                "level_start_index", "mode", "points_per_level",
+                                                "align_corners"))
 
 
 # ---- torch --------------------------------------------------------------------------------
 
-
 def _torch_args(call, torch):
-    tensors = [
-        torch.from_numpy(np.ascontiguousarray(call[name]))
-        for name in (
-            "value",
-            "spatial_shapes",
-            "level_start_index",
-            "sampling_locations",
-            "attention_weights",
-        )
-    ]
-    return tensors, dict(
-        align_corners=call["align_corners"],
-        mode=call["mode"],
-        points_per_level=call["points_per_level"],
-    )
+    tensors = [torch.from_numpy(np.ascontiguousarray(call[name])) for name in
+               ("value", "spatial_shapes", "level_start_index", "sampling_locations",
+                "attention_weights")]
+    return tensors, dict(align_corners=call["align_corners"], mode=call["mode"],
+                         points_per_level=call["points_per_level"])
 
 
 @pytest.mark.parametrize("name", BAD_CALLS)
@@ -164,36 +134,21 @@ def test_torch_fake_tensors_give_the_same_message(name, expected):
 
 # ---- JAX ----------------------------------------------------------------------------------
 
-
 @pytest.mark.parametrize("name", BAD_CALLS)
 def test_jax_jit_gives_the_same_message(name, expected):
     jax = pytest.importorskip("jax")
     import msdacore.jax as mj
 
     call = BAD_CALLS[name][0]()
-    static = {
-        k: call.pop(k)
-        for k in (
-            "spatial_shapes",
-            "level_start_index",
-            "align_corners",
-            "mode",
-            "points_per_level",
-        )
-    }
+    static = {k: call.pop(k) for k in ("spatial_shapes", "level_start_index", "align_corners",
+                                       "mode", "points_per_level")}
 
     @jax.jit
     def run(value, sampling_locations, attention_weights):
-        return mj.ms_deform_attn(
-            value,
-            static["spatial_shapes"],
-            static["level_start_index"],
-            sampling_locations,
-            attention_weights,
-            align_corners=static["align_corners"],
-            mode=static["mode"],
-            points_per_level=static["points_per_level"],
-        )
+        return mj.ms_deform_attn(value, static["spatial_shapes"], static["level_start_index"],
+                                 sampling_locations, attention_weights,
+                                 align_corners=static["align_corners"], mode=static["mode"],
+                                 points_per_level=static["points_per_level"])
 
     with pytest.raises(expected[name][0]) as info:
         run(call["value"], call["sampling_locations"], call["attention_weights"])
@@ -202,31 +157,19 @@ def test_jax_jit_gives_the_same_message(name, expected):
 
 # ---- the C API ----------------------------------------------------------------------------
 
-
 class _Tensor(ctypes.Structure):  # msdacore_tensor
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("ndim", ctypes.c_int32),
-        ("shape", ctypes.c_int64 * 8),
-        ("strides", ctypes.c_int64 * 8),
-        ("dtype", ctypes.c_int32),
-        ("device_type", ctypes.c_int32),
-        ("device_index", ctypes.c_int32),
-    ]
+    _fields_ = [("data", ctypes.c_void_p), ("ndim", ctypes.c_int32),
+                ("shape", ctypes.c_int64 * 8), ("strides", ctypes.c_int64 * 8),
+                ("dtype", ctypes.c_int32), ("device_type", ctypes.c_int32),
+                ("device_index", ctypes.c_int32)]
 
 
 class _Options(ctypes.Structure):  # msdacore_options
-    _fields_ = [
-        ("struct_size", ctypes.c_int64),
-        ("align_corners", ctypes.c_int32),
-        ("stream", ctypes.c_void_p),
-        ("deterministic", ctypes.c_int32),
-        ("mode", ctypes.c_int32),
-        ("points_per_level", ctypes.POINTER(ctypes.c_int64)),
-        ("num_levels", ctypes.c_int64),
-        ("workspace", ctypes.c_void_p),
-        ("workspace_bytes", ctypes.c_int64),
-    ]
+    _fields_ = [("struct_size", ctypes.c_int64), ("align_corners", ctypes.c_int32),
+                ("stream", ctypes.c_void_p), ("deterministic", ctypes.c_int32),
+                ("mode", ctypes.c_int32), ("points_per_level", ctypes.POINTER(ctypes.c_int64)),
+                ("num_levels", ctypes.c_int64), ("workspace", ctypes.c_void_p),
+                ("workspace_bytes", ctypes.c_int64)]
 
 
 _P = ctypes.POINTER
@@ -290,16 +233,9 @@ def c_api_error(call):
         counts = (ctypes.c_int64 * len(call["points_per_level"]))(*call["points_per_level"])
         options.points_per_level = counts
         options.num_levels = len(call["points_per_level"])
-    arrays = [
-        np.ascontiguousarray(call[name])
-        for name in (
-            "value",
-            "spatial_shapes",
-            "level_start_index",
-            "sampling_locations",
-            "attention_weights",
-        )
-    ]
+    arrays = [np.ascontiguousarray(call[name]) for name in
+              ("value", "spatial_shapes", "level_start_index", "sampling_locations",
+               "attention_weights")]
     output = np.zeros((N, Lq, M * D), np.float32)
     tensors = [_tensor(a) for a in arrays + [output]]
     status = table.forward(*[ctypes.byref(t) for t in tensors], ctypes.byref(options))
@@ -311,8 +247,6 @@ def c_api_error(call):
 def test_c_api_gives_the_same_message(name, expected):
     call = BAD_CALLS[name][0]()
     if name == "points_per_level_length":
-        pytest.skip(
-            "the C API refuses options.num_levels against L before reading the "
-            "counts, in its own words (test_c_api.c)"
-        )
+        pytest.skip("the C API refuses options.num_levels against L before reading the "
+                    "counts, in its own words (test_c_api.c)")
     assert c_api_error(call) == expected[name]

@@ -11,19 +11,9 @@ from strategies import Case, forward_args, make_inputs
 
 import msdacore
 
-MEDIUM = Case(
-    N=2,
-    levels=((20, 24), (10, 12), (5, 6), (3, 3)),
-    M=4,
-    D=16,
-    P=4,
-    Lq=300,
-    align_corners=False,
-    dtype=np.float32,
-    seed=2024,
-    special_fraction=0.1,
-    nonfinite_fraction=0.01,
-)
+MEDIUM = Case(N=2, levels=((20, 24), (10, 12), (5, 6), (3, 3)), M=4, D=16, P=4, Lq=300,
+              align_corners=False, dtype=np.float32, seed=2024, special_fraction=0.1,
+              nonfinite_fraction=0.01)
 
 
 def test_set_and_get_num_threads(restore_threads):
@@ -90,14 +80,8 @@ def test_cpu_kernel_builds_give_identical_results(tmp_path):
     for isa in _isas():
         path = tmp_path / f"{isa}.npz"
         env = dict(os.environ, MSDACORE_CPU_ISA=isa)
-        run = subprocess.run(
-            [sys.executable, "-c", _ISA_SCRIPT, here, isa, str(path)],
-            env=env,
-            timeout=300,
-            cwd=here,
-            capture_output=True,
-            text=True,
-        )
+        run = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, here, isa, str(path)], env=env,
+                             timeout=300, cwd=here, capture_output=True, text=True)
         if run.returncode == 3:
             continue
         assert run.returncode == 0, f"{isa}: {run.stderr}"
@@ -137,9 +121,8 @@ def test_forward_corner_paths_give_identical_results(dtype):
     value_bad[:, 0, 0, 0] = np.inf
     value_bad[:, 0, 1, 0] = np.nan
     got = msdacore.ms_deform_attn(value_bad, *args[1:])
-    want = reference(
-        value_bad.astype(np.float64), *args[1:3], *(x.astype(np.float64) for x in args[3:])
-    )
+    want = reference(value_bad.astype(np.float64), *args[1:3],
+                     *(x.astype(np.float64) for x in args[3:]))
     assert np.array_equal(np.isnan(got), np.isnan(want))
     assert np.array_equal(np.isinf(got), np.isinf(want))
     finite = np.isfinite(want)

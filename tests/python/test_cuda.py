@@ -53,19 +53,8 @@ cuda = pytest.mark.cuda
 
 def _small(seed, **changes):
     """A small float64 problem without special locations."""
-    fields = dict(
-        N=1,
-        levels=((5, 4), (2, 2)),
-        M=2,
-        D=8,
-        P=2,
-        Lq=6,
-        align_corners=False,
-        dtype=np.float64,
-        seed=seed,
-        special_fraction=0.0,
-        nonfinite_fraction=0.0,
-    )
+    fields = dict(N=1, levels=((5, 4), (2, 2)), M=2, D=8, P=2, Lq=6, align_corners=False,
+                  dtype=np.float64, seed=seed, special_fraction=0.0, nonfinite_fraction=0.0)
     fields.update(changes)
     case = Case(**fields)
     return case, make_inputs(case)
@@ -75,19 +64,11 @@ def _assert_float32_close(got, inputs, align_corners=False, which="forward"):
     """got (a device's results) close, at the float32 tolerance, to the CPU backend's."""
     inputs32 = place(inputs, "cpu", "float32")
     levels = tuple(map(tuple, inputs["spatial_shapes"].tolist()))
-    assert_results_close(
-        got,
-        run(inputs32, align_corners, which=which),
-        rounded(inputs32),
-        levels,
-        align_corners,
-        "float32",
-        names=NAMES[which],
-    )
+    assert_results_close(got, run(inputs32, align_corners, which=which), rounded(inputs32),
+                         levels, align_corners, "float32", names=NAMES[which])
 
 
 # ----------------------------------------------------------------------------- GPU tests
-
 
 @cuda
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
@@ -109,7 +90,8 @@ def test_index_arrays_on_the_device_are_read_on_the_host():
     _, inputs = _small(2, levels=((4, 4), (2, 2)), Lq=5)
     g = place(inputs, "cuda", "float32")
     g["spatial_shapes"] = torch.from_numpy(inputs["spatial_shapes"]).cuda()
-    g["level_start_index"] = torch.from_numpy(inputs["level_start_index"]).to("cuda", torch.int32)
+    g["level_start_index"] = torch.from_numpy(inputs["level_start_index"]).to("cuda",
+                                                                               torch.int32)
     _assert_float32_close([forward(g)], inputs)
 
 
@@ -134,7 +116,8 @@ def test_inputs_on_different_devices():
 def test_runs_on_the_arrays_device():
     if torch.cuda.device_count() < 2:
         pytest.skip(f"needs two CUDA devices, torch sees {torch.cuda.device_count()}")
-    case, inputs = _small(8, N=2, levels=((6, 5), (3, 3)), D=16, P=3, Lq=13, special_fraction=0.1)
+    case, inputs = _small(8, N=2, levels=((6, 5), (3, 3)), D=16, P=3, Lq=13,
+                          special_fraction=0.1)
     torch.cuda.set_device(0)
     g = place(inputs, "cuda:1", "float32")
     for deterministic in (False, True):
@@ -207,19 +190,8 @@ def test_cupy_arrays_if_installed():
 
 # ----------------------------------------------------------------------------- CPU side
 
-BASE = Case(
-    N=2,
-    levels=((4, 5), (2, 3)),
-    M=2,
-    D=6,
-    P=2,
-    Lq=7,
-    align_corners=False,
-    dtype=np.float64,
-    seed=21,
-    special_fraction=0.1,
-    nonfinite_fraction=0.05,
-)
+BASE = Case(N=2, levels=((4, 5), (2, 3)), M=2, D=6, P=2, Lq=7, align_corners=False,
+            dtype=np.float64, seed=21, special_fraction=0.1, nonfinite_fraction=0.05)
 
 
 @pytest.mark.parametrize("stream", [None, 0, 1, 2, 123456])
@@ -285,12 +257,8 @@ def test_stream_handles():
 # A DLPack producer that claims CUDA memory: a legacy "dltensor" capsule built with ctypes,
 # whose data pointer is a host address nothing may read.
 
-_DL_CODES = {
-    np.dtype(np.float32): (2, 32),
-    np.dtype(np.float64): (2, 64),
-    np.dtype(np.float16): (2, 16),
-    np.dtype(np.int64): (0, 64),
-}
+_DL_CODES = {np.dtype(np.float32): (2, 32), np.dtype(np.float64): (2, 64),
+             np.dtype(np.float16): (2, 16), np.dtype(np.int64): (0, 64)}
 
 
 class FakeCudaArray:
@@ -332,10 +300,8 @@ class FakeCudaArray:
 def _fake_inputs(device=0, dtype=np.float32):
     case = dataclasses.replace(BASE, dtype=dtype)
     inputs = make_inputs(case)
-    return {
-        k: (FakeCudaArray(v.shape, v.dtype, device) if k in FLOATS else v)
-        for k, v in inputs.items()
-    }
+    return {k: (FakeCudaArray(v.shape, v.dtype, device) if k in FLOATS else v)
+            for k, v in inputs.items()}
 
 
 def _expected_device_message(device):
@@ -389,11 +355,8 @@ def test_fake_cuda_index_arrays_without_host_copy():
     inputs = make_inputs(BASE)
     g = dict(inputs)
     g["spatial_shapes"] = FakeCudaArray(inputs["spatial_shapes"].shape, np.int64)
-    with pytest.raises(
-        ValueError,
-        match="spatial_shapes is on cuda:0, but msdacore reads "
-        "spatial_shapes and level_start_index on the host",
-    ):
+    with pytest.raises(ValueError, match="spatial_shapes is on cuda:0, but msdacore reads "
+                                         "spatial_shapes and level_start_index on the host"):
         msdacore.ms_deform_attn(*forward_args(g))
 
 

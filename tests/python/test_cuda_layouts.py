@@ -48,9 +48,8 @@ def _both(shapes, starts, value, loc, attn, grad, **kw):
     for device in ("cpu", "cuda"):
         args = [x.to(device) for x in (value, loc, attn, grad)]
         o = msdacore.ms_deform_attn(args[0], shapes, starts, args[1], args[2], **kw)
-        gs = msdacore.ms_deform_attn_backward(
-            args[0], shapes, starts, args[1], args[2], args[3], **kw
-        )
+        gs = msdacore.ms_deform_attn_backward(args[0], shapes, starts, args[1], args[2],
+                                              args[3], **kw)
         out[device] = (o,) + tuple(gs)
     return out
 
@@ -61,20 +60,10 @@ def _both(shapes, starts, value, loc, attn, grad, **kw):
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_flattened_layout_and_modes_match_the_cpu(dtype, points, mode, deterministic):
     shapes, starts, value, loc, attn, grad = _problem(1, points, dtype, dtype)
-    got = _both(
-        shapes,
-        starts,
-        value,
-        loc,
-        attn,
-        grad,
-        points_per_level=points,
-        mode=mode,
-        deterministic=deterministic,
-    )
-    for name, c, g in zip(
-        ("output", "grad_value", "grad_loc", "grad_attn"), got["cpu"], got["cuda"]
-    ):
+    got = _both(shapes, starts, value, loc, attn, grad, points_per_level=points, mode=mode,
+                deterministic=deterministic)
+    for name, c, g in zip(("output", "grad_value", "grad_loc", "grad_attn"), got["cpu"],
+                          got["cuda"]):
         assert g.device.type == "cuda" and g.dtype == c.dtype, name
         if name == "grad_loc" and mode == "discrete":
             assert not g.any(), name
@@ -89,9 +78,8 @@ def test_mixed_precision_matches_the_cpu(dtype):
     points = [3, 6, 3]
     shapes, starts, value, loc, attn, grad = _problem(2, points, dtype, "float32")
     got = _both(shapes, starts, value, loc, attn, grad, points_per_level=points)
-    for name, c, g in zip(
-        ("output", "grad_value", "grad_loc", "grad_attn"), got["cpu"], got["cuda"]
-    ):
+    for name, c, g in zip(("output", "grad_value", "grad_loc", "grad_attn"), got["cpu"],
+                          got["cuda"]):
         assert g.dtype == c.dtype, name
         assert _rel(g, c) <= TOL[dtype], name
 
@@ -104,9 +92,9 @@ def test_uniform_and_flattened_layouts_give_the_same_bits_on_cuda():
     a = msdacore.ms_deform_attn(value, shapes, starts, *uniform)
     b = msdacore.ms_deform_attn(value, shapes, starts, loc, attn, points_per_level=[4, 4, 4])
     assert torch.equal(a, b)
-    ga = msdacore.ms_deform_attn_backward(value, shapes, starts, *uniform, grad, deterministic=True)
-    gb = msdacore.ms_deform_attn_backward(
-        value, shapes, starts, loc, attn, grad, deterministic=True, points_per_level=[4, 4, 4]
-    )
+    ga = msdacore.ms_deform_attn_backward(value, shapes, starts, *uniform, grad,
+                                          deterministic=True)
+    gb = msdacore.ms_deform_attn_backward(value, shapes, starts, loc, attn, grad,
+                                          deterministic=True, points_per_level=[4, 4, 4])
     for x, y in zip(ga, gb):
         assert torch.equal(x.reshape(-1), y.reshape(-1))

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 torch = pytest.importorskip("torch", reason="msdacore.onnx exports torch models")
-onnx = pytest.importorskip("onnx", reason="msdacore.onnx needs onnx (pip install msdacore[onnx])")
+onnx = pytest.importorskip("onnx", reason="msdacore.onnx needs onnx (pip install "
+                           "msdacore[onnx])")
 pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript")
 pytest.importorskip("transformers", reason="the detector tests build transformers models")
 
@@ -69,7 +70,8 @@ def test_direct_call_is_one_node_with_the_spec_attributes(name):
     assert {o.domain: o.version for o in model.opset_import}["msdacore"] == 1
     inferred = check_and_infer(model)
     batch, queries, channels = shape_of(inferred, node.output[0])
-    assert isinstance(batch, str) and (queries, channels) == (om.QUERIES, om.HEADS * om.CHANNELS)
+    assert isinstance(batch, str) and (queries, channels) == (om.QUERIES,
+                                                              om.HEADS * om.CHANNELS)
 
 
 def test_models_check_in_a_process_without_the_schemas(tmp_path):
@@ -78,14 +80,11 @@ def test_models_check_in_a_process_without_the_schemas(tmp_path):
     for name, target in (("flattened", "msdacore"), ("bilinear", "tensorrt")):
         paths.append(str(tmp_path / f"{name}_{target}.onnx"))
         onnx.save(om.export_direct(name, target), paths[-1])
-    code = (
-        "import sys, onnx\n"
-        "for p in sys.argv[1:]: onnx.checker.check_model(onnx.load(p), full_check=True)\n"
-        "print('checked', len(sys.argv) - 1)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=120
-    )
+    code = ("import sys, onnx\n"
+            "for p in sys.argv[1:]: onnx.checker.check_model(onnx.load(p), full_check=True)\n"
+            "print('checked', len(sys.argv) - 1)")
+    result = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "checked 2" in result.stdout
 
@@ -114,11 +113,8 @@ def test_d_fine_uneven_points_export_the_flattened_layout():
     assert len(found) == 2  # 2 decoder layers
     assert "GridSample" not in om.op_types(model)
     for node in found:
-        assert om.attributes(node) == {
-            "align_corners": 0,
-            "mode": b"bilinear",
-            "points_per_level": [3, 1, 2],
-        }
+        assert om.attributes(node) == {"align_corners": 0, "mode": b"bilinear",
+                                       "points_per_level": [3, 1, 2]}
     check_and_infer(model)
 
 
@@ -130,10 +126,8 @@ def test_tensorrt_target_writes_the_plugin_node(name):
     model = om.export_direct(name, "tensorrt")
     assert not om.nodes(model, "msdacore", "MultiScaleDeformableAttention")
     [node] = om.nodes(model, mo.TRT_DOMAIN, mo.TRT_OP_TYPE)
-    assert om.attributes(node) == {
-        "plugin_version": mo.TRT_PLUGIN_VERSION.encode(),
-        "plugin_namespace": b"",
-    }
+    assert om.attributes(node) == {"plugin_version": mo.TRT_PLUGIN_VERSION.encode(),
+                                   "plugin_namespace": b""}
     for i in (1, 2):
         assert index_type(model, node.input[i]) == onnx.TensorProto.INT32
     consumers = [n for n in model.graph.node if node.output[0] in n.input]
@@ -143,7 +137,8 @@ def test_tensorrt_target_writes_the_plugin_node(name):
         assert producers[node.input[3]] == "Reshape" and producers[node.input[4]] == "Reshape"
     inferred = check_and_infer(model)
     assert shape_of(inferred, node.output[0])[1:] == [om.QUERIES, om.HEADS, om.CHANNELS]
-    assert shape_of(inferred, consumers[0].output[0])[1:] == [om.QUERIES, om.HEADS * om.CHANNELS]
+    assert shape_of(inferred, consumers[0].output[0])[1:] == [om.QUERIES,
+                                                              om.HEADS * om.CHANNELS]
 
 
 def test_tensorrt_target_on_deformable_detr():
@@ -153,27 +148,24 @@ def test_tensorrt_target_on_deformable_detr():
     check_and_infer(model)
 
 
-@pytest.mark.parametrize(
-    "name, words",
-    [
-        ("flattened", r"points_per_level=\[3, 1, 2\]"),
-        ("discrete", "mode='discrete'"),
-        ("discrete_flattened", "mode='discrete'.*points_per_level"),
-        ("align_corners", "align_corners=True"),
-    ],
-)
+@pytest.mark.parametrize("name, words", [
+    ("flattened", r"points_per_level=\[3, 1, 2\]"),
+    ("discrete", "mode='discrete'"),
+    ("discrete_flattened", "mode='discrete'.*points_per_level"),
+    ("align_corners", "align_corners=True"),
+])
 def test_tensorrt_target_refuses_what_the_plugin_cannot_express(name, words):
     value, queries = om.direct_inputs(2)
-    with pytest.raises(
-        ValueError, match=f"MultiscaleDeformableAttnPlugin_TRT cannot express .*{words}"
-    ):
+    with pytest.raises(ValueError, match=f"MultiscaleDeformableAttnPlugin_TRT cannot "
+                                         f"express .*{words}"):
         mo.export(om.direct_model(name), (value, queries), target="tensorrt")
 
 
 def test_tensorrt_target_refuses_float64():
     value, queries = om.direct_inputs(2, torch.float64)
     with pytest.raises(ValueError, match="float64, float64, float64"):
-        mo.export(om.direct_model("bilinear", torch.float64), (value, queries), target="tensorrt")
+        mo.export(om.direct_model("bilinear", torch.float64), (value, queries),
+                  target="tensorrt")
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -181,9 +173,8 @@ def test_tensorrt_target_refuses_float64():
 
 def test_bad_arguments_are_clear_errors():
     model, args = om.direct_model("bilinear"), om.direct_inputs(2)
-    with pytest.raises(
-        ValueError, match="target must be one of 'msdacore', 'tensorrt', got 'openvino'"
-    ):
+    with pytest.raises(ValueError, match="target must be one of 'msdacore', 'tensorrt', "
+                                         "got 'openvino'"):
         mo.export(model, args, target="openvino")
     with pytest.raises(ValueError, match="dynamo exporter only"):
         mo.export(model, args, dynamo=False)
@@ -197,7 +188,6 @@ def test_export_writes_the_file_and_keeps_a_given_translation_table(tmp_path):
 
     def relu(x):
         from onnxscript import opset18 as op
-
         calls.append(1)
         return op.Relu(x)
 
@@ -206,11 +196,7 @@ def test_export_writes_the_file_and_keeps_a_given_translation_table(tmp_path):
             return torch.relu(super().forward(value, queries))
 
     torch.manual_seed(0)
-    mo.export(
-        WithRelu(om.BY_NAME["bilinear"]).eval(),
-        om.direct_inputs(2),
-        str(path),
-        custom_translation_table={torch.ops.aten.relu.default: relu},
-    )
+    mo.export(WithRelu(om.BY_NAME["bilinear"]).eval(), om.direct_inputs(2), str(path),
+              custom_translation_table={torch.ops.aten.relu.default: relu})
     model = onnx.load(str(path))
     assert calls and len(om.nodes(model, "msdacore", "MultiScaleDeformableAttention")) == 1

@@ -9,15 +9,13 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the models are exported from torch")
-onnx = pytest.importorskip(
-    "onnx", reason="msdacore.onnxruntime needs onnx (pip install msdacore[onnx])"
-)
+onnx = pytest.importorskip("onnx", reason="msdacore.onnxruntime needs onnx "
+                           "(pip install msdacore[onnx])")
 pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript")
 pytest.importorskip("onnxruntime", reason="msdacore.onnxruntime needs onnxruntime")
-pytest.importorskip(
-    "onnxruntime_extensions",
-    reason="msdacore.onnxruntime runs its nodes as onnxruntime-extensions Python operators",
-)
+pytest.importorskip("onnxruntime_extensions",
+                    reason="msdacore.onnxruntime runs its nodes as onnxruntime-extensions "
+                           "Python operators")
 pytest.importorskip("transformers", reason="the detector tests build transformers models")
 
 import onnx_models as om  # noqa: E402
@@ -39,16 +37,12 @@ def direct_reference(name, value, queries) -> np.ndarray:
     model = om.direct_model(name, torch.float64)
     with torch.no_grad():
         locations, weights = model.sampling(queries.double())
-    out = reference.ms_deform_attn(
-        value.double().numpy(),
-        list(om.LEVELS),
-        configs.level_start_index(om.LEVELS),
-        locations.numpy(),
-        weights.numpy(),
-        model.call.align_corners,
-        points_per_level=model.call.points_per_level,
-        mode=model.call.mode,
-    )
+    out = reference.ms_deform_attn(value.double().numpy(), list(om.LEVELS),
+                                   configs.level_start_index(om.LEVELS),
+                                   locations.numpy(), weights.numpy(),
+                                   model.call.align_corners,
+                                   points_per_level=model.call.points_per_level,
+                                   mode=model.call.mode)
     return 2.0 * out
 
 
@@ -82,10 +76,8 @@ def test_session_takes_a_path_bytes_or_a_model_and_leaves_it_unchanged(tmp_path)
     path = tmp_path / "model.onnx"
     onnx.save(model, str(path))
     value, queries = om.direct_inputs(2, seed=1)
-    outputs = [
-        run(mort.session(m), value.numpy(), queries.numpy())[0]
-        for m in (model, before, str(path), path)
-    ]
+    outputs = [run(mort.session(m), value.numpy(), queries.numpy())[0]
+               for m in (model, before, str(path), path)]
     assert model.SerializeToString() == before
     for out in outputs[1:]:
         np.testing.assert_array_equal(out, outputs[0])
@@ -96,25 +88,22 @@ def test_session_keeps_given_options_and_providers():
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    sess = mort.session(
-        om.export_direct("bilinear"), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    sess = mort.session(om.export_direct("bilinear"), sess_options=options,
+                        providers=["CPUExecutionProvider"])
     assert sess.get_providers() == ["CPUExecutionProvider"]
     assert sess.get_session_options().intra_op_num_threads == 1
 
 
 def test_session_errors():
-    with pytest.raises(
-        TypeError, match="model must be a path, bytes or an onnx.ModelProto, got int"
-    ):
+    with pytest.raises(TypeError, match="model must be a path, bytes or an onnx.ModelProto, "
+                                        "got int"):
         mort.session(3)
     half = onnx.ModelProto()
     half.CopyFrom(om.export_direct("bilinear"))
     for info in list(half.graph.input) + list(half.graph.value_info) + list(half.graph.output):
         info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
-    with pytest.raises(
-        TypeError, match="float16 value; ONNX Runtime runs msdacore nodes in float32 or float64"
-    ):
+    with pytest.raises(TypeError, match="float16 value; ONNX Runtime runs msdacore nodes in "
+                                        "float32 or float64"):
         mort.session(half)
 
 
@@ -126,9 +115,8 @@ def test_detector_matches_torch(name, batch):
     pixels = om.detector_pixels(batch, seed=3)
     outputs = run(sess, pixels.numpy())
     with torch.no_grad():
-        expected = torch.utils._pytree.tree_leaves(
-            om.detector(name)(pixel_values=pixels).to_tuple()
-        )
+        expected = torch.utils._pytree.tree_leaves(om.detector(name)(pixel_values=pixels)
+                                                   .to_tuple())
     assert len(outputs) == len(expected)
     for got, want in zip(outputs, expected):
         assert got.shape == tuple(want.shape)
@@ -141,8 +129,8 @@ class _MSDeformAttnOnLevels(torch.nn.Module):
     def __init__(self):
         super().__init__()
         import msdacore.torch as mt
-
-        self.attention = mt.MSDeformAttn(d_model=8, n_levels=len(om.LEVELS), n_heads=2, n_points=3)
+        self.attention = mt.MSDeformAttn(d_model=8, n_levels=len(om.LEVELS), n_heads=2,
+                                         n_points=3)
 
     def forward(self, query, reference_points, features, mask):
         return self.attention(query, reference_points, features, list(om.LEVELS), None, mask)
@@ -173,23 +161,17 @@ def test_msdacore_modules_export_and_run(kind):
         def inputs(n):
             mask = torch.zeros(n, om.S, dtype=torch.bool)
             mask[-1, -3:] = True
-            return (
-                torch.randn(n, 5, 8, generator=g),
-                torch.rand(n, 5, len(om.LEVELS), 2, generator=g),
-                torch.randn(n, om.S, 8, generator=g),
-                mask,
-            )
-
+            return (torch.randn(n, 5, 8, generator=g), torch.rand(n, 5, len(om.LEVELS), 2,
+                                                                   generator=g),
+                    torch.randn(n, om.S, 8, generator=g), mask)
         dynamic = ({0: batch},) * 4
         calls = [0]  # align_corners of each call
     else:
-        module = _perturbed(
-            mt.DeformableAttention2d(16, n_heads=2, n_groups=2, stride=2, q_size=(8, 8))
-        )
+        module = _perturbed(mt.DeformableAttention2d(16, n_heads=2, n_groups=2, stride=2,
+                                                     q_size=(8, 8)))
 
         def inputs(n):
             return (torch.randn(n, 16, 8, 8, generator=g),)
-
         dynamic = ({0: batch},)
         calls = [1, 1]
     model = msdacore.onnx.export(module, inputs(2), dynamic_shapes=dynamic).model_proto
@@ -225,7 +207,8 @@ class _FromImage(torch.nn.Module):
         locations = (torch.sigmoid(q[..., :24]) * 1.2 - 0.1).reshape(n, 5, 2, 2, 3, 2)
         weights = torch.softmax(q[..., 24:].reshape(n, 5, 2, 6), -1).reshape(n, 5, 2, 2, 3)
         levels = [tuple(f.shape[2:]) for f in (fine, coarse)]
-        return mt.ms_deform_attn(value.reshape(n, -1, 2, 4), levels, None, locations, weights)
+        return mt.ms_deform_attn(value.reshape(n, -1, 2, 4), levels, None, locations,
+                                 weights)
 
 
 def test_dynamic_image_size():
@@ -237,9 +220,8 @@ def test_dynamic_image_size():
     module = _perturbed(_FromImage())
     batch = torch.export.Dim("batch", min=1, max=8)
     h, w = torch.export.Dim("h", min=2, max=64), torch.export.Dim("w", min=2, max=64)
-    model = msdacore.onnx.export(
-        module, (torch.randn(2, 3, 16, 20),), dynamic_shapes=({0: batch, 2: 4 * h, 3: 4 * w},)
-    ).model_proto
+    model = msdacore.onnx.export(module, (torch.randn(2, 3, 16, 20),),
+                                 dynamic_shapes=({0: batch, 2: 4 * h, 3: 4 * w},)).model_proto
     dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[2] and dims[3] and not dims[2].isdigit()
     sess = mort.session(model)
@@ -260,23 +242,15 @@ def test_msdacore_node_in_a_subgraph_is_refused():
     inner.CopyFrom(om.export_direct("bilinear"))
     graph = inner.graph
     [node] = om.nodes(inner, "msdacore", "MultiScaleDeformableAttention")
-    branch = onnx.helper.make_graph(
-        [node],
-        "branch",
-        [],
-        [onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)],
-    )
+    branch = onnx.helper.make_graph([node], "branch", [], [onnx.helper.make_tensor_value_info(
+        node.output[0], onnx.TensorProto.FLOAT, None)])
     condition = onnx.helper.make_tensor("condition", onnx.TensorProto.BOOL, [], [True])
     graph.initializer.append(condition)
-    switch = onnx.helper.make_node(
-        "If", ["condition"], [node.output[0]], name="switch", then_branch=branch, else_branch=branch
-    )
+    switch = onnx.helper.make_node("If", ["condition"], [node.output[0]], name="switch",
+                                   then_branch=branch, else_branch=branch)
     position = list(graph.node).index(node)
     graph.node.remove(node)
     graph.node.insert(position, switch)
-    with pytest.raises(
-        ValueError,
-        match=r"msdacore nodes \['node_ms_deform_attn', "
-        r"'node_ms_deform_attn'\] are in subgraphs",
-    ):
+    with pytest.raises(ValueError, match=r"msdacore nodes \['node_ms_deform_attn', "
+                                         r"'node_ms_deform_attn'\] are in subgraphs"):
         mort.session(inner)

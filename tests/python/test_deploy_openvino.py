@@ -20,9 +20,8 @@ import sys
 import numpy as np
 import pytest
 
-ov = pytest.importorskip(
-    "openvino", reason="OpenVINO is not installed (pip install msdacore[openvino])"
-)
+ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install "
+                         "msdacore[openvino])")
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
 from onnx import TensorProto, helper  # noqa: E402
 
@@ -32,11 +31,8 @@ import msdacore.openvino  # noqa: E402
 OP = "MultiScaleDeformableAttention"
 LEVELS = [(6, 7), (3, 4), (2, 2)]
 TOL = {np.float32: 5e-5, np.float64: 1e-12, np.float16: 1e-2}  # SPEC "Numerics"
-ONNX_TYPES = {
-    np.float32: TensorProto.FLOAT,
-    np.float64: TensorProto.DOUBLE,
-    np.float16: TensorProto.FLOAT16,
-}
+ONNX_TYPES = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE,
+              np.float16: TensorProto.FLOAT16}
 
 
 @pytest.fixture(scope="session")
@@ -74,56 +70,32 @@ def _empty(v) -> bool:
     return isinstance(v, list) and not v
 
 
-def onnx_model(
-    inputs,
-    batch="N",
-    float_type=TensorProto.FLOAT,
-    index_type=TensorProto.INT64,
-    shapes=None,
-    **attributes,
-) -> bytes:
+def onnx_model(inputs, batch="N", float_type=TensorProto.FLOAT, index_type=TensorProto.INT64,
+               shapes=None, **attributes) -> bytes:
     """One msdacore node; `batch` names (dynamic) or fixes dimension 0 of the float
     inputs; `shapes` overrides the declared input shapes."""
-    names = [
-        "value",
-        "spatial_shapes",
-        "level_start_index",
-        "sampling_locations",
-        "attention_weights",
-    ]
+    names = ["value", "spatial_shapes", "level_start_index", "sampling_locations",
+             "attention_weights"]
     types = [float_type, index_type, index_type, float_type, float_type]
-    declared = shapes or [
-        [batch, *x.shape[1:]] if i in (0, 3, 4) else list(x.shape) for i, x in enumerate(inputs)
-    ]
-    node = helper.make_node(
-        OP,
-        names,
-        ["output"],
-        domain="msdacore",
-        **{k: v for k, v in attributes.items() if not _empty(v)},
-    )
-    node.attribute.extend(
-        helper.make_attribute(k, [], attr_type=onnx.AttributeProto.INTS)
-        for k, v in attributes.items()
-        if _empty(v)
-    )
+    declared = shapes or [[batch, *x.shape[1:]] if i in (0, 3, 4) else list(x.shape)
+                          for i, x in enumerate(inputs)]
+    node = helper.make_node(OP, names, ["output"], domain="msdacore",
+                            **{k: v for k, v in attributes.items() if not _empty(v)})
+    node.attribute.extend(helper.make_attribute(k, [], attr_type=onnx.AttributeProto.INTS)
+                          for k, v in attributes.items() if _empty(v))
     graph = helper.make_graph(
-        [node],
-        "msda",
+        [node], "msda",
         [helper.make_tensor_value_info(n, t, s) for n, t, s in zip(names, types, declared)],
-        [helper.make_tensor_value_info("output", float_type, None)],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("msdacore", 1)]
-    )
+        [helper.make_tensor_value_info("output", float_type, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                     helper.make_opsetid("msdacore", 1)])
     return model.SerializeToString()
 
 
 def compile_f32(core, model):
     """Compiled for the CPU in float32 (the default is bfloat16 on CPUs that have it)."""
-    return core.compile_model(
-        model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2}
-    )
+    return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                             "INFERENCE_NUM_THREADS": 2})
 
 
 def op_types(model) -> list:
@@ -136,10 +108,8 @@ CASES = {
     "uniform": ({}, {}),
     "points_per_level": ({"ppl": [2, 4, 1]}, {"points_per_level": [2, 4, 1]}),
     "discrete": ({}, {"mode": "discrete"}),
-    "discrete_points_per_level": (
-        {"ppl": [1, 3, 2]},
-        {"mode": "discrete", "points_per_level": [1, 3, 2]},
-    ),
+    "discrete_points_per_level": ({"ppl": [1, 3, 2]},
+                                  {"mode": "discrete", "points_per_level": [1, 3, 2]}),
     "align_corners": ({}, {"align_corners": 1}),
 }
 
@@ -152,11 +122,8 @@ def test_onnx_node_matches_numpy_api(core, case):
     assert op_types(model).count(OP) == 1
     got = compile_f32(core, model)(inputs)[0]
     expected = msdacore.ms_deform_attn(
-        *inputs,
-        align_corners=bool(attributes.get("align_corners", 0)),
-        mode=attributes.get("mode", "bilinear"),
-        points_per_level=problem_args.get("ppl"),
-    )
+        *inputs, align_corners=bool(attributes.get("align_corners", 0)),
+        mode=attributes.get("mode", "bilinear"), points_per_level=problem_args.get("ppl"))
     assert got.shape == expected.shape and got.dtype == np.float32
     assert rel_err(got, expected) <= TOL[np.float32]
 
@@ -180,7 +147,8 @@ def test_onnx_float_types_on_the_cpu_plugin(core, dtype):
     """The CPU plugin converts float64 and float16 around custom ops and runs them in
     float32: the result has the model's dtype and float32 accuracy."""
     inputs = problem(dtype=dtype)
-    compiled = compile_f32(core, core.read_model(onnx_model(inputs, float_type=ONNX_TYPES[dtype])))
+    compiled = compile_f32(core, core.read_model(onnx_model(inputs,
+                                                            float_type=ONNX_TYPES[dtype])))
     got = compiled(inputs)[0]
     assert got.dtype == dtype
     widened = [x.astype(np.float32) if x.dtype.kind == "f" else x for x in inputs]
@@ -193,9 +161,8 @@ def test_op_evaluate_in_the_model_dtype(core, dtype):
     """Model.evaluate calls the op's evaluate with the model's own types: msdacore's
     float64 and float16 kernels."""
     inputs = problem(dtype=dtype, ppl=[1, 2, 2])
-    model = core.read_model(
-        onnx_model(inputs, float_type=ONNX_TYPES[dtype], points_per_level=[1, 2, 2])
-    )
+    model = core.read_model(onnx_model(inputs, float_type=ONNX_TYPES[dtype],
+                                       points_per_level=[1, 2, 2]))
     expected = msdacore.ms_deform_attn(*inputs, points_per_level=[1, 2, 2])
     out = ov.Tensor(model.output(0).get_element_type(), list(expected.shape))
     assert model.evaluate([out], [ov.Tensor(np.ascontiguousarray(x)) for x in inputs])
@@ -209,14 +176,10 @@ def test_op_evaluate_bfloat16_with_float32_locations(core):
     value, shapes, starts, loc, attn = problem()
     value_bits = (value.view(np.uint32) >> 16).astype(np.uint16)  # bfloat16, truncated
     value_bf16 = (value_bits.astype(np.uint32) << 16).view(np.float32)  # its exact values
-    declared = [
-        ["N", *value.shape[1:]],
-        list(shapes.shape),
-        list(starts.shape),
-        ["N", *loc.shape[1:]],
-        ["N", *attn.shape[1:]],
-    ]
-    model = onnx.load_from_string(onnx_model([value, shapes, starts, loc, attn], shapes=declared))
+    declared = [["N", *value.shape[1:]], list(shapes.shape), list(starts.shape),
+                ["N", *loc.shape[1:]], ["N", *attn.shape[1:]]]
+    model = onnx.load_from_string(onnx_model([value, shapes, starts, loc, attn],
+                                             shapes=declared))
     model.graph.input[0].type.tensor_type.elem_type = TensorProto.BFLOAT16
     model.graph.output[0].type.tensor_type.elem_type = TensorProto.BFLOAT16
     ov_model = core.read_model(model.SerializeToString())
@@ -224,9 +187,8 @@ def test_op_evaluate_bfloat16_with_float32_locations(core):
     value_tensor = ov.Tensor(ov.Type.bf16, list(value.shape))
     value_tensor.data.view(np.uint16)[...] = value_bits
     out = ov.Tensor(ov.Type.bf16, [value.shape[0], loc.shape[1], value.shape[2] * value.shape[3]])
-    assert ov_model.evaluate(
-        [out], [value_tensor] + [ov.Tensor(x) for x in (shapes, starts, loc, attn)]
-    )
+    assert ov_model.evaluate([out], [value_tensor] + [ov.Tensor(x) for x in
+                                                     (shapes, starts, loc, attn)])
     got = (out.data.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
     expected = msdacore.ms_deform_attn(value_bf16, shapes, starts, loc, attn)
     assert rel_err(got, expected) <= 5e-2  # SPEC: bfloat16
@@ -236,9 +198,8 @@ def test_bf16_inference_precision_hint(core):
     """With a bfloat16 hint (the CPU plugin's default where the CPU has bfloat16), the
     op still runs in float32."""
     inputs = problem()
-    compiled = core.compile_model(
-        core.read_model(onnx_model(inputs)), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"}
-    )
+    compiled = core.compile_model(core.read_model(onnx_model(inputs)), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "bf16"})
     got = compiled(inputs)[0]
     assert got.dtype == np.float32
     assert rel_err(got, msdacore.ms_deform_attn(*inputs)) <= TOL[np.float32]
@@ -269,41 +230,34 @@ def test_extension_path_is_cached(extension):
 BAD_MODELS = {
     "mode": ({"mode": "nearest"}, 'mode must be "bilinear" or "discrete", got "nearest"'),
     "align_corners_value": ({"align_corners": 2}, "align_corners must be 0 or 1, got 2"),
-    "discrete_align_corners": (
-        {"mode": "discrete", "align_corners": 1},
-        "align_corners=True does not apply to mode=discrete",
-    ),
-    "int32_indices": ({"index_type": TensorProto.INT32}, "spatial_shapes must be int64, got i32"),
-    "float_indices": ({"index_type": TensorProto.FLOAT}, "spatial_shapes must be int64, got f32"),
-    "points_per_level_count": (
-        {"points_per_level": [1, 2]},
-        "points_per_level has 2 counts but spatial_shapes",
-    ),
-    "points_per_level_value": (
-        {"points_per_level": [1, 0, 2]},
-        r"points_per_level\[1\] = 0: every level needs at least 1 "
-        r"point, got \[1, 0, 2\]",
-    ),
-    "empty_points_per_level": ({"points_per_level": []}, "points_per_level is empty"),
-    "location_rank": (
-        {"shapes": [["N", 42, 2, 5], [3, 2], [3], ["N", 9, 2, 3, 2], ["N", 9, 2, 3, 3]]},
-        r"sampling_locations must have shape \(N, Lq, M, L, P, 2\) = "
-        r"\(\?, \?, 2, 3, \?, 2\), got \[\?,9,2,3,2\]",
-    ),
-    "weights_shape": (
-        {"shapes": [["N", 42, 2, 5], [3, 2], [3], ["N", 9, 2, 3, 3, 2], ["N", 9, 2, 3, 4]]},
-        r"attention_weights must have shape \(N, Lq, M, L, P\) = "
-        r"\(\?, 9, 2, 3, 3\), got \[\?,9,2,3,4\]",
-    ),
-    "value_rank": (
-        {"shapes": [["N", 42, 10], [3, 2], [3], ["N", 9, 2, 3, 3, 2], ["N", 9, 2, 3, 3]]},
-        r"value must have shape \(N, S, M, D\), got \[\?,42,10\]",
-    ),
-    "heads": (
-        {"shapes": [["N", 42, 4, 5], [3, 2], [3], ["N", 9, 2, 3, 3, 2], ["N", 9, 2, 3, 3]]},
-        r"sampling_locations must have shape \(N, Lq, M, L, P, 2\) = "
-        r"\(\?, \?, 4, 3, \?, 2\), got \[\?,9,2,3,3,2\]",
-    ),
+    "discrete_align_corners": ({"mode": "discrete", "align_corners": 1},
+                               "align_corners=True does not apply to mode=discrete"),
+    "int32_indices": ({"index_type": TensorProto.INT32},
+                      "spatial_shapes must be int64, got i32"),
+    "float_indices": ({"index_type": TensorProto.FLOAT},
+                      "spatial_shapes must be int64, got f32"),
+    "points_per_level_count": ({"points_per_level": [1, 2]},
+                               "points_per_level has 2 counts but spatial_shapes"),
+    "points_per_level_value": ({"points_per_level": [1, 0, 2]},
+                               r"points_per_level\[1\] = 0: every level needs at least 1 "
+                               r"point, got \[1, 0, 2\]"),
+    "empty_points_per_level": ({"points_per_level": []},
+                               "points_per_level is empty"),
+    "location_rank": ({"shapes": [["N", 42, 2, 5], [3, 2], [3], ["N", 9, 2, 3, 2],
+                                  ["N", 9, 2, 3, 3]]},
+                      r"sampling_locations must have shape \(N, Lq, M, L, P, 2\) = "
+                      r"\(\?, \?, 2, 3, \?, 2\), got \[\?,9,2,3,2\]"),
+    "weights_shape": ({"shapes": [["N", 42, 2, 5], [3, 2], [3], ["N", 9, 2, 3, 3, 2],
+                                 ["N", 9, 2, 3, 4]]},
+                      r"attention_weights must have shape \(N, Lq, M, L, P\) = "
+                      r"\(\?, 9, 2, 3, 3\), got \[\?,9,2,3,4\]"),
+    "value_rank": ({"shapes": [["N", 42, 10], [3, 2], [3], ["N", 9, 2, 3, 3, 2],
+                               ["N", 9, 2, 3, 3]]},
+                   r"value must have shape \(N, S, M, D\), got \[\?,42,10\]"),
+    "heads": ({"shapes": [["N", 42, 4, 5], [3, 2], [3], ["N", 9, 2, 3, 3, 2],
+                          ["N", 9, 2, 3, 3]]},
+              r"sampling_locations must have shape \(N, Lq, M, L, P, 2\) = "
+              r"\(\?, \?, 4, 3, \?, 2\), got \[\?,9,2,3,3,2\]"),
 }
 
 
@@ -319,12 +273,9 @@ def test_inconsistent_index_values_fail_at_inference(core):
     inputs = problem()
     compiled = compile_f32(core, core.read_model(onnx_model(inputs)))
     bad_starts = inputs[:2] + [np.array([0, 40, 54], np.int64)] + inputs[3:]
-    with pytest.raises(
-        RuntimeError,
-        match=r"level_start_index must hold the prefix sums of "
-        r"H_l\*W_l from spatial_shapes: expected "
-        r"\[0, 42, 54\], got \[0, 40, 54\]",
-    ):
+    with pytest.raises(RuntimeError, match=r"level_start_index must hold the prefix sums of "
+                                           r"H_l\*W_l from spatial_shapes: expected "
+                                           r"\[0, 42, 54\], got \[0, 40, 54\]"):
         compiled(bad_starts)
     bad_shapes = [inputs[0], np.array([[6, 7], [3, 4], [2, 3]], np.int64)] + inputs[2:]
     with pytest.raises(RuntimeError, match="value has S = 58 tokens"):
@@ -354,13 +305,11 @@ def test_convert_model_of_a_torch_call(extension, case):
         """Two calls on the same levels (a layer's output feeds the next call's value)."""
 
         def forward(self, value, sampling_locations, attention_weights):
-            out = mt.ms_deform_attn(
-                value, LEVELS, None, sampling_locations, attention_weights, **kwargs
-            )
+            out = mt.ms_deform_attn(value, LEVELS, None, sampling_locations, attention_weights,
+                                    **kwargs)
             value2 = value + out.reshape(value.shape[0], -1, *value.shape[2:]).mean(1, True)
-            return mt.ms_deform_attn(
-                value2, LEVELS, None, sampling_locations, attention_weights, **kwargs
-            )
+            return mt.ms_deform_attn(value2, LEVELS, None, sampling_locations,
+                                     attention_weights, **kwargs)
 
     value, _, _, loc, attn = (torch.from_numpy(x) for x in problem(Lq=8, D=4, ppl=ppl))
     module = TwoCalls()
@@ -385,9 +334,8 @@ def test_convert_model_of_torch_export(extension, case):
 
     class OneCall(torch.nn.Module):
         def forward(self, value, sampling_locations, attention_weights):
-            return mt.ms_deform_attn(
-                value, LEVELS, None, sampling_locations, attention_weights, **kwargs
-            )
+            return mt.ms_deform_attn(value, LEVELS, None, sampling_locations, attention_weights,
+                                     **kwargs)
 
     value, _, _, loc, attn = problem(Lq=6, D=4, ppl=ppl, seed=3)
     args = tuple(torch.from_numpy(x) for x in (value, loc, attn))
@@ -462,11 +410,8 @@ def test_convert_model_of_patched_deformable_detr(extension):
     model, inputs, wrapped, spec = tiny_model("deformable_detr")
 
     calls = []
-    hooks = [
-        m.register_forward_hook(lambda *args: calls.append(1))
-        for m in model.modules()
-        if type(m).__name__ == "MultiScaleDeformableAttention"
-    ]
+    hooks = [m.register_forward_hook(lambda *args: calls.append(1))
+             for m in model.modules() if type(m).__name__ == "MultiScaleDeformableAttention"]
     with torch.no_grad():
         stock = wrapped(**inputs)  # transformers' own grid_sample composition
     for h in hooks:

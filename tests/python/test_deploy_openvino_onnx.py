@@ -11,9 +11,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="the models are exported from torch")
 pytest.importorskip("onnx", reason="the export needs onnx (pip install msdacore[onnx])")
 pytest.importorskip("onnxscript", reason="torch's dynamo exporter needs onnxscript")
-ov = pytest.importorskip(
-    "openvino", reason="OpenVINO is not installed (pip install msdacore[openvino])"
-)
+ov = pytest.importorskip("openvino", reason="OpenVINO is not installed "
+                         "(pip install msdacore[openvino])")
 pytest.importorskip("transformers", reason="the detector test builds a transformers model")
 
 import onnx_models as om  # noqa: E402
@@ -52,17 +51,13 @@ def test_exported_direct_call_runs_in_openvino(core, name):
 def test_exported_patched_deformable_detr_runs_in_openvino_equal_to_torch(core):
     model_proto = om.export_detector("deformable_detr")
     types, compiled = compile_exported(core, model_proto)
-    assert (
-        types.count("MultiScaleDeformableAttention")
-        == len(om.nodes(model_proto, msdacore.onnx.DOMAIN, msdacore.onnx.OP_TYPE))
-        == 4
-    )
+    assert types.count("MultiScaleDeformableAttention") == len(
+        om.nodes(model_proto, msdacore.onnx.DOMAIN, msdacore.onnx.OP_TYPE)) == 4
     pixels = om.detector_pixels(3, seed=2)  # exported at batch 2
     got = compiled([pixels.numpy()])
     with torch.no_grad():
         expected = torch.utils._pytree.tree_leaves(
-            om.detector("deformable_detr")(pixel_values=pixels).to_tuple()
-        )
+            om.detector("deformable_detr")(pixel_values=pixels).to_tuple())
     assert len(got) == len(expected)
     for i, want in enumerate(expected):
         assert got[i].shape == tuple(want.shape)

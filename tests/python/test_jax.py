@@ -47,7 +47,6 @@ def numpy_grads(value, loc, attn, g, **kw):
 def jax_grads(value, loc, attn, g, **kw):
     def loss(v, lo, a):
         return jnp.sum(ms_deform_attn(v, SHAPES, STARTS, lo, a, **kw) * g)
-
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(value, loc, attn)
 
 
@@ -55,14 +54,12 @@ def jax_grads(value, loc, attn, g, **kw):
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_jit_forward_matches_numpy_api_and_reference(dtype, align_corners):
     value, loc, attn = make(dtype)
-    out = jax.jit(
-        lambda v, lo, a: ms_deform_attn(v, SHAPES, STARTS, lo, a, align_corners=align_corners)
-    )(value, loc, attn)
+    out = jax.jit(lambda v, lo, a: ms_deform_attn(v, SHAPES, STARTS, lo, a,
+                                                  align_corners=align_corners))(value, loc, attn)
     assert out.dtype == dtype and out.shape == (N, Lq, M * D)
     np.testing.assert_array_equal(
         np.asarray(out),
-        msdacore.ms_deform_attn(value, SHAPES, STARTS, loc, attn, align_corners=align_corners),
-    )
+        msdacore.ms_deform_attn(value, SHAPES, STARTS, loc, attn, align_corners=align_corners))
     ref = reference.ms_deform_attn(value, SHAPES, STARTS, loc, attn, align_corners)
     assert relative_error(out, ref) <= TOLERANCE[dtype]
 
@@ -77,14 +74,8 @@ def test_jit_grad_matches_numpy_backward(dtype, align_corners):
     ref = reference.ms_deform_attn_backward(value, SHAPES, STARTS, loc, attn, g, align_corners)
     # deterministic=True reaches the core; the CPU backward is deterministic either way
     got_det = jax_grads(value, loc, attn, g, align_corners=align_corners, deterministic=True)
-    for name, a, b, r, like, d in zip(
-        ("value", "sampling_locations", "attention_weights"),
-        got,
-        want,
-        ref,
-        (value, loc, attn),
-        got_det,
-    ):
+    for name, a, b, r, like, d in zip(("value", "sampling_locations", "attention_weights"),
+                                      got, want, ref, (value, loc, attn), got_det):
         assert a.dtype == like.dtype and a.shape == like.shape, name
         np.testing.assert_array_equal(np.asarray(a), b, err_msg=name)
         np.testing.assert_array_equal(np.asarray(d), b, err_msg=name)
@@ -97,7 +88,6 @@ def test_check_grads_float64():
 
     def f(v, lo, a):
         return ms_deform_attn(v, SHAPES, STARTS, lo, a)
-
     # reverse mode (custom_vjp); second order is not defined by msdacore's backward
     check_grads(f, (value, loc, attn), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
 
@@ -112,33 +102,24 @@ def test_vmap_folds_batches_into_the_kernel_call():
     out = f(locs)
     assert out.shape == (B, N, Lq, M * D)
     for b in range(B):
-        np.testing.assert_array_equal(
-            np.asarray(out[b]), msdacore.ms_deform_attn(value, SHAPES, STARTS, locs[b], attn)
-        )
+        np.testing.assert_array_equal(np.asarray(out[b]),
+                                      msdacore.ms_deform_attn(value, SHAPES, STARTS, locs[b], attn))
     # every argument batched, and nested vmaps (two leading dimensions folded into N):
     # nested[i, j] = f(values[j], locs[i + j], attns[j])
     values = np.stack([value, value[::-1]])
     attns = np.stack([attn, 2 * attn])
-    nested = jax.vmap(
-        jax.vmap(lambda v, lo, a: ms_deform_attn(v, SHAPES, STARTS, lo, a)), in_axes=(None, 0, None)
-    )(values, np.stack([locs[:2], locs[1:3]]), attns)
+    nested = jax.vmap(jax.vmap(lambda v, lo, a: ms_deform_attn(v, SHAPES, STARTS, lo, a)),
+                      in_axes=(None, 0, None))(values, np.stack([locs[:2], locs[1:3]]), attns)
     assert nested.shape == (2, 2, N, Lq, M * D)
     for i in range(2):
         for j in range(2):
             np.testing.assert_array_equal(
                 np.asarray(nested[i, j]),
-                msdacore.ms_deform_attn(values[j], SHAPES, STARTS, locs[i + j], attns[j]),
-            )
+                msdacore.ms_deform_attn(values[j], SHAPES, STARTS, locs[i + j], attns[j]))
     # the vmapped backward: per-example gradients
-    per_example = jax.jit(
-        jax.vmap(
-            jax.grad(
-                lambda v, lo: jnp.sum(ms_deform_attn(v, SHAPES, STARTS, lo, attn) * g),
-                argnums=(0, 1),
-            ),
-            in_axes=(None, 0),
-        )
-    )(value, locs)
+    per_example = jax.jit(jax.vmap(jax.grad(
+        lambda v, lo: jnp.sum(ms_deform_attn(v, SHAPES, STARTS, lo, attn) * g),
+        argnums=(0, 1)), in_axes=(None, 0)))(value, locs)
     for b in range(B):
         gv, gl, _ = numpy_grads(value, locs[b], attn, g)
         np.testing.assert_array_equal(np.asarray(per_example[0][b]), gv)
@@ -152,18 +133,15 @@ def test_flattened_layout_and_discrete_mode():
     for mode in ("bilinear", "discrete"):
         kw = {"points_per_level": np.array(counts), "mode": mode}
         out = jax.jit(lambda v, lo, a, kw=kw: ms_deform_attn(v, SHAPES, STARTS, lo, a, **kw))(
-            value, loc, attn
-        )
+            value, loc, attn)
         np.testing.assert_array_equal(
-            np.asarray(out), msdacore.ms_deform_attn(value, SHAPES, STARTS, loc, attn, **kw)
-        )
+            np.asarray(out), msdacore.ms_deform_attn(value, SHAPES, STARTS, loc, attn, **kw))
         got = jax_grads(value, loc, attn, g, **kw)
         for a, b in zip(got, numpy_grads(value, loc, attn, g, **kw)):
             assert a.shape == b.shape
             np.testing.assert_array_equal(np.asarray(a), b)
-        ref = reference.ms_deform_attn_backward(
-            value, SHAPES, STARTS, loc, attn, g, points_per_level=counts, mode=mode
-        )
+        ref = reference.ms_deform_attn_backward(value, SHAPES, STARTS, loc, attn, g,
+                                                points_per_level=counts, mode=mode)
         assert relative_error(got[0], ref[0]) <= 1e-12
         if mode == "discrete":
             assert not np.any(np.asarray(got[1]))
@@ -174,15 +152,13 @@ def test_checkpoint_and_static_index_kinds():
 
     def loss(v, lo, a, shapes, starts):
         return jnp.sum(jnp.sin(ms_deform_attn(v, shapes, starts, lo, a)))
-
     want = jax.grad(loss, argnums=(0, 1, 2))(value, loc, attn, SHAPES, STARTS)
-    remat = jax.jit(
-        jax.grad(jax.checkpoint(loss, static_argnums=(3, 4)), argnums=(0, 1, 2)),
-        static_argnums=(3, 4),
-    )
+    remat = jax.jit(jax.grad(jax.checkpoint(loss, static_argnums=(3, 4)), argnums=(0, 1, 2)),
+                    static_argnums=(3, 4))
     # lists / tuples of ints and int32 arrays are all accepted as static index arrays
     got = remat(value, loc, attn, tuple(map(tuple, LEVELS)), (0, 42))
-    got32 = jax.grad(loss, argnums=(0, 1, 2))(value, loc, attn, SHAPES.astype(np.int32), [0, 42])
+    got32 = jax.grad(loss, argnums=(0, 1, 2))(value, loc, attn, SHAPES.astype(np.int32),
+                                              [0, 42])
     for a, b, c in zip(got, want, got32):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         np.testing.assert_array_equal(np.asarray(c), np.asarray(b))
@@ -194,26 +170,18 @@ def test_half_types_mixed_precision(dtype):
     half = jnp.asarray(value).astype(dtype)
     g = grad_output_for("float64")
     out = jax.jit(lambda v, lo, a: ms_deform_attn(v, SHAPES, STARTS, lo, a))(
-        half, loc.astype("float32"), attn.astype("float32")
-    )
+        half, loc.astype("float32"), attn.astype("float32"))
     assert out.dtype == half.dtype
     v64 = np.asarray(half.astype("float64"))
-    ref = reference.ms_deform_attn(
-        v64, SHAPES, STARTS, loc.astype("float32"), attn.astype("float32")
-    )
+    ref = reference.ms_deform_attn(v64, SHAPES, STARTS, loc.astype("float32"),
+                                   attn.astype("float32"))
     assert relative_error(out, ref) <= TOLERANCE[dtype]
-    grads = jax_grads(
-        half, loc.astype("float32"), attn.astype("float32"), jnp.asarray(g).astype(dtype)
-    )
+    grads = jax_grads(half, loc.astype("float32"), attn.astype("float32"),
+                      jnp.asarray(g).astype(dtype))
     assert [x.dtype.name for x in grads] == [dtype, "float32", "float32"]
     ref_grads = reference.ms_deform_attn_backward(
-        v64,
-        SHAPES,
-        STARTS,
-        loc.astype("float32"),
-        attn.astype("float32"),
-        np.asarray(jnp.asarray(g).astype(dtype).astype("float64")),
-    )
+        v64, SHAPES, STARTS, loc.astype("float32"), attn.astype("float32"),
+        np.asarray(jnp.asarray(g).astype(dtype).astype("float64")))
     assert relative_error(grads[0], ref_grads[0]) <= TOLERANCE[dtype]
     assert relative_error(grads[2], ref_grads[2]) <= TOLERANCE[dtype]
 
@@ -221,41 +189,31 @@ def test_half_types_mixed_precision(dtype):
 def test_empty_batch_and_queries():
     value, loc, attn = make("float64")
     assert ms_deform_attn(value[:0], SHAPES, STARTS, loc[:0], attn[:0]).shape == (0, Lq, M * D)
-    gv = jax.grad(lambda v: jnp.sum(ms_deform_attn(v, SHAPES, STARTS, loc[:, :0], attn[:, :0])))(
-        value
-    )
+    gv = jax.grad(lambda v: jnp.sum(ms_deform_attn(v, SHAPES, STARTS, loc[:, :0],
+                                                   attn[:, :0])))(value)
     assert gv.shape == value.shape and not np.any(np.asarray(gv))
 
 
 def test_bad_inputs_raise_clear_errors_at_trace_time():
     value, loc, attn = make("float64")
-    with pytest.raises(
-        ValueError,
-        match=r"sampling_locations must have shape "
-        r"\(N, Lq, M, L, P, 2\) = \(2, 7, 2, 2, 3, 2\), got",
-    ):
+    with pytest.raises(ValueError, match=r"sampling_locations must have shape "
+                                         r"\(N, Lq, M, L, P, 2\) = \(2, 7, 2, 2, 3, 2\), got"):
         jax.jit(lambda lo: ms_deform_attn(value, SHAPES, STARTS, lo, attn))(loc[..., :1])
     with pytest.raises(ValueError, match="level_start_index must hold the prefix sums"):
         ms_deform_attn(value, SHAPES, [0, 41], loc, attn)
     with pytest.raises(TypeError, match="same dtype"):
         ms_deform_attn(value, SHAPES, STARTS, loc.astype("float32"), attn)
-    with pytest.raises(
-        TypeError,
-        match=r"value must be a floating-point array \(float32, "
-        r"float64, float16 or bfloat16\), got int32",
-    ):
+    with pytest.raises(TypeError, match=r"value must be a floating-point array \(float32, "
+                                        r"float64, float16 or bfloat16\), got int32"):
         ms_deform_attn(value.astype("int32"), SHAPES, STARTS, loc, attn)
-    with pytest.raises(
-        TypeError,
-        match=r"attention_weights has dtype complex64, which msdacore "
-        r"does not support \(float32, float64, float16 or bfloat16",
-    ):
+    with pytest.raises(TypeError, match=r"attention_weights has dtype complex64, which msdacore "
+                                        r"does not support \(float32, float64, float16 or "
+                                        r"bfloat16"):
         ms_deform_attn(value, SHAPES, STARTS, loc, attn.astype("complex64"))
     with pytest.raises(TypeError, match="spatial_shapes must be static"):
         jax.jit(lambda s: ms_deform_attn(value, s, STARTS, loc, attn))(SHAPES)
-    with pytest.raises(
-        TypeError, match="spatial_shapes must be an int32 or int64 array, got float32"
-    ):
+    with pytest.raises(TypeError,
+                       match="spatial_shapes must be an int32 or int64 array, got float32"):
         ms_deform_attn(value, SHAPES.astype(np.float32), STARTS, loc, attn)
     with pytest.raises(TypeError, match="deterministic must be a bool, got str"):
         ms_deform_attn(value, SHAPES, STARTS, loc, attn, deterministic="yes")
@@ -263,28 +221,13 @@ def test_bad_inputs_raise_clear_errors_at_trace_time():
         ms_deform_attn(value, SHAPES, STARTS, loc, attn, mode="nearest")
     with pytest.raises(ValueError, match="align_corners"):
         ms_deform_attn(value, SHAPES, STARTS, loc, attn, mode="discrete", align_corners=True)
-    with pytest.raises(
-        ValueError,
-        match=r"sampling_locations must have shape "
-        r"\(N, Lq, M, P_total, 2\) = \(2, 7, 2, 5, 2\)",
-    ):
-        ms_deform_attn(
-            value,
-            SHAPES,
-            STARTS,
-            loc.reshape(N, Lq, M, L * P, 2),
-            attn.reshape(N, Lq, M, L * P),
-            points_per_level=[2, 3],
-        )
+    with pytest.raises(ValueError, match=r"sampling_locations must have shape "
+                                         r"\(N, Lq, M, P_total, 2\) = \(2, 7, 2, 5, 2\)"):
+        ms_deform_attn(value, SHAPES, STARTS, loc.reshape(N, Lq, M, L * P, 2),
+                       attn.reshape(N, Lq, M, L * P), points_per_level=[2, 3])
     with pytest.raises(ValueError, match="points_per_level"):
-        ms_deform_attn(
-            value,
-            SHAPES,
-            STARTS,
-            loc.reshape(N, Lq, M, L * P, 2),
-            attn.reshape(N, Lq, M, L * P),
-            points_per_level=[6],
-        )
+        ms_deform_attn(value, SHAPES, STARTS, loc.reshape(N, Lq, M, L * P, 2),
+                       attn.reshape(N, Lq, M, L * P), points_per_level=[6])
 
 
 def test_handler_errors_come_back_as_xla_errors_with_msdacore_message():
@@ -294,25 +237,15 @@ def test_handler_errors_come_back_as_xla_errors_with_msdacore_message():
     value, loc, attn = make("float64")
     # the custom call itself, past ms_deform_attn's trace-time check
     call = jax.ffi.ffi_call(_ffi.FORWARD, jax.ShapeDtypeStruct((N, Lq, M * D), value.dtype))
-    with pytest.raises(
-        jax.errors.JaxRuntimeError,
-        match=r"msdacore: MSDACORE_ERROR_SHAPE: level_start_index must hold the "
-        r"prefix sums of H_l\*W_l from spatial_shapes: expected \[0, 42\], "
-        r"got \[0, 41\]",
-    ):
-        jax.block_until_ready(
-            call(
-                value,
-                loc.reshape(N, Lq, M, L * P, 2),
-                attn.reshape(N, Lq, M, L * P),
-                spatial_shapes=SHAPES.reshape(-1),
-                level_start_index=np.array([0, 41]),
-                points_per_level=np.array([P, P]),
-                align_corners=np.int32(0),
-                mode=np.int32(0),
-                deterministic=np.int32(0),
-            )
-        )
+    with pytest.raises(jax.errors.JaxRuntimeError,
+                       match=r"msdacore: MSDACORE_ERROR_SHAPE: level_start_index must hold the "
+                             r"prefix sums of H_l\*W_l from spatial_shapes: expected \[0, 42\], "
+                             r"got \[0, 41\]"):
+        jax.block_until_ready(call(
+            value, loc.reshape(N, Lq, M, L * P, 2), attn.reshape(N, Lq, M, L * P),
+            spatial_shapes=SHAPES.reshape(-1), level_start_index=np.array([0, 41]),
+            points_per_level=np.array([P, P]), align_corners=np.int32(0), mode=np.int32(0),
+            deterministic=np.int32(0)))
 
 
 def test_composition_matches_reference_with_autodiff():
@@ -323,21 +256,15 @@ def test_composition_matches_reference_with_autodiff():
     def outputs_and_grads(v, lo, a):  # both align_corners variants, in one compilation
         results = []
         for align_corners in (False, True):
-            out, vjp = jax.vjp(
-                lambda *x, ac=align_corners: ms_deform_attn_composition(
-                    *x[:1], SHAPES, STARTS, *x[1:], align_corners=ac
-                ),
-                v,
-                lo,
-                a,
-            )
+            out, vjp = jax.vjp(lambda *x, ac=align_corners: ms_deform_attn_composition(
+                *x[:1], SHAPES, STARTS, *x[1:], align_corners=ac), v, lo, a)
             results.append((out, vjp(jnp.asarray(g))))
         return results
-
     for align_corners, (out, grads) in zip((False, True), outputs_and_grads(value, loc, attn)):
         ref = reference.ms_deform_attn(value, SHAPES, STARTS, loc, attn, align_corners)
         assert relative_error(out, ref) <= 1e-12
-        refs = reference.ms_deform_attn_backward(value, SHAPES, STARTS, loc, attn, g, align_corners)
+        refs = reference.ms_deform_attn_backward(value, SHAPES, STARTS, loc, attn, g,
+                                                 align_corners)
         for a, r in zip(grads, refs):
             assert relative_error(a, r) <= 1e-12
 
@@ -371,15 +298,9 @@ def init_layer(key, dtype):
     def dense(k, fan_in, fan_out, scale=1.0):
         w = jax.random.normal(k, (fan_in, fan_out), dtype) * scale / np.sqrt(fan_in)
         return {"w": w, "b": jnp.zeros((fan_out,), dtype)}
-
-    return {
-        "value": dense(keys[0], C, C),
-        "offsets": dense(keys[1], C, M * L * P * 2, 0.1),
-        "weights": dense(keys[2], C, M * L * P),
-        "out": dense(keys[3], C, C),
-        "ffn1": dense(keys[4], C, 2 * C),
-        "ffn2": dense(keys[5], 2 * C, C),
-    }
+    return {"value": dense(keys[0], C, C), "offsets": dense(keys[1], C, M * L * P * 2, 0.1),
+            "weights": dense(keys[2], C, M * L * P), "out": dense(keys[3], C, C),
+            "ffn1": dense(keys[4], C, 2 * C), "ffn2": dense(keys[5], 2 * C, C)}
 
 
 def reference_points():
@@ -394,24 +315,20 @@ def reference_points():
 def encoder_layer(params, src, pos, attention):
     """src, pos (B, S, C) -> (B, S, C): deformable self-attention over the multi-scale
     tokens, residual + layer norm, feed-forward, residual + layer norm."""
-
     def dense(p, x):
         return x @ p["w"] + p["b"]
 
     def norm(x):
         mean = x.mean(-1, keepdims=True)
         return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
-
     B = src.shape[0]
     query = src + pos
     value = dense(params["value"], src).reshape(B, S, M, D)
     offsets = dense(params["offsets"], query).reshape(B, S, M, L, P, 2)
     weights = jax.nn.softmax(dense(params["weights"], query).reshape(B, S, M, L * P), -1)
     normalizer = jnp.asarray(SHAPES[:, ::-1], src.dtype)  # (W, H) per level
-    locations = (
-        jnp.asarray(reference_points(), src.dtype)[None, :, None, None, None, :]
-        + offsets / normalizer[None, None, None, :, None, :]
-    )
+    locations = (jnp.asarray(reference_points(), src.dtype)[None, :, None, None, None, :]
+                 + offsets / normalizer[None, None, None, :, None, :])
     sampled = attention(value, SHAPES, STARTS, locations, weights.reshape(B, S, M, L, P))
     src = norm(src + dense(params["out"], sampled))
     return norm(src + dense(params["ffn2"], jax.nn.relu(dense(params["ffn1"], src))))
@@ -432,7 +349,6 @@ def test_encoder_layer_trains_and_matches_the_composition():
 
     def step_fn(attention):
         return jax.jit(jax.value_and_grad(lambda p: layer_loss(p, src, pos, target, attention)))
-
     step = step_fn(ms_deform_attn)
     losses, first_grads = [], None
     for _ in range(8):
@@ -448,6 +364,4 @@ def test_encoder_layer_trains_and_matches_the_composition():
     for name in first_grads:
         for leaf in ("w", "b"):
             assert relative_error(first_grads[name][leaf], theirs[name][leaf]) <= 1e-10, (
-                name,
-                leaf,
-            )
+                name, leaf)

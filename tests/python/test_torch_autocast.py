@@ -46,24 +46,17 @@ def test_cpu_autocast_mixed_precision(half):
     with torch.autocast("cpu", dtype=half):
         out = mt.ms_deform_attn(value, LEVELS, None, loc, weights)
     assert out.dtype == half
-    expected = mt.ms_deform_attn(
-        value.detach().to(half), LEVELS, None, loc.detach(), weights.detach()
-    )
+    expected = mt.ms_deform_attn(value.detach().to(half), LEVELS, None, loc.detach(),
+                                 weights.detach())
     assert torch.equal(out, expected)
     grads = torch.autograd.grad(out.float().sum(), (value, loc, weights))
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
 
     # more accurate than half locations, against float64
-    ref = mt.ms_deform_attn(
-        value.detach().double(), LEVELS, None, loc.detach().double(), weights.detach().double()
-    )
-    all_half = mt.ms_deform_attn(
-        *(t.detach().to(half) for t in (value,)),
-        LEVELS,
-        None,
-        loc.detach().to(half),
-        weights.detach().to(half),
-    )
+    ref = mt.ms_deform_attn(value.detach().double(), LEVELS, None, loc.detach().double(),
+                            weights.detach().double())
+    all_half = mt.ms_deform_attn(*(t.detach().to(half) for t in (value,)), LEVELS, None,
+                                 loc.detach().to(half), weights.detach().to(half))
     err = (out.double() - ref).abs().max() / ref.abs().max()
     assert err <= (1e-2 if half == torch.float16 else 5e-2)
     assert err <= (all_half.double() - ref).abs().max() / ref.abs().max()

@@ -51,9 +51,9 @@ def test_jacrev_matches_central_differences():
     jac = torch.func.jacrev(f, argnums=1)(value, loc, attn)  # (out..., loc...)
     t = torch.randn_like(loc)
     directional = (jac * t).sum(dim=tuple(range(3, jac.dim())))
-    torch.testing.assert_close(
-        directional, _central_difference(lambda x: f(value, x, attn), loc, t), rtol=1e-6, atol=1e-8
-    )
+    torch.testing.assert_close(directional,
+                               _central_difference(lambda x: f(value, x, attn), loc, t),
+                               rtol=1e-6, atol=1e-8)
 
 
 def test_vmap_matches_a_loop_and_folds_into_one_call():
@@ -90,16 +90,11 @@ def test_jvp_and_jacfwd_for_value_and_weights(arg):
         return f(*args)
 
     _, tangent = torch.func.jvp(along, (inputs[arg],), (t,))
-    torch.testing.assert_close(
-        tangent, _central_difference(along, inputs[arg], t), rtol=1e-6, atol=1e-8
-    )
+    torch.testing.assert_close(tangent, _central_difference(along, inputs[arg], t),
+                               rtol=1e-6, atol=1e-8)
     assert tangent.abs().sum() > 0
-    torch.testing.assert_close(
-        torch.func.jacfwd(along)(inputs[arg]),
-        torch.func.jacrev(along)(inputs[arg]),
-        rtol=1e-12,
-        atol=1e-12,
-    )
+    torch.testing.assert_close(torch.func.jacfwd(along)(inputs[arg]),
+                               torch.func.jacrev(along)(inputs[arg]), rtol=1e-12, atol=1e-12)
     with fwAD.dual_level():
         args = list(inputs)
         args[arg] = fwAD.make_dual(inputs[arg], t)
@@ -137,8 +132,5 @@ def test_level_start_index_of_widens_before_multiplying():
     shapes = torch.tensor([[50000, 50000], [3, 4]], dtype=torch.int32)
     assert mt.level_start_index_of(shapes).tolist() == [0, 2_500_000_000]
     import numpy as np
-
-    assert mt.level_start_index_of(np.array([[50000, 50000], [3, 4]], np.int32)) == [
-        0,
-        2_500_000_000,
-    ]
+    assert mt.level_start_index_of(np.array([[50000, 50000], [3, 4]], np.int32)) == \
+        [0, 2_500_000_000]

@@ -30,76 +30,36 @@ def _check(out, expected, value, loc, attn):
 
 def test_four_argument_form(problem):
     value, shapes, starts, loc, attn, expected = problem
-    for fn in (
-        mt.multi_scale_deformable_attn,
-        mt.multi_scale_deformable_attn_pytorch,
-        mt.ms_deform_attn_core_pytorch,
-    ):
+    for fn in (mt.multi_scale_deformable_attn, mt.multi_scale_deformable_attn_pytorch,
+               mt.ms_deform_attn_core_pytorch):
         _check(fn(value, shapes, loc, attn), expected, value, loc, attn)
     _check(mt.multi_scale_deformable_attn(value, LEVELS, loc, attn), expected, value, loc, attn)
-    _check(
-        mt.multi_scale_deformable_attn(
-            value, value_spatial_shapes=shapes, sampling_locations=loc, attention_weights=attn
-        ),
-        expected,
-        value,
-        loc,
-        attn,
-    )
+    _check(mt.multi_scale_deformable_attn(value, value_spatial_shapes=shapes,
+                                          sampling_locations=loc, attention_weights=attn),
+           expected, value, loc, attn)
 
 
 @pytest.mark.parametrize("im2col_step", [64, 1, 2, 5])  # 2 does not divide N = 3: ignored
 def test_six_argument_form(problem, im2col_step):
     value, shapes, starts, loc, attn, expected = problem
-    _check(
-        mt.multi_scale_deformable_attn(value, shapes, starts, loc, attn, im2col_step),
-        expected,
-        value,
-        loc,
-        attn,
-    )
-    _check(
-        mt.MSDeformAttnFunction.apply(value, shapes, starts, loc, attn, im2col_step),
-        expected,
-        value,
-        loc,
-        attn,
-    )
-    _check(
-        mt.MultiScaleDeformableAttnFunction.apply(value, shapes, starts, loc, attn, im2col_step),
-        expected,
-        value,
-        loc,
-        attn,
-    )
-    _check(
-        mt.multi_scale_deformable_attn(value, shapes, starts, loc, attn, im2col_step=im2col_step),
-        expected,
-        value,
-        loc,
-        attn,
-    )
-    _check(
-        mt.multi_scale_deformable_attn(
-            value,
-            shapes,
-            level_start_index=starts,
-            sampling_locations=loc,
-            attention_weights=attn,
-            im2col_step=im2col_step,
-        ),
-        expected,
-        value,
-        loc,
-        attn,
-    )
+    _check(mt.multi_scale_deformable_attn(value, shapes, starts, loc, attn, im2col_step),
+           expected, value, loc, attn)
+    _check(mt.MSDeformAttnFunction.apply(value, shapes, starts, loc, attn, im2col_step),
+           expected, value, loc, attn)
+    _check(mt.MultiScaleDeformableAttnFunction.apply(value, shapes, starts, loc, attn, im2col_step),
+           expected, value, loc, attn)
+    _check(mt.multi_scale_deformable_attn(value, shapes, starts, loc, attn,
+                                          im2col_step=im2col_step),
+           expected, value, loc, attn)
+    _check(mt.multi_scale_deformable_attn(value, shapes, level_start_index=starts,
+                                          sampling_locations=loc, attention_weights=attn,
+                                          im2col_step=im2col_step), expected, value, loc, attn)
 
 
 def test_five_arguments_without_im2col_step(problem):
     value, shapes, starts, loc, attn, expected = problem
-    _check(
-        mt.multi_scale_deformable_attn(value, shapes, starts, loc, attn), expected, value, loc, attn
-    )
+    _check(mt.multi_scale_deformable_attn(value, shapes, starts, loc, attn), expected, value, loc,
+           attn)
 
 
 def test_misuse_is_a_type_error(problem):
@@ -109,9 +69,8 @@ def test_misuse_is_a_type_error(problem):
     with pytest.raises(TypeError, match="unexpected keywords"):
         mt.multi_scale_deformable_attn(value, shapes, loc, attn, bogus=1)
     with pytest.raises(TypeError, match="both"):
-        mt.multi_scale_deformable_attn(
-            value, loc, attn, spatial_shapes=shapes, value_spatial_shapes=shapes
-        )
+        mt.multi_scale_deformable_attn(value, loc, attn, spatial_shapes=shapes,
+                                       value_spatial_shapes=shapes)
 
 
 def test_align_corners_is_passed_on(problem):
@@ -124,9 +83,7 @@ def test_plain_package_does_not_import_torch():
     import subprocess
     import sys
 
-    code = (
-        "import sys, msdacore; assert 'torch' not in sys.modules, 'torch imported'; "
-        "import msdacore.reference"
-    )
+    code = ("import sys, msdacore; assert 'torch' not in sys.modules, 'torch imported'; "
+            "import msdacore.reference")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert hasattr(msdacore, "ms_deform_attn")

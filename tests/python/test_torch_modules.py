@@ -40,12 +40,8 @@ class ReferenceMSDeformAttn(nn.Module):
 
     def __init__(self, d_model, n_levels, n_heads, n_points):
         super().__init__()
-        self.d_model, self.n_levels, self.n_heads, self.n_points = (
-            d_model,
-            n_levels,
-            n_heads,
-            n_points,
-        )
+        self.d_model, self.n_levels = d_model, n_levels
+        self.n_heads, self.n_points = n_heads, n_points
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -87,11 +83,9 @@ MSDA_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "case",
-    MSDA_CASES,
-    ids=lambda c: f"C{c[0]}L{len(c[1])}M{c[2]}P{c[3]}ref{c[4]}" + ("mask" if c[5] else "") + c[6],
-)
+@pytest.mark.parametrize("case", MSDA_CASES,
+                         ids=lambda c: f"C{c[0]}L{len(c[1])}M{c[2]}P{c[3]}ref{c[4]}"
+                         + ("mask" if c[5] else "") + c[6])
 def test_msdeformattn_matches_reference(case):
     d_model, levels, M, P, n_coords, use_mask, form = case
     L = len(levels)
@@ -198,18 +192,11 @@ class ReferenceDAT(nn.Module):
     def __init__(self, module):
         super().__init__()
         self.conv_offset = nn.Sequential(
-            nn.Conv2d(
-                module.group_channels,
-                module.group_channels,
-                module.kernel_size,
-                module.stride,
-                module.kernel_size // 2,
-                groups=module.group_channels,
-            ),
+            nn.Conv2d(module.group_channels, module.group_channels, module.kernel_size,
+                      module.stride, module.kernel_size // 2, groups=module.group_channels),
             _NormNCHW(module.group_channels),
             nn.GELU(),
-            nn.Conv2d(module.group_channels, 2, 1, bias=False),
-        )
+            nn.Conv2d(module.group_channels, 2, 1, bias=False))
         dim = module.dim
         bias = module.proj_q.bias is not None
         self.proj_q = nn.Conv2d(dim, dim, 1, bias=bias)
@@ -217,12 +204,8 @@ class ReferenceDAT(nn.Module):
         self.proj_v = nn.Conv2d(dim, dim, 1, bias=bias)
         self.proj_out = nn.Conv2d(dim, dim, 1)
         self.rpe_table = nn.Parameter(module.rpe_table.detach().clone()) if module.use_rpb else None
-        self.m = dict(
-            G=module.n_groups,
-            heads=module.n_heads,
-            factor=module.offset_range_factor,
-            q_size=module.q_size,
-        )
+        self.m = dict(G=module.n_groups, heads=module.n_heads, factor=module.offset_range_factor,
+                      q_size=module.q_size)
 
     def forward(self, x):
         B, C, H, W = x.shape
@@ -236,13 +219,8 @@ class ReferenceDAT(nn.Module):
         cy = (torch.arange(Hk, dtype=x.dtype)[:, None] + 0.5) / Hk
         cx = (torch.arange(Wk, dtype=x.dtype)[None, :] + 0.5) / Wk
         pos = torch.stack([cx + off_x, cy + off_y], dim=-1)  # (B*G, Hk, Wk, 2)
-        sampled = F.grid_sample(
-            x.reshape(B * G, gc, H, W),
-            pos * 2 - 1,
-            mode="bilinear",
-            padding_mode="zeros",
-            align_corners=True,
-        )
+        sampled = F.grid_sample(x.reshape(B * G, gc, H, W), pos * 2 - 1, mode="bilinear",
+                                padding_mode="zeros", align_corners=True)
         sampled = sampled.reshape(B, C, Hk, Wk)
         Ns = Hk * Wk
         k = self.proj_k(sampled).reshape(B, nh, hc, Ns)
@@ -253,22 +231,17 @@ class ReferenceDAT(nn.Module):
             hm, wm = self.m["q_size"]
             # Query pixels and key pixels (align_corners=True), their difference placed
             # in the table whose centre (hm - 1, wm - 1) is displacement zero.
-            qy, qx = torch.meshgrid(
-                torch.arange(H, dtype=x.dtype), torch.arange(W, dtype=x.dtype), indexing="ij"
-            )
+            qy, qx = torch.meshgrid(torch.arange(H, dtype=x.dtype), torch.arange(W, dtype=x.dtype),
+                                    indexing="ij")
             kx = pos[..., 0].reshape(B * G, 1, Ns) * (W - 1)
             ky = pos[..., 1].reshape(B * G, 1, Ns) * (H - 1)
             tx = qx.reshape(1, H * W, 1) - kx + (wm - 1)
             ty = qy.reshape(1, H * W, 1) - ky + (hm - 1)
             grid = torch.stack([tx / max(2 * wm - 2, 1), ty / max(2 * hm - 2, 1)], -1) * 2 - 1
-            table = (
-                self.rpe_table[None]
-                .expand(B, -1, -1, -1)
-                .reshape(B * G, nh // G, 2 * hm - 1, 2 * wm - 1)
-            )
-            bias = F.grid_sample(
-                table, grid, mode="bilinear", padding_mode="zeros", align_corners=True
-            )  # (B*G, nh/G, HW, Ns)
+            table = self.rpe_table[None].expand(B, -1, -1, -1).reshape(B * G, nh // G, 2 * hm - 1,
+                                                                       2 * wm - 1)
+            bias = F.grid_sample(table, grid, mode="bilinear", padding_mode="zeros",
+                                 align_corners=True)  # (B*G, nh/G, HW, Ns)
             logits = logits + bias.reshape(B, nh, H * W, Ns)
         attn = torch.softmax(logits, dim=-1)
         out = torch.einsum("bhqk,bhck->bhcq", attn, v).reshape(B, C, H, W)
@@ -293,27 +266,15 @@ DAT_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "case",
-    DAT_CASES,
-    ids=lambda c: f"C{c[0]}h{c[1]}g{c[2]}r{c[3]}_{c[4]}x{c[5]}" + ("rpb" if c[6] else ""),
-)
+@pytest.mark.parametrize("case", DAT_CASES,
+                         ids=lambda c: f"C{c[0]}h{c[1]}g{c[2]}r{c[3]}_{c[4]}x{c[5]}"
+                         + ("rpb" if c[6] else ""))
 def test_dat_matches_reference(case):
     dim, nh, G, r, H, W, use_rpb, q_size, factor = case
     torch.manual_seed(5)
-    module = (
-        mt.DeformableAttention2d(
-            dim,
-            n_heads=nh,
-            n_groups=G,
-            stride=r,
-            offset_range_factor=factor,
-            use_rpb=use_rpb,
-            q_size=q_size,
-        )
-        .double()
-        .eval()
-    )
+    module = mt.DeformableAttention2d(dim, n_heads=nh, n_groups=G, stride=r,
+                                      offset_range_factor=factor, use_rpb=use_rpb,
+                                      q_size=q_size).double().eval()
     _random_weights(module, seed=6)
     ref_module = ReferenceDAT(module).double().eval()
     ref_module.load_state_dict(module.state_dict())

@@ -26,21 +26,19 @@ def grid_sample_msda(value, levels, sampling_locations, attention_weights, align
     start = 0
     for lvl, (h, w) in enumerate(levels):
         # (N, H*W, M, D) -> (N*M, D, H, W)
-        image = value[:, start : start + h * w].permute(0, 2, 3, 1).reshape(N * M, D, h, w)
+        image = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(N * M, D, h, w)
         start += h * w
         # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2) in grid_sample's [-1, 1]
         grid = sampling_locations[:, :, :, lvl].permute(0, 2, 1, 3, 4).reshape(N * M, Lq, P, 2)
-        sampled = F.grid_sample(
-            image, grid * 2 - 1, mode="bilinear", padding_mode="zeros", align_corners=align_corners
-        )  # (N*M, D, Lq, P)
+        sampled = F.grid_sample(image, grid * 2 - 1, mode="bilinear", padding_mode="zeros",
+                                align_corners=align_corners)  # (N*M, D, Lq, P)
         weights = attention_weights[:, :, :, lvl].permute(0, 2, 1, 3).reshape(N * M, 1, Lq, P)
         out = out + (sampled * weights).sum(-1).reshape(N, M, D, Lq)
     return out.permute(0, 3, 1, 2).reshape(N, Lq, M * D)
 
 
-def make_problem(
-    seed=0, N=2, levels=LEVELS, M=3, D=5, P=3, Lq=11, dtype=torch.float64, requires_grad=False
-):
+def make_problem(seed=0, N=2, levels=LEVELS, M=3, D=5, P=3, Lq=11, dtype=torch.float64,
+                 requires_grad=False):
     """Random inputs; locations spread over [-0.15, 1.15] so that some fall outside."""
     g = torch.Generator().manual_seed(seed)
     S = sum(h * w for h, w in levels)
@@ -111,9 +109,8 @@ def test_gradients_match_grid_sample(align_corners):
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_gradcheck_float64(align_corners):
     levels = ((3, 4), (2, 2), (1, 3))
-    value, loc, attn = make_problem(
-        seed=3, N=2, levels=levels, M=2, D=3, P=2, Lq=3, requires_grad=True
-    )
+    value, loc, attn = make_problem(seed=3, N=2, levels=levels, M=2, D=3, P=2, Lq=3,
+                                    requires_grad=True)
 
     def fn(v, s, a):
         return mt.ms_deform_attn(v, levels, None, s, a, align_corners=align_corners)
@@ -125,23 +122,19 @@ def test_gradcheck_float64(align_corners):
 def test_opcheck_forward(requires_grad):
     value, loc, attn = make_problem(seed=4, N=2, M=2, D=3, P=2, Lq=4, requires_grad=requires_grad)
     shapes, starts = index_arrays(LEVELS, "tensor")
-    torch.library.opcheck(
-        torch.ops.msdacore.ms_deform_attn.default, (value, shapes, starts, loc, attn, False)
-    )
-    torch.library.opcheck(
-        torch.ops.msdacore.ms_deform_attn.default,
-        (value.float(), shapes.int(), starts.int(), loc.float(), attn.float(), True),
-    )
+    torch.library.opcheck(torch.ops.msdacore.ms_deform_attn.default,
+                          (value, shapes, starts, loc, attn, False))
+    torch.library.opcheck(torch.ops.msdacore.ms_deform_attn.default,
+                          (value.float(), shapes.int(), starts.int(), loc.float(), attn.float(),
+                           True))
 
 
 def test_opcheck_backward():
     value, loc, attn = make_problem(seed=5, N=2, M=2, D=3, P=2, Lq=4)
     shapes, starts = index_arrays(LEVELS, "tensor")
     grad_out = torch.randn(2, 4, 6, dtype=torch.float64)
-    torch.library.opcheck(
-        torch.ops.msdacore.ms_deform_attn_backward.default,
-        (value, shapes, starts, loc, attn, grad_out, False),
-    )
+    torch.library.opcheck(torch.ops.msdacore.ms_deform_attn_backward.default,
+                          (value, shapes, starts, loc, attn, grad_out, False))
 
 
 # ---------------------------------------------------------------------------
@@ -179,9 +172,8 @@ def test_compile_dynamic_shapes_no_recompile_break():
     compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend="aot_eager")
     for Lq in (3, 8, 13):
         value, loc, attn = make_problem(seed=Lq, Lq=Lq, dtype=torch.float32, requires_grad=True)
-        for a, b in zip(
-            _loss_and_grads(compiled, value, loc, attn), _loss_and_grads(fn, value, loc, attn)
-        ):
+        for a, b in zip(_loss_and_grads(compiled, value, loc, attn),
+                        _loss_and_grads(fn, value, loc, attn)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -225,16 +217,14 @@ def test_cpu_autocast_casts_float32_value_and_leaves_float64():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = mt.ms_deform_attn(value, LEVELS, None, loc, attn)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(
-        out, mt.ms_deform_attn(value.bfloat16(), LEVELS, None, loc, attn), rtol=0, atol=0
-    )
+    torch.testing.assert_close(out, mt.ms_deform_attn(value.bfloat16(), LEVELS, None, loc, attn),
+                               rtol=0, atol=0)
     value, loc, attn = make_problem(seed=9, dtype=torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = mt.ms_deform_attn(value, LEVELS, None, loc, attn)
     assert out.dtype == torch.float64
-    torch.testing.assert_close(
-        out, mt.ms_deform_attn(value, LEVELS, None, loc, attn), rtol=0, atol=0
-    )
+    torch.testing.assert_close(out, mt.ms_deform_attn(value, LEVELS, None, loc, attn),
+                               rtol=0, atol=0)
 
 
 def test_only_requested_gradients_and_no_grad():
@@ -253,10 +243,11 @@ def test_noncontiguous_inputs_give_the_same_results():
     value_t = value.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(True)
     attn_t = torch.stack([attn.detach(), attn.detach()], -1)[..., 0].requires_grad_(True)
     assert not value_t.is_contiguous() and not attn_t.is_contiguous()
-    a = _loss_and_grads(lambda v, s, w: mt.ms_deform_attn(v, LEVELS, None, s, w), value, loc, attn)
-    b = _loss_and_grads(
-        lambda v, s, w: mt.ms_deform_attn(v, LEVELS, None, s, w), value_t, loc, attn_t
-    )
+    def f(v, s, w):
+        return mt.ms_deform_attn(v, LEVELS, None, s, w)
+
+    a = _loss_and_grads(f, value, loc, attn)
+    b = _loss_and_grads(f, value_t, loc, attn_t)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
@@ -284,9 +275,8 @@ def test_same_as_numpy_level_api():
     value, loc, attn = make_problem(seed=14)
     out = mt.ms_deform_attn(value, LEVELS, None, loc, attn)
     shapes, starts = index_arrays(LEVELS, "tensor")
-    plain = msdacore.ms_deform_attn(
-        value.numpy(), shapes.numpy(), starts.numpy(), loc.numpy(), attn.numpy()
-    )
+    plain = msdacore.ms_deform_attn(value.numpy(), shapes.numpy(), starts.numpy(), loc.numpy(),
+                                    attn.numpy())
     assert torch.equal(out, torch.from_numpy(plain))
 
 
@@ -296,9 +286,8 @@ def test_same_as_numpy_level_api():
 
 def test_errors_surface_from_the_core():
     value, loc, attn = make_problem(seed=15)
-    with pytest.raises(
-        ValueError, match=r"sampling_locations must have shape \(N, Lq, M, L, P, 2\)"
-    ):
+    with pytest.raises(ValueError,
+                       match=r"sampling_locations must have shape \(N, Lq, M, L, P, 2\)"):
         mt.ms_deform_attn(value, LEVELS, None, loc[..., 0], attn)
     with pytest.raises(TypeError, match="same dtype"):
         mt.ms_deform_attn(value, LEVELS, None, loc.float(), attn)
@@ -313,11 +302,8 @@ def test_errors_surface_from_the_core():
 def test_errors_surface_under_compile():
     torch._dynamo.reset()
     value, loc, attn = make_problem(seed=16)
-    compiled = torch.compile(
-        lambda v, s, a: mt.ms_deform_attn(v, LEVELS, None, s, a),
-        fullgraph=True,
-        backend="aot_eager",
-    )
+    compiled = torch.compile(lambda v, s, a: mt.ms_deform_attn(v, LEVELS, None, s, a),
+                             fullgraph=True, backend="aot_eager")
     with pytest.raises(Exception, match="sampling_locations must have shape"):
         compiled(value, loc[..., 0], attn)
 

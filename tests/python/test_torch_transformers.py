@@ -31,7 +31,8 @@ transformers.logging.set_verbosity_error()
 
 # max|a - b| / max|ref| per tensor (SPEC "Numerics"), per call and per model; half-type
 # calls are measured against transformers' code in float64
-CALL_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+CALL_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2,
+            torch.bfloat16: 5e-2}
 MODEL_TOL = {torch.float64: 1e-9, torch.float32: 1e-3}
 HALVES = (torch.float16, torch.bfloat16)
 
@@ -75,7 +76,6 @@ def _call(fn, args, kwargs, seed, widen):
     """fn's output on copies of the arguments (float ones widened to float64 if `widen`)
     and the gradients of its float arguments (value, sampling_locations,
     attention_weights, in this order) for a random cotangent."""
-
     def copy_of(x):
         if not _float_tensor(x):
             return x
@@ -85,9 +85,8 @@ def _call(fn, args, kwargs, seed, widen):
     k = {n: copy_of(x) for n, x in kwargs.items()}
     out = fn(*a, **k)
     leaves = [x for x in list(a) + list(k.values()) if _float_tensor(x)]
-    g = torch.randn(
-        out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
-    ).to(out.dtype)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64).to(out.dtype)
     grads = torch.autograd.grad(out, leaves, g, allow_unused=True)
     return out, grads, leaves
 
@@ -208,7 +207,6 @@ def test_family_matches_stock(spec, dtype, checked_calls):
     assert got_grads.keys() == expected_grads.keys()
 
     if dtype == torch.float64:
-
         def check(name, a, b, floor=1e-30):
             err = rel_err(a, b, floor)
             assert err <= 1e-9, f"{name}: {err:.3g}"
@@ -288,10 +286,8 @@ def test_patch_is_idempotent_and_reversible():
     assert patch_quietly(model) == report
     assert model.state_dict().keys() == state.keys()
     attn = model.encoder.layers[0].self_attn.attn
-    assert isinstance(
-        attn,
-        transformers.models.deformable_detr.modeling_deformable_detr.MultiScaleDeformableAttention,
-    )
+    assert isinstance(attn, transformers.models.deformable_detr.modeling_deformable_detr
+                      .MultiScaleDeformableAttention)
     assert "msdacore" in repr(attn)
     with torch.no_grad():
         patched = model(**inputs).last_hidden_state
@@ -321,10 +317,8 @@ def test_patch_finds_nothing_in_other_models():
         warnings.simplefilter("error")
         assert mt.patch_transformers(torch.nn.Sequential(torch.nn.Linear(2, 2))) == {}
         # msdacore's own modules compute with msdacore already
-        assert (
-            mt.patch_transformers(mt.MSDeformAttn(d_model=8, n_levels=1, n_heads=2, n_points=1))
-            == {}
-        )
+        assert mt.patch_transformers(
+            mt.MSDeformAttn(d_model=8, n_levels=1, n_heads=2, n_points=1)) == {}
 
 
 def test_unknown_deformable_attention_warns_by_name():
@@ -333,11 +327,8 @@ def test_unknown_deformable_attention_warns_by_name():
     layers = model.encoder.layers
     # another kernel replaced one module's forward on the instance
     layers[0].self_attn.attn.forward = lambda *args: None
-    with pytest.warns(
-        RuntimeWarning,
-        match=r"encoder\.layers\.0\.self_attn\.attn .*"
-        r"forward was replaced on the instance",
-    ):
+    with pytest.warns(RuntimeWarning, match=r"encoder\.layers\.0\.self_attn\.attn .*"
+                                            r"forward was replaced on the instance"):
         report = mt.patch_transformers(model)
     assert report.total == 3
 
@@ -350,11 +341,8 @@ def test_custom_subclass_and_core_warn_by_name():
             return x
 
     model = F.tiny_model(F.BY_NAME["d_fine"])
-    first, second = [
-        m
-        for m in model.modules()
-        if isinstance(m, modeling_d_fine.DFineMultiscaleDeformableAttention)
-    ]
+    first, second = [m for m in model.modules()
+                     if isinstance(m, modeling_d_fine.DFineMultiscaleDeformableAttention)]
     first.ms_deformable_attn_core = lambda *args: None
     model.extra = MyMultiscaleDeformableAttention()
     with warnings.catch_warnings(record=True) as caught:
@@ -371,8 +359,7 @@ def test_v2_refuses_unknown_method():
     value = torch.zeros(1, 1, 1, 1)
     with pytest.raises(ValueError, match="method"):
         transformers_functions.multi_scale_deformable_attention_v2(
-            value, [(1, 1)], torch.zeros(1, 1, 1, 1, 2), torch.ones(1, 1, 1, 1), [1], "nearest"
-        )
+            value, [(1, 1)], torch.zeros(1, 1, 1, 1, 2), torch.ones(1, 1, 1, 1), [1], "nearest")
 
 
 # ---------------------------------------------------------------------------
@@ -420,11 +407,9 @@ def test_patched_model_survives_save_load_deepcopy_state_dict_and_dtype(name, tm
 
     single = model.to(torch.float32)
     assert patch_quietly(single) == report
-    _assert_all_close(
-        _outputs(single, spec, torch.float32),
-        _outputs(stock.to(torch.float32), spec, torch.float32),
-        MODEL_TOL[torch.float32],
-    )
+    _assert_all_close(_outputs(single, spec, torch.float32),
+                      _outputs(stock.to(torch.float32), spec, torch.float32),
+                      MODEL_TOL[torch.float32])
 
 
 def test_saved_patched_models_load_in_a_new_process(tmp_path):
@@ -455,9 +440,8 @@ def test_saved_patched_models_load_in_a_new_process(tmp_path):
             assert mt.unpatch_transformers(model).total > 0
         print("loaded", len({saved!r}))
     """)
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240
-    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"loaded {len(saved)}" in done.stdout
 
@@ -467,8 +451,5 @@ def test_patched_float32_model_is_close_and_under_no_grad():
     model = F.tiny_model(spec, torch.float32)
     patched = copy.deepcopy(model)
     patch_quietly(patched)
-    _assert_all_close(
-        _outputs(patched, spec, torch.float32),
-        _outputs(model, spec, torch.float32),
-        MODEL_TOL[torch.float32],
-    )
+    _assert_all_close(_outputs(patched, spec, torch.float32),
+                      _outputs(model, spec, torch.float32), MODEL_TOL[torch.float32])

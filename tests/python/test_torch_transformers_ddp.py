@@ -60,31 +60,18 @@ if __name__ == "__main__":
 
 
 def _loss(out, spec):
-    return sum(
-        (
-            torch.nan_to_num(getattr(out, n))
-            * torch.linspace(-1, 1, getattr(out, n).shape[-1], dtype=torch.float64)
-        ).sum()
-        for n in spec.outputs
-    )
+    return sum((torch.nan_to_num(getattr(out, n)) *
+                torch.linspace(-1, 1, getattr(out, n).shape[-1], dtype=torch.float64)).sum()
+               for n in spec.outputs)
 
 
 def test_ddp_gradients_equal_averaged_single_process(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(
-        textwrap.dedent(WORKER).format(
-            tests=os.path.dirname(__file__), family=FAMILY, out=str(tmp_path)
-        )
-    )
+    script.write_text(textwrap.dedent(WORKER).format(
+        tests=os.path.dirname(__file__), family=FAMILY, out=str(tmp_path)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "ddp done" in done.stdout
     ranks = [torch.load(tmp_path / f"grads{r}.pt") for r in range(2)]
@@ -96,19 +83,16 @@ def test_ddp_gradients_equal_averaged_single_process(tmp_path):
     shards = []
     for rank in range(2):
         model.zero_grad()
-        _loss(
-            model(**spec.inputs(torch.Generator().manual_seed(10 + rank), torch.float64)), spec
-        ).backward()
-        shards.append(
-            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        )
+        _loss(model(**spec.inputs(torch.Generator().manual_seed(10 + rank), torch.float64)),
+              spec).backward()
+        shards.append({n: p.grad.clone() for n, p in model.named_parameters()
+                       if p.grad is not None})
     assert shards[0].keys() == ranks[0].keys()
     checked = 0
     for name, grad in ranks[0].items():
         expected = (shards[0][name] + shards[1][name]) / 2
         torch.testing.assert_close(ranks[1][name], grad, rtol=0, atol=0)  # DDP: all equal
-        torch.testing.assert_close(
-            grad, expected, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}"
-        )
+        torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12,
+                                   msg=lambda m, name=name: f"{name}: {m}")
         checked += "sampling_offsets" in name
     assert checked > 0

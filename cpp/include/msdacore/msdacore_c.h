@@ -151,8 +151,8 @@ typedef struct msdacore_problem {
 
 /* Fills *t with a row-major contiguous CPU view of `shape` (ndim entries) and zeroes the
  * unused entries. MSDACORE_ERROR_SHAPE when ndim is not in 0..MSDACORE_MAX_DIMS. */
-msdacore_status msdacore_tensor_contiguous(msdacore_tensor* t, void* data, int32_t ndim,
-                                           const int64_t* shape, int32_t dtype);
+msdacore_status msdacore_tensor_contiguous(
+    msdacore_tensor* t, void* data, int32_t ndim, const int64_t* shape, int32_t dtype);
 
 /* The functions of a call take the five inputs first, in this order (the shapes above):
  * value, spatial_shapes, level_start_index, sampling_locations, attention_weights. Their
@@ -162,13 +162,11 @@ msdacore_status msdacore_tensor_contiguous(msdacore_tensor* t, void* data, int32
 /* Validates the five inputs against each other in the layout and mode of `options`
  * (NULL: the defaults), as forward and backward do; on success writes their sizes to
  * *problem when it is not NULL. */
-typedef msdacore_status msdacore_check_inputs_fn(const msdacore_tensor* value,
-                                                 const msdacore_tensor* spatial_shapes,
-                                                 const msdacore_tensor* level_start_index,
-                                                 const msdacore_tensor* sampling_locations,
-                                                 const msdacore_tensor* attention_weights,
-                                                 const msdacore_options* options,
-                                                 msdacore_problem* problem);
+typedef msdacore_status msdacore_check_inputs_fn(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_options* options,
+    msdacore_problem* problem);
 msdacore_check_inputs_fn msdacore_check_inputs;
 
 /* The check that needs no data: validates a call from its tensors' ndim, shape, dtype and
@@ -189,23 +187,19 @@ msdacore_check_shapes_fn msdacore_check_shapes;
  * msdacore_options.workspace): on the CPU 0 except for half types, on CUDA the buffers of
  * half types, mixed precision, many levels and the deterministic backward. Validates the
  * inputs as the op does; writes *bytes on success. */
-typedef msdacore_status msdacore_workspace_size_fn(const msdacore_tensor* value,
-                                                   const msdacore_tensor* spatial_shapes,
-                                                   const msdacore_tensor* level_start_index,
-                                                   const msdacore_tensor* sampling_locations,
-                                                   const msdacore_tensor* attention_weights,
-                                                   const msdacore_options* options, int64_t* bytes);
+typedef msdacore_status msdacore_workspace_size_fn(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_options* options, int64_t* bytes);
 msdacore_workspace_size_fn msdacore_forward_workspace_size;
 msdacore_workspace_size_fn msdacore_backward_workspace_size;
 
 /* output (N, Lq, M*D) = sum_l sum_p A * bilinear(value_l, location). */
-typedef msdacore_status msdacore_forward_fn(const msdacore_tensor* value,
-                                            const msdacore_tensor* spatial_shapes,
-                                            const msdacore_tensor* level_start_index,
-                                            const msdacore_tensor* sampling_locations,
-                                            const msdacore_tensor* attention_weights,
-                                            const msdacore_tensor* output,
-                                            const msdacore_options* options);
+typedef msdacore_status msdacore_forward_fn(
+    const msdacore_tensor* value, const msdacore_tensor* spatial_shapes,
+    const msdacore_tensor* level_start_index, const msdacore_tensor* sampling_locations,
+    const msdacore_tensor* attention_weights, const msdacore_tensor* output,
+    const msdacore_options* options);
 msdacore_forward_fn msdacore_forward;
 
 /* Gradients of the forward's output for grad_output; see the shapes above. On the CPU

@@ -88,9 +88,10 @@ struct Problem {
 
 // Validates the five inputs against each other (in the layout and mode `options` give)
 // and returns their sizes. Throws ShapeError / DTypeError / DeviceError / Error.
-Problem check_inputs(const TensorView& value, const TensorView& spatial_shapes,
-                     const TensorView& level_start_index, const TensorView& sampling_locations,
-                     const TensorView& attention_weights, const Options& options = {});
+Problem check_inputs(
+    const TensorView& value, const TensorView& spatial_shapes, const TensorView& level_start_index,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const Options& options = {});
 
 // The shapes a call returns (row-major; gradients in the layout of the inputs).
 struct CallShapes {
@@ -108,10 +109,10 @@ CallShapes call_shapes(const Problem& p);
 // other and S) when both have data; with null data they are unknown and left to the call.
 // grad_output, when given, is checked as the backward checks it. Returns the problem; its
 // heights, widths and level_starts are empty when the index values were unknown.
-Problem check_shapes(const TensorView& value, const TensorView& spatial_shapes,
-                     const TensorView& level_start_index, const TensorView& sampling_locations,
-                     const TensorView& attention_weights, const Options& options = {},
-                     const TensorView* grad_output = nullptr);
+Problem check_shapes(
+    const TensorView& value, const TensorView& spatial_shapes, const TensorView& level_start_index,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const Options& options = {}, const TensorView* grad_output = nullptr);
 
 // One call validated once: the constructor checks the five inputs (check_inputs); the
 // workspace queries, forward() and backward() then use that problem and check only the
@@ -120,9 +121,10 @@ Problem check_shapes(const TensorView& value, const TensorView& spatial_shapes,
 // set between construction and the run (options()).
 class Call {
  public:
-  Call(const TensorView& value, const TensorView& spatial_shapes,
-       const TensorView& level_start_index, const TensorView& sampling_locations,
-       const TensorView& attention_weights, const Options& options = {});
+  Call(
+      const TensorView& value, const TensorView& spatial_shapes,
+      const TensorView& level_start_index, const TensorView& sampling_locations,
+      const TensorView& attention_weights, const Options& options = {});
 
   const Problem& problem() const { return problem_; }
   Options& options() { return options_; }
@@ -133,9 +135,9 @@ class Call {
   int64_t forward_workspace_size() const;
   int64_t backward_workspace_size() const;
   void forward(const TensorView& output) const;
-  void backward(const TensorView& grad_output, const TensorView& grad_value,
-                const TensorView& grad_sampling_locations,
-                const TensorView& grad_attention_weights) const;
+  void backward(
+      const TensorView& grad_output, const TensorView& grad_value,
+      const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights) const;
 
  private:
   TensorView value_, spatial_shapes_, level_start_index_, sampling_locations_, attention_weights_;
@@ -144,23 +146,21 @@ class Call {
 };
 
 // output (N, Lq, M*D) = sum_l sum_p A * bilinear(value_l, location).
-void ms_deform_attn_forward(const TensorView& value, const TensorView& spatial_shapes,
-                            const TensorView& level_start_index,
-                            const TensorView& sampling_locations,
-                            const TensorView& attention_weights, const TensorView& output,
-                            const Options& options = {});
+void ms_deform_attn_forward(
+    const TensorView& value, const TensorView& spatial_shapes, const TensorView& level_start_index,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const TensorView& output, const Options& options = {});
 
 // Given grad_output (N, Lq, M*D) (T, any strides), writes
 //   grad_value               (N, S, M, D)
 //   grad_sampling_locations  (N, Lq, M, L, P, 2)
 //   grad_attention_weights   (N, Lq, M, L, P)
 // all T and contiguous. On the CPU the result is bitwise identical for any thread count.
-void ms_deform_attn_backward(const TensorView& value, const TensorView& spatial_shapes,
-                             const TensorView& level_start_index,
-                             const TensorView& sampling_locations,
-                             const TensorView& attention_weights, const TensorView& grad_output,
-                             const TensorView& grad_value,
-                             const TensorView& grad_sampling_locations,
-                             const TensorView& grad_attention_weights, const Options& options = {});
+void ms_deform_attn_backward(
+    const TensorView& value, const TensorView& spatial_shapes, const TensorView& level_start_index,
+    const TensorView& sampling_locations, const TensorView& attention_weights,
+    const TensorView& grad_output, const TensorView& grad_value,
+    const TensorView& grad_sampling_locations, const TensorView& grad_attention_weights,
+    const Options& options = {});
 
 }  // namespace msdacore

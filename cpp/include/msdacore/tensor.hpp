@@ -58,8 +58,9 @@ struct TensorView {
   // A row-major contiguous view of `shape` (strides computed).
   TensorView(void* data, std::initializer_list<int64_t> shape, DType dtype, Device device = {});
   // A strided view; `ndim` <= kMaxDims, else std::invalid_argument.
-  TensorView(void* data, int32_t ndim, const int64_t* shape, const int64_t* strides, DType dtype,
-             Device device = {});
+  TensorView(
+      void* data, int32_t ndim, const int64_t* shape, const int64_t* strides, DType dtype,
+      Device device = {});
 
   int64_t numel() const;       // product of the sizes (0 if any is <= 0; INT64_MAX if it overflows)
   bool is_contiguous() const;  // row-major, ignoring strides of size-1 dimensions

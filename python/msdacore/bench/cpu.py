@@ -41,7 +41,6 @@ __all__ = ["run_bench", "time_passes", "demo_timings", "table_header", "table_ro
 
 # ----------------------------------------------------------------------------- measuring
 
-
 def time_passes(calls: dict, repeats: int, warmup: int = WARMUP) -> dict:
     """Times calls["forward"] and calls["forward_backward"] (see problems.msdacore_calls)
     repeats times each after warmup calls. Returns {pass: median seconds} plus
@@ -56,13 +55,9 @@ def _measure(fn, settings: dict, repeats: int, memory: PeakMemory | None) -> tup
     """One measurement: warm-up, timed runs, then (optionally) one memory call.
 
     Returns ({"median_s", "min_s", "times_s", "runs", "peak_rss_bytes"}, result)."""
-    _, times, result = time_call(
-        fn,
-        repeats,
-        warmup=settings["warmup"],
-        max_seconds=settings["max_seconds"],
-        min_seconds=settings["min_seconds"],
-    )
+    _, times, result = time_call(fn, repeats, warmup=settings["warmup"],
+                                 max_seconds=settings["max_seconds"],
+                                 min_seconds=settings["min_seconds"])
     peak = None
     if memory is not None:
         result = None
@@ -74,28 +69,17 @@ def _grid_sample_diffs(ours: dict, theirs: dict) -> dict:
     """max|msdacore - grid_sample| / max|grid_sample| of the output and the gradients,
     from the results of the two passes of each."""
     diffs = {"output": rel_error(ours["forward"], theirs["forward"].numpy())}
-    for name, a, b in zip(
-        ("grad_value", "grad_sampling_locations", "grad_attention_weights"),
-        ours["forward_backward"][1],
-        theirs["forward_backward"],
-    ):
+    for name, a, b in zip(("grad_value", "grad_sampling_locations", "grad_attention_weights"),
+                          ours["forward_backward"][1], theirs["forward_backward"]):
         diffs[name] = rel_error(a, b.numpy())
     return diffs
 
 
 # ----------------------------------------------------------------------------- tables
 
-_TABLE = (
-    ("config", 11, "<"),
-    ("dtype", 7, "<"),
-    ("thr", 3, ">"),
-    ("pass", 16, "<"),
-    ("msdacore ms", 11, ">"),
-    ("grid_sample ms", 14, ">"),
-    ("ratio", 8, ">"),
-    ("msdacore MB", 11, ">"),
-    ("grid_sample MB", 14, ">"),
-)
+_TABLE = (("config", 11, "<"), ("dtype", 7, "<"), ("thr", 3, ">"), ("pass", 16, "<"),
+          ("msdacore ms", 11, ">"), ("grid_sample ms", 14, ">"), ("ratio", 8, ">"),
+          ("msdacore MB", 11, ">"), ("grid_sample MB", 14, ">"))
 
 
 def _table_line(cells) -> str:
@@ -113,54 +97,34 @@ def table_rows(row: dict) -> list:
     for key in PASSES:
         ours = row["msdacore"][key]
         gs = row["grid_sample"][key] if row["grid_sample"] else None
-        lines.append(
-            _table_line(
-                [
-                    row["config"],
-                    row["dtype"],
-                    row["threads"],
-                    PASS_LABELS[key],
-                    fmt_ms(ours["median_s"]),
-                    fmt_ms(gs["median_s"] if gs else None),
-                    fmt_ratio(row["ratios"][key]),
-                    fmt_mb(ours["peak_rss_bytes"]),
-                    fmt_mb(gs["peak_rss_bytes"] if gs else None),
-                ]
-            )
-        )
+        lines.append(_table_line([
+            row["config"], row["dtype"], row["threads"], PASS_LABELS[key],
+            fmt_ms(ours["median_s"]), fmt_ms(gs["median_s"] if gs else None),
+            fmt_ratio(row["ratios"][key]),
+            fmt_mb(ours["peak_rss_bytes"]), fmt_mb(gs["peak_rss_bytes"] if gs else None)]))
     return lines
 
 
 # ----------------------------------------------------------------------------- demo
 
-
-def demo_timings(
-    inputs: dict, grad_output, align_corners: bool, repeats: int, gs_repeats: int, torch
-) -> tuple:
+def demo_timings(inputs: dict, grad_output, align_corners: bool, repeats: int,
+                 gs_repeats: int, torch) -> tuple:
     """The demo's timings: msdacore forward and forward+backward (repeats runs each after
     one warm-up) and, when torch is not None, the grid_sample composition (gs_repeats
     runs); prints the table. Returns (ours, gs, ratios): ours and gs as time_passes
     gives them (gs None without torch), ratios {pass: grid_sample / msdacore or None}."""
     ours = time_passes(msdacore_calls(inputs, grad_output, align_corners), repeats)
-    gs = (
-        time_passes(grid_sample_calls(torch, inputs, grad_output, align_corners), gs_repeats)
-        if torch is not None
-        else None
-    )
-    print(
-        f"timings (ms; median of {repeats} msdacore runs"
-        + (f", {gs_repeats} grid_sample runs" if gs else "")
-        + ", after one warm-up)"
-    )
+    gs = (time_passes(grid_sample_calls(torch, inputs, grad_output, align_corners), gs_repeats)
+          if torch is not None else None)
+    print(f"timings (ms; median of {repeats} msdacore runs"
+          + (f", {gs_repeats} grid_sample runs" if gs else "") + ", after one warm-up)")
     print(f"  {'':<18}{'msdacore':>12}{'grid_sample':>14}{'ratio':>10}")
     ratios = {}
     for key in PASSES:
         other = gs[key] if gs else None
         ratios[key] = other / ours[key] if gs and ours[key] > 0 else None
-        print(
-            f"  {PASS_LABELS[key]:<18}{fmt_ms(ours[key]):>12}{fmt_ms(other):>14}"
-            f"{fmt_ratio(ratios[key]):>10}"
-        )
+        print(f"  {PASS_LABELS[key]:<18}{fmt_ms(ours[key]):>12}{fmt_ms(other):>14}"
+              f"{fmt_ratio(ratios[key]):>10}")
     if gs:
         print("  ratio = grid_sample time / msdacore time (higher: msdacore faster)")
     return ours, gs, ratios
@@ -168,23 +132,9 @@ def demo_timings(
 
 # ----------------------------------------------------------------------------- the run
 
-
-def run_bench(
-    configs,
-    dtypes,
-    threads,
-    *,
-    repeats=REPEATS,
-    gs_repeats=GS_REPEATS,
-    warmup=WARMUP,
-    max_seconds=MAX_SECONDS,
-    min_seconds=MIN_SECONDS,
-    memory=True,
-    grid_sample=True,
-    seed=0,
-    command_line=None,
-    out=sys.stdout,
-) -> dict:
+def run_bench(configs, dtypes, threads, *, repeats=REPEATS, gs_repeats=GS_REPEATS,
+              warmup=WARMUP, max_seconds=MAX_SECONDS, min_seconds=MIN_SECONDS, memory=True,
+              grid_sample=True, seed=0, command_line=None, out=sys.stdout) -> dict:
     """Runs the CPU benchmark; prints progress and the table to out (None: silent);
     returns the results as a JSON-able dict (the layout of ``bench --json``).
 
@@ -199,56 +149,36 @@ def run_bench(
     torch = try_import_torch() if grid_sample else None
     probe = PeakMemory() if memory else None
     mem = probe if probe is not None and probe.available else None
-    settings = {
-        "repeats": repeats,
-        "grid_sample_repeats": gs_repeats,
-        "warmup": warmup,
-        "max_seconds": max_seconds,
-        "min_seconds": min_seconds,
-        "seed": seed,
-        "memory": mem is not None,
-        "memory_method": PeakMemory.method if mem is not None else None,
-        "configs": list(configs),
-        "dtypes": list(dtypes),
-        "threads": list(threads),
-    }
+    settings = {"repeats": repeats, "grid_sample_repeats": gs_repeats, "warmup": warmup,
+                "max_seconds": max_seconds, "min_seconds": min_seconds, "seed": seed,
+                "memory": mem is not None,
+                "memory_method": PeakMemory.method if mem is not None else None,
+                "configs": list(configs), "dtypes": list(dtypes), "threads": list(threads)}
     mach = machine_info()
     mach["loadavg_start"] = load_average()
-    results = results_envelope(
-        "bench", command_line, torch.__version__ if torch is not None else None, machine=mach
-    )
+    results = results_envelope("bench", command_line,
+                               torch.__version__ if torch is not None else None, machine=mach)
     results.update({"settings": settings, "results": [], "skipped": []})
     build = results["msdacore"]["build_info"]
 
     say(f"msdacore {results['msdacore']['version']} bench, {results['date']}")
-    say(
-        f"machine : {mach['cpu']}, {mach['cores']} cores ({mach['usable_cores']} usable)"
+    say(f"machine : {mach['cpu']}, {mach['cores']} cores ({mach['usable_cores']} usable)"
         + (f", caches {mach['caches']}" if mach["caches"] else "")
-        + f", {mach['system']}, load {mach['loadavg_start']}"
-    )
-    say(
-        f"build   : cpu_isa {build.get('cpu_isa', '?')}, openmp {build.get('openmp', '?')}, "
-        f"compiler {build.get('compiler', '?')}"
-    )
+        + f", {mach['system']}, load {mach['loadavg_start']}")
+    say(f"build   : cpu_isa {build.get('cpu_isa', '?')}, openmp {build.get('openmp', '?')}, "
+        f"compiler {build.get('compiler', '?')}")
     if torch is not None:
         say(f"compare : grid_sample composition, torch {torch.__version__}")
     elif grid_sample:
         say("compare : torch not importable, grid_sample comparison skipped")
     else:
         say("compare : grid_sample comparison disabled (--no-grid-sample)")
-    say(
-        f"timing  : median of {repeats} msdacore / {gs_repeats} grid_sample runs after {warmup} "
+    say(f"timing  : median of {repeats} msdacore / {gs_repeats} grid_sample runs after {warmup} "
         f"warm-up (more while under {min_seconds:g} s; fewer past {max_seconds:g} s once 2 "
-        "are in); ratio = grid_sample / msdacore"
-    )
-    say(
-        "memory  : "
-        + (
-            "peak resident-set increase over one extra call, outputs included (MB)"
-            if mem is not None
-            else "not measured" + ("" if not memory else " (no resettable VmHWM on this system)")
-        )
-    )
+        "are in); ratio = grid_sample / msdacore")
+    say("memory  : " + ("peak resident-set increase over one extra call, outputs included (MB)"
+                        if mem is not None else "not measured" + (
+                            "" if not memory else " (no resettable VmHWM on this system)")))
 
     msd_threads0 = msdacore.get_num_threads()
     torch_threads0 = torch.get_num_threads() if torch is not None else None
@@ -264,51 +194,36 @@ def run_bench(
                 say()
                 say(f"config  : {cfg.describe()}, {dtype}")
                 sizes = problem_sizes(cfg, dtype)
-                say(
-                    f"sizes   : {sizes['samples']} samples; inputs {fmt_mb(sizes['input_bytes'])}"
+                say(f"sizes   : {sizes['samples']} samples; inputs {fmt_mb(sizes['input_bytes'])}"
                     f" MB, output {fmt_mb(sizes['output_bytes'])} MB, gradients "
-                    f"{fmt_mb(sizes['grads_bytes'])} MB"
-                )
+                    f"{fmt_mb(sizes['grads_bytes'])} MB")
                 inputs, grad_output = build_problem(cfg, dtype, seed)
                 ours_calls = msdacore_calls(inputs, grad_output, cfg.align_corners)
-                gs_calls = (
-                    grid_sample_calls(torch, inputs, grad_output, cfg.align_corners)
-                    if torch is not None
-                    else None
-                )
+                gs_calls = (grid_sample_calls(torch, inputs, grad_output, cfg.align_corners)
+                            if torch is not None else None)
                 say(table_header())
                 for nthreads in threads:
                     msdacore.set_num_threads(nthreads)
                     if torch is not None:
                         torch.set_num_threads(nthreads)
-                    row = {
-                        "config": name,
-                        "dtype": dtype,
-                        "threads": nthreads,
-                        "threads_msdacore": msdacore.get_num_threads(),
-                        "threads_torch": torch.get_num_threads() if torch is not None else None,
-                        "sizes": sizes,
-                        "msdacore": {},
-                        "grid_sample": None,
-                        "ratios": {k: None for k in PASSES},
-                        "grid_sample_rel_diff": None,
-                    }
+                    row = {"config": name, "dtype": dtype, "threads": nthreads,
+                           "threads_msdacore": msdacore.get_num_threads(),
+                           "threads_torch": torch.get_num_threads() if torch is not None else None,
+                           "sizes": sizes, "msdacore": {}, "grid_sample": None,
+                           "ratios": {k: None for k in PASSES}, "grid_sample_rel_diff": None}
                     kept = {}
                     for key in PASSES:
-                        row["msdacore"][key], kept[key] = _measure(
-                            ours_calls[key], settings, repeats, mem
-                        )
+                        row["msdacore"][key], kept[key] = _measure(ours_calls[key], settings,
+                                                                   repeats, mem)
                     if gs_calls is not None:
                         row["grid_sample"] = {}
                         gs_kept = {}
                         for key in PASSES:
                             row["grid_sample"][key], gs_kept[key] = _measure(
-                                gs_calls[key], settings, gs_repeats, mem
-                            )
+                                gs_calls[key], settings, gs_repeats, mem)
                             ours_t = row["msdacore"][key]["median_s"]
-                            row["ratios"][key] = (
-                                row["grid_sample"][key]["median_s"] / ours_t if ours_t > 0 else None
-                            )
+                            row["ratios"][key] = (row["grid_sample"][key]["median_s"] / ours_t
+                                                  if ours_t > 0 else None)
                         row["grid_sample_rel_diff"] = _grid_sample_diffs(kept, gs_kept)
                         del gs_kept
                     del kept

@@ -80,11 +80,8 @@ def min_bytes(cfg, dtype: str) -> dict:
     s = problem_sizes(cfg, dtype)
     forward = s["input_bytes"] + s["output_bytes"]
     backward = s["input_bytes"] + s["grad_output_bytes"] + s["grads_bytes"]
-    return {
-        "forward": forward,
-        "forward_backward": forward + backward,
-        "forward_backward_deterministic": forward + backward,
-    }
+    return {"forward": forward, "forward_backward": forward + backward,
+            "forward_backward_deterministic": forward + backward}
 
 
 def _gpu_sets(torch, cfg, dtype_name: str, seed: int, l2_bytes: int) -> list:
@@ -94,41 +91,27 @@ def _gpu_sets(torch, cfg, dtype_name: str, seed: int, l2_bytes: int) -> list:
     host = make_inputs(cfg, dtype=np.float32, seed=seed)
     rng = np.random.default_rng(seed + 1)
     host["grad_output"] = rng.standard_normal(cfg.output_shape).astype(np.float32)
-    one = {
-        k: (torch.from_numpy(v).to("cuda", dtype) if v.dtype.kind == "f" else v)
-        for k, v in host.items()
-    }
-    set_bytes = sum(
-        t.numel() * t.element_size() for t in one.values() if isinstance(t, torch.Tensor)
-    )
+    one = {k: (torch.from_numpy(v).to("cuda", dtype) if v.dtype.kind == "f" else v)
+           for k, v in host.items()}
+    set_bytes = sum(t.numel() * t.element_size() for t in one.values()
+                    if isinstance(t, torch.Tensor))
     count = max(1, min(MAX_INPUT_SETS, math.ceil(2 * l2_bytes / max(set_bytes, 1))))
-    return [one] + [
-        {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in one.items()}
-        for _ in range(count - 1)
-    ]
+    return [one] + [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in one.items()}
+                    for _ in range(count - 1)]
 
 
-def _bench_one(
-    torch, cfg, dtype_name: str, sets: list, repeats: int, warmup: int, grid_sample: bool
-) -> dict:
+def _bench_one(torch, cfg, dtype_name: str, sets: list, repeats: int, warmup: int,
+               grid_sample: bool) -> dict:
     """Times every pass of msdacore (and grid_sample) on sets; one result row."""
     ac = cfg.align_corners
     ours = [msdacore_calls(s, s["grad_output"], ac) for s in sets]
     determ = [msdacore_calls(s, s["grad_output"], ac, deterministic=True) for s in sets]
     row = {"config": cfg.name, "dtype": dtype_name, "msdacore": {}, "grid_sample": None}
-    for key, calls in (
-        ("forward", ours),
-        ("forward_backward", ours),
-        ("forward_backward_deterministic", determ),
-    ):
+    for key, calls in (("forward", ours), ("forward_backward", ours),
+                       ("forward_backward_deterministic", determ)):
         fn_key = "forward" if key == "forward" else "forward_backward"
-        _, times = time_cuda_events(
-            torch,
-            lambda i, calls=calls, fn_key=fn_key: calls[i][fn_key](),
-            repeats,
-            warmup,
-            len(sets),
-        )
+        _, times = time_cuda_events(torch, lambda i, calls=calls, fn_key=fn_key: calls[i][fn_key](),
+                                    repeats, warmup, len(sets))
         row["msdacore"][key] = summary(times)
 
     output = ours[0]["forward"]()
@@ -143,26 +126,15 @@ def _bench_one(
             )
             row["grid_sample"][key] = summary(times)
         row["grid_sample"]["forward_backward_deterministic"] = row["grid_sample"][
-            "forward_backward"
-        ]
+            "forward_backward"]
         row["check_output_vs_grid_sample"] = rel_error(
-            output.double().cpu().numpy(), gs[0]["forward"]().double().cpu().numpy()
-        )
+            output.double().cpu().numpy(), gs[0]["forward"]().double().cpu().numpy())
     return row
 
 
-def run_cuda_bench(
-    configs=CUDA_CONFIGS,
-    dtypes=CUDA_DTYPES,
-    *,
-    repeats=CUDA_REPEATS,
-    warmup=CUDA_WARMUP,
-    grid_sample=True,
-    seed=0,
-    copy_bytes=COPY_BYTES,
-    command_line=None,
-    out=sys.stdout,
-) -> dict:
+def run_cuda_bench(configs=CUDA_CONFIGS, dtypes=CUDA_DTYPES, *, repeats=CUDA_REPEATS,
+                   warmup=CUDA_WARMUP, grid_sample=True, seed=0, copy_bytes=COPY_BYTES,
+                   command_line=None, out=sys.stdout) -> dict:
     """Runs the GPU benchmark on configs (names in CONFIGS) and dtypes ("float32",
     "float64", "float16", "bfloat16"); prints a table to out (None: silent); returns the
     results as a JSON-able dict. Raises RuntimeError when cuda_unavailable_reason() says
@@ -176,45 +148,25 @@ def run_cuda_bench(
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     l2 = int(getattr(props, "L2_cache_size", 50 << 20))
     bandwidth = copy_bandwidth(torch, copy_bytes)
-    device = {
-        "name": props.name,
-        "multiprocessors": props.multi_processor_count,
-        "memory_bytes": props.total_memory,
-        "l2_bytes": l2,
-        "capability": f"{props.major}.{props.minor}",
-        "copy_bandwidth_bytes_per_s": bandwidth,
-    }
-    results = results_envelope(
-        "bench --device cuda", command_line, torch.__version__, device=device
-    )
-    results.update(
-        {
-            "settings": {
-                "repeats": repeats,
-                "warmup": warmup,
-                "seed": seed,
-                "configs": list(configs),
-                "dtypes": list(dtypes),
-                "timing": "CUDA events around each call, median",
-            },
-            "results": [],
-        }
-    )
+    device = {"name": props.name, "multiprocessors": props.multi_processor_count,
+              "memory_bytes": props.total_memory, "l2_bytes": l2,
+              "capability": f"{props.major}.{props.minor}",
+              "copy_bandwidth_bytes_per_s": bandwidth}
+    results = results_envelope("bench --device cuda", command_line, torch.__version__,
+                               device=device)
+    results.update({"settings": {"repeats": repeats, "warmup": warmup, "seed": seed,
+                                 "configs": list(configs), "dtypes": list(dtypes),
+                                 "timing": "CUDA events around each call, median"},
+                    "results": []})
     say(f"msdacore {results['msdacore']['version']} bench --device cuda, {results['date']}")
-    say(
-        f"device  : {props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} "
-        f"SMs, L2 {l2 >> 20} MB), torch {torch.__version__}"
-    )
+    say(f"device  : {props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} "
+        f"SMs, L2 {l2 >> 20} MB), torch {torch.__version__}")
     say(f"copy bw : {bandwidth / 1e9:.0f} GB/s (device-to-device, read + write)")
-    say(
-        f"timing  : median of {repeats} calls after {warmup} warm-up, CUDA events; "
-        "ratio = grid_sample / msdacore; GB/s = fewest bytes / time"
-    )
+    say(f"timing  : median of {repeats} calls after {warmup} warm-up, CUDA events; "
+        "ratio = grid_sample / msdacore; GB/s = fewest bytes / time")
     say()
-    say(
-        f"{'config':<12}{'dtype':<9}{'pass':<17}{'msdacore ms':>12}{'grid_sample ms':>15}"
-        f"{'ratio':>8}{'GB/s':>8}{'% copy':>8}"
-    )
+    say(f"{'config':<12}{'dtype':<9}{'pass':<17}{'msdacore ms':>12}{'grid_sample ms':>15}"
+        f"{'ratio':>8}{'GB/s':>8}{'% copy':>8}")
     for name in configs:
         cfg = CONFIGS[name]
         for dtype_name in dtypes:
@@ -234,16 +186,12 @@ def run_cuda_bench(
                 row["msdacore"][key]["share_of_copy_bandwidth"] = gbs / bandwidth
                 gs_ms = "-" if gs is None else f"{gs * 1e3:.3f}"
                 ratio_txt = "-" if ratio is None else f"{ratio:.1f}"
-                say(
-                    f"{name:<12}{dtype_name:<9}{PASS_LABELS[key]:<17}{ours * 1e3:>12.3f}"
+                say(f"{name:<12}{dtype_name:<9}{PASS_LABELS[key]:<17}{ours * 1e3:>12.3f}"
                     f"{gs_ms:>15}{ratio_txt:>8}"
-                    f"{gbs / 1e9:>8.0f}{100 * gbs / bandwidth:>7.0f}%"
-                )
+                    f"{gbs / 1e9:>8.0f}{100 * gbs / bandwidth:>7.0f}%")
             if "check_output_vs_grid_sample" in row:
-                say(
-                    f"{'':<12}{'':<9}check: output vs grid_sample, max|a-b|/max|b| = "
-                    f"{row['check_output_vs_grid_sample']:.2e}"
-                )
+                say(f"{'':<12}{'':<9}check: output vs grid_sample, max|a-b|/max|b| = "
+                    f"{row['check_output_vs_grid_sample']:.2e}")
             results["results"].append(row)
             del sets
             torch.cuda.empty_cache()

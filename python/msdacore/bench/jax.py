@@ -33,7 +33,8 @@ def _calls(impl, inputs: dict, grad_output, align_corners: bool) -> dict:
     import jax
 
     shapes, starts = inputs["spatial_shapes"], inputs["level_start_index"]
-    args = [jax.device_put(inputs[k]) for k in ("value", "sampling_locations", "attention_weights")]
+    args = [jax.device_put(inputs[k]) for k in ("value", "sampling_locations",
+                                                 "attention_weights")]
     g = jax.device_put(grad_output)
 
     def attention(v, lo, a):
@@ -45,11 +46,8 @@ def _calls(impl, inputs: dict, grad_output, align_corners: bool) -> dict:
     def forward_backward(v, lo, a, g):
         out, vjp = jax.vjp(attention, v, lo, a)
         return out, vjp(g)
-
-    return {
-        "forward": lambda: jax.block_until_ready(forward(*args)),
-        "forward_backward": lambda: jax.block_until_ready(forward_backward(*args, g)),
-    }
+    return {"forward": lambda: jax.block_until_ready(forward(*args)),
+            "forward_backward": lambda: jax.block_until_ready(forward_backward(*args, g))}
 
 
 def _run_rows(configs, dtypes, repeats: int, warmup: int, seed: int, out) -> list:
@@ -62,59 +60,38 @@ def _run_rows(configs, dtypes, repeats: int, warmup: int, seed: int, out) -> lis
     from ..jax.composition import ms_deform_attn_composition
 
     rows = []
-    print(
-        f"{'config':<10} {'dtype':<8} {'pass':<17} {'msdacore':>10} {'JAX gather':>11} "
-        f"{'ratio':>7}  max rel diff",
-        file=out,
-    )
+    print(f"{'config':<10} {'dtype':<8} {'pass':<17} {'msdacore':>10} {'JAX gather':>11} "
+          f"{'ratio':>7}  max rel diff", file=out)
     for cfg in configs:
         cfg = CONFIGS[cfg] if isinstance(cfg, str) else cfg
         name = cfg.name
         for dtype in dtypes:
             inputs = make_inputs(cfg, np.dtype(dtype), seed=seed)
             rng = np.random.default_rng(seed + 1)
-            grad_output = rng.standard_normal((cfg.N, cfg.Lq, cfg.M * cfg.D)).astype(dtype)
+            grad_output = rng.standard_normal(
+                (cfg.N, cfg.Lq, cfg.M * cfg.D)).astype(dtype)
             ours = _calls(ms_deform_attn, inputs, grad_output, cfg.align_corners)
             theirs = _calls(ms_deform_attn_composition, inputs, grad_output, cfg.align_corners)
             for key in PASSES:
                 t_ours, times_ours, r_ours = time_call(ours[key], repeats, warmup=warmup)
-                t_theirs, times_theirs, r_theirs = time_call(theirs[key], repeats, warmup=warmup)
+                t_theirs, times_theirs, r_theirs = time_call(theirs[key], repeats,
+                                                             warmup=warmup)
                 flat_ours = jax.tree_util.tree_leaves(r_ours)
                 flat_theirs = jax.tree_util.tree_leaves(r_theirs)
                 diff = max(rel_error(a, b) for a, b in zip(flat_ours, flat_theirs))
-                rows.append(
-                    {
-                        "config": name,
-                        "dtype": dtype,
-                        "pass": key,
-                        "msdacore_s": t_ours,
-                        "msdacore_times_s": times_ours,
-                        "composition_s": t_theirs,
-                        "composition_times_s": times_theirs,
-                        "ratio": t_theirs / t_ours,
-                        "max_rel_diff": diff,
-                    }
-                )
-                print(
-                    f"{name:<10} {dtype:<8} {PASS_LABELS[key]:<17} {fmt_ms(t_ours):>10} "
-                    f"{fmt_ms(t_theirs):>11} {fmt_ratio(t_theirs / t_ours):>7}  {diff:.1e}",
-                    file=out,
-                    flush=True,
-                )
+                rows.append({"config": name, "dtype": dtype, "pass": key,
+                             "msdacore_s": t_ours, "msdacore_times_s": times_ours,
+                             "composition_s": t_theirs, "composition_times_s": times_theirs,
+                             "ratio": t_theirs / t_ours, "max_rel_diff": diff})
+                print(f"{name:<10} {dtype:<8} {PASS_LABELS[key]:<17} {fmt_ms(t_ours):>10} "
+                      f"{fmt_ms(t_theirs):>11} {fmt_ratio(t_theirs / t_ours):>7}  {diff:.1e}",
+                      file=out, flush=True)
     return rows
 
 
-def run_jax_bench(
-    configs=JAX_CONFIGS,
-    dtypes=("float32",),
-    *,
-    threads: int = 2,
-    repeats: int = JAX_REPEATS,
-    warmup: int = 1,
-    seed: int = 0,
-    out=sys.stdout,
-    command: str | None = None,
-) -> dict:
+def run_jax_bench(configs=JAX_CONFIGS, dtypes=("float32",), *, threads: int = 2,
+                  repeats: int = JAX_REPEATS, warmup: int = 1, seed: int = 0,
+                  out=sys.stdout, command: str | None = None) -> dict:
     """Runs the comparison (configs: names in CONFIGS, or Config objects); prints a table to
     out and returns the results (a dict, "results": one row per config, dtype and pass)."""
     import jax
@@ -129,17 +106,11 @@ def run_jax_bench(
         rows = _run_rows(configs, dtypes, repeats, warmup, seed, out)
     finally:
         msdacore.set_num_threads(previous_threads)
-    return {
-        "schema": SCHEMA,
-        "command": "bench.jax",
-        "command_line": command,
-        "machine": machine_info(),
-        "load_average": load_average(),
-        "threads": threads,
-        "jax": jax.__version__,
-        "msdacore": {"version": msdacore.__version__, "build_info": msdacore.build_info()},
-        "results": rows,
-    }
+    return {"schema": SCHEMA, "command": "bench.jax", "command_line": command,
+            "machine": machine_info(), "load_average": load_average(),
+            "threads": threads, "jax": jax.__version__,
+            "msdacore": {"version": msdacore.__version__, "build_info": msdacore.build_info()},
+            "results": rows}
 
 
 def _command_line(argv) -> str:
@@ -149,18 +120,10 @@ def _command_line(argv) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m msdacore.bench.jax", description=__doc__)
-    p.add_argument(
-        "--config",
-        action="append",
-        choices=list(CONFIGS),
-        help=f"repeatable; default: {' and '.join(JAX_CONFIGS)}",
-    )
-    p.add_argument(
-        "--dtype",
-        action="append",
-        choices=["float32", "float64"],
-        help="repeatable; default float32",
-    )
+    p.add_argument("--config", action="append", choices=list(CONFIGS),
+                   help=f"repeatable; default: {' and '.join(JAX_CONFIGS)}")
+    p.add_argument("--dtype", action="append", choices=["float32", "float64"],
+                   help="repeatable; default float32")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--repeats", type=int, default=JAX_REPEATS)
     p.add_argument("--warmup", type=int, default=1)
@@ -170,19 +133,13 @@ def main(argv=None) -> int:
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--threads and --repeats must be >= 1, --warmup >= 0")
     # read when JAX starts its CPU backend, i.e. at the first computation below
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen=true"
-        f" intra_op_parallelism_threads={args.threads}"
-    ).strip()
-    results = run_jax_bench(
-        list(dict.fromkeys(args.config or JAX_CONFIGS)),
-        list(dict.fromkeys(args.dtype or ["float32"])),
-        threads=args.threads,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        seed=args.seed,
-        command=_command_line(argv),
-    )
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_cpu_multi_thread_eigen=true"
+                               f" intra_op_parallelism_threads={args.threads}").strip()
+    results = run_jax_bench(list(dict.fromkeys(args.config or JAX_CONFIGS)),
+                            list(dict.fromkeys(args.dtype or ["float32"])),
+                            threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+                            seed=args.seed, command=_command_line(argv))
     if args.json:
         write_json(results, args.json)
     return 0

@@ -10,26 +10,12 @@ import numpy as np
 from .._arrays import aligned_empty
 from ..configs import make_inputs
 
-__all__ = [
-    "OP_KEYS",
-    "NUMPY_DTYPES",
-    "ITEMSIZES",
-    "try_import_torch",
-    "build_problem",
-    "problem_sizes",
-    "rel_error",
-    "msdacore_calls",
-    "grid_sample_calls",
-]
+__all__ = ["OP_KEYS", "NUMPY_DTYPES", "ITEMSIZES", "try_import_torch", "build_problem",
+           "problem_sizes", "rel_error", "msdacore_calls", "grid_sample_calls"]
 
 # The operator's array arguments, in call order.
-OP_KEYS = (
-    "value",
-    "spatial_shapes",
-    "level_start_index",
-    "sampling_locations",
-    "attention_weights",
-)
+OP_KEYS = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
+           "attention_weights")
 # dtypes of the CPU benchmarks (NumPy inputs); every dtype's size in bytes.
 NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
 ITEMSIZES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
@@ -54,13 +40,7 @@ def problem_sizes(cfg, dtype: str) -> dict:
     n_samples = cfg.N * cfg.Lq * cfg.M * cfg.L * cfg.P
     n_out = cfg.N * cfg.Lq * cfg.M * cfg.D
     return {
-        "N": cfg.N,
-        "S": cfg.S,
-        "M": cfg.M,
-        "D": cfg.D,
-        "L": cfg.L,
-        "P": cfg.P,
-        "Lq": cfg.Lq,
+        "N": cfg.N, "S": cfg.S, "M": cfg.M, "D": cfg.D, "L": cfg.L, "P": cfg.P, "Lq": cfg.Lq,
         "align_corners": cfg.align_corners,
         "samples": n_samples,
         # value + sampling_locations + attention_weights (the index arrays are tiny)
@@ -91,9 +71,8 @@ def try_import_torch():
         return None
 
 
-def msdacore_calls(
-    inputs: dict, grad_output, align_corners: bool, deterministic: bool | None = None
-) -> dict:
+def msdacore_calls(inputs: dict, grad_output, align_corners: bool,
+                   deterministic: bool | None = None) -> dict:
     """{"forward": fn, "forward_backward": fn}: msdacore on inputs (a dict keyed by
     OP_KEYS, of any array kind msdacore takes). forward returns the output;
     forward_backward returns (output, (grad_value, grad_locations, grad_weights)).
@@ -108,9 +87,8 @@ def msdacore_calls(
 
     def forward_backward():
         out = msdacore.ms_deform_attn(*args, align_corners=align_corners)
-        grads = msdacore.ms_deform_attn_backward(
-            *args, grad_output, align_corners=align_corners, **extra
-        )
+        grads = msdacore.ms_deform_attn_backward(*args, grad_output,
+                                                 align_corners=align_corners, **extra)
         return out, grads
 
     return {"forward": forward, "forward_backward": forward_backward}
@@ -127,9 +105,8 @@ def grid_sample_calls(torch, inputs: dict, grad_output, align_corners: bool) -> 
         return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
 
     shapes = [tuple(int(x) for x in row) for row in inputs["spatial_shapes"]]
-    value, locs, weights = (
-        tensor(inputs[k]) for k in ("value", "sampling_locations", "attention_weights")
-    )
+    value, locs, weights = (tensor(inputs[k]) for k in
+                            ("value", "sampling_locations", "attention_weights"))
     g = tensor(grad_output)
     leaves = [t.detach().requires_grad_() for t in (value, locs, weights)]
 

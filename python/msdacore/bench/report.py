@@ -14,23 +14,11 @@ import numpy as np
 
 from .constants import SCHEMA
 
-__all__ = [
-    "cpu_model",
-    "cpu_caches",
-    "machine_info",
-    "load_average",
-    "results_envelope",
-    "command_line",
-    "write_json",
-    "printer",
-    "fmt_ms",
-    "fmt_mb",
-    "fmt_ratio",
-]
+__all__ = ["cpu_model", "cpu_caches", "machine_info", "load_average", "results_envelope",
+           "command_line", "write_json", "printer", "fmt_ms", "fmt_mb", "fmt_ratio"]
 
 
 # ----------------------------------------------------------------------------- machine
-
 
 def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo, else platform.processor(), else 'unknown'."""
@@ -75,15 +63,10 @@ def machine_info() -> dict:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = cores
-    return {
-        "cpu": cpu_model(),
-        "cores": cores,
-        "usable_cores": usable,
-        "caches": cpu_caches(),
-        "system": f"{platform.system()} {platform.machine()}",
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
+    return {"cpu": cpu_model(), "cores": cores, "usable_cores": usable,
+            "caches": cpu_caches(),
+            "system": f"{platform.system()} {platform.machine()}",
+            "python": platform.python_version(), "numpy": np.__version__}
 
 
 def load_average():
@@ -96,8 +79,8 @@ def load_average():
 
 # ----------------------------------------------------------------------------- JSON
 
-
-def results_envelope(command: str, command_line: str | None, torch_version, **context) -> dict:
+def results_envelope(command: str, command_line: str | None, torch_version,
+                     **context) -> dict:
     """The keys every benchmark's JSON starts with: schema, command (e.g. "bench"),
     command_line (as given), date (UTC, ISO 8601), then context's keys (e.g. machine=...),
     msdacore {version, build_info}, torch (torch_version, or None)."""
@@ -109,10 +92,8 @@ def results_envelope(command: str, command_line: str | None, torch_version, **co
         "command_line": command_line,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **context,
-        "msdacore": {
-            "version": getattr(msdacore, "__version__", None),
-            "build_info": msdacore.build_info(),
-        },
+        "msdacore": {"version": getattr(msdacore, "__version__", None),
+                     "build_info": msdacore.build_info()},
         "torch": torch_version,
     }
 
@@ -136,14 +117,11 @@ def write_json(results: dict, path: str) -> None:
 
 # ----------------------------------------------------------------------------- printing
 
-
 def printer(out=sys.stdout):
     """say(text="") printing a line to out and flushing; prints nothing when out is None."""
-
     def say(text: str = "") -> None:
         if out is not None:
             print(text, file=out, flush=True)
-
     return say
 
 

@@ -10,14 +10,8 @@ from .constants import MAX_RUNS
 __all__ = ["time_call", "time_cuda_events", "summary"]
 
 
-def time_call(
-    fn,
-    repeats: int,
-    warmup: int = 1,
-    max_seconds: float | None = None,
-    min_seconds: float = 0.0,
-    max_runs: int = MAX_RUNS,
-):
+def time_call(fn, repeats: int, warmup: int = 1, max_seconds: float | None = None,
+              min_seconds: float = 0.0, max_runs: int = MAX_RUNS):
     """Calls fn() warmup times, then times repeats calls of it.
 
     With max_seconds, stops early once the timed calls add up to max_seconds and at
@@ -37,7 +31,8 @@ def time_call(
         result = fn()
         times.append(time.perf_counter() - t0)
         total = sum(times)
-        if max_seconds is not None and len(times) >= min(2, repeats) and total >= max_seconds:
+        if (max_seconds is not None and len(times) >= min(2, repeats)
+                and total >= max_seconds):
             break
         if len(times) >= repeats and (total >= min_seconds or len(times) >= max_runs):
             break
@@ -68,9 +63,5 @@ def summary(times) -> dict:
     """What a measurement records of its timed runs (seconds): {"median_s", "min_s",
     "times_s", "runs"}."""
     times = list(times)
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "times_s": times,
-        "runs": len(times),
-    }
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times,
+            "runs": len(times)}

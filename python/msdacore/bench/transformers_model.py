@@ -72,7 +72,8 @@ class AttentionTimer:
         self.total += time.perf_counter() - self._start
 
 
-def run_model_bench(height: int, width: int, repeats: int, name: str = "deformable-detr") -> dict:
+def run_model_bench(height: int, width: int, repeats: int,
+                    name: str = "deformable-detr") -> dict:
     """Times the original and the patched model alternately on one random image, after
     one warm-up each. Returns {"modules": attention modules switched, "max_abs_diff": of
     last_hidden_state, "forward_s" / "attention_s": {"grid_sample"|"msdacore": median}}."""
@@ -100,12 +101,10 @@ def run_model_bench(height: int, width: int, repeats: int, name: str = "deformab
                 model(pixel_values=pixel_values)
                 times[name].append(time.perf_counter() - start)
                 attention[name].append(timers[name].total)
-    return {
-        "modules": n,
-        "max_abs_diff": (outputs["msdacore"] - outputs["grid_sample"]).abs().max().item(),
-        "forward_s": {k: statistics.median(v) for k, v in times.items()},
-        "attention_s": {k: statistics.median(v) for k, v in attention.items()},
-    }
+    return {"modules": n,
+            "max_abs_diff": (outputs["msdacore"] - outputs["grid_sample"]).abs().max().item(),
+            "forward_s": {k: statistics.median(v) for k, v in times.items()},
+            "attention_s": {k: statistics.median(v) for k, v in attention.items()}}
 
 
 def main(argv=None) -> None:
@@ -114,44 +113,33 @@ def main(argv=None) -> None:
 
     import msdacore
 
-    parser = argparse.ArgumentParser(
-        prog="python -m msdacore.bench.transformers_model", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m msdacore.bench.transformers_model",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS) + ["all"], default="deformable-detr")
-    parser.add_argument(
-        "--height",
-        type=bounded(int, 1),
-        default=None,
-        help="image height (default: the model's, see MODELS)",
-    )
+    parser.add_argument("--height", type=bounded(int, 1), default=None,
+                        help="image height (default: the model's, see MODELS)")
     parser.add_argument("--width", type=bounded(int, 1), default=None)
     parser.add_argument("--repeats", type=bounded(int, 1), default=3)
     args = parser.parse_args(argv)
 
     info = msdacore.build_info()
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads; msdacore "
-        f"{info['version']}, {msdacore.get_num_threads()} threads ({info.get('cpu_isa', '?')})"
-    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads; msdacore "
+          f"{info['version']}, {msdacore.get_num_threads()} threads ({info.get('cpu_isa', '?')})")
     names = list(MODELS) if args.model == "all" else [args.model]
     for name in names:
         height = args.height or MODELS[name][1][0]
         width = args.width or MODELS[name][1][1]
         res = run_model_bench(height, width, args.repeats, name)
         med, att = res["forward_s"], res["attention_s"]
-        print(
-            f"\n{MODELS[name][0]} (default config), 1 x 3 x {height} x {width}, float32, "
-            f"no_grad; {res['modules']} attention modules switched"
-        )
+        print(f"\n{MODELS[name][0]} (default config), 1 x 3 x {height} x {width}, float32, "
+              f"no_grad; {res['modules']} attention modules switched")
         print(f"max |difference| of last_hidden_state: {res['max_abs_diff']:.2e}")
         print(f"{'':12}{'forward s':>12}{'attention s':>14}")
         for key in med:
             print(f"{key:12}{med[key]:12.3f}{att[key]:14.3f}")
-        print(
-            f"ratio stock / msdacore: forward {med['grid_sample'] / med['msdacore']:.2f}x, "
-            f"attention {att['grid_sample'] / att['msdacore']:.2f}x  "
-            f"(median of {args.repeats})"
-        )
+        print(f"ratio stock / msdacore: forward {med['grid_sample'] / med['msdacore']:.2f}x, "
+              f"attention {att['grid_sample'] / att['msdacore']:.2f}x  "
+              f"(median of {args.repeats})")
 
 
 if __name__ == "__main__":

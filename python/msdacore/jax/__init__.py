@@ -7,9 +7,8 @@ cached (docs/jax.md); msdacore itself installs and works without JAX.
 try:
     import jax as _jax  # noqa: F401
 except ImportError as error:  # a clear message instead of a bare "No module named 'jax'"
-    raise ImportError(
-        "msdacore.jax needs JAX with jax.ffi: pip install 'msdacore[jax]' (or jax and jaxlib)"
-    ) from error
+    raise ImportError("msdacore.jax needs JAX with jax.ffi: pip install 'msdacore[jax]' (or "
+                      "jax and jaxlib)") from error
 
 from ._op import ms_deform_attn
 

@@ -32,8 +32,7 @@ def _include_dir() -> Path:
         return package
     raise PluginBuildError(
         f"msdacore: the C API headers are missing from the installed package ({package}); "
-        f"reinstall msdacore (pip install .) to build msdacore.jax's XLA handlers"
-    )
+        f"reinstall msdacore (pip install .) to build msdacore.jax's XLA handlers")
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,19 +43,12 @@ def library() -> ctypes.CDLL:
 
     include = _include_dir()
     header_digest = hashlib.sha256(
-        (include / "msdacore" / "msdacore_c.h").read_bytes()
-    ).hexdigest()[:16]
+        (include / "msdacore" / "msdacore_c.h").read_bytes()).hexdigest()[:16]
     path = build_plugin(
-        "jax",
-        _SOURCES,
-        "libmsdacore_jax.so",
-        runtime_version=jaxlib.__version__,
-        cmake_args=[
-            f"-DXLA_FFI_INCLUDE_DIR={jax.ffi.include_dir()}",
-            f"-DMSDACORE_INCLUDE_DIR={include}",
-            f"-DMSDACORE_C_API_DIGEST={header_digest}",
-        ],
-    )  # part of the cache key
+        "jax", _SOURCES, "libmsdacore_jax.so", runtime_version=jaxlib.__version__,
+        cmake_args=[f"-DXLA_FFI_INCLUDE_DIR={jax.ffi.include_dir()}",
+                    f"-DMSDACORE_INCLUDE_DIR={include}",
+                    f"-DMSDACORE_C_API_DIGEST={header_digest}"])  # part of the cache key
     lib = ctypes.CDLL(str(path))
 
     get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
@@ -66,20 +58,17 @@ def library() -> ctypes.CDLL:
     lib.msdacore_jax_set_api.argtypes = [ctypes.c_void_p]
     lib.msdacore_jax_set_api.restype = ctypes.c_int32
     if lib.msdacore_jax_set_api(table) != 0:
-        raise RuntimeError(
-            "msdacore: the XLA handlers refused msdacore._core's C API table "
-            "(a handler library built for another msdacore version?)"
-        )
+        raise RuntimeError("msdacore: the XLA handlers refused msdacore._core's C API table "
+                           "(a handler library built for another msdacore version?)")
 
-    for target, symbol in ((FORWARD, "msdacore_jax_forward"), (BACKWARD, "msdacore_jax_backward")):
-        jax.ffi.register_ffi_target(
-            target, jax.ffi.pycapsule(getattr(lib, symbol + "_cpu")), platform="cpu"
-        )
+    for target, symbol in ((FORWARD, "msdacore_jax_forward"),
+                           (BACKWARD, "msdacore_jax_backward")):
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol + "_cpu")),
+                                    platform="cpu")
         # On a CUDA device the handler runs _core's CUDA kernels on XLA's stream; a _core
         # built without CUDA reports that (msdacore's DeviceError) as the XLA error.
-        jax.ffi.register_ffi_target(
-            target, jax.ffi.pycapsule(getattr(lib, symbol + "_cuda")), platform="CUDA"
-        )
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol + "_cuda")),
+                                    platform="CUDA")
     return lib
 
 
@@ -89,26 +78,15 @@ def _dim(size) -> int:
     return size if isinstance(size, (int, np.integer)) else 0
 
 
-def check_shapes(
-    value,
-    spatial_shapes: np.ndarray,
-    level_start_index: np.ndarray,
-    sampling_locations,
-    attention_weights,
-    options,
-) -> None:
+def check_shapes(value, spatial_shapes: np.ndarray, level_start_index: np.ndarray,
+                 sampling_locations, attention_weights, options) -> None:
     """The core's check that needs no data (msdacore::check_shapes, through _core) on the
     shapes and dtypes of value, sampling_locations and attention_weights (arrays or
     ShapeDtypeStructs) and the host index arrays, with their values. Raises ValueError /
     TypeError with the core's message."""
-    specs = tuple(
-        (tuple(_dim(d) for d in a.shape), np.dtype(a.dtype).name, "cpu", 0)
-        for a in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    )
+    specs = tuple((tuple(_dim(d) for d in a.shape), np.dtype(a.dtype).name, "cpu", 0)
+                  for a in (value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights))
     known = all(np.dtype(a.dtype).kind in "iu" for a in (spatial_shapes, level_start_index))
-    _core.check_shapes(
-        specs,
-        options,
-        spatial_shapes.reshape(-1).tolist() if known else None,
-        level_start_index.reshape(-1).tolist() if known else None,
-    )
+    _core.check_shapes(specs, options, spatial_shapes.reshape(-1).tolist() if known else None,
+                       level_start_index.reshape(-1).tolist() if known else None)

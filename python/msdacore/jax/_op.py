@@ -15,11 +15,10 @@ from . import _ffi
 
 class _Static(NamedTuple):
     """The static (hashable) part of a call, as the handlers' attributes take it."""
-
-    spatial_shapes: tuple  # (H_0, W_0, H_1, W_1, ...)
-    level_start_index: tuple  # (L,) prefix sums
-    points_per_level: tuple  # P_l per level ((P,) * L for the uniform layout)
-    options: object  # the msdacore.Options of the call
+    spatial_shapes: tuple      # (H_0, W_0, H_1, W_1, ...)
+    level_start_index: tuple   # (L,) prefix sums
+    points_per_level: tuple    # P_l per level ((P,) * L for the uniform layout)
+    options: object            # the msdacore.Options of the call
 
 
 def _static_index(obj, name: str) -> np.ndarray:
@@ -32,22 +31,19 @@ def _static_index(obj, name: str) -> np.ndarray:
         raise TypeError(
             f"{name} must be static (a tuple, list or NumPy array of ints): it fixes the "
             f"shapes of the computation, so it cannot be traced; pass it as a static "
-            f"argument of jit or close over it"
-        ) from None
+            f"argument of jit or close over it") from None
     if array.dtype.kind in "iu":
         return np.ascontiguousarray(array, dtype=np.int64)
     return np.ascontiguousarray(array)  # the core's check names the dtype
 
 
 def _attributes(static: _Static) -> dict:
-    return {
-        "spatial_shapes": np.asarray(static.spatial_shapes, np.int64),
-        "level_start_index": np.asarray(static.level_start_index, np.int64),
-        "points_per_level": np.asarray(static.points_per_level, np.int64),
-        "align_corners": np.int32(static.options.align_corners),
-        "mode": np.int32(static.options.mode_code),
-        "deterministic": np.int32(static.options.deterministic),
-    }
+    return {"spatial_shapes": np.asarray(static.spatial_shapes, np.int64),
+            "level_start_index": np.asarray(static.level_start_index, np.int64),
+            "points_per_level": np.asarray(static.points_per_level, np.int64),
+            "align_corners": np.int32(static.options.align_corners),
+            "mode": np.int32(static.options.mode_code),
+            "deterministic": np.int32(static.options.deterministic)}
 
 
 def _flattened(static: _Static, loc, attn):
@@ -62,8 +58,7 @@ def _forward(static: _Static, value, loc, attn):
     N, _, M, D = value.shape
     out = jax.ShapeDtypeStruct((N, loc.shape[1], M * D), value.dtype)
     return jax.ffi.ffi_call(_ffi.FORWARD, out, vmap_method="broadcast_all")(
-        value, loc_f, attn_f, **_attributes(static)
-    )
+        value, loc_f, attn_f, **_attributes(static))
 
 
 def _forward_with_residuals(static: _Static, value, loc, attn):
@@ -73,14 +68,12 @@ def _forward_with_residuals(static: _Static, value, loc, attn):
 def _backward(static: _Static, residuals, grad_output):
     value, loc, attn = residuals
     loc_f, attn_f = _flattened(static, loc, attn)
-    shapes = (
-        jax.ShapeDtypeStruct(value.shape, value.dtype),
-        jax.ShapeDtypeStruct(loc_f.shape, loc.dtype),
-        jax.ShapeDtypeStruct(attn_f.shape, attn.dtype),
-    )
+    shapes = (jax.ShapeDtypeStruct(value.shape, value.dtype),
+              jax.ShapeDtypeStruct(loc_f.shape, loc.dtype),
+              jax.ShapeDtypeStruct(attn_f.shape, attn.dtype))
     grad_value, grad_loc, grad_attn = jax.ffi.ffi_call(
-        _ffi.BACKWARD, shapes, vmap_method="broadcast_all"
-    )(value, loc_f, attn_f, grad_output.astype(value.dtype), **_attributes(static))
+        _ffi.BACKWARD, shapes, vmap_method="broadcast_all")(
+        value, loc_f, attn_f, grad_output.astype(value.dtype), **_attributes(static))
     return grad_value, grad_loc.reshape(loc.shape), grad_attn.reshape(attn.shape)
 
 
@@ -88,18 +81,9 @@ _ms_deform_attn = jax.custom_vjp(_forward, nondiff_argnums=(0,))
 _ms_deform_attn.defvjp(_forward_with_residuals, _backward)
 
 
-def ms_deform_attn(
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    *,
-    align_corners=False,
-    points_per_level=None,
-    mode="bilinear",
-    deterministic=False,
-):
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, *, align_corners=False, points_per_level=None,
+                   mode="bilinear", deterministic=False):
     """Multi-scale deformable attention in JAX: an XLA custom call running msdacore's
     kernels (CPU; CUDA where msdacore was built with it), differentiable (jax.grad, through
     msdacore's backward), and usable under jit, vmap and jax.checkpoint.
@@ -133,7 +117,6 @@ def ms_deform_attn(
     counts = options.points_per_level
     if counts is None:  # the uniform layout (N, Lq, M, L, P, 2), checked above
         counts = (loc.shape[4],) * loc.shape[3]
-    static = _Static(
-        tuple(int(x) for x in ss.reshape(-1)), tuple(int(x) for x in lsi), tuple(counts), options
-    )
+    static = _Static(tuple(int(x) for x in ss.reshape(-1)), tuple(int(x) for x in lsi),
+                     tuple(counts), options)
     return _ms_deform_attn(static, value, loc, attn)

@@ -17,15 +17,8 @@ def _corner(value_l, H, W, h_index, w_index, weight):
     return sampled * jnp.where(inside, weight, 0)[..., None]
 
 
-def ms_deform_attn_composition(
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    *,
-    align_corners=False,
-):
+def ms_deform_attn_composition(value, spatial_shapes, level_start_index, sampling_locations,
+                               attention_weights, *, align_corners=False):
     """value (N, S, M, D), sampling_locations (N, Lq, M, L, P, 2), attention_weights
     (N, Lq, M, L, P), all of one float dtype; spatial_shapes (L, 2) and level_start_index
     (L,) static (tuples or NumPy arrays). Returns (N, Lq, M*D), as msdacore.ms_deform_attn
@@ -36,7 +29,7 @@ def ms_deform_attn_composition(
     for level in range(L):
         H, W = (int(x) for x in spatial_shapes[level])
         start = int(level_start_index[level])
-        value_l = jnp.transpose(value[:, start : start + H * W], (0, 2, 1, 3))  # (N, M, HW, D)
+        value_l = jnp.transpose(value[:, start:start + H * W], (0, 2, 1, 3))  # (N, M, HW, D)
         # (N, Lq, M, P, 2) -> (N, M, Lq*P, 2)
         loc = jnp.transpose(sampling_locations[:, :, :, level], (0, 2, 1, 3, 4))
         loc = loc.reshape(N, M, Lq * P, 2)
@@ -53,11 +46,9 @@ def ms_deform_attn_composition(
         lh, lw = h - h0, w - w0
         hh, hw = 1 - lh, 1 - lw
         h0, w0 = h0.astype(jnp.int32), w0.astype(jnp.int32)
-        out = out + (
-            _corner(value_l, H, W, h0, w0, a * hh * hw)
-            + _corner(value_l, H, W, h0, w0 + 1, a * hh * lw)
-            + _corner(value_l, H, W, h0 + 1, w0, a * lh * hw)
-            + _corner(value_l, H, W, h0 + 1, w0 + 1, a * lh * lw)
-        )
+        out = out + (_corner(value_l, H, W, h0, w0, a * hh * hw)
+                     + _corner(value_l, H, W, h0, w0 + 1, a * hh * lw)
+                     + _corner(value_l, H, W, h0 + 1, w0, a * lh * hw)
+                     + _corner(value_l, H, W, h0 + 1, w0 + 1, a * lh * lw))
     out = out.reshape(N, M, Lq, P, D).sum(axis=3)  # (N, M, Lq, D)
     return jnp.transpose(out, (0, 2, 1, 3)).reshape(N, Lq, M * D)

@@ -18,15 +18,5 @@ from .translation import TARGETS, translation_table
 
 register_schemas()
 
-__all__ = [
-    "export",
-    "msdacore_calls",
-    "translation_table",
-    "register_schemas",
-    "TARGETS",
-    "DOMAIN",
-    "OP_TYPE",
-    "TRT_DOMAIN",
-    "TRT_OP_TYPE",
-    "TRT_PLUGIN_VERSION",
-]
+__all__ = ["export", "msdacore_calls", "translation_table", "register_schemas", "TARGETS",
+           "DOMAIN", "OP_TYPE", "TRT_DOMAIN", "TRT_OP_TYPE", "TRT_PLUGIN_VERSION"]

@@ -10,16 +10,9 @@ from .translation import TARGETS, tensorrt_problems, translation_table
 __all__ = ["export", "msdacore_calls"]
 
 # Options of torch.onnx.export that only make sense for the TorchScript exporter.
-_TORCHSCRIPT_ONLY = (
-    "dynamic_axes",
-    "custom_opsets",
-    "operator_export_type",
-    "training",
-    "export_modules_as_functions",
-    "autograd_inlining",
-    "do_constant_folding",
-    "keep_initializers_as_inputs",
-)
+_TORCHSCRIPT_ONLY = ("dynamic_axes", "custom_opsets", "operator_export_type", "training",
+                     "export_modules_as_functions", "autograd_inlining",
+                     "do_constant_folding", "keep_initializers_as_inputs")
 
 
 def _options(node) -> dict:
@@ -51,36 +44,27 @@ def msdacore_calls(program) -> list:
     import torch
 
     target = torch.ops.msdacore.ms_deform_attn.default
-    return [
-        (node, _options(node))
-        for node in program.graph.nodes
-        if node.op == "call_function" and node.target == target
-    ]
+    return [(node, _options(node)) for node in program.graph.nodes
+            if node.op == "call_function" and node.target == target]
 
 
 def _check_tensorrt(program) -> None:
     """Raises ValueError naming each call that TensorRT's plugin cannot express."""
     refused = []
     for node, options in msdacore_calls(program):
-        dtypes = [
-            str(options[name].meta["val"].dtype).replace("torch.", "")
-            for name in ("value", "sampling_locations", "attention_weights")
-        ]
+        dtypes = [str(options[name].meta["val"].dtype).replace("torch.", "")
+                  for name in ("value", "sampling_locations", "attention_weights")]
         # the operator's arguments after its five tensors are the options, by name
         call_options = _dispatch.op_options(
-            **{k: v for k, v in options.items() if k not in _dispatch.FORWARD_INPUTS}
-        )
+            **{k: v for k, v in options.items() if k not in _dispatch.FORWARD_INPUTS})
         problems = tensorrt_problems(call_options, dtypes)
         if problems:
             refused.append(f"{_where(node)}: " + "; ".join(problems))
     if refused:
-        raise ValueError(
-            f'msdacore.onnx.export(target="tensorrt"): TensorRT\'s '
-            f"{TRT_OP_TYPE} cannot express "
-            + " | ".join(refused)
-            + '. Export with target="msdacore" for a runtime with msdacore\'s '
-            "kernel (ONNX Runtime, OpenVINO)."
-        )
+        raise ValueError(f"msdacore.onnx.export(target=\"tensorrt\"): TensorRT's "
+                         f"{TRT_OP_TYPE} cannot express " + " | ".join(refused) +
+                         ". Export with target=\"msdacore\" for a runtime with msdacore's "
+                         "kernel (ONNX Runtime, OpenVINO).")
 
 
 def export(model, args=(), f=None, *, target: str = "msdacore", **kwargs):
@@ -110,20 +94,15 @@ def export(model, args=(), f=None, *, target: str = "msdacore", **kwargs):
     import torch
 
     if target not in TARGETS:
-        raise ValueError(
-            f"msdacore.onnx.export: target must be one of "
-            f"{', '.join(map(repr, TARGETS))}, got {target!r}"
-        )
+        raise ValueError(f"msdacore.onnx.export: target must be one of "
+                         f"{', '.join(map(repr, TARGETS))}, got {target!r}")
     if kwargs.pop("dynamo", True) is not True:
-        raise ValueError(
-            "msdacore.onnx.export uses torch's dynamo exporter only: drop dynamo=False"
-        )
+        raise ValueError("msdacore.onnx.export uses torch's dynamo exporter only: drop "
+                         "dynamo=False")
     old = sorted(k for k in kwargs if k in _TORCHSCRIPT_ONLY)
     if old:
-        raise ValueError(
-            f"msdacore.onnx.export: {', '.join(old)} belong to the "
-            "TorchScript exporter; use dynamic_shapes for dynamic sizes"
-        )
+        raise ValueError(f"msdacore.onnx.export: {', '.join(old)} belong to the "
+                         "TorchScript exporter; use dynamic_shapes for dynamic sizes")
     if not isinstance(args, tuple):
         args = (args,)
     table = dict(kwargs.pop("custom_translation_table", None) or {})
@@ -134,15 +113,13 @@ def export(model, args=(), f=None, *, target: str = "msdacore", **kwargs):
     dynamic_shapes = kwargs.pop("dynamic_shapes", None)
     if isinstance(model, torch.export.ExportedProgram):
         if dynamic_shapes is not None:
-            raise ValueError(
-                "msdacore.onnx.export: dynamic_shapes applies to an "
-                "nn.Module; an ExportedProgram carries its own"
-            )
+            raise ValueError("msdacore.onnx.export: dynamic_shapes applies to an "
+                             "nn.Module; an ExportedProgram carries its own")
         program = model
     else:
-        program = torch.export.export(
-            model, args, kwargs=model_kwargs, dynamic_shapes=dynamic_shapes, strict=False
-        )
+        program = torch.export.export(model, args, kwargs=model_kwargs,
+                                      dynamic_shapes=dynamic_shapes, strict=False)
     if target == "tensorrt":
         _check_tensorrt(program)
-    return torch.onnx.export(program, f=f, dynamo=True, custom_translation_table=table, **kwargs)
+    return torch.onnx.export(program, f=f, dynamo=True, custom_translation_table=table,
+                             **kwargs)

@@ -21,17 +21,8 @@ from onnx import TypeProto, defs
 
 from .. import _core
 
-__all__ = [
-    "DOMAIN",
-    "OP_TYPE",
-    "TRT_DOMAIN",
-    "TRT_OP_TYPE",
-    "TRT_PLUGIN_VERSION",
-    "ATTRIBUTES",
-    "node_attributes",
-    "node_options",
-    "register_schemas",
-]
+__all__ = ["DOMAIN", "OP_TYPE", "TRT_DOMAIN", "TRT_OP_TYPE", "TRT_PLUGIN_VERSION",
+           "ATTRIBUTES", "node_attributes", "node_options", "register_schemas"]
 
 # The msdacore node's attributes (SPEC "ONNX"), the one mapping between them and
 # msdacore.Options (deterministic, a backward option, has no attribute).
@@ -60,12 +51,9 @@ def node_options(attributes: dict, where: str):
         raise ValueError(f"{where}: align_corners must be 0 or 1, got {align_corners!r}")
     mode = attributes.get("mode", "bilinear")
     counts = attributes.get(ATTRIBUTES[2])
-    return _core.Options(
-        align_corners=bool(align_corners),
-        mode=mode.decode() if isinstance(mode, bytes) else mode,
-        points_per_level=list(counts) if counts else None,
-    )
-
+    return _core.Options(align_corners=bool(align_corners),
+                         mode=mode.decode() if isinstance(mode, bytes) else mode,
+                         points_per_level=list(counts) if counts else None)
 
 DOMAIN = "msdacore"
 OP_TYPE = "MultiScaleDeformableAttention"
@@ -105,36 +93,23 @@ def _output_type(ctx, split_heads: bool) -> None:
     ctx.set_output_type(0, out)
 
 
-def _schema(
-    name: str,
-    domain: str,
-    doc: str,
-    index_type: str,
-    attributes,
-    split_heads: bool,
-    mixed_precision: bool,
-) -> defs.OpSchema:
+def _schema(name: str, domain: str, doc: str, index_type: str, attributes,
+            split_heads: bool, mixed_precision: bool) -> defs.OpSchema:
     param = defs.OpSchema.FormalParameter
     location_type, weight_type = ("TL", "TW") if mixed_precision else ("T", "T")
     constraints = [("T", _FLOATS, "value and output")]
     if mixed_precision:  # SPEC "Numerics": float32 locations and weights with a half value
-        constraints += [("TL", _FLOATS, "sampling_locations"), ("TW", _FLOATS, "attention_weights")]
+        constraints += [("TL", _FLOATS, "sampling_locations"),
+                        ("TW", _FLOATS, "attention_weights")]
     schema = defs.OpSchema(
-        name,
-        domain,
-        OPSET_VERSION,
-        doc,
-        inputs=[
-            param("value", "T"),
-            param("spatial_shapes", index_type),
-            param("level_start_index", index_type),
-            param("sampling_locations", location_type),
-            param("attention_weights", weight_type),
-        ],
+        name, domain, OPSET_VERSION, doc,
+        inputs=[param("value", "T"), param("spatial_shapes", index_type),
+                param("level_start_index", index_type),
+                param("sampling_locations", location_type),
+                param("attention_weights", weight_type)],
         outputs=[param("output", "T")],
         type_constraints=constraints,
-        attributes=attributes,
-    )
+        attributes=attributes)
     schema.set_type_and_shape_inference_function(lambda ctx: _output_type(ctx, split_heads))
     return schema
 
@@ -144,46 +119,24 @@ def register_schemas() -> None:
     attr = defs.OpSchema.Attribute
     kind = defs.OpSchema.AttrType
     if not defs.has(OP_TYPE, OPSET_VERSION, DOMAIN):
-        defs.register_schema(
-            _schema(
-                OP_TYPE,
-                DOMAIN,
-                "Multi-scale deformable attention (msdacore SPEC): output (N, Lq, M*D).",
-                "tensor(int64)",
-                [
-                    attr(
-                        "align_corners",
-                        kind.INT,
-                        "0: pixel = loc*size - 0.5; 1: loc*(size - 1)",
-                        required=False,
-                    ),
-                    attr("mode", kind.STRING, '"bilinear" (default) or "discrete"', required=False),
-                    attr(
-                        "points_per_level",
-                        kind.INTS,
-                        "the flattened layout's points per level; absent for the uniform layout",
-                        required=False,
-                    ),
-                ],
-                split_heads=False,
-                mixed_precision=True,
-            )
-        )
+        defs.register_schema(_schema(
+            OP_TYPE, DOMAIN,
+            "Multi-scale deformable attention (msdacore SPEC): output (N, Lq, M*D).",
+            "tensor(int64)",
+            [attr("align_corners", kind.INT, "0: pixel = loc*size - 0.5; 1: loc*(size - 1)",
+                  required=False),
+             attr("mode", kind.STRING, "\"bilinear\" (default) or \"discrete\"",
+                  required=False),
+             attr("points_per_level", kind.INTS, "the flattened layout's points per "
+                  "level; absent for the uniform layout", required=False)],
+            split_heads=False, mixed_precision=True))
     if not defs.has(TRT_OP_TYPE, OPSET_VERSION, TRT_DOMAIN):
-        defs.register_schema(
-            _schema(
-                TRT_OP_TYPE,
-                TRT_DOMAIN,
-                "TensorRT's built-in multi-scale deformable attention plugin: output "
-                "(N, Lq, M, D).",
-                "tensor(int32)",
-                [
-                    attr("plugin_version", kind.STRING, "plugin creator version", required=False),
-                    attr(
-                        "plugin_namespace", kind.STRING, "plugin creator namespace", required=False
-                    ),
-                ],
-                split_heads=True,
-                mixed_precision=False,
-            )
-        )
+        defs.register_schema(_schema(
+            TRT_OP_TYPE, TRT_DOMAIN,
+            "TensorRT's built-in multi-scale deformable attention plugin: output "
+            "(N, Lq, M, D).",
+            "tensor(int32)",
+            [attr("plugin_version", kind.STRING, "plugin creator version", required=False),
+             attr("plugin_namespace", kind.STRING, "plugin creator namespace",
+                  required=False)],
+            split_heads=True, mixed_precision=False))

@@ -47,82 +47,48 @@ def tensorrt_problems(options, dtypes) -> list:
         problems.append("align_corners=True (the plugin uses align_corners=False only)")
     counts = options.points_per_level
     if counts is not None and len(set(counts)) > 1:
-        problems.append(
-            f"points_per_level={list(counts)} (the plugin takes the "
-            "same number of points on every level)"
-        )
+        problems.append(f"points_per_level={list(counts)} (the plugin takes the "
+                        "same number of points on every level)")
     if len(set(dtypes)) > 1 or dtypes[0] not in ("float32", "float16"):
-        problems.append(
-            "value, sampling_locations and attention_weights of dtypes "
-            f"{', '.join(dtypes)} (the plugin takes all three in float32 or "
-            "all three in float16)"
-        )
+        problems.append("value, sampling_locations and attention_weights of dtypes "
+                        f"{', '.join(dtypes)} (the plugin takes all three in float32 or "
+                        "all three in float16)")
     return problems
 
 
-def _msdacore_node(
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    align_corners=False,
-    deterministic=False,
-    mode="bilinear",
-    points_per_level=None,
-):
+def _msdacore_node(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, align_corners=False, deterministic=False,
+                   mode="bilinear", points_per_level=None):
     """msdacore::MultiScaleDeformableAttention: output (N, Lq, M*D) of value's type."""
-    attributes = node_attributes(
-        _dispatch.op_options(bool(align_corners), False, str(mode), points_per_level)
-    )
+    attributes = node_attributes(_dispatch.op_options(bool(align_corners), False, str(mode),
+                                                      points_per_level))
     return _msdacore.MultiScaleDeformableAttention(
-        value,
-        op.Cast(spatial_shapes, to=TensorProto.INT64),
-        op.Cast(level_start_index, to=TensorProto.INT64),
-        sampling_locations,
-        attention_weights,
-        **attributes,
-    )
+        value, op.Cast(spatial_shapes, to=TensorProto.INT64),
+        op.Cast(level_start_index, to=TensorProto.INT64), sampling_locations,
+        attention_weights, **attributes)
 
 
-def _tensorrt_node(
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    align_corners=False,
-    deterministic=False,
-    mode="bilinear",
-    points_per_level=None,
-):
+def _tensorrt_node(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, align_corners=False, deterministic=False,
+                   mode="bilinear", points_per_level=None):
     """TensorRT's plugin node, then a Reshape of its (N, Lq, M, D) output to
     (N, Lq, M*D). export() has already refused what the plugin cannot express; this
     refuses it again for callers of the translation table."""
     options = _dispatch.op_options(bool(align_corners), False, str(mode), points_per_level)
     problems = tensorrt_problems(options, ["float32"] * 3)  # dtypes: checked by export()
     if problems:
-        raise ValueError(
-            'msdacore.onnx.export(target="tensorrt"): TensorRT\'s '
-            f"{TRT_OP_TYPE} cannot express " + "; ".join(problems)
-        )
+        raise ValueError("msdacore.onnx.export(target=\"tensorrt\"): TensorRT's "
+                         f"{TRT_OP_TYPE} cannot express " + "; ".join(problems))
     if points_per_level is not None:  # the same count on every level: the uniform layout
         levels, points = len(points_per_level), int(points_per_level[0])
         sampling_locations = op.Reshape(
-            sampling_locations, op.Constant(value_ints=[0, 0, 0, levels, points, 2])
-        )
+            sampling_locations, op.Constant(value_ints=[0, 0, 0, levels, points, 2]))
         attention_weights = op.Reshape(
-            attention_weights, op.Constant(value_ints=[0, 0, 0, levels, points])
-        )
+            attention_weights, op.Constant(value_ints=[0, 0, 0, levels, points]))
     heads = _tensorrt.MultiscaleDeformableAttnPlugin_TRT(
-        value,
-        op.Cast(spatial_shapes, to=TensorProto.INT32),
-        op.Cast(level_start_index, to=TensorProto.INT32),
-        sampling_locations,
-        attention_weights,
-        plugin_version=TRT_PLUGIN_VERSION,
-        plugin_namespace="",
-    )
+        value, op.Cast(spatial_shapes, to=TensorProto.INT32),
+        op.Cast(level_start_index, to=TensorProto.INT32), sampling_locations,
+        attention_weights, plugin_version=TRT_PLUGIN_VERSION, plugin_namespace="")
     return op.Reshape(heads, op.Constant(value_ints=[0, 0, -1]))
 
 
@@ -144,9 +110,8 @@ def translation_table(target: str) -> dict:
     import msdacore.torch  # noqa: F401  (registers torch.ops.msdacore)
 
     if target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(map(repr, TARGETS))}, got {target!r}")
+        raise ValueError(f"target must be one of {', '.join(map(repr, TARGETS))}, "
+                         f"got {target!r}")
     node = _msdacore_node if target == "msdacore" else _tensorrt_node
-    return {
-        torch.ops.msdacore.ms_deform_attn.default: node,
-        torch.ops.aten._is_all_true.default: _is_all_true,
-    }
+    return {torch.ops.msdacore.ms_deform_attn.default: node,
+            torch.ops.aten._is_all_true.default: _is_all_true}

@@ -26,10 +26,8 @@ __all__ = ["session", "CONTRIB_DOMAIN", "OP_TYPES"]
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 # ONNX element type -> PyOp op type in CONTRIB_DOMAIN (one registration per dtype)
-OP_TYPES = {
-    1: "MultiScaleDeformableAttention",  # FLOAT
-    11: "MultiScaleDeformableAttentionFloat64",
-}  # DOUBLE
+OP_TYPES = {1: "MultiScaleDeformableAttention",            # FLOAT
+            11: "MultiScaleDeformableAttentionFloat64"}    # DOUBLE
 _DTYPE_NAMES = {1: "float32", 11: "float64", 10: "float16", 16: "bfloat16"}
 _REGISTERED = False
 
@@ -39,31 +37,17 @@ def _points_per_level(text: str):
     return [int(p) for p in text.split(",")] if text else None
 
 
-def _run(
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    align_corners=0,
-    mode="bilinear",
-    points_per_level="",
-):
+def _run(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+         align_corners=0, mode="bilinear", points_per_level=""):
     """The body of the Python operators: msdacore's NumPy forward on the node's inputs
     (value (N, S, M, D), int64 index arrays, locations and weights in either layout);
     returns (N, Lq, M*D) of value's dtype."""
     import msdacore
 
-    return msdacore.ms_deform_attn(
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_locations,
-        attention_weights,
-        align_corners=bool(align_corners),
-        mode=mode,
-        points_per_level=_points_per_level(points_per_level),
-    )
+    return msdacore.ms_deform_attn(value, spatial_shapes, level_start_index,
+                                   sampling_locations, attention_weights,
+                                   align_corners=bool(align_corners), mode=mode,
+                                   points_per_level=_points_per_level(points_per_level))
 
 
 def _install_array_results(ours: set) -> None:
@@ -99,15 +83,13 @@ def _register_python_ops() -> None:
     from onnxruntime_extensions import PyCustomOpDef as T
     from onnxruntime_extensions import onnx_op
 
-    attributes = {"align_corners": T.dt_int64, "mode": T.dt_string, "points_per_level": T.dt_string}
+    attributes = {"align_corners": T.dt_int64, "mode": T.dt_string,
+                  "points_per_level": T.dt_string}
     ours = set()
     for element, real in ((1, T.dt_float), (11, T.dt_double)):
-        opdef = onnx_op(
-            op_type=OP_TYPES[element],
-            inputs=[real, T.dt_int64, T.dt_int64, real, real],
-            outputs=[real],
-            attrs=attributes,
-        )(_run)
+        opdef = onnx_op(op_type=OP_TYPES[element],
+                        inputs=[real, T.dt_int64, T.dt_int64, real, real], outputs=[real],
+                        attrs=attributes)(_run)
         ours.add(id(opdef))
     _install_array_results(ours)
     _REGISTERED = True
@@ -125,10 +107,8 @@ def _load(model):
         return onnx.load_from_string(bytes(model))
     if isinstance(model, (str, os.PathLike)):
         return onnx.load(os.fspath(model))
-    raise TypeError(
-        "msdacore.onnxruntime.session: model must be a path, bytes or an "
-        f"onnx.ModelProto, got {type(model).__name__}"
-    )
+    raise TypeError("msdacore.onnxruntime.session: model must be a path, bytes or an "
+                    f"onnx.ModelProto, got {type(model).__name__}")
 
 
 def _element_types(model) -> dict:
@@ -149,11 +129,8 @@ def _nested_nodes(graph, domain: str) -> list:
     found = []
     for node in graph.node:
         for attribute in node.attribute:
-            subgraphs = (
-                [attribute.g]
-                if attribute.type == onnx.AttributeProto.GRAPH
-                else list(attribute.graphs)
-            )
+            subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else \
+                list(attribute.graphs)
             for sub in subgraphs:
                 found += [n.name for n in sub.node if n.domain == domain]
                 found += _nested_nodes(sub, domain)
@@ -172,10 +149,8 @@ def _rewrite(model) -> int:
     nodes = [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
     nested = _nested_nodes(model.graph, DOMAIN)
     if nested:
-        raise ValueError(
-            f"msdacore.onnxruntime.session: msdacore nodes {nested} are in "
-            "subgraphs (If, Loop, Scan); they are run from the main graph only"
-        )
+        raise ValueError(f"msdacore.onnxruntime.session: msdacore nodes {nested} are in "
+                         "subgraphs (If, Loop, Scan); they are run from the main graph only")
     types = _element_types(model)
     if any(node.input[0] not in types for node in nodes):
         register_schemas()
@@ -183,33 +158,24 @@ def _rewrite(model) -> int:
     for node in nodes:
         element = types.get(node.input[0])
         if element is None:
-            raise ValueError(
-                f"msdacore.onnxruntime.session: the element type of "
-                f"{node.input[0]!r} (value of node {node.name!r}) is not "
-                "recorded in the model and shape inference cannot find it"
-            )
+            raise ValueError(f"msdacore.onnxruntime.session: the element type of "
+                             f"{node.input[0]!r} (value of node {node.name!r}) is not "
+                             "recorded in the model and shape inference cannot find it")
         if element not in OP_TYPES:
-            raise TypeError(
-                f"msdacore.onnxruntime.session: node {node.name!r} has a "
-                f"{_DTYPE_NAMES.get(element, onnx.TensorProto.DataType.Name(element))} "
-                "value; ONNX Runtime runs msdacore nodes in float32 or float64 "
-                "(onnxruntime-extensions' Python operators)"
-            )
+            raise TypeError(f"msdacore.onnxruntime.session: node {node.name!r} has a "
+                            f"{_DTYPE_NAMES.get(element, onnx.TensorProto.DataType.Name(element))} "
+                            "value; ONNX Runtime runs msdacore nodes in float32 or float64 "
+                            "(onnxruntime-extensions' Python operators)")
         given = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        options = schema.node_options(
-            given, f"msdacore.onnxruntime.session: node {node.name!r}"
-        )  # checked before any run
+        options = schema.node_options(given, f"msdacore.onnxruntime.session: node "
+                                             f"{node.name!r}")  # checked before any run
         points = options.points_per_level
         del node.attribute[:]
-        node.attribute.extend(
-            [
-                onnx.helper.make_attribute(schema.ATTRIBUTES[0], int(options.align_corners)),
-                onnx.helper.make_attribute(schema.ATTRIBUTES[1], options.mode),
-                onnx.helper.make_attribute(
-                    schema.ATTRIBUTES[2], ",".join(map(str, points)) if points else ""
-                ),
-            ]
-        )
+        node.attribute.extend([
+            onnx.helper.make_attribute(schema.ATTRIBUTES[0], int(options.align_corners)),
+            onnx.helper.make_attribute(schema.ATTRIBUTES[1], options.mode),
+            onnx.helper.make_attribute(schema.ATTRIBUTES[2], ",".join(map(str, points))
+                                       if points else "")])
         node.domain = CONTRIB_DOMAIN
         node.op_type = OP_TYPES[element]
     if nodes:
@@ -246,4 +212,5 @@ def session(model, **kwargs):
     options = kwargs.pop("sess_options", None) or onnxruntime.SessionOptions()
     options.register_custom_ops_library(get_library_path())
     kwargs.setdefault("providers", ["CPUExecutionProvider"])
-    return onnxruntime.InferenceSession(copy.SerializeToString(), sess_options=options, **kwargs)
+    return onnxruntime.InferenceSession(copy.SerializeToString(), sess_options=options,
+                                        **kwargs)

@@ -34,10 +34,8 @@ def _import_openvino():
     try:
         import openvino
     except ImportError as error:
-        raise ImportError(
-            "msdacore.openvino needs OpenVINO: pip install openvino "
-            "(or msdacore[openvino] for the tested version)"
-        ) from error
+        raise ImportError("msdacore.openvino needs OpenVINO: pip install openvino "
+                          "(or msdacore[openvino] for the tested version)") from error
     return openvino
 
 
@@ -62,8 +60,7 @@ def _core_sources() -> tuple[Path, list[Path]]:
             return root, [root / "cpp", root / "cmake"]
     raise FileNotFoundError(
         f"msdacore.openvino: msdacore's C++ sources were not found (neither {installed} nor "
-        f"a source checkout at {checkout}); reinstall msdacore from its wheel or sources"
-    )
+        f"a source checkout at {checkout}); reinstall msdacore from its wheel or sources")
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,14 +80,8 @@ def extension_path() -> str:
 
     core_dir, core_key_dirs = _core_sources()
     built = build_plugin(
-        "openvino",
-        _EXTENSION_SOURCES,
-        _PRODUCT,
-        runtime_version=openvino_version(),
-        cmake_args=[
-            f"-DOpenVINO_DIR={openvino_utils.get_cmake_path()}",
-            f"-DMSDACORE_SOURCE_DIR={core_dir}",
-        ],
-        extra_source_dirs=core_key_dirs,
-    )
+        "openvino", _EXTENSION_SOURCES, _PRODUCT, runtime_version=openvino_version(),
+        cmake_args=[f"-DOpenVINO_DIR={openvino_utils.get_cmake_path()}",
+                    f"-DMSDACORE_SOURCE_DIR={core_dir}"],
+        extra_source_dirs=core_key_dirs)
     return str(built)

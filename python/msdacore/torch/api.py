@@ -45,24 +45,11 @@ class _MSDeformAttnBackward(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_locations,
-        attention_weights,
-        grad_output,
-        *options,
-    ):
-        return _ms_deform_attn_backward_op(
-            value,
-            spatial_shapes,
-            level_start_index,
-            sampling_locations,
-            attention_weights,
-            grad_output,
-            *options,
-        )
+    def forward(value, spatial_shapes, level_start_index, sampling_locations,
+                attention_weights, grad_output, *options):
+        return _ms_deform_attn_backward_op(value, spatial_shapes, level_start_index,
+                                           sampling_locations, attention_weights, grad_output,
+                                           *options)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -78,17 +65,10 @@ class _MSDeformAttn(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, *options
-    ):
-        return _ms_deform_attn_op(
-            value,
-            spatial_shapes,
-            level_start_index,
-            sampling_locations,
-            attention_weights,
-            *options,
-        )
+    def forward(value, spatial_shapes, level_start_index, sampling_locations,
+                attention_weights, *options):
+        return _ms_deform_attn_op(value, spatial_shapes, level_start_index, sampling_locations,
+                                  attention_weights, *options)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -109,30 +89,16 @@ class _MSDeformAttn(torch.autograd.Function):
                 "msdacore.torch.ms_deform_attn: forward-mode AD (torch.func.jvp, jacfwd, "
                 "torch.autograd.forward_ad) is supported for value and attention_weights, "
                 "not for sampling_locations; use reverse mode for it (backward, "
-                "torch.func.grad / vjp / jacrev)"
-            )
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+                "torch.func.grad / vjp / jacrev)")
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = \
             ctx.saved_tensors
-        )
         out = None
         if value_t is not None:  # linear in value
-            out = _ms_deform_attn_op(
-                value_t,
-                spatial_shapes,
-                level_start_index,
-                sampling_locations,
-                attention_weights,
-                *ctx.options,
-            )
+            out = _ms_deform_attn_op(value_t, spatial_shapes, level_start_index,
+                                     sampling_locations, attention_weights, *ctx.options)
         if weights_t is not None:  # linear in attention_weights
-            term = _ms_deform_attn_op(
-                value,
-                spatial_shapes,
-                level_start_index,
-                sampling_locations,
-                weights_t,
-                *ctx.options,
-            )
+            term = _ms_deform_attn_op(value, spatial_shapes, level_start_index,
+                                      sampling_locations, weights_t, *ctx.options)
             out = term if out is None else out + term
         return out
 
@@ -167,16 +133,14 @@ def _as_index_tensor(x) -> Tensor:
 def _autocast_dtype(device_type: str, dtype: torch.dtype) -> Optional[torch.dtype]:
     """The dtype `value` of `dtype` is computed in under autocast, or None (no autocast
     on this device, or float64, which torch's own autocast never casts either)."""
-    if (
-        device_type not in ("cpu", "cuda")
-        or dtype == torch.float64
-        or not torch.is_autocast_enabled(device_type)
-    ):
+    if device_type not in ("cpu", "cuda") or dtype == torch.float64 \
+            or not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
 
 
-def _apply_autocast(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor) -> tuple:
+def _apply_autocast(value: Tensor, sampling_locations: Tensor,
+                    attention_weights: Tensor) -> tuple:
     """Under autocast, `value` follows the autocast dtype while the sampling locations
     and attention weights are computed in float32 (a bfloat16 location on a 167-pixel
     level is off by up to 0.33 pixel: SPEC "Numerics"). Every backend of the core takes
@@ -188,25 +152,16 @@ def _apply_autocast(value: Tensor, sampling_locations: Tensor, attention_weights
     def to(t: Tensor, dtype: torch.dtype) -> Tensor:
         return t if t.dtype == dtype or t.dtype == torch.float64 else t.to(dtype)
 
-    return (
-        to(value, target),
-        to(sampling_locations, torch.float32),
-        to(attention_weights, torch.float32),
-    )
+    return (to(value, target), to(sampling_locations, torch.float32),
+            to(attention_weights, torch.float32))
 
 
-def ms_deform_attn(
-    value: Tensor,
-    spatial_shapes: SpatialShapes,
-    level_start_index: Optional[Union[Tensor, Sequence[int]]],
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-    *,
-    align_corners: bool = False,
-    deterministic: bool = False,
-    points_per_level: Optional[Sequence[int]] = None,
-    mode: str = "bilinear",
-) -> Tensor:
+def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
+                   level_start_index: Optional[Union[Tensor, Sequence[int]]],
+                   sampling_locations: Tensor, attention_weights: Tensor, *,
+                   align_corners: bool = False, deterministic: bool = False,
+                   points_per_level: Optional[Sequence[int]] = None,
+                   mode: str = "bilinear") -> Tensor:
     """Multi-scale deformable attention with autograd, ``torch.compile`` and autocast.
 
     value               (N, S, M, D)         float tensor (T)
@@ -234,45 +189,27 @@ def ms_deform_attn(
 
     Raises ValueError (shapes, devices, index arrays) or TypeError (dtypes), as the core.
     """
-    for name, t in (
-        ("value", value),
-        ("sampling_locations", sampling_locations),
-        ("attention_weights", attention_weights),
-    ):
+    for name, t in (("value", value), ("sampling_locations", sampling_locations),
+                    ("attention_weights", attention_weights)):
         if isinstance(t, Tensor) and (t.is_nested or t.layout != torch.strided):
-            raise TypeError(
-                f"{name} is a {'nested' if t.is_nested else str(t.layout)} "
-                "tensor: msdacore takes dense (strided) tensors"
-            )
+            raise TypeError(f"{name} is a {'nested' if t.is_nested else str(t.layout)} "
+                            "tensor: msdacore takes dense (strided) tensors")
     if level_start_index is None:
         if isinstance(spatial_shapes, Tensor):
             # one copy to the host for both index arrays
-            spatial_shapes = (
-                spatial_shapes if spatial_shapes.device.type == "cpu" else spatial_shapes.cpu()
-            )
+            spatial_shapes = spatial_shapes if spatial_shapes.device.type == "cpu" else \
+                spatial_shapes.cpu()
         level_start_index = level_start_index_of(spatial_shapes)
     value, sampling_locations, attention_weights = _apply_autocast(
-        value, sampling_locations, attention_weights
-    )
+        value, sampling_locations, attention_weights)
     if torch.compiler.is_compiling():  # the operator's fake implementation checks them
-        options = (
-            align_corners,
-            deterministic,
-            mode,
-            None if points_per_level is None else [int(p) for p in points_per_level],
-        )
+        options = (align_corners, deterministic, mode,
+                   None if points_per_level is None else [int(p) for p in points_per_level])
     else:  # checked here, so that a bad option gets the core's message, not the schema's
-        options = op_arguments(
-            _dispatch.op_options(align_corners, deterministic, mode, points_per_level)
-        )
-    args = (
-        value,
-        _as_index_tensor(spatial_shapes),
-        _as_index_tensor(level_start_index),
-        sampling_locations,
-        attention_weights,
-        *options,
-    )
+        options = op_arguments(_dispatch.op_options(align_corners, deterministic, mode,
+                                                    points_per_level))
+    args = (value, _as_index_tensor(spatial_shapes), _as_index_tensor(level_start_index),
+            sampling_locations, attention_weights, *options)
     # Two routes, both to the same operators: torch.func transforms and forward-mode AD
     # need an autograd.Function (setup_context, jvp, a vmap rule), which the operator's
     # registered autograd is not; everywhere else the operator itself is cheaper and is

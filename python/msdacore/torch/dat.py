@@ -73,28 +73,16 @@ class DeformableAttention2d(nn.Module):
     in [0, 1] with align_corners=True (pixel = coordinate * (size - 1)).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        n_heads: int = 8,
-        n_groups: int = 4,
-        stride: int = 4,
-        offset_range_factor: float = 2.0,
-        kernel_size: Optional[int] = None,
-        use_rpb: bool = True,
-        q_size=None,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-    ):
+    def __init__(self, dim: int, n_heads: int = 8, n_groups: int = 4, stride: int = 4,
+                 offset_range_factor: float = 2.0, kernel_size: Optional[int] = None,
+                 use_rpb: bool = True, q_size=None, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         if dim % n_heads != 0:
             raise ValueError(f"dim must be divisible by n_heads, got dim={dim}, n_heads={n_heads}")
         if dim % n_groups != 0 or n_heads % n_groups != 0:
-            raise ValueError(
-                "dim and n_heads must be divisible by n_groups, got "
-                f"dim={dim}, n_heads={n_heads}, n_groups={n_groups}"
-            )
+            raise ValueError("dim and n_heads must be divisible by n_groups, got "
+                             f"dim={dim}, n_heads={n_heads}, n_groups={n_groups}")
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         if kernel_size is None:
@@ -102,10 +90,8 @@ class DeformableAttention2d(nn.Module):
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         if use_rpb and q_size is None:
-            raise ValueError(
-                "use_rpb=True needs q_size=(H_max, W_max), the size of the "
-                "largest feature map the position bias covers"
-            )
+            raise ValueError("use_rpb=True needs q_size=(H_max, W_max), the size of the "
+                             "largest feature map the position bias covers")
         self.dim = dim
         self.n_heads = n_heads
         self.n_groups = n_groups
@@ -116,7 +102,7 @@ class DeformableAttention2d(nn.Module):
         self.q_size = _pair(q_size) if q_size is not None else None
         self.head_channels = dim // n_heads
         self.group_channels = dim // n_groups
-        self.scale = self.head_channels**-0.5
+        self.scale = self.head_channels ** -0.5
 
         gc = self.group_channels
         self.conv_offset = nn.Sequential(
@@ -178,9 +164,8 @@ class DeformableAttention2d(nn.Module):
         table = table.reshape(1, th * tw, G, heads_per_group)
         locations = t.permute(0, 2, 3, 1, 4).reshape(1, B * H * W * Ns, G, 1, 1, 2)
         weights = t.new_ones(1, B * H * W * Ns, G, 1, 1)
-        bias = ms_deform_attn(
-            table.to(dtype), [(th, tw)], [0], locations, weights, align_corners=True
-        )  # (1, B*HW*Ns, n_heads)
+        bias = ms_deform_attn(table.to(dtype), [(th, tw)], [0], locations, weights,
+                              align_corners=True)  # (1, B*HW*Ns, n_heads)
         return bias.reshape(B, H * W, Ns, self.n_heads).permute(0, 3, 1, 2)
 
     def forward(self, x: Tensor, return_positions: bool = False):
@@ -205,13 +190,8 @@ class DeformableAttention2d(nn.Module):
 
         bias = self._position_bias(positions, H, W) if self.use_rpb else None
         out = F.scaled_dot_product_attention(
-            qh,
-            k,
-            v,
-            attn_mask=bias,
-            dropout_p=self.attn_drop if self.training else 0.0,
-            scale=self.scale,
-        )  # (B, nh, HW, hc)
+            qh, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0,
+            scale=self.scale)  # (B, nh, HW, hc)
         out = out.transpose(-1, -2).reshape(B, C, H, W)
         y = self.proj_drop(self.proj_out(out))
         if return_positions:
@@ -219,11 +199,9 @@ class DeformableAttention2d(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return (
-            f"dim={self.dim}, n_heads={self.n_heads}, n_groups={self.n_groups}, "
-            f"stride={self.stride}, offset_range_factor={self.offset_range_factor}, "
-            f"kernel_size={self.kernel_size}, use_rpb={self.use_rpb}, q_size={self.q_size}"
-        )
+        return (f"dim={self.dim}, n_heads={self.n_heads}, n_groups={self.n_groups}, "
+                f"stride={self.stride}, offset_range_factor={self.offset_range_factor}, "
+                f"kernel_size={self.kernel_size}, use_rpb={self.use_rpb}, q_size={self.q_size}")
 
 
 # The name the DAT paper's code gives its module.

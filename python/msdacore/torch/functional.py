@@ -83,17 +83,10 @@ def multi_scale_deformable_attn(value: Tensor, *args, **kwargs) -> Tensor:
         raise TypeError(
             "multi_scale_deformable_attn() takes (value, value_spatial_shapes, "
             "sampling_locations, attention_weights) or (value, spatial_shapes, "
-            "level_start_index, sampling_locations, attention_weights, im2col_step)" + extra
-        )
+            "level_start_index, sampling_locations, attention_weights, im2col_step)" + extra)
     sampling_locations, attention_weights = args
-    return ms_deform_attn(
-        value,
-        shapes,
-        level_start_index,
-        sampling_locations,
-        attention_weights,
-        align_corners=align_corners,
-    )
+    return ms_deform_attn(value, shapes, level_start_index, sampling_locations,
+                          attention_weights, align_corners=align_corners)
 
 
 # mmcv's and Deformable DETR's names for the four-argument form.
@@ -108,18 +101,11 @@ class MSDeformAttnFunction:
     (N, Lq, M*D) with autograd. ``im2col_step`` is ignored."""
 
     @staticmethod
-    def apply(
-        value: Tensor,
-        spatial_shapes,
-        level_start_index,
-        sampling_locations: Tensor,
-        attention_weights: Tensor,
-        im2col_step: int = 64,
-    ) -> Tensor:
+    def apply(value: Tensor, spatial_shapes, level_start_index, sampling_locations: Tensor,
+              attention_weights: Tensor, im2col_step: int = 64) -> Tensor:
         del im2col_step
-        return ms_deform_attn(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
+        return ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                              attention_weights)
 
 
 MultiScaleDeformableAttnFunction = MSDeformAttnFunction

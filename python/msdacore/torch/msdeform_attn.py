@@ -35,18 +35,14 @@ class MSDeformAttn(nn.Module):
     weights); value and output projections Xavier-uniform with zero bias.
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8,
+                 n_points: int = 4):
         super().__init__()
         if d_model % n_heads != 0:
-            raise ValueError(
-                f"d_model must be divisible by n_heads, got d_model={d_model} and n_heads={n_heads}"
-            )
-        for name, v in (
-            ("d_model", d_model),
-            ("n_levels", n_levels),
-            ("n_heads", n_heads),
-            ("n_points", n_points),
-        ):
+            raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model} "
+                             f"and n_heads={n_heads}")
+        for name, v in (("d_model", d_model), ("n_levels", n_levels), ("n_heads", n_heads),
+                        ("n_points", n_points)):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         self.d_model = d_model
@@ -80,15 +76,10 @@ class MSDeformAttn(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
-    def forward(
-        self,
-        query: Tensor,
-        reference_points: Tensor,
-        input_flatten: Tensor,
-        input_spatial_shapes: Union[Tensor, Sequence[Sequence[int]]],
-        input_level_start_index: Optional[Union[Tensor, Sequence[int]]] = None,
-        input_padding_mask: Optional[Tensor] = None,
-    ) -> Tensor:
+    def forward(self, query: Tensor, reference_points: Tensor, input_flatten: Tensor,
+                input_spatial_shapes: Union[Tensor, Sequence[Sequence[int]]],
+                input_level_start_index: Optional[Union[Tensor, Sequence[int]]] = None,
+                input_padding_mask: Optional[Tensor] = None) -> Tensor:
         """
         query                   (N, Lq, C)
         reference_points        (N, Lq, L, 2): (x, y) in [0, 1], top-left (0, 0);
@@ -121,30 +112,24 @@ class MSDeformAttn(nn.Module):
             if isinstance(input_spatial_shapes, Tensor):
                 sizes = input_spatial_shapes.to(device=query.device, dtype=offsets.dtype)
             else:
-                sizes = torch.tensor(input_spatial_shapes, dtype=offsets.dtype, device=query.device)
+                sizes = torch.tensor(input_spatial_shapes, dtype=offsets.dtype,
+                                     device=query.device)
             normalizer = sizes.flip(-1)  # (L, 2) as (W, H)
-            locations = (
-                reference_points[:, :, None, :, None, :]
-                + offsets / normalizer[None, None, None, :, None, :]
-            )
+            locations = (reference_points[:, :, None, :, None, :]
+                         + offsets / normalizer[None, None, None, :, None, :])
         elif reference_points.shape[-1] == 4:
             # Offsets in units of half the box size divided by P.
             centre = reference_points[:, :, None, :, None, :2]
             size = reference_points[:, :, None, :, None, 2:]
             locations = centre + offsets / P * size * 0.5
         else:
-            raise ValueError(
-                "reference_points must end in 2 (points) or 4 (boxes) coordinates, "
-                f"got shape {tuple(reference_points.shape)}"
-            )
+            raise ValueError("reference_points must end in 2 (points) or 4 (boxes) coordinates, "
+                             f"got shape {tuple(reference_points.shape)}")
 
-        output = ms_deform_attn(
-            value, input_spatial_shapes, input_level_start_index, locations, weights
-        )
+        output = ms_deform_attn(value, input_spatial_shapes, input_level_start_index,
+                                locations, weights)
         return self.output_proj(output)
 
     def extra_repr(self) -> str:
-        return (
-            f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, "
-            f"n_points={self.n_points}"
-        )
+        return (f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, "
+                f"n_points={self.n_points}")

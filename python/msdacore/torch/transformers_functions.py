@@ -34,15 +34,12 @@ def _levels(spatial_shapes):
     return [tuple(pair) for pair in spatial_shapes]
 
 
-def multi_scale_deformable_attention_forward(
-    value: Tensor,
-    value_spatial_shapes,
-    value_spatial_shapes_list=None,
-    level_start_index=None,
-    sampling_locations: Tensor = None,
-    attention_weights: Tensor = None,
-    im2col_step=None,
-) -> Tensor:
+def multi_scale_deformable_attention_forward(value: Tensor, value_spatial_shapes,
+                                             value_spatial_shapes_list=None,
+                                             level_start_index=None,
+                                             sampling_locations: Tensor = None,
+                                             attention_weights: Tensor = None,
+                                             im2col_step=None) -> Tensor:
     """transformers' ``MultiScaleDeformableAttention.forward(value, value_spatial_shapes,
     value_spatial_shapes_list, level_start_index, sampling_locations, attention_weights,
     im2col_step)``: sampling_locations (N, Lq, M, L, P, 2), attention_weights
@@ -51,34 +48,27 @@ def multi_scale_deformable_attention_forward(
     As transformers does, the levels are read from the Python list (no device-to-host
     copy) and the start offsets are derived from it; ``im2col_step`` is ignored.
     """
-    shapes = (
-        value_spatial_shapes if value_spatial_shapes_list is None else value_spatial_shapes_list
-    )
+    shapes = value_spatial_shapes if value_spatial_shapes_list is None \
+        else value_spatial_shapes_list
     return ms_deform_attn(value, _levels(shapes), None, sampling_locations, attention_weights)
 
 
-def multi_scale_deformable_attention(
-    value: Tensor, value_spatial_shapes, sampling_locations: Tensor, attention_weights: Tensor
-) -> Tensor:
+def multi_scale_deformable_attention(value: Tensor, value_spatial_shapes,
+                                     sampling_locations: Tensor,
+                                     attention_weights: Tensor) -> Tensor:
     """Mask2Former's and OneFormer's ``multi_scale_deformable_attention(value,
     value_spatial_shapes, sampling_locations, attention_weights)``: value_spatial_shapes
     a list of (H, W) or an (L, 2) tensor; the uniform layout; returns (N, Lq, M*D)."""
-    return ms_deform_attn(
-        value, _levels(value_spatial_shapes), None, sampling_locations, attention_weights
-    )
+    return ms_deform_attn(value, _levels(value_spatial_shapes), None, sampling_locations,
+                          attention_weights)
 
 
 _METHODS = {"default": "bilinear", "discrete": "discrete"}
 
 
-def multi_scale_deformable_attention_v2(
-    value: Tensor,
-    value_spatial_shapes,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-    num_points_list,
-    method="default",
-) -> Tensor:
+def multi_scale_deformable_attention_v2(value: Tensor, value_spatial_shapes,
+                                        sampling_locations: Tensor, attention_weights: Tensor,
+                                        num_points_list, method="default") -> Tensor:
     """RT-DETRv2's, D-FINE's and DEIMv2's ``multi_scale_deformable_attention_v2(value,
     value_spatial_shapes, sampling_locations, attention_weights, num_points_list,
     method="default")``: the flattened layout, sampling_locations (N, Lq, M, P_total, 2)
@@ -93,18 +83,10 @@ def multi_scale_deformable_attention_v2(
     """
     mode = _METHODS.get(method) if isinstance(method, str) else None
     if mode is None:
-        raise ValueError(
-            f'multi_scale_deformable_attention_v2: method must be "default" or '
-            f'"discrete", got {method!r}'
-        )
+        raise ValueError(f"multi_scale_deformable_attention_v2: method must be \"default\" or "
+                         f"\"discrete\", got {method!r}")
     if mode == "discrete":
         sampling_locations = sampling_locations.detach()
-    return ms_deform_attn(
-        value,
-        _levels(value_spatial_shapes),
-        None,
-        sampling_locations,
-        attention_weights,
-        points_per_level=[int(p) for p in num_points_list],
-        mode=mode,
-    )
+    return ms_deform_attn(value, _levels(value_spatial_shapes), None, sampling_locations,
+                          attention_weights, points_per_level=[int(p) for p in num_points_list],
+                          mode=mode)

@@ -43,37 +43,22 @@ from . import transformers_functions as _functions
 __all__ = ["patch_transformers", "unpatch_transformers", "PatchReport"]
 
 _MODULE_CLASS = "MultiScaleDeformableAttention"
-_MODULE_PARAMETERS = (
-    "self",
-    "value",
-    "value_spatial_shapes",
-    "value_spatial_shapes_list",
-    "level_start_index",
-    "sampling_locations",
-    "attention_weights",
-    "im2col_step",
-)
+_MODULE_PARAMETERS = ("self", "value", "value_spatial_shapes", "value_spatial_shapes_list",
+                      "level_start_index", "sampling_locations", "attention_weights",
+                      "im2col_step")
 _CORE_ATTRIBUTE = "ms_deformable_attn_core"
 # transformers function name -> its parameters (checked before replacing a call)
 _FUNCTION_PARAMETERS = {
     "multi_scale_deformable_attention": (
-        "value",
-        "value_spatial_shapes",
-        "sampling_locations",
-        "attention_weights",
-    ),
+        "value", "value_spatial_shapes", "sampling_locations", "attention_weights"),
     "multi_scale_deformable_attention_v2": (
-        "value",
-        "value_spatial_shapes",
-        "sampling_locations",
-        "attention_weights",
-        "num_points_list",
-        "method",
-    ),
+        "value", "value_spatial_shapes", "sampling_locations", "attention_weights",
+        "num_points_list", "method"),
 }
 _SEPARATOR = "__msdacore__"  # patched class name: <base name>__msdacore__<base module, . -> __>
 # class names of deformable attention modules (besides any module with sampling_offsets)
-_LOOKS_DEFORMABLE = re.compile(r"multi.?scale.?deformable|deformable.?attn|msdeform", re.IGNORECASE)
+_LOOKS_DEFORMABLE = re.compile(r"multi.?scale.?deformable|deformable.?attn|msdeform",
+                               re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------
@@ -111,9 +96,8 @@ def _from_transformers(obj) -> bool:
 def _family(cls) -> str:
     """transformers.models.<family>.modeling_<family>.X -> <family>."""
     parts = cls.__module__.split(".")
-    return (
-        parts[2] if len(parts) > 3 and parts[:2] == ["transformers", "models"] else cls.__module__
-    )
+    return parts[2] if len(parts) > 3 and parts[:2] == ["transformers", "models"] \
+        else cls.__module__
 
 
 def _parameters(func) -> Optional[tuple]:
@@ -125,12 +109,8 @@ def _parameters(func) -> Optional[tuple]:
 
 def _is_transformers_function(func, name: str) -> bool:
     """func is transformers' function `name` with the parameters msdacore's stands in for."""
-    return (
-        isinstance(func, types.FunctionType)
-        and func.__name__ == name
-        and _from_transformers(func)
-        and _parameters(func) == _FUNCTION_PARAMETERS[name]
-    )
+    return (isinstance(func, types.FunctionType) and func.__name__ == name
+            and _from_transformers(func) and _parameters(func) == _FUNCTION_PARAMETERS[name])
 
 
 def _globals_called(func) -> dict:
@@ -149,22 +129,15 @@ def _globals_called(func) -> dict:
 
 
 def _class_kind(cls) -> Optional[str]:
-    """ "module" or "globals" (see the module docstring) for a transformers class msdacore
+    """"module" or "globals" (see the module docstring) for a transformers class msdacore
     can patch by subclassing it, else None."""
-    if not (
-        isinstance(cls, type)
-        and issubclass(cls, nn.Module)
-        and _from_transformers(cls)
-        and "." not in cls.__qualname__
-        and getattr(sys.modules.get(cls.__module__), cls.__name__, None) is cls
-    ):
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and _from_transformers(cls)
+            and "." not in cls.__qualname__ and getattr(sys.modules.get(cls.__module__),
+                                                        cls.__name__, None) is cls):
         return None
     forward = cls.__dict__.get("forward")
-    if (
-        cls.__name__ == _MODULE_CLASS
-        and forward is not None
-        and _parameters(forward) == _MODULE_PARAMETERS
-    ):
+    if cls.__name__ == _MODULE_CLASS and forward is not None \
+            and _parameters(forward) == _MODULE_PARAMETERS:
         return "module"
     if isinstance(forward, types.FunctionType) and _globals_called(forward):
         return "globals"
@@ -183,9 +156,8 @@ def _rebound(func, replacements: dict):
     """func's code run with `replacements` bound in (a copy of) its globals."""
     scope = dict(func.__globals__)
     scope.update(replacements)
-    new = types.FunctionType(
-        func.__code__, scope, func.__name__, func.__defaults__, func.__closure__
-    )
+    new = types.FunctionType(func.__code__, scope, func.__name__, func.__defaults__,
+                             func.__closure__)
     new.__kwdefaults__ = func.__kwdefaults__
     new.__qualname__, new.__doc__ = func.__qualname__, func.__doc__
     new.__annotations__ = dict(getattr(func, "__annotations__", {}))
@@ -203,7 +175,7 @@ def _make_patched_class(base, kind: str):
     namespace = {
         "__module__": __name__,
         "__doc__": f"{base.__name__} ({base.__module__}) computing its deformable attention "
-        "sampling with msdacore (msdacore.torch.patch_transformers).",
+                   "sampling with msdacore (msdacore.torch.patch_transformers).",
         "_msdacore_base": base,
         "_msdacore_kind": kind,
         "extra_repr": _extra_repr,
@@ -213,10 +185,10 @@ def _make_patched_class(base, kind: str):
         namespace["_msdacore_replaced"] = f"{base.__name__}.forward"
     else:
         called = _globals_called(base.__dict__["forward"])
-        namespace["forward"] = _rebound(
-            base.__dict__["forward"], {name: _REPLACEMENTS[name] for name in called}
-        )
-        namespace["_msdacore_replaced"] = f"{base.__name__}.forward: " + ", ".join(sorted(called))
+        namespace["forward"] = _rebound(base.__dict__["forward"],
+                                        {name: _REPLACEMENTS[name] for name in called})
+        namespace["_msdacore_replaced"] = \
+            f"{base.__name__}.forward: " + ", ".join(sorted(called))
     name = _patched_name(base)
     cls = type(base)(name, (base,), namespace)
     cls.__qualname__ = name
@@ -296,11 +268,8 @@ def _targets(model: nn.Module):
     """The modules :func:`patch_transformers` switches (or has switched) in `model`."""
     for module in model.modules():
         cls = type(module)
-        if (
-            _is_patched_class(cls)
-            or _core_function(module) is not None
-            or ("forward" not in module.__dict__ and _class_kind(cls) is not None)
-        ):
+        if _is_patched_class(cls) or _core_function(module) is not None or (
+                "forward" not in module.__dict__ and _class_kind(cls) is not None):
             yield module
 
 
@@ -309,10 +278,8 @@ def _why_not(module) -> str:
     if "forward" in module.__dict__:
         return "its forward was replaced on the instance (by another kernel or patch)"
     if _CORE_ATTRIBUTE in module.__dict__:
-        return (
-            f"its {_CORE_ATTRIBUTE} is {module.__dict__[_CORE_ATTRIBUTE]!r}, not "
-            "transformers' multi_scale_deformable_attention_v2"
-        )
+        return (f"its {_CORE_ATTRIBUTE} is {module.__dict__[_CORE_ATTRIBUTE]!r}, not "
+                "transformers' multi_scale_deformable_attention_v2")
     if not _from_transformers(cls):
         return "its class is not transformers' own (a subclass or a copy)"
     return "msdacore does not know how this class samples"
@@ -323,8 +290,7 @@ def _looks_deformable(module) -> bool:
         return False  # msdacore's own modules
     return bool(_LOOKS_DEFORMABLE.search(type(module).__name__)) or (
         isinstance(getattr(module, "sampling_offsets", None), nn.Module)
-        and isinstance(getattr(module, "attention_weights", None), nn.Module)
-    )
+        and isinstance(getattr(module, "attention_weights", None), nn.Module))
 
 
 def _warn_unpatched(model: nn.Module, handled: set) -> None:
@@ -336,11 +302,8 @@ def _warn_unpatched(model: nn.Module, handled: set) -> None:
         if id(module) in handled:
             parts = name.split(".") if name else []
             covered.update(".".join(parts[:i]) for i in range(len(parts) + 1))
-    suspects = [
-        (name, module)
-        for name, module in model.named_modules()
-        if name not in covered and _looks_deformable(module)
-    ]
+    suspects = [(name, module) for name, module in model.named_modules()
+                if name not in covered and _looks_deformable(module)]
     for name, module in suspects:
         inner = name + "." if name else ""
         if any(other.startswith(inner) and other != name for other, _ in suspects):
@@ -350,10 +313,7 @@ def _warn_unpatched(model: nn.Module, handled: set) -> None:
             f"msdacore.torch.patch_transformers: {names[id(module)] or '(the model)'} "
             f"({cls.__module__}.{cls.__qualname__}) looks like deformable attention but was "
             f"not switched to msdacore: {_why_not(module)}; it keeps computing with its own "
-            "code",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+            "code", RuntimeWarning, stacklevel=3)
 
 
 def patch_transformers(model: nn.Module) -> PatchReport:
@@ -383,9 +343,8 @@ def patch_transformers(model: nn.Module) -> PatchReport:
         if core is not None:
             if core == "original":
                 module.__dict__[_CORE_ATTRIBUTE] = _call_multi_scale_deformable_attention_v2
-            report._add(
-                cls, f"{cls.__name__}.{_CORE_ATTRIBUTE}: multi_scale_deformable_attention_v2"
-            )
+            report._add(cls, f"{cls.__name__}.{_CORE_ATTRIBUTE}: "
+                             "multi_scale_deformable_attention_v2")
             handled.add(id(module))
             continue
         if "forward" in module.__dict__:
@@ -409,20 +368,14 @@ def unpatch_transformers(model: nn.Module) -> PatchReport:
             module.__class__ = cls._msdacore_base
             report._add(cls._msdacore_base, cls._msdacore_replaced)
         elif _core_function(module) == "patched":
-            original = getattr(
-                sys.modules.get(cls.__module__), "multi_scale_deformable_attention_v2", None
-            )
+            original = getattr(sys.modules.get(cls.__module__),
+                               "multi_scale_deformable_attention_v2", None)
             if not _is_transformers_function(original, "multi_scale_deformable_attention_v2"):
-                warnings.warn(
-                    f"msdacore.torch.unpatch_transformers: cannot find transformers' "
-                    f"multi_scale_deformable_attention_v2 for {cls.__qualname__}; "
-                    "it keeps computing with msdacore",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                warnings.warn(f"msdacore.torch.unpatch_transformers: cannot find transformers' "
+                              f"multi_scale_deformable_attention_v2 for {cls.__qualname__}; "
+                              "it keeps computing with msdacore", RuntimeWarning, stacklevel=2)
                 continue
             module.__dict__[_CORE_ATTRIBUTE] = original
-            report._add(
-                cls, f"{cls.__name__}.{_CORE_ATTRIBUTE}: multi_scale_deformable_attention_v2"
-            )
+            report._add(cls, f"{cls.__name__}.{_CORE_ATTRIBUTE}: "
+                             "multi_scale_deformable_attention_v2")
     return report

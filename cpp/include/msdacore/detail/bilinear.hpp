@@ -180,8 +180,9 @@ MSDACORE_HD bool mode_corners(const Level<T>& lv, bool discrete, T x, T y, Corne
 // outside the level), the attention weight A and the coordinate scales (sx, sy):
 //   grad_attention = <g, B>, grad_x = A*sx*<g, dB/dw>, grad_y = A*sy*<g, dB/dh>.
 template <typename T>
-MSDACORE_HD void sample_gradients(const Corners<T>& c, const T dots[4], T A, T sx, T sy,
-                                  T* grad_attention, T* grad_x, T* grad_y) {
+MSDACORE_HD void sample_gradients(
+    const Corners<T>& c, const T dots[4], T A, T sx, T sy, T* grad_attention, T* grad_x,
+    T* grad_y) {
   T gb = 0, gw = 0, gh = 0;
   for (int k = 0; k < 4; ++k) {
     gb += c.weight[k] * dots[k];

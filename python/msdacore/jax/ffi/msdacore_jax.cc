@@ -49,9 +49,9 @@ namespace {
 
 // A row-major view of a buffer whose leading dimensions in front of the last `rank - 1`
 // are folded into the first one (vmap's batch dimensions times N); rank <= dims.size().
-msdacore_tensor folded_view(const msdacore_c_api_table* api, void* data,
-                            ffi::Span<const int64_t> dims, int32_t rank, int32_t dtype,
-                            int32_t device_type, int32_t device_index) {
+msdacore_tensor folded_view(
+    const msdacore_c_api_table* api, void* data, ffi::Span<const int64_t> dims, int32_t rank,
+    int32_t dtype, int32_t device_type, int32_t device_index) {
   int64_t shape[MSDACORE_MAX_DIMS] = {};
   const int64_t lead = static_cast<int64_t>(dims.size()) - rank;  // dimensions folded into N
   shape[0] = 1;
@@ -85,11 +85,12 @@ Common make_common(const msdacore_c_api_table* api, const CallAttrs& attrs) {
   Common c;
   const int64_t ss_shape[2] = {static_cast<int64_t>(attrs.spatial_shapes.size()) / 2, 2};
   const int64_t lsi_shape[1] = {static_cast<int64_t>(attrs.level_start_index.size())};
-  api->tensor_contiguous(&c.spatial_shapes, const_cast<int64_t*>(attrs.spatial_shapes.begin()), 2,
-                         ss_shape, MSDACORE_INT64);
-  api->tensor_contiguous(&c.level_start_index,
-                         const_cast<int64_t*>(attrs.level_start_index.begin()), 1, lsi_shape,
-                         MSDACORE_INT64);
+  api->tensor_contiguous(
+      &c.spatial_shapes, const_cast<int64_t*>(attrs.spatial_shapes.begin()), 2, ss_shape,
+      MSDACORE_INT64);
+  api->tensor_contiguous(
+      &c.level_start_index, const_cast<int64_t*>(attrs.level_start_index.begin()), 1, lsi_shape,
+      MSDACORE_INT64);
   api->options_init(&c.options);
   c.options.align_corners = attrs.align_corners;
   c.options.mode = attrs.mode;
@@ -109,23 +110,25 @@ ffi::Error failure(const msdacore_c_api_table* api, msdacore_status status) {
 const msdacore_c_api_table* api_or_null() { return g_api.load(std::memory_order_acquire); }
 
 ffi::Error no_api() {
-  return ffi::Error(ffi::ErrorCode::kFailedPrecondition,
-                    "msdacore: the XLA handlers were called before msdacore.jax handed them "
-                    "the C API table (import msdacore.jax first)");
+  return ffi::Error(
+      ffi::ErrorCode::kFailedPrecondition,
+      "msdacore: the XLA handlers were called before msdacore.jax handed them "
+      "the C API table (import msdacore.jax first)");
 }
 
 // Floating-point view of a buffer, or an error naming it.
-ffi::ErrorOr<msdacore_tensor> float_view(const msdacore_c_api_table* api, const char* name,
-                                         void* data, ffi::DataType type,
-                                         ffi::Span<const int64_t> dims, int32_t rank,
-                                         int32_t device_type, int32_t device_index) {
+ffi::ErrorOr<msdacore_tensor> float_view(
+    const msdacore_c_api_table* api, const char* name, void* data, ffi::DataType type,
+    ffi::Span<const int64_t> dims, int32_t rank, int32_t device_type, int32_t device_index) {
   const int32_t code = dtype_code(type);
   if (code < 0 || static_cast<int32_t>(dims.size()) < rank) {
-    return ffi::Unexpected(ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                                      std::string("msdacore: ") + name +
-                                          " must be a float16, bfloat16, float32 or float64 "
-                                          "array of rank >= " +
-                                          std::to_string(rank)));
+    return ffi::Unexpected(
+        ffi::Error(
+            ffi::ErrorCode::kInvalidArgument,
+            std::string("msdacore: ") + name +
+                " must be a float16, bfloat16, float32 or float64 "
+                "array of rank >= " +
+                std::to_string(rank)));
   }
   return folded_view(api, data, dims, rank, code, device_type, device_index);
 }
@@ -146,21 +149,23 @@ struct Handler {
 
   // float_view of an XLA buffer (operand or result) on the call's device.
   ffi::ErrorOr<msdacore_tensor> view(const char* name, ffi::AnyBuffer buffer, int32_t rank) const {
-    return float_view(api, name, buffer.untyped_data(), buffer.element_type(), buffer.dimensions(),
-                      rank, device.type, device.index);
+    return float_view(
+        api, name, buffer.untyped_data(), buffer.element_type(), buffer.dimensions(), rank,
+        device.type, device.index);
   }
 };
 
 // Fills *h for a call on `device` (the table, the options, the five input views).
-ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value, ffi::AnyBuffer loc,
-                 ffi::AnyBuffer attn, const CallAttrs& attrs);
+ffi::Error start(
+    Handler* h, void* stream, Device device, ffi::AnyBuffer value, ffi::AnyBuffer loc,
+    ffi::AnyBuffer attn, const CallAttrs& attrs);
 
 // Scratch for a call: XLA's scratch allocator on CUDA, msdacore's default allocator (NULL)
 // on the CPU, where only half types need any.
 template <typename SizeFn>
-ffi::Error take_workspace(SizeFn size_fn, ffi::ScratchAllocator* scratch,
-                          const msdacore_c_api_table* api, const msdacore_tensor* in,
-                          msdacore_options* options) {
+ffi::Error take_workspace(
+    SizeFn size_fn, ffi::ScratchAllocator* scratch, const msdacore_c_api_table* api,
+    const msdacore_tensor* in, msdacore_options* options) {
   if (scratch == nullptr) return ffi::Error::Success();
   int64_t bytes = 0;
   const msdacore_status s = size_fn(&in[0], &in[1], &in[2], &in[3], &in[4], options, &bytes);
@@ -168,17 +173,18 @@ ffi::Error take_workspace(SizeFn size_fn, ffi::ScratchAllocator* scratch,
   if (bytes == 0) return ffi::Error::Success();
   std::optional<void*> memory = scratch->Allocate(static_cast<size_t>(bytes), 256);
   if (!memory.has_value()) {
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      "msdacore: XLA's scratch allocator could not provide " +
-                          std::to_string(bytes) + " bytes of workspace");
+    return ffi::Error(
+        ffi::ErrorCode::kResourceExhausted, "msdacore: XLA's scratch allocator could not provide " +
+                                                std::to_string(bytes) + " bytes of workspace");
   }
   options->workspace = *memory;
   options->workspace_bytes = bytes;
   return ffi::Error::Success();
 }
 
-ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value, ffi::AnyBuffer loc,
-                 ffi::AnyBuffer attn, const CallAttrs& attrs) {
+ffi::Error start(
+    Handler* h, void* stream, Device device, ffi::AnyBuffer value, ffi::AnyBuffer loc,
+    ffi::AnyBuffer attn, const CallAttrs& attrs) {
   h->api = api_or_null();
   if (h->api == nullptr) return no_api();
   h->c = make_common(h->api, attrs);
@@ -199,9 +205,10 @@ ffi::Error start(Handler* h, void* stream, Device device, ffi::AnyBuffer value, 
 }
 
 // The handlers of both platforms: the CPU ones have no stream and no scratch allocator.
-ffi::Error forward(void* stream, ffi::ScratchAllocator* scratch, Device device,
-                   ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
-                   ffi::Result<ffi::AnyBuffer> out, const CallAttrs& attrs) {
+ffi::Error forward(
+    void* stream, ffi::ScratchAllocator* scratch, Device device, ffi::AnyBuffer value,
+    ffi::AnyBuffer loc, ffi::AnyBuffer attn, ffi::Result<ffi::AnyBuffer> out,
+    const CallAttrs& attrs) {
   Handler h;
   if (ffi::Error e = start(&h, stream, device, value, loc, attn, attrs); e.failure()) return e;
   const msdacore_c_api_table* api = h.api;
@@ -216,11 +223,11 @@ ffi::Error forward(void* stream, ffi::ScratchAllocator* scratch, Device device,
   return s == MSDACORE_OK ? ffi::Error::Success() : failure(api, s);
 }
 
-ffi::Error backward(void* stream, ffi::ScratchAllocator* scratch, Device device,
-                    ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
-                    ffi::AnyBuffer grad_output, ffi::Result<ffi::AnyBuffer> grad_value,
-                    ffi::Result<ffi::AnyBuffer> grad_loc, ffi::Result<ffi::AnyBuffer> grad_attn,
-                    const CallAttrs& attrs) {
+ffi::Error backward(
+    void* stream, ffi::ScratchAllocator* scratch, Device device, ffi::AnyBuffer value,
+    ffi::AnyBuffer loc, ffi::AnyBuffer attn, ffi::AnyBuffer grad_output,
+    ffi::Result<ffi::AnyBuffer> grad_value, ffi::Result<ffi::AnyBuffer> grad_loc,
+    ffi::Result<ffi::AnyBuffer> grad_attn, const CallAttrs& attrs) {
   Handler h;
   if (ffi::Error e = start(&h, stream, device, value, loc, attn, attrs); e.failure()) return e;
   const msdacore_c_api_table* api = h.api;
@@ -244,32 +251,34 @@ ffi::Error backward(void* stream, ffi::ScratchAllocator* scratch, Device device,
 
 constexpr Device kCpu{MSDACORE_DEVICE_CPU, 0};
 
-ffi::Error forward_cpu(ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
-                       ffi::Result<ffi::AnyBuffer> out, CallAttrs attrs) {
+ffi::Error forward_cpu(
+    ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn, ffi::Result<ffi::AnyBuffer> out,
+    CallAttrs attrs) {
   return forward(nullptr, nullptr, kCpu, value, loc, attn, out, attrs);
 }
 
-ffi::Error backward_cpu(ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
-                        ffi::AnyBuffer grad_output, ffi::Result<ffi::AnyBuffer> gv,
-                        ffi::Result<ffi::AnyBuffer> gl, ffi::Result<ffi::AnyBuffer> ga,
-                        CallAttrs attrs) {
+ffi::Error backward_cpu(
+    ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn, ffi::AnyBuffer grad_output,
+    ffi::Result<ffi::AnyBuffer> gv, ffi::Result<ffi::AnyBuffer> gl, ffi::Result<ffi::AnyBuffer> ga,
+    CallAttrs attrs) {
   return backward(nullptr, nullptr, kCpu, value, loc, attn, grad_output, gv, gl, ga, attrs);
 }
 
-ffi::Error forward_cuda(void* stream, ffi::ScratchAllocator scratch, int32_t device,
-                        ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
-                        ffi::Result<ffi::AnyBuffer> out, CallAttrs attrs) {
-  return forward(stream, &scratch, Device{MSDACORE_DEVICE_CUDA, device}, value, loc, attn, out,
-                 attrs);
+ffi::Error forward_cuda(
+    void* stream, ffi::ScratchAllocator scratch, int32_t device, ffi::AnyBuffer value,
+    ffi::AnyBuffer loc, ffi::AnyBuffer attn, ffi::Result<ffi::AnyBuffer> out, CallAttrs attrs) {
+  return forward(
+      stream, &scratch, Device{MSDACORE_DEVICE_CUDA, device}, value, loc, attn, out, attrs);
 }
 
-ffi::Error backward_cuda(void* stream, ffi::ScratchAllocator scratch, int32_t device,
-                         ffi::AnyBuffer value, ffi::AnyBuffer loc, ffi::AnyBuffer attn,
-                         ffi::AnyBuffer grad_output, ffi::Result<ffi::AnyBuffer> gv,
-                         ffi::Result<ffi::AnyBuffer> gl, ffi::Result<ffi::AnyBuffer> ga,
-                         CallAttrs attrs) {
-  return backward(stream, &scratch, Device{MSDACORE_DEVICE_CUDA, device}, value, loc, attn,
-                  grad_output, gv, gl, ga, attrs);
+ffi::Error backward_cuda(
+    void* stream, ffi::ScratchAllocator scratch, int32_t device, ffi::AnyBuffer value,
+    ffi::AnyBuffer loc, ffi::AnyBuffer attn, ffi::AnyBuffer grad_output,
+    ffi::Result<ffi::AnyBuffer> gv, ffi::Result<ffi::AnyBuffer> gl, ffi::Result<ffi::AnyBuffer> ga,
+    CallAttrs attrs) {
+  return backward(
+      stream, &scratch, Device{MSDACORE_DEVICE_CUDA, device}, value, loc, attn, grad_output, gv, gl,
+      ga, attrs);
 }
 
 }  // namespace
@@ -299,10 +308,12 @@ MSDACORE_JAX_EXPORT XLA_FFI_Error* msdacore_jax_backward_cuda(XLA_FFI_CallFrame*
 #define MSDACORE_JAX_CUDA_CONTEXT \
   .Ctx<ffi::PlatformStream<void*>>().Ctx<ffi::ScratchAllocator>().Ctx<ffi::DeviceOrdinal>()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_forward_cpu, forward_cpu,
-                              ffi::Ffi::Bind() MSDACORE_JAX_FORWARD_BUFFERS MSDACORE_JAX_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(msdacore_jax_backward_cpu, backward_cpu,
-                              ffi::Ffi::Bind() MSDACORE_JAX_BACKWARD_BUFFERS MSDACORE_JAX_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    msdacore_jax_forward_cpu, forward_cpu,
+    ffi::Ffi::Bind() MSDACORE_JAX_FORWARD_BUFFERS MSDACORE_JAX_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    msdacore_jax_backward_cpu, backward_cpu,
+    ffi::Ffi::Bind() MSDACORE_JAX_BACKWARD_BUFFERS MSDACORE_JAX_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     msdacore_jax_forward_cuda, forward_cuda,
     ffi::Ffi::Bind() MSDACORE_JAX_CUDA_CONTEXT MSDACORE_JAX_FORWARD_BUFFERS MSDACORE_JAX_ATTRS);

@@ -26,8 +26,9 @@ class MultiScaleDeformableAttention : public ov::op::Op {
   OPENVINO_OP("MultiScaleDeformableAttention", "msdacore");
 
   MultiScaleDeformableAttention() = default;
-  MultiScaleDeformableAttention(const ov::OutputVector& inputs, bool align_corners,
-                                std::string mode, std::vector<int64_t> points_per_level);
+  MultiScaleDeformableAttention(
+      const ov::OutputVector& inputs, bool align_corners, std::string mode,
+      std::vector<int64_t> points_per_level);
 
   void validate_and_infer_types() override;
   std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& inputs) const override;
