@@ -55,16 +55,21 @@ std::string describe_shape(const char* symbols, const std::vector<int64_t>& dims
   return os.str();
 }
 
+// (No heap memory unless it throws: it runs for every input of every call.)
 void expect_shape(
-    const char* name, const TensorView& t, const char* symbols, const std::vector<int64_t>& dims) {
+    const char* name, const TensorView& t, const char* symbols,
+    std::initializer_list<int64_t> dims) {
   bool ok = t.ndim == static_cast<int32_t>(dims.size());
-  for (size_t i = 0; ok && i < dims.size(); ++i) {
-    if (dims[i] != kUnknown && t.shape[i] != dims[i]) ok = false;
+  int32_t i = 0;
+  for (const int64_t d : dims) {
+    if (!ok) break;
+    if (d != kUnknown && t.shape[i] != d) ok = false;
+    ++i;
   }
   if (!ok) {
     throw ShapeError(
-        std::string(name) + " must have shape " + describe_shape(symbols, dims) + ", got " +
-        t.shape_string());
+        std::string(name) + " must have shape " + describe_shape(symbols, std::vector(dims)) +
+        ", got " + t.shape_string());
   }
 }
 
@@ -458,16 +463,26 @@ Problem check_shapes(
   return p;
 }
 
+namespace {
+
+Shape shape_of(std::initializer_list<int64_t> dims) {
+  Shape s;
+  for (const int64_t d : dims) s.dims[s.ndim++] = d;
+  return s;
+}
+
+}  // namespace
+
 CallShapes call_shapes(const Problem& p) {
   CallShapes s;
-  s.output = {p.N, p.Lq, p.M * p.D};
-  s.grad_value = {p.N, p.S, p.M, p.D};
+  s.output = shape_of({p.N, p.Lq, p.M * p.D});
+  s.grad_value = shape_of({p.N, p.S, p.M, p.D});
   if (p.flattened) {
-    s.grad_sampling_locations = {p.N, p.Lq, p.M, p.P_total, 2};
-    s.grad_attention_weights = {p.N, p.Lq, p.M, p.P_total};
+    s.grad_sampling_locations = shape_of({p.N, p.Lq, p.M, p.P_total, 2});
+    s.grad_attention_weights = shape_of({p.N, p.Lq, p.M, p.P_total});
   } else {
-    s.grad_sampling_locations = {p.N, p.Lq, p.M, p.L, p.P, 2};
-    s.grad_attention_weights = {p.N, p.Lq, p.M, p.L, p.P};
+    s.grad_sampling_locations = shape_of({p.N, p.Lq, p.M, p.L, p.P, 2});
+    s.grad_attention_weights = shape_of({p.N, p.Lq, p.M, p.L, p.P});
   }
   return s;
 }
@@ -483,7 +498,7 @@ void check_float_input(
         std::string(name) + " must have the dtype of " + dtype_of + " (" + dtype_name(dtype) +
         "), got " + dtype_name(t.dtype));
   }
-  expect_shape(name, t, symbols, std::vector<int64_t>(dims));
+  expect_shape(name, t, symbols, dims);
   if (need_data) check_has_data(name, t);
 }
 

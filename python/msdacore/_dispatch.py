@@ -80,10 +80,9 @@ class _Call:
         buffer, address = self.fw.workspace(nbytes, self.arrays[0], self.stream)
         return buffer, address, nbytes
 
-    def outputs(self, prepared, backward):
-        """The outputs of the prepared (validated) call, from the framework."""
+    def outputs(self, shapes, backward):
+        """The outputs of the prepared (validated) call, of `shapes`, from the framework."""
         a = self.arrays
-        shapes = prepared.shapes(backward)
         likes = (a[0], a[3], a[4]) if backward else (a[0],)  # each gradient in its input's dtype
         try:
             return [self.fw.empty(s, like, self.stream) for s, like in zip(shapes, likes)]
@@ -109,9 +108,9 @@ def forward(fw, value, spatial_shapes, level_start_index, sampling_locations,
     from op_options()."""
     call = _Call(fw, FORWARD_INPUTS, (value, spatial_shapes, level_start_index,
                                        sampling_locations, attention_weights), stream)
-    prepared = _core.prepare(*call.capsules(0, 5), options, call.stream)
+    prepared, shapes = _core.prepare(*call.capsules(0, 5), options, call.stream, False)
     keep, address, nbytes = (call.workspace(prepared, False) if call.cuda else (None, 0, 0))
-    (out,) = call.outputs(prepared, backward=False)
+    (out,) = call.outputs(shapes, backward=False)
     _core.forward(prepared, *fw.capsule_list((out,), ("output",)), address, nbytes)
     result = call.finish([out], value)[0] if call.cuda else fw.wrap(out, value)
     del keep  # after finish(): the framework's stream has been made to wait for the call
@@ -126,9 +125,9 @@ def backward(fw, value, spatial_shapes, level_start_index, sampling_locations,
                                         sampling_locations, attention_weights, grad_output),
                  stream)
     # The five inputs are validated before grad_output is exported or anything allocated.
-    prepared = _core.prepare(*call.capsules(0, 5), options, call.stream)
+    prepared, shapes = _core.prepare(*call.capsules(0, 5), options, call.stream, True)
     keep, address, nbytes = (call.workspace(prepared, True) if call.cuda else (None, 0, 0))
-    outs = call.outputs(prepared, backward=True)
+    outs = call.outputs(shapes, backward=True)
     _core.backward(prepared, *call.capsules(5, 6), *fw.capsule_list(outs, _GRADIENTS), address,
                    nbytes)
     result = tuple(call.finish(outs, value) if call.cuda else (fw.wrap(o, value) for o in outs))

@@ -31,6 +31,20 @@ std::string dl_dtype_name(DLDataType t) {
   return name;
 }
 
+// msdacore's DType of a DLPack dtype, or the core's DTypeError (dtype_from_name's message)
+// for one msdacore does not support. The supported ones are mapped without strings.
+DType dtype_of(const std::string& arg, DLDataType t) {
+  if (t.lanes == 1) {
+    if (t.code == kDLFloat && t.bits == 32) return DType::Float32;
+    if (t.code == kDLFloat && t.bits == 64) return DType::Float64;
+    if (t.code == kDLFloat && t.bits == 16) return DType::Float16;
+    if (t.code == kDLBfloat && t.bits == 16) return DType::BFloat16;
+    if (t.code == kDLInt && t.bits == 32) return DType::Int32;
+    if (t.code == kDLInt && t.bits == 64) return DType::Int64;
+  }
+  return dtype_from_name(arg, dl_dtype_name(t));
+}
+
 const char* dl_device_name(int32_t type) {
   switch (type) {
     case kDLOpenCL: return "OpenCL";
@@ -85,7 +99,7 @@ TensorView DLPackInput::view() const {
   }
   const DLTensor& t = versioned_ != nullptr ? versioned_->dl_tensor : legacy_->dl_tensor;
 
-  const DType dtype = dtype_from_name(name_, dl_dtype_name(t.dtype));
+  const DType dtype = dtype_of(name_, t.dtype);
   Device device;
   if (t.device.device_type == kDLCPU || t.device.device_type == kDLCUDAHost) {
     device = Device{DeviceType::CPU, 0};

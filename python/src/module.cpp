@@ -308,6 +308,13 @@ bool same_options(const msdacore::Options& a, const msdacore::Options& b) {
          a.points_per_level == b.points_per_level && a.deterministic == b.deterministic;
 }
 
+// A shape as a Python tuple of ints.
+py::tuple tuple_of(const msdacore::Shape& shape) {
+  py::tuple t(shape.ndim);
+  for (int32_t d = 0; d < shape.ndim; ++d) t[d] = shape.dims[d];
+  return t;
+}
+
 // ---- Calls ---------------------------------------------------------------------------
 
 // One call validated once (msdacore::Call over the five consumed input capsules): the
@@ -329,11 +336,11 @@ class PreparedCall {
     const msdacore::CallShapes s = msdacore::call_shapes(call_.problem());
     py::list out;
     if (!backward) {
-      out.append(py::tuple(py::cast(s.output)));
+      out.append(tuple_of(s.output));
     } else {
-      out.append(py::tuple(py::cast(s.grad_value)));
-      out.append(py::tuple(py::cast(s.grad_sampling_locations)));
-      out.append(py::tuple(py::cast(s.grad_attention_weights)));
+      out.append(tuple_of(s.grad_value));
+      out.append(tuple_of(s.grad_sampling_locations));
+      out.append(tuple_of(s.grad_attention_weights));
     }
     return out;
   }
@@ -441,10 +448,9 @@ py::dict check_shapes(
   const msdacore::CallShapes s = msdacore::call_shapes(p);
   using namespace py::literals;
   return py::dict(
-      "output"_a = py::tuple(py::cast(s.output)),
-      "grad_value"_a = py::tuple(py::cast(s.grad_value)),
-      "grad_sampling_locations"_a = py::tuple(py::cast(s.grad_sampling_locations)),
-      "grad_attention_weights"_a = py::tuple(py::cast(s.grad_attention_weights)));
+      "output"_a = tuple_of(s.output), "grad_value"_a = tuple_of(s.grad_value),
+      "grad_sampling_locations"_a = tuple_of(s.grad_sampling_locations),
+      "grad_attention_weights"_a = tuple_of(s.grad_attention_weights));
 }
 
 py::dict build_info() {
@@ -528,9 +534,6 @@ PYBIND11_MODULE(_core, m) {
   py::class_<PreparedCall>(
       m, "PreparedCall", "One call with its five inputs validated once (prepare()).")
       .def(
-          "shapes", &PreparedCall::shapes, py::arg("backward"),
-          "[output shape], or the three gradients' shapes with backward=True.")
-      .def(
           "workspace_size", &PreparedCall::workspace_size, py::arg("backward"),
           "Bytes of device scratch the forward / backward needs.");
   // The runs are module functions (not methods): what runs the kernels is
@@ -548,14 +551,20 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "prepare",
       [](py::handle v, py::handle ss, py::handle lsi, py::handle loc, py::handle attn,
-         const msdacore::Options& options, std::uintptr_t stream) {
-        return std::make_unique<PreparedCall>(v, ss, lsi, loc, attn, options, stream);
+         const msdacore::Options& options, std::uintptr_t stream, bool backward) {
+        // One crossing for what every call needs first: the validated call and the shapes
+        // of its outputs (it costs a pybind11 call per call less than asking for them).
+        py::object call =
+            py::cast(std::make_unique<PreparedCall>(v, ss, lsi, loc, attn, options, stream));
+        py::list shapes = call.cast<const PreparedCall&>().shapes(backward);
+        return py::make_tuple(std::move(call), std::move(shapes));
       },
       py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
       py::arg("sampling_locations"), py::arg("attention_weights"), py::arg("options"),
-      py::arg("stream") = 0,
+      py::arg("stream"), py::arg("backward"),
       "Consumes the five input capsules and validates the call (the core's errors); stream: "
-      "the cudaStream_t the call runs on.");
+      "the cudaStream_t the call runs on. Returns (the prepared call, [output shape]) or, "
+      "with backward, (the prepared call, [the three gradients' shapes]).");
   m.def(
       "check_shapes", &check_shapes, py::arg("specs"), py::arg("options"),
       py::arg("spatial_shapes_values") = py::none(),

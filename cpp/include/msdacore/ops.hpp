@@ -93,12 +93,20 @@ Problem check_inputs(
     const TensorView& sampling_locations, const TensorView& attention_weights,
     const Options& options = {});
 
+// A shape of at most 6 dimensions, held without heap memory (dims[0 .. ndim-1]).
+struct Shape {
+  int32_t ndim = 0;
+  int64_t dims[6] = {};
+  const int64_t* begin() const { return dims; }
+  const int64_t* end() const { return dims + ndim; }
+};
+
 // The shapes a call returns (row-major; gradients in the layout of the inputs).
 struct CallShapes {
-  std::vector<int64_t> output;                   // (N, Lq, M*D)
-  std::vector<int64_t> grad_value;               // (N, S, M, D)
-  std::vector<int64_t> grad_sampling_locations;  // (N, Lq, M, L, P, 2) | (N, Lq, M, P_total, 2)
-  std::vector<int64_t> grad_attention_weights;   // (N, Lq, M, L, P) | (N, Lq, M, P_total)
+  Shape output;                   // (N, Lq, M*D)
+  Shape grad_value;               // (N, S, M, D)
+  Shape grad_sampling_locations;  // (N, Lq, M, L, P, 2) | (N, Lq, M, P_total, 2)
+  Shape grad_attention_weights;   // (N, Lq, M, L, P) | (N, Lq, M, P_total)
 };
 CallShapes call_shapes(const Problem& p);
 

@@ -162,7 +162,7 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
                  get_input_element_type(i).is_static();
   }
   if (all_static) {
-    std::vector<int64_t> output;
+    msdacore::Shape output;
     try {
       msdacore::TensorView specs[5];
       for (size_t i = 0; i < 5; ++i) {
