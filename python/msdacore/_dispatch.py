@@ -128,8 +128,11 @@ def backward(fw, value, spatial_shapes, level_start_index, sampling_locations,
     prepared, shapes = _core.prepare(*call.capsules(0, 5), options, call.stream, True)
     keep, address, nbytes = (call.workspace(prepared, True) if call.cuda else (None, 0, 0))
     outs = call.outputs(shapes, backward=True)
-    _core.backward(prepared, *call.capsules(5, 6), *fw.capsule_list(outs, _GRADIENTS), address,
-                   nbytes)
+    if call.export is None:  # grad_output and the gradients exported in one go
+        capsules = fw.capsule_list([call.arrays[5], *outs], ("grad_output",) + _GRADIENTS)
+    else:
+        capsules = [*call.capsules(5, 6), *fw.capsule_list(outs, _GRADIENTS)]
+    _core.backward(prepared, *capsules, address, nbytes)
     result = tuple(call.finish(outs, value) if call.cuda else (fw.wrap(o, value) for o in outs))
     del keep  # after finish(), as in forward()
     return result
