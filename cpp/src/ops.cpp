@@ -62,19 +62,24 @@ void* thread_host_workspace(const Device& device, int64_t bytes) {
   return block.buffer.data();
 }
 
-// The call's workspace: the caller's (checked against `needed`) or, when the caller gave
-// none and some is needed, the calling thread's host block (CPU) or a block of the default
-// allocator released on the call's stream (CUDA).
+// The call's workspace: the caller's (checked against `needed` and against the call's
+// arguments' memory) or, when the caller gave none and some is needed, the calling
+// thread's host block (CPU) or a block of the default allocator released on the call's
+// stream (CUDA).
 class CallWorkspace {
  public:
-  CallWorkspace(const Problem& p, const Options& options, int64_t needed) : view_(nullptr, 0) {
+  CallWorkspace(
+      const Problem& p, const Options& options, int64_t needed,
+      std::initializer_list<validate::NamedView> arguments)
+      : view_(nullptr, 0) {
     if (options.workspace != nullptr && needed > 0) {  // unused (and unchecked) otherwise
       if (options.workspace_bytes < needed) {
         throw Error(
             "workspace: " + std::to_string(options.workspace_bytes) +
             " bytes given, but this call needs " + std::to_string(needed) +
-            " (ms_deform_attn_*_workspace_size)");
+            " (Call::*_workspace_size, msdacore_*_workspace_size)");
       }
+      validate::check_workspace_apart(options.workspace, needed, p.device, arguments);
       if (reinterpret_cast<uintptr_t>(options.workspace) % Workspace::kAlign != 0) {
         throw Error(
             "workspace: the address must be " + std::to_string(Workspace::kAlign) +
@@ -164,7 +169,14 @@ void Call::forward(const TensorView& output) const {
                               {"sampling_locations", &sampling_locations_},
                               {"attention_weights", &attention_weights_}});
   if (p.N == 0 || p.Lq == 0) return;
-  CallWorkspace workspace(p, options_, forward_workspace_size());
+  CallWorkspace workspace(
+      p, options_, forward_workspace_size(),
+      {{"value", &value_},
+       {"spatial_shapes", &spatial_shapes_},
+       {"level_start_index", &level_start_index_},
+       {"sampling_locations", &sampling_locations_},
+       {"attention_weights", &attention_weights_},
+       {"output", &output}});
   backend_for(p).forward(
       p, options_, value_, sampling_locations_, attention_weights_, output, workspace.get());
 }
@@ -186,7 +198,17 @@ void Call::backward(
        {"attention_weights", &attention_weights_},
        {"grad_output", &grad_output}});
   if (p.N == 0) return;
-  CallWorkspace workspace(p, options_, backward_workspace_size());
+  CallWorkspace workspace(
+      p, options_, backward_workspace_size(),
+      {{"value", &value_},
+       {"spatial_shapes", &spatial_shapes_},
+       {"level_start_index", &level_start_index_},
+       {"sampling_locations", &sampling_locations_},
+       {"attention_weights", &attention_weights_},
+       {"grad_output", &grad_output},
+       {"grad_value", &grad_value},
+       {"grad_sampling_locations", &grad_sampling_locations},
+       {"grad_attention_weights", &grad_attention_weights}});
   backend_for(p).backward(
       p, options_, value_, sampling_locations_, attention_weights_, grad_output, grad_value,
       grad_sampling_locations, grad_attention_weights, workspace.get());

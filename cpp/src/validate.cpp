@@ -528,11 +528,14 @@ std::pair<std::uintptr_t, std::uintptr_t> byte_span(const TensorView& t) {
       base + static_cast<std::uintptr_t>(high + 1) * size};
 }
 
-bool overlap(const TensorView& a, const TensorView& b) {
-  if (a.device != b.device) return false;
-  const auto sa = byte_span(a), sb = byte_span(b);
+bool spans_overlap(
+    std::pair<std::uintptr_t, std::uintptr_t> sa, std::pair<std::uintptr_t, std::uintptr_t> sb) {
   return sa.first < sa.second && sb.first < sb.second && sa.first < sb.second &&
          sb.first < sa.second;
+}
+
+bool overlap(const TensorView& a, const TensorView& b) {
+  return a.device == b.device && spans_overlap(byte_span(a), byte_span(b));
 }
 
 }  // namespace
@@ -555,6 +558,21 @@ void check_no_overlap(
             " in memory: outputs must not share memory with the inputs or with "
             "each other");
       }
+    }
+  }
+}
+
+void check_workspace_apart(
+    const void* workspace, int64_t bytes, const Device& device,
+    std::initializer_list<NamedView> arguments) {
+  const auto base = reinterpret_cast<std::uintptr_t>(workspace);
+  const std::pair<std::uintptr_t, std::uintptr_t> span{
+      base, base + static_cast<std::uintptr_t>(bytes)};
+  for (const NamedView& argument : arguments) {
+    if (argument.view->device == device && spans_overlap(span, byte_span(*argument.view))) {
+      throw Error(
+          std::string("workspace overlaps ") + argument.name +
+          " in memory: the workspace must not share memory with the inputs or the outputs");
     }
   }
 }

@@ -33,5 +33,11 @@ struct NamedView {
 void check_no_overlap(
     std::initializer_list<NamedView> outputs, std::initializer_list<NamedView> inputs);
 
+// Error when the `bytes` of a caller's workspace at `workspace` (on `device`) overlap an
+// argument's memory: the call would overwrite an input with its scratch, or its output.
+void check_workspace_apart(
+    const void* workspace, int64_t bytes, const Device& device,
+    std::initializer_list<NamedView> arguments);
+
 }  // namespace validate
 }  // namespace msdacore

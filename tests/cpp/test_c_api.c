@@ -389,6 +389,39 @@ static void test_workspace(void) {
       MSDACORE_ERROR_INVALID_ARGUMENT);
   CHECK(strstr(msdacore_last_error(), "options.workspace_bytes") != NULL);
 
+  /* A workspace over an input's or an output's memory is refused before anything is
+   * written (it would overwrite value with its float32 copy: a wrong result, status OK). */
+  {
+    uint16_t* inside = (uint16_t*)aligned; /* value16 copied to the workspace's start */
+    msdacore_tensor value_inside, out_inside;
+    uint16_t saved[6];
+    memcpy(inside, value16, sizeof value16);
+    memcpy(saved, inside, sizeof saved);
+    value_inside = view_of(inside, 4, value_shape, MSDACORE_FLOAT16);
+    options.workspace = aligned;
+    options.workspace_bytes = 16384;
+    memset(out16, 0xFF, sizeof out16);
+    CHECK_STATUS(
+        msdacore_forward(&value_inside, &v.shapes, &v.starts, &v.loc, &v.attn, &o, &options),
+        MSDACORE_ERROR_INVALID_ARGUMENT);
+    CHECK_MESSAGE(
+        "workspace overlaps value in memory: the workspace must not share memory with the "
+        "inputs or the outputs");
+    CHECK(memcmp(inside, saved, sizeof saved) == 0 && out16[0] == 0xFFFF);
+    out_inside = view_of(aligned + 256, 3, out_shape, MSDACORE_FLOAT16); /* within `bytes` */
+    CHECK_STATUS(
+        msdacore_forward(&v.value, &v.shapes, &v.starts, &v.loc, &v.attn, &out_inside, &options),
+        MSDACORE_ERROR_INVALID_ARGUMENT);
+    CHECK_MESSAGE(
+        "workspace overlaps output in memory: the workspace must not share memory with the "
+        "inputs or the outputs");
+    CHECK_STATUS(
+        msdacore_backward(
+            &value_inside, &v.shapes, &v.starts, &v.loc, &v.attn, &g, &gv, &gl, &ga, &options),
+        MSDACORE_ERROR_INVALID_ARGUMENT);
+    CHECK(memcmp(inside, saved, sizeof saved) == 0);
+  }
+
   /* The table holds the functions themselves. */
   CHECK(table != NULL && table->struct_size == (int64_t)sizeof(msdacore_c_api_table));
   CHECK(table->forward == msdacore_forward && table->backward == msdacore_backward);
