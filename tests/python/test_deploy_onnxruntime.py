@@ -94,6 +94,18 @@ def test_session_keeps_given_options_and_providers():
     assert sess.get_session_options().intra_op_num_threads == 1
 
 
+def test_one_session_options_serves_several_sessions():
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    model = om.export_direct("bilinear")
+    first = mort.session(model, sess_options=options)
+    second = mort.session(model, sess_options=options)  # was: "Conflicting with a
+    # registered kernel" (the operator library registered on the same options again)
+    arrays = [x.numpy() for x in om.direct_inputs(2, torch.float32)]
+    np.testing.assert_array_equal(run(first, *arrays)[0], run(second, *arrays)[0])
+
+
 def test_session_errors():
     with pytest.raises(TypeError, match="model must be a path, bytes or an onnx.ModelProto, "
                                         "got int"):

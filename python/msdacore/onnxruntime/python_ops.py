@@ -21,6 +21,7 @@ it (_install_array_results).
 from __future__ import annotations
 
 import os
+import weakref
 
 __all__ = ["session", "CONTRIB_DOMAIN", "OP_TYPES"]
 
@@ -30,6 +31,10 @@ OP_TYPES = {1: "MultiScaleDeformableAttention",            # FLOAT
             11: "MultiScaleDeformableAttentionFloat64"}    # DOUBLE
 _DTYPE_NAMES = {1: "float32", 11: "float64", 10: "float16", 16: "bfloat16"}
 _REGISTERED = False
+# The SessionOptions that already carry onnxruntime-extensions' library: ONNX Runtime
+# refuses to register it twice on one SessionOptions ("Conflicting with a registered
+# kernel"), and a caller may build several sessions from one.
+_OPTIONS_WITH_LIBRARY = weakref.WeakSet()
 
 
 def _points_per_level(text: str):
@@ -195,8 +200,9 @@ def session(model, **kwargs):
             not modified: the session runs a rewritten copy
     kwargs  onnxruntime.InferenceSession's keyword arguments (sess_options, providers,
             provider_options, ...); onnxruntime-extensions' operator library is
-            registered with sess_options (a new SessionOptions when none is given);
-            providers default to ["CPUExecutionProvider"]
+            registered with sess_options once (a new SessionOptions when none is
+            given; one SessionOptions may serve several sessions); providers default
+            to ["CPUExecutionProvider"]
     returns onnxruntime.InferenceSession
 
     The msdacore nodes run on the CPU with msdacore's threads (msdacore.set_num_threads),
@@ -210,7 +216,9 @@ def session(model, **kwargs):
     _rewrite(copy)
     _register_python_ops()
     options = kwargs.pop("sess_options", None) or onnxruntime.SessionOptions()
-    options.register_custom_ops_library(get_library_path())
+    if options not in _OPTIONS_WITH_LIBRARY:
+        options.register_custom_ops_library(get_library_path())
+        _OPTIONS_WITH_LIBRARY.add(options)
     kwargs.setdefault("providers", ["CPUExecutionProvider"])
     return onnxruntime.InferenceSession(copy.SerializeToString(), sess_options=options,
                                         **kwargs)
