@@ -215,6 +215,14 @@ def test_bad_inputs_raise_clear_errors_at_trace_time():
     with pytest.raises(TypeError,
                        match="spatial_shapes must be an int32 or int64 array, got float32"):
         ms_deform_attn(value, SHAPES.astype(np.float32), STARTS, loc, attn)
+    # Unsigned index arrays refused as by the NumPy API, in its words (was: accepted, and a
+    # uint64 past 2^63 wrapped to a negative size)
+    for dtype in (np.uint64, np.uint8):
+        for call in (ms_deform_attn, msdacore.ms_deform_attn):
+            with pytest.raises(TypeError, match=f"spatial_shapes has dtype "
+                                                f"{np.dtype(dtype).name}, which msdacore does "
+                                                f"not support"):
+                call(value, SHAPES.astype(dtype), STARTS, loc, attn)
     with pytest.raises(TypeError, match="deterministic must be a bool, got str"):
         ms_deform_attn(value, SHAPES, STARTS, loc, attn, deterministic="yes")
     with pytest.raises(ValueError, match='mode must be "bilinear" or "discrete"'):

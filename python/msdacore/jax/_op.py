@@ -24,7 +24,8 @@ class _Static(NamedTuple):
 def _static_index(obj, name: str) -> np.ndarray:
     """spatial_shapes / level_start_index as a host int64 array (a tuple, list, NumPy array
     or concrete JAX array); a traced value is a TypeError (they fix the program's shapes).
-    Non-integer arrays are returned as they are: the core's check names their dtype."""
+    Arrays of other dtypes than int32 / int64 (unsigned and narrow ints included, as in
+    the NumPy API) are returned as they are: the core's check names their dtype."""
     try:
         array = np.asarray(obj)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
@@ -32,7 +33,7 @@ def _static_index(obj, name: str) -> np.ndarray:
             f"{name} must be static (a tuple, list or NumPy array of ints): it fixes the "
             f"shapes of the computation, so it cannot be traced; pass it as a static "
             f"argument of jit or close over it") from None
-    if array.dtype.kind in "iu":
+    if array.dtype in (np.int32, np.int64):
         return np.ascontiguousarray(array, dtype=np.int64)
     return np.ascontiguousarray(array)  # the core's check names the dtype
 
