@@ -62,16 +62,21 @@ void* thread_host_workspace(const Device& device, int64_t bytes) {
   return block.buffer.data();
 }
 
-// The call's workspace: the caller's (checked against `needed` and against the call's
-// arguments' memory) or, when the caller gave none and some is needed, the calling
-// thread's host block (CPU) or a block of the default allocator released on the call's
-// stream (CUDA).
+// The bytes of the caller's workspace a call that needs `needed` uses (none when the
+// caller gave none), for the overlap check of the call's arguments.
+validate::WorkspaceSpan caller_workspace(
+    const Options& options, int64_t needed, const Device& device) {
+  if (options.workspace == nullptr || needed <= 0) return {};
+  return {options.workspace, needed, device};
+}
+
+// The call's workspace: the caller's (checked against `needed`; its overlap with the
+// arguments is checked with theirs) or, when the caller gave none and some is needed, the
+// calling thread's host block (CPU) or a block of the default allocator released on the
+// call's stream (CUDA).
 class CallWorkspace {
  public:
-  CallWorkspace(
-      const Problem& p, const Options& options, int64_t needed,
-      std::initializer_list<validate::NamedView> arguments)
-      : view_(nullptr, 0) {
+  CallWorkspace(const Problem& p, const Options& options, int64_t needed) : view_(nullptr, 0) {
     if (options.workspace != nullptr && needed > 0) {  // unused (and unchecked) otherwise
       if (options.workspace_bytes < needed) {
         throw Error(
@@ -79,7 +84,6 @@ class CallWorkspace {
             " bytes given, but this call needs " + std::to_string(needed) +
             " (Call::*_workspace_size, msdacore_*_workspace_size)");
       }
-      validate::check_workspace_apart(options.workspace, needed, p.device, arguments);
       if (reinterpret_cast<uintptr_t>(options.workspace) % Workspace::kAlign != 0) {
         throw Error(
             "workspace: the address must be " + std::to_string(Workspace::kAlign) +
@@ -162,21 +166,17 @@ int64_t Call::backward_workspace_size() const {
 void Call::forward(const TensorView& output) const {
   const Problem& p = problem_;
   validate::check_output("output", output, p, "N, Lq, M*D", {p.N, p.Lq, p.M * p.D}, p.dtype);
+  const int64_t needed = forward_workspace_size();  // 0 when nothing is computed
   validate::check_no_overlap(
-      {{"output", &output}}, {{"value", &value_},
-                              {"spatial_shapes", &spatial_shapes_},
-                              {"level_start_index", &level_start_index_},
-                              {"sampling_locations", &sampling_locations_},
-                              {"attention_weights", &attention_weights_}});
-  if (p.N == 0 || p.Lq == 0) return;
-  CallWorkspace workspace(
-      p, options_, forward_workspace_size(),
+      {{"output", &output}},
       {{"value", &value_},
        {"spatial_shapes", &spatial_shapes_},
        {"level_start_index", &level_start_index_},
        {"sampling_locations", &sampling_locations_},
-       {"attention_weights", &attention_weights_},
-       {"output", &output}});
+       {"attention_weights", &attention_weights_}},
+      caller_workspace(options_, needed, p.device));
+  if (p.N == 0 || p.Lq == 0) return;
+  CallWorkspace workspace(p, options_, needed);
   backend_for(p).forward(
       p, options_, value_, sampling_locations_, attention_weights_, output, workspace.get());
 }
@@ -187,6 +187,7 @@ void Call::backward(
   const Problem& p = problem_;
   check_backward_arguments(
       p, grad_output, grad_value, grad_sampling_locations, grad_attention_weights);
+  const int64_t needed = backward_workspace_size();  // 0 when nothing is computed
   validate::check_no_overlap(
       {{"grad_value", &grad_value},
        {"grad_sampling_locations", &grad_sampling_locations},
@@ -196,19 +197,10 @@ void Call::backward(
        {"level_start_index", &level_start_index_},
        {"sampling_locations", &sampling_locations_},
        {"attention_weights", &attention_weights_},
-       {"grad_output", &grad_output}});
+       {"grad_output", &grad_output}},
+      caller_workspace(options_, needed, p.device));
   if (p.N == 0) return;
-  CallWorkspace workspace(
-      p, options_, backward_workspace_size(),
-      {{"value", &value_},
-       {"spatial_shapes", &spatial_shapes_},
-       {"level_start_index", &level_start_index_},
-       {"sampling_locations", &sampling_locations_},
-       {"attention_weights", &attention_weights_},
-       {"grad_output", &grad_output},
-       {"grad_value", &grad_value},
-       {"grad_sampling_locations", &grad_sampling_locations},
-       {"grad_attention_weights", &grad_attention_weights}});
+  CallWorkspace workspace(p, options_, needed);
   backend_for(p).backward(
       p, options_, value_, sampling_locations_, attention_weights_, grad_output, grad_value,
       grad_sampling_locations, grad_attention_weights, workspace.get());

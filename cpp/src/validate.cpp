@@ -541,7 +541,8 @@ bool overlap(const TensorView& a, const TensorView& b) {
 }  // namespace
 
 void check_no_overlap(
-    std::initializer_list<NamedView> outputs, std::initializer_list<NamedView> inputs) {
+    std::initializer_list<NamedView> outputs, std::initializer_list<NamedView> inputs,
+    const WorkspaceSpan& workspace) {
   for (auto out = outputs.begin(); out != outputs.end(); ++out) {
     for (const NamedView& in : inputs) {
       if (overlap(*out->view, *in.view)) {
@@ -560,19 +561,18 @@ void check_no_overlap(
       }
     }
   }
-}
-
-void check_workspace_apart(
-    const void* workspace, int64_t bytes, const Device& device,
-    std::initializer_list<NamedView> arguments) {
-  const auto base = reinterpret_cast<std::uintptr_t>(workspace);
+  if (workspace.data == nullptr || workspace.bytes <= 0) return;
+  const auto base = reinterpret_cast<std::uintptr_t>(workspace.data);
   const std::pair<std::uintptr_t, std::uintptr_t> span{
-      base, base + static_cast<std::uintptr_t>(bytes)};
-  for (const NamedView& argument : arguments) {
-    if (argument.view->device == device && spans_overlap(span, byte_span(*argument.view))) {
-      throw Error(
-          std::string("workspace overlaps ") + argument.name +
-          " in memory: the workspace must not share memory with the inputs or the outputs");
+      base, base + static_cast<std::uintptr_t>(workspace.bytes)};
+  for (const std::initializer_list<NamedView>& group : {inputs, outputs}) {
+    for (const NamedView& argument : group) {
+      if (argument.view->device == workspace.device &&
+          spans_overlap(span, byte_span(*argument.view))) {
+        throw Error(
+            std::string("workspace overlaps ") + argument.name +
+            " in memory: the workspace must not share memory with the inputs or the outputs");
+      }
     }
   }
 }

@@ -28,16 +28,19 @@ struct NamedView {
   const TensorView* view;
 };
 
-// Error when an output's memory overlaps an input's or another output's (same device;
-// byte ranges from shapes and strides).
-void check_no_overlap(
-    std::initializer_list<NamedView> outputs, std::initializer_list<NamedView> inputs);
+// The bytes a call uses of a caller's workspace (data null: none given or none needed).
+struct WorkspaceSpan {
+  const void* data = nullptr;
+  int64_t bytes = 0;
+  Device device{};
+};
 
-// Error when the `bytes` of a caller's workspace at `workspace` (on `device`) overlap an
-// argument's memory: the call would overwrite an input with its scratch, or its output.
-void check_workspace_apart(
-    const void* workspace, int64_t bytes, const Device& device,
-    std::initializer_list<NamedView> arguments);
+// Error when an output's memory overlaps an input's or another output's, or when the
+// caller's workspace overlaps any of them (same device; byte ranges from shapes and
+// strides).
+void check_no_overlap(
+    std::initializer_list<NamedView> outputs, std::initializer_list<NamedView> inputs,
+    const WorkspaceSpan& workspace = {});
 
 }  // namespace validate
 }  // namespace msdacore
